@@ -1,0 +1,94 @@
+"""`genlab bench ar`: the autoregressive yardstick's speed and quality (SPEC B, figures of ``ar``).
+
+Greedy KV-cached ``generate`` tokens/s at batch 1 and 32 (64 new tokens, forced with ``min_new_tokens``),
+training tokens/s (forward + backward + AdamW step), validation perplexity, and the KV-cache speed-up
+(cached vs uncached decoding, the one ratio this baseline has of its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from ..runs import is_complete, read_manifest
+from ..tokenization import load_tokenizer
+from . import median_seconds, target, write_result
+
+NEW_TOKENS = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
+    parser.add_argument("--run-dir", default="runs/bench/ar-tiny",
+                        help="a trained AR run; trained here first (with --train-steps) when incomplete")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=5)
+
+
+def ensure_trained(run_dir: str, preset: str, steps: int) -> dict:
+    """Reuse a complete run, else train one with the stock trainer and a stated step budget."""
+    if not is_complete(run_dir):
+        from ..cli import build_parser
+        from ..trainers import ar
+
+        ar.run(build_parser().parse_args(["train", "ar", "--run-dir", run_dir, "--preset", preset,
+                                          "--max-steps", str(steps), "--report-to", "none"]))
+    return read_manifest(run_dir)
+
+
+def generate_tok_s(model, prompt_ids: torch.Tensor, use_cache: bool, repeats: int) -> float:
+    """Generated tokens per second (whole batch) for greedy decoding of NEW_TOKENS tokens."""
+    attention_mask = torch.ones_like(prompt_ids)
+
+    def decode():
+        with torch.no_grad():
+            model.generate(prompt_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS,
+                           min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=use_cache)
+
+    return prompt_ids.numel() // prompt_ids.shape[1] * NEW_TOKENS / median_seconds(decode, repeats=repeats)
+
+
+def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) -> float:
+    """Tokens per second of one optimisation step on random ids (speed does not depend on the text)."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(4, vocab_size, (batch, block), generator=torch.Generator().manual_seed(0))
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    tok_s = batch * block / median_seconds(step, warmup=2, repeats=repeats)
+    model.eval()
+    return tok_s
+
+
+def run(args: argparse.Namespace) -> dict:
+    manifest = ensure_trained(args.run_dir, args.preset, args.train_steps)
+    model = AutoModelForCausalLM.from_pretrained(args.run_dir).eval()
+    tokenizer = load_tokenizer(args.run_dir)
+    prompt = tokenizer("新华社北京一月一日电", return_tensors="pt")["input_ids"]
+
+    figures = {
+        "gen_tok_s_b1": generate_tok_s(model, prompt, True, args.repeats),
+        "gen_tok_s_b32": generate_tok_s(model, prompt.repeat(32, 1), True, args.repeats),
+        "train_tok_s": train_tok_s(model, len(tokenizer), 16, 128, args.repeats),
+        "val_ppl": manifest["val_ppl"],
+    }
+    figures["kv_cache_speedup_b1"] = figures["gen_tok_s_b1"] / generate_tok_s(model, prompt, False, args.repeats)
+    result = write_result(
+        args.json, "ar",
+        config={"preset": args.preset, "run_dir": args.run_dir, "new_tokens": NEW_TOKENS,
+                "prompt_tokens": prompt.shape[1], "train_batch": [16, 128], "repeats": args.repeats,
+                "parameters": manifest["parameters"]},
+        budget={"train_steps": manifest["steps"], "block_size": manifest["block_size"]},
+        figures=figures,
+        targets={"kv_cache_speedup_b1": target(figures["kv_cache_speedup_b1"], "≥", 1.0)},
+    )
+    print("\n".join(f"{k}: {v:.4g}" for k, v in result["figures"].items()))
+    return result

@@ -1,0 +1,81 @@
+"""Run directories: what `genlab train` writes, written so that an interruption never leaves half of it.
+
+A run directory is a loadable HF checkpoint (``config.json``, ``model.safetensors``, tokenizer files,
+``generation_config.json``) plus ``genlab_run.json``, a small manifest (system, preset, measured numbers).
+Trainer checkpoints for resuming live in ``RUN_DIR/checkpoints/``. The final export is written into a
+temporary sibling directory and moved in entry by entry, the manifest last: a run directory without a
+manifest is incomplete and is never reused (SPEC H6, issue: foundation "bad input").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+MANIFEST = "genlab_run.json"
+CHECKPOINTS = "checkpoints"
+
+
+def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Create ``run_dir`` (and parents) and check it is writable, with a clear error when it is not."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"run directory {run_dir} is not writable: {err.strerror or err}") from None
+    for leftover in run_dir.glob(".export-*"):  # an export interrupted by a crash
+        shutil.rmtree(leftover, ignore_errors=True)
+    return run_dir
+
+
+def export_run(run_dir: str | os.PathLike, save: Callable[[Path], None], manifest: dict) -> Path:
+    """Write the final artefacts: ``save(tmp_dir)`` then move every entry into ``run_dir``, manifest last."""
+    run_dir = prepare_run_dir(run_dir)
+    (run_dir / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the new manifest lands
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
+    try:
+        save(tmp)
+        for entry in sorted(tmp.iterdir()):
+            target = run_dir / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        write_manifest(run_dir, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return run_dir
+
+
+def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> Path:
+    """Atomically (re)write ``genlab_run.json``."""
+    path = Path(run_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """The manifest of a complete run; ``FileNotFoundError`` naming the directory otherwise."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a complete genlab run (no {MANIFEST}); train it first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / MANIFEST).is_file()
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """The newest Trainer checkpoint under ``RUN_DIR/checkpoints`` (for ``resume_from_checkpoint``)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = Path(run_dir) / CHECKPOINTS
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
