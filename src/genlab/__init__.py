@@ -1,8 +1,20 @@
 """genlab: research generation models that live natively in the HuggingFace ecosystem.
 
-Importing ``genlab`` registers every architecture with the ``Auto*`` classes (SPEC H1), so
-``AutoConfig.from_pretrained`` / ``AutoModel*.from_pretrained`` resolve genlab checkpoints without
-``trust_remote_code`` when genlab is installed; checkpoints also carry their code for machines where it is not.
+Importing ``genlab`` registers every architecture with ``AutoConfig`` and the fitting ``AutoModel*``
+classes (SPEC H1), so genlab checkpoints load without ``trust_remote_code`` where genlab is installed;
+the modeling classes also call ``register_for_auto_class`` so every checkpoint carries its own code.
 """
 
+from transformers import AutoConfig
+
 __version__ = "0.1.0"
+
+
+def _register(config_class, *auto_model_pairs) -> None:
+    """Register ``config_class`` with ``AutoConfig`` and each ``(AutoModelX, ModelClass)`` pair."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    for auto_class, model_class in auto_model_pairs:
+        auto_class.register(config_class, model_class, exist_ok=True)
+
+
+# One block per architecture (imports kept local to the block):
