@@ -185,6 +185,8 @@ def load_corpus(
         splits[split] = part
     if streaming:
         return datasets.IterableDatasetDict(splits)
-    if any(len(splits[s]) == 0 for s in ("train",)):
-        raise ValueError(f"corpus {name_or_path!r} has no usable sentences (≥ 4 characters) in its train split")
+    empty = [s for s in ("train", "validation") if len(splits[s]) == 0]
+    if empty:
+        raise ValueError(f"corpus {name_or_path!r} has no sentences (≥ 4 characters) in its {' and '.join(empty)} "
+                         f"split; splits are 90/5/5 by text hash, so give it at least a few hundred sentences")
     return datasets.DatasetDict(splits)

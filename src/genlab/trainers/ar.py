@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> dict:
         data_collator=default_data_collator,
         callbacks=[TimeBudgetCallback(args.budget)],
     )
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(args, run_dir))
+    resumed_from = resume_checkpoint(args, run_dir)
+    result = trainer.train(resume_from_checkpoint=resumed_from)
     val_ppl = perplexity(trainer, eval_blocks)
 
     manifest = {
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         "block_size": args.block_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seed": args.seed,
+        "resumed_from": resumed_from,
     }
 
     def save(tmp: Path) -> None:

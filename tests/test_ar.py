@@ -1,0 +1,112 @@
+"""The autoregressive yardstick: `genlab train ar` (issue: foundation §4, SPEC H6)."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from genlab.cli import main
+from genlab.data import load_corpus
+from genlab.presets import qwen2_config
+from genlab.runs import CHECKPOINTS, MANIFEST, export_run, read_manifest
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """2 000 real corpus sentences as a user file: fast to pack, still Chinese news and reviews."""
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    corpus = load_corpus("all")
+    texts = [text for split, n in (("train", 1800), ("validation", 100), ("test", 100))
+             for text in corpus[split].shuffle(seed=0).select(range(n))["text"]]
+    path.write_text("\n".join(texts), encoding="utf-8")
+    return path
+
+
+def train_args(run_dir, data, *extra):
+    return ["train", "ar", "--preset", "nano", "--run-dir", str(run_dir), "--data", str(data),
+            "--batch-size", "4", "--block-size", "32", "--eval-blocks", "8", "--report-to", "none",
+            "--logging-steps", "2", *extra]
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_train_writes_a_loadable_checkpoint_with_measured_perplexity(tmp_path, small_corpus):
+    run_dir = tmp_path / "ar"
+    assert main(train_args(run_dir, small_corpus, "--max-steps", "6")) == 0
+    manifest = read_manifest(run_dir)
+    assert manifest["system"] == "ar" and manifest["steps"] == 6
+    assert 1.0 < manifest["val_ppl"] < 1e5
+    model = AutoModelForCausalLM.from_pretrained(run_dir)
+    assert model.generation_config.max_new_tokens == 64
+    assert main(["generate", "--model", str(run_dir), "--greedy", "--max-new-tokens", "5", "新华社"]) == 0
+
+
+def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_path, small_corpus):
+    full = tmp_path / "full"
+    assert main(train_args(full, small_corpus, "--max-steps", "8", "--save-steps", "4")) == 0
+    # An interrupted twin: the same run cut after its step-4 checkpoint, then resumed.
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copytree(full / CHECKPOINTS / "checkpoint-4", cut / CHECKPOINTS / "checkpoint-4")
+    assert main(train_args(cut, small_corpus, "--max-steps", "8", "--save-steps", "4")) == 0
+    manifest = read_manifest(cut)
+    assert manifest["steps"] == 8 and manifest["resumed_from"].endswith("checkpoint-4")
+    a, b = weights(full), weights(cut)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_same_seed_gives_the_same_model(tmp_path, small_corpus):
+    for name in ("a", "b"):
+        assert main(train_args(tmp_path / name, small_corpus, "--max-steps", "3", "--no-resume")) == 0
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(ValueError, match="preset must be one of"):
+        qwen2_config("huge", 100)
+    with pytest.raises(SystemExit):
+        main(["train", "ar", "--preset", "huge"])
+
+
+@pytest.mark.parametrize("content, message", [(None, "not found"), (b"", "empty"), (b"\xff\xfe\xfa", "not UTF-8")])
+def test_bad_data_file_is_one_clear_error_and_leaves_nothing_half_written(tmp_path, capsys, content, message):
+    data = tmp_path / "data.txt"
+    if content is not None:
+        data.write_bytes(content)
+    run_dir = tmp_path / "run"
+    assert main(train_args(run_dir, data, "--max-steps", "2")) == 2
+    assert message in capsys.readouterr().err
+    assert not (run_dir / MANIFEST).exists() and not list(run_dir.glob(".export-*"))
+
+
+def test_incomplete_tokenizer_directory_is_reported(tmp_path, small_corpus, capsys):
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    (tok_dir / "tokenizer_config.json").write_text("{}")
+    assert main(train_args(tmp_path / "run", small_corpus, "--tokenizer", str(tok_dir))) == 2
+    assert "missing tokenizer.json" in capsys.readouterr().err
+
+
+def test_unwritable_run_directory_is_reported(tmp_path, small_corpus, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(train_args(blocker / "run", small_corpus)) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_export_interrupted_midway_leaves_no_manifest_and_no_temp_dir(tmp_path):
+    def failing_save(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tmp_path / "run", failing_save, {"system": "ar"})
+    assert not (tmp_path / "run" / MANIFEST).exists()
+    assert not list((tmp_path / "run").glob(".export-*"))

@@ -1,0 +1,50 @@
+"""The shared benchmark format (SPEC B) and `genlab bench ar`."""
+
+import json
+
+import pytest
+
+from genlab.bench import render_table, target, update_readme, write_result
+from genlab.cli import main
+
+AR_FIGURES = {"gen_tok_s_b1": 10.0, "gen_tok_s_b32": 100.0, "train_tok_s": 50.0, "val_ppl": 30.0}
+
+
+def test_write_result_has_every_section_and_the_machine(tmp_path):
+    result = write_result(tmp_path / "ar.json", "ar", config={"preset": "nano"}, budget={"steps": 1},
+                          figures=AR_FIGURES, targets={"val_ppl": target(30.0, "≤", 50)})
+    on_disk = json.loads((tmp_path / "ar.json").read_text())
+    assert on_disk == result
+    assert set(result) == {"system", "machine", "config", "budget", "figures", "targets"}
+    assert {"cpu", "threads", "torch", "transformers"} <= set(result["machine"])
+    assert result["targets"]["val_ppl"] == {"goal": "≤ 50", "met": True}
+
+
+def test_missing_required_figure_or_unknown_system_is_rejected():
+    with pytest.raises(ValueError, match="missing figures"):
+        write_result(None, "ar", config={}, budget={}, figures={"val_ppl": 1.0}, targets={})
+    with pytest.raises(ValueError, match="system must be one of"):
+        write_result(None, "gpt", config={}, budget={}, figures={}, targets={})
+    with pytest.raises(ValueError, match="op must be one of"):
+        target(1.0, "=", 1.0)
+
+
+def test_readme_tables_are_regenerated_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:ar -->\nold table\n<!-- /bench:ar -->\noutro\n")
+    result = write_result(None, "ar", config={}, budget={}, figures=AR_FIGURES, targets={})
+    update_readme(readme, {"ar": result})
+    text = readme.read_text()
+    assert "old table" not in text and render_table(result) in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| `gen_tok_s_b32` | 100 |" in text
+
+
+def test_bench_ar_measures_a_trained_run(tmp_path):
+    out = tmp_path / "ar.json"
+    code = main(["bench", "ar", "--json", str(out), "--run-dir", str(tmp_path / "run"), "--preset", "nano",
+                 "--train-steps", "4", "--repeats", "1"])
+    assert code == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert all(figures[name] > 0 for name in AR_FIGURES)
+    assert figures["kv_cache_speedup_b1"] > 0
