@@ -1,0 +1,166 @@
+"""CJK logits processors and sentence stopping (SPEC S3, S5) on real ids of BOTH tokenizers."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LogitsProcessorList, TemperatureLogitsWarper
+
+from genlab.logits_process import (CJKAdjacentRepeatLogitsProcessor, CJKNoRepeatNGramLogitsProcessor,
+                                   CJKPunctuationGateLogitsProcessor, CJKRepetitionPenaltyLogitsProcessor,
+                                   SentenceStoppingCriteria, SingleTemperatureLogitsWarper, TokenClasses,
+                                   build_cjk_processors, single_temperature)
+from genlab.tokenization import default_tokenizer
+
+NEG_INF = -float("inf")
+
+
+@pytest.fixture(scope="module", params=["corpus", "qwen2"])
+def tok(request):
+    if request.param == "corpus":
+        tokenizer = default_tokenizer()
+    else:
+        from genlab.qwen2_tokenizer import qwen2_tokenizer_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(qwen2_tokenizer_dir())
+    return tokenizer, TokenClasses.from_tokenizer(tokenizer)
+
+
+def char_ids(tokenizer, text):
+    """One id per character (each character encoded alone), as a (1, len) tensor."""
+    ids = [tokenizer.encode(c, add_special_tokens=False) for c in text]
+    assert all(len(i) == 1 for i in ids), f"a character of {text!r} is not a single token"
+    return torch.tensor([[i[0] for i in ids]])
+
+
+def one_id(tokenizer, char):
+    return char_ids(tokenizer, char)[0, 0].item()
+
+
+def random_scores(classes, batch=1, seed=0):
+    return torch.randn(batch, classes.cjk.shape[0] + 7, generator=torch.Generator().manual_seed(seed))
+
+
+def test_mark_ids_are_derived_from_the_tokenizer(tok):
+    tokenizer, classes = tok
+    comma_ids = set(classes.comma.nonzero().flatten().tolist())
+    assert one_id(tokenizer, "，") in comma_ids and one_id(tokenizer, "、") in comma_ids
+    decoded = tokenizer.batch_decode([[i] for i in comma_ids])
+    assert all(any(m in text for m in "，、：:") for text in decoded)
+    if len(tokenizer) > 100_000:  # Qwen2: a mark lives in several ids ("，\n", "”，", …)
+        assert len(comma_ids) > 4
+        assert tokenizer.convert_tokens_to_ids(tokenizer.tokenize("，\n"))[0] in comma_ids or len(comma_ids) > 10
+    assert classes.cjk[one_id(tokenizer, "中")] and not classes.cjk[one_id(tokenizer, "，")]
+    assert classes.sentence_end[one_id(tokenizer, "。")] and classes.sentence_end[one_id(tokenizer, ".")]
+
+
+def test_adjacent_identical_cjk_character_is_banned(tok):
+    tokenizer, classes = tok
+    proc = CJKAdjacentRepeatLogitsProcessor(classes)
+    scores = random_scores(classes)
+    out = proc(char_ids(tokenizer, "我真"), scores.clone())
+    assert out[0, one_id(tokenizer, "真")] == NEG_INF
+    starts_with_zhen = (classes.first_char == ord("真")).nonzero().flatten()
+    assert torch.isinf(out[0, starts_with_zhen]).all()
+    assert torch.isfinite(out[0, one_id(tokenizer, "我")])
+    # a mark after a mark and a Latin letter after itself are not CJK content: untouched
+    assert torch.equal(proc(char_ids(tokenizer, "好，"), scores.clone()), scores)
+    assert torch.equal(proc(char_ids(tokenizer, "ab"), scores.clone()), scores)
+
+
+@pytest.mark.parametrize("ngram_size", [2, 3])
+def test_ngram_ban_over_punctuation_stripped_cjk_history(tok, ngram_size):
+    tokenizer, classes = tok
+    proc = CJKNoRepeatNGramLogitsProcessor(classes, ngram_size)
+    scores = random_scores(classes)
+    # stripped history 员在工作员在 (+ 员 for bigrams): the mark between the repeats does not hide them
+    text = "员在工作，员在" if ngram_size == 3 else "员在工作，员"
+    out = proc(char_ids(tokenizer, text), scores.clone())
+    banned = (out == NEG_INF).nonzero()[:, 1].tolist()
+    assert banned == [one_id(tokenizer, "工" if ngram_size == 3 else "在")]
+    assert torch.equal(proc(char_ids(tokenizer, "员在工作，我们"), scores.clone()), scores)
+
+
+def test_comma_gating_counts_cjk_content_characters_since_last_mark(tok):
+    tokenizer, classes = tok
+    proc = CJKPunctuationGateLogitsProcessor(classes)
+    scores = torch.zeros(1, classes.cjk.shape[0])
+    comma, period = classes.comma, classes.period & ~classes.comma  # Qwen2 has "。，": gated as a comma
+    early = proc(char_ids(tokenizer, "我爱北京，天安"), scores.clone())  # 2 since the mark
+    assert torch.isinf(early[0, comma]).all() and (early[0, period] == -8.0).all()
+    mid = proc(char_ids(tokenizer, "我爱北京，天安门广场"), scores.clone())  # 5: commas open, 。 still −8
+    assert (mid[0, comma & ~classes.period] == 0).all() and (mid[0, period] == -8.0).all()
+    late = proc(char_ids(tokenizer, "我爱北京，天安门广场真大啊"), scores.clone())  # 8
+    assert torch.equal(late, scores)
+    assert classes.cjk_since_punctuation(char_ids(tokenizer, "ab我爱")).tolist() == [2]
+
+
+def test_repetition_penalty_touches_cjk_only(tok):
+    tokenizer, classes = tok
+    proc = CJKRepetitionPenaltyLogitsProcessor(classes, 1.22)
+    ids = char_ids(tokenizer, "好，好a")
+    scores = torch.full((1, classes.cjk.shape[0]), 2.0)
+    scores[0, one_id(tokenizer, "好")] = -2.0
+    out = proc(ids, scores.clone())
+    assert out[0, one_id(tokenizer, "好")] == pytest.approx(-2.44)
+    assert out[0, one_id(tokenizer, "，")] == 2.0 and out[0, one_id(tokenizer, "a")] == 2.0
+    positive = proc(ids, torch.full_like(scores, 2.0))
+    assert positive[0, one_id(tokenizer, "好")] == pytest.approx(2.0 / 1.22)
+
+
+def test_processors_are_pure_and_survive_rollback(tok):
+    tokenizer, classes = tok
+    stack = build_cjk_processors(classes)
+    ids = char_ids(tokenizer, "员在工作，员在真")
+    scores = random_scores(classes)
+    first = stack(ids, scores.clone())
+    assert torch.equal(stack(ids, scores.clone()), first)
+    drafted = torch.cat([ids, char_ids(tokenizer, "的，好。")], dim=1)
+    stack(drafted, scores.clone())  # a draft that is rolled back
+    assert torch.equal(stack(drafted[:, : ids.shape[1]], scores.clone()), first)
+
+
+def test_processors_are_batched_and_padding_invariant(tok):
+    tokenizer, classes = tok
+    stack = build_cjk_processors(classes)
+    texts = ["员在工作，员在", "我爱北京，天安门广场真大", "好好"]
+    rows = [char_ids(tokenizer, t) for t in texts]
+    width = max(r.shape[1] for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = torch.cat([torch.cat([torch.full((1, width - r.shape[1]), pad), r], 1) for r in rows])
+    scores = random_scores(classes, batch=len(texts))
+    together = stack(batch, scores.clone())
+    for i, row in enumerate(rows):
+        assert torch.equal(together[i : i + 1], stack(row, scores[i : i + 1].clone()))
+
+
+def test_temperature_is_applied_exactly_once(tok):
+    _, classes = tok
+    stack = build_cjk_processors(classes, temperature=0.5)
+    as_generate_builds_it = LogitsProcessorList([TemperatureLogitsWarper(0.5), *stack])
+    guarded = single_temperature(as_generate_builds_it)
+    assert sum(isinstance(p, (TemperatureLogitsWarper, SingleTemperatureLogitsWarper)) for p in guarded) == 1
+    ids, scores = torch.tensor([[0]]), random_scores(classes)
+    assert torch.allclose(guarded(ids, scores.clone()), stack(ids, scores.clone()))
+    assert torch.allclose(SingleTemperatureLogitsWarper(0.5)(ids, scores.clone()), scores * 2)
+    with pytest.raises(ValueError, match="SingleTemperatureLogitsWarper"):
+        single_temperature(LogitsProcessorList([SingleTemperatureLogitsWarper(0.7), SingleTemperatureLogitsWarper(0.7)]))
+
+
+def test_sentence_stopping_waits_for_min_new_tokens(tok):
+    tokenizer, classes = tok
+    prompt = char_ids(tokenizer, "今天")
+    stop = SentenceStoppingCriteria(classes, prompt_length=prompt.shape[1], min_new_tokens=4)
+    early = torch.cat([prompt, char_ids(tokenizer, "好。")], 1)
+    assert stop(early).tolist() == [False]
+    done = torch.cat([prompt, char_ids(tokenizer, "天气很好。")], 1)
+    not_end = torch.cat([prompt, char_ids(tokenizer, "天气很好，")], 1)
+    assert stop(torch.cat([done, not_end])).tolist() == [True, False]
+
+
+def test_bad_processor_arguments_raise():
+    classes = TokenClasses.from_texts(["", "a", "中", "，"])
+    with pytest.raises(ValueError, match="ngram_size"):
+        CJKNoRepeatNGramLogitsProcessor(classes, 4)
+    with pytest.raises(ValueError, match="temperature"):
+        SingleTemperatureLogitsWarper(0.0)
+    with pytest.raises(ValueError, match="n_sentences"):
+        SentenceStoppingCriteria(classes, 0, 16, 0)
