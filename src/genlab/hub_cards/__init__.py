@@ -1,0 +1,127 @@
+"""Model cards for genlab checkpoints (SPEC H5).
+
+``build_model_card`` returns a ``huggingface_hub.ModelCard``: YAML metadata from ``ModelCardData``
+(``library_name: transformers``, tags including ``genlab``, ``pipeline_tag``, ``license``, ``datasets``,
+``base_model`` when there is one) and a ``model-index`` whose results are READ from benchmark JSON files
+(SPEC section B), never typed in. The body shows those figures with their goals, the machine they were measured on,
+a usage snippet and the training configuration. ``genlab.hub.write_card`` builds one from a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from ..runs import MANIFEST
+from .bench import BenchReport, eval_results, load_bench, results_markdown
+
+__all__ = ["BenchReport", "build_model_card", "default_usage_snippet", "load_bench", "read_run_info"]
+
+# Manifest keys that become card metadata; every other manifest key is shown as training configuration.
+CARD_KEYS = ("system", "model_name", "base_model", "datasets", "tags", "pipeline_tag", "license", "repo_id",
+             "usage_snippet")
+_AUTO_CLASS_PREFERENCE = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM", "AutoModel")
+
+
+def read_run_info(run_dir: str | os.PathLike) -> dict:
+    """A run directory's manifest (``genlab_run.json``) plus ``config.json`` under ``"model_config"``."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {MANIFEST}: not a complete genlab run directory")
+    info = json.loads(manifest_path.read_text(encoding="utf-8"))
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        info["model_config"] = json.loads(config_path.read_text(encoding="utf-8"))
+    info.setdefault("model_name", run_dir.resolve().name)
+    return info
+
+
+def default_usage_snippet(model_id: str, model_config: Mapping | None = None, *, has_tokenizer: bool = True) -> str:
+    """A snippet that loads ``model_id`` with the fitting ``Auto*`` class and generates a few tokens.
+
+    The class comes from ``auto_map`` (remote code, hence ``trust_remote_code=True``) or from the architecture name.
+    Architectures whose ``generate`` differs should put their own ``usage_snippet`` in the run manifest.
+    """
+    model_config = model_config or {}
+    auto_map = model_config.get("auto_map") or {}
+    architectures = model_config.get("architectures") or []
+    if auto_map:
+        auto_class = next((name for name in _AUTO_CLASS_PREFERENCE if name in auto_map), "AutoModel")
+    else:
+        is_causal = any(arch.endswith("ForCausalLM") for arch in architectures)
+        auto_class = "AutoModelForCausalLM" if is_causal else "AutoModel"
+    trust = ", trust_remote_code=True" if auto_map else ""
+    if has_tokenizer:
+        return (f"from transformers import {auto_class}, AutoTokenizer\n\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({model_id!r}{trust})\n"
+                f"model = {auto_class}.from_pretrained({model_id!r}{trust})\n"
+                f"inputs = tokenizer(\"今天天气很好\", return_tensors=\"pt\")\n"
+                f"output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
+                f"print(tokenizer.decode(output[0], skip_special_tokens=True))\n")
+    return (f"import torch\nfrom transformers import {auto_class}\n\n"
+            f"model = {auto_class}.from_pretrained({model_id!r}{trust})\n"
+            f"input_ids = torch.tensor([[1, 2, 3]])\n"
+            f"print(model.generate(input_ids, max_new_tokens=8, do_sample=False))\n")
+
+
+def build_model_card(
+    run_dir_or_info: str | os.PathLike | Mapping,
+    bench_json_paths: Iterable[str | os.PathLike] = (),
+    *,
+    usage_snippet: str,
+    model_name: str | None = None,
+    base_model: str | None = None,
+    datasets: Iterable[str] = (),
+    tags: Iterable[str] = (),
+    pipeline_tag: str | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """Build the card of one model (SPEC H5).
+
+    ``run_dir_or_info`` is a run directory (its ``genlab_run.json`` and ``config.json`` are read) or an info
+    mapping with the same keys (``system``, ``model_name``, ``base_model``, ``datasets``, ...; see ``CARD_KEYS``).
+    Explicit arguments win over the manifest; ``license`` defaults to the manifest's, else ``"apache-2.0"``. Every other manifest key is listed as training configuration.
+    ``bench_json_paths`` are SPEC-B benchmark files: each figure becomes a model-index result and a table row.
+    """
+    if isinstance(run_dir_or_info, (str, os.PathLike)):
+        info = read_run_info(run_dir_or_info)
+    else:
+        info = dict(run_dir_or_info)
+    reports = [load_bench(path) for path in bench_json_paths]
+    system = info.get("system") or (reports[0].system if reports else None)
+    name = model_name or info.get("model_name") or f"genlab-{system or 'model'}"
+    pipeline_tag = pipeline_tag or info.get("pipeline_tag") or "text-generation"
+    base_model = base_model or info.get("base_model") or None
+    datasets = list(datasets) or list(info.get("datasets") or [])
+    all_tags = ["genlab", *([f"genlab-{system}"] if system else []), *info.get("tags", []), *tags]
+    results = [result for report in reports for result in eval_results(report, task_type=pipeline_tag)]
+
+    data = ModelCardData(
+        model_name=name if results else None,  # the model-index's name; no results, no model-index
+        library_name="transformers", license=license or info.get("license") or "apache-2.0",
+        pipeline_tag=pipeline_tag, tags=list(dict.fromkeys(all_tags)), datasets=datasets or None,
+        base_model=base_model, eval_results=results or None,
+    )
+    model_config = info.get("model_config") or {}
+    architecture = ", ".join(model_config.get("architectures") or []) or model_config.get("model_type", "")
+    intro = f"A genlab `{system}` model" if system else "A genlab model"
+    intro += f" (`{architecture}`)" if architecture else ""
+    intro += f", fine-tuned from [`{base_model}`](https://huggingface.co/{base_model})." if base_model else "."
+    body = [f"# {name}", "", intro, "", "## Usage", "", "```python", usage_snippet.rstrip("\n"), "```", "",
+            "## Results", ""]
+    if reports:
+        body += ["Measured by `genlab bench` (timings are medians after warm-up) on the machine named with each "
+                 "table; the model-index above is read from the same files.", ""]
+        body += [results_markdown(report) + "\n" for report in reports]
+    else:
+        body += ["No benchmark results yet: run `genlab bench` and rebuild this card.", ""]
+    training = {key: value for key, value in info.items() if key not in (*CARD_KEYS, "model_config")}
+    if training:
+        body += ["## Training configuration", "", "```json",
+                 json.dumps(training, indent=2, ensure_ascii=False, sort_keys=True), "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
