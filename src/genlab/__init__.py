@@ -18,3 +18,15 @@ def _register(config_class, *auto_model_pairs) -> None:
 
 
 # One block per architecture (imports kept local to the block):
+
+
+def _register_planner() -> None:  # concept-first planner–executor (SPEC P1–P8)
+    from transformers import AutoModel
+
+    from .configuration_planner import PlannerExecutorConfig
+    from .modeling_planner import PlannerExecutorModel
+
+    _register(PlannerExecutorConfig, (AutoModel, PlannerExecutorModel))
+
+
+_register_planner()

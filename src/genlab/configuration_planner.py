@@ -1,0 +1,128 @@
+"""Configuration of the concept-first planner–executor (SPEC P1–P8; seed 003 "v3: pure AR", "v3.1").
+
+Concept ids are LOCAL to their type: every type's vocabulary starts with three specials — ``<pad>`` (0),
+``<eos>`` (1), ``<mask>`` (2) — followed by ``concept_vocab_sizes[i]`` content concepts, so type ``i`` has
+``concept_vocab_sizes[i] + 3`` ids. Planner and executor are Qwen2 stacks described by plain dicts of
+``Qwen2Config`` fields (``hidden_size``, ``num_hidden_layers`` …); there is no dropout anywhere, so the
+E-step's rollout and the M-step's replay of a plan see exactly the same function (SPEC Pitfalls).
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig, Qwen2Config
+
+CONCEPT_PAD, CONCEPT_EOS, CONCEPT_MASK = 0, 1, 2
+NUM_CONCEPT_SPECIALS = 3
+CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
+ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
+
+DEFAULT_STACK = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     intermediate_size=352)
+STACK_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size")
+
+
+class PlannerExecutorConfig(PretrainedConfig):
+    """Everything a :class:`PlannerExecutorModel` and its hard-EM trainer read.
+
+    Args:
+        vocab_size: text vocabulary (shared by the planner's input u and the executor's output x).
+        concept_types: names of the concept types (P1), at least one.
+        concept_vocab_sizes: content concepts per type (the 3 specials come on top).
+        concept_max_lengths: longest concept sequence per type, ``<eos>`` excluded.
+        max_input_length: longest u the planner accepts; max_text_length: longest text the executor writes.
+        planner, executor: ``Qwen2Config`` fields of each stack (P1, P2). Both stacks share one hidden size
+            (the straight-through path moves planner distributions onto executor embeddings).
+        planner_mtp_heads: extra heads predicting concept t+1+d (d = 1…n) from position t (P5, v3.1).
+        concept_gradient: how the M-step feeds z to the executor (P4): ``hard_em`` (ids of z*),
+            ``straight_through`` (e_hard + e_soft − stopgrad(e_soft)) or ``soft_mixture`` (e_soft).
+        estep_top_k: candidates scored per example in the E-step; estep_sources: where they come from
+            (``proposer`` = from y, ``planner_greedy``, ``planner_sample``, ``previous`` = the cached z*).
+        estep_refresh_steps: M, the age in steps after which an example's cached z* is searched again (v3.1).
+        monitor_steps: N, steps between monitor readings (P6); monitor_batch_size: examples they use.
+        position_buckets: left edges of the NLL-by-position buckets (P6 item 8).
+    """
+
+    model_type = "planner_executor"
+
+    def __init__(self, vocab_size: int = 5420, pad_token_id: int = 0, bos_token_id: int = 2, eos_token_id: int = 3,
+                 concept_types: list[str] | tuple[str, ...] = ("keywords", "shape"),
+                 concept_vocab_sizes: list[int] | tuple[int, ...] = (512, 16),
+                 concept_max_lengths: list[int] | tuple[int, ...] = (8, 6),
+                 max_input_length: int = 128, max_text_length: int = 192,
+                 planner: dict | None = None, executor: dict | None = None, planner_mtp_heads: int = 0,
+                 rope_theta: float = 10000.0, rms_norm_eps: float = 1e-6, initializer_range: float = 0.02,
+                 concept_gradient: str = "hard_em", estep_top_k: int = 4,
+                 estep_sources: list[str] | tuple[str, ...] = ("proposer", "planner_greedy", "planner_sample",
+                                                                "previous"),
+                 estep_refresh_steps: int = 50, monitor_steps: int = 50, monitor_batch_size: int = 16,
+                 position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
+        self.vocab_size = vocab_size
+        self.concept_types = list(concept_types)
+        self.concept_vocab_sizes = [int(v) for v in concept_vocab_sizes]
+        self.concept_max_lengths = [int(n) for n in concept_max_lengths]
+        self.max_input_length = max_input_length
+        self.max_text_length = max_text_length
+        self.planner = {**DEFAULT_STACK, **(planner or {})}
+        self.executor = {**DEFAULT_STACK, **(executor or {})}
+        self.planner_mtp_heads = planner_mtp_heads
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.concept_gradient = concept_gradient
+        self.estep_top_k = estep_top_k
+        self.estep_sources = list(estep_sources)
+        self.estep_refresh_steps = estep_refresh_steps
+        self.monitor_steps = monitor_steps
+        self.monitor_batch_size = monitor_batch_size
+        self.position_buckets = [int(b) for b in position_buckets]
+        self._validate()
+        kwargs.setdefault("tie_word_embeddings", True)
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    def _validate(self) -> None:
+        if not self.concept_types:
+            raise ValueError("concept_types must name at least one concept type, got an empty list")
+        n = len(self.concept_types)
+        for field in ("concept_vocab_sizes", "concept_max_lengths"):
+            values = getattr(self, field)
+            if len(values) != n or any(v < 1 for v in values):
+                raise ValueError(f"{field} must hold one positive int per concept type ({n}), got {values}")
+        if self.concept_gradient not in CONCEPT_GRADIENTS:
+            raise ValueError(f"concept_gradient must be one of {CONCEPT_GRADIENTS}, got {self.concept_gradient!r}")
+        unknown = [s for s in self.estep_sources if s not in ESTEP_SOURCES]
+        if unknown or not self.estep_sources:
+            raise ValueError(f"estep_sources must be a non-empty subset of {ESTEP_SOURCES}, got {self.estep_sources}")
+        for stack in ("planner", "executor"):
+            extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
+            if extra:
+                raise ValueError(f"{stack} takes only the fields {STACK_FIELDS}, got {extra}")
+        if self.planner["hidden_size"] != self.executor["hidden_size"]:
+            raise ValueError("planner and executor hidden_size must be equal (straight-through path), got "
+                             f"{self.planner['hidden_size']} and {self.executor['hidden_size']}")
+        for field in ("max_input_length", "max_text_length", "estep_top_k", "estep_refresh_steps", "monitor_steps",
+                      "monitor_batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be ≥ 1, got {getattr(self, field)}")
+        if self.planner_mtp_heads < 0:
+            raise ValueError(f"planner_mtp_heads must be ≥ 0, got {self.planner_mtp_heads}")
+
+    @property
+    def num_concept_types(self) -> int:
+        return len(self.concept_types)
+
+    @property
+    def concept_type_vocab_sizes(self) -> list[int]:
+        """Ids per type including the 3 specials."""
+        return [v + NUM_CONCEPT_SPECIALS for v in self.concept_vocab_sizes]
+
+    def stack_config(self, stack: str, max_positions: int) -> Qwen2Config:
+        """The ``Qwen2Config`` of the ``planner`` or ``executor`` stack (its decoder layers and RoPE)."""
+        config = Qwen2Config(vocab_size=self.vocab_size, max_position_embeddings=max_positions,
+                             rope_theta=self.rope_theta, rms_norm_eps=self.rms_norm_eps,
+                             pad_token_id=self.pad_token_id, attention_dropout=0.0, **getattr(self, stack))
+        config._attn_implementation = self._attn_implementation or "sdpa"
+        return config
+
+
+PlannerExecutorConfig.register_for_auto_class("AutoConfig")

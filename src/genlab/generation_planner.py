@@ -1,0 +1,152 @@
+"""Concept-first decoding (SPEC P8): ``generate(u)`` plans typed concepts, then executes them into text.
+
+``plan`` decodes every concept type at once (v3.1): each step feeds one token per type (or 1 + n with the
+multi-token-prediction heads) into the planner's KV cache, where a type sees u and its own past only. A type
+ends at its ``<eos>`` or at its max length. ``execute`` prefills the executor with the concept-only prefix
+and decodes text token by token with a KV cache, through a standard ``LogitsProcessorList`` built from the
+``GenerationConfig`` (temperature, top-k, top-p, repetition penalty, min_new_tokens) plus any user processors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessorList
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import (MinLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers.utils import ModelOutput
+
+from .configuration_planner import CONCEPT_EOS, CONCEPT_PAD
+
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@dataclass
+class PlanAndExecuteOutput(ModelOutput):
+    """``generate(..., return_concepts=True)``: the text ids and the plan they were written from (P8)."""
+
+    sequences: torch.LongTensor | None = None  # (batch, new tokens), padded after </s>
+    concept_ids: torch.LongTensor | None = None  # (batch, types, max length), <pad> after each type's end
+
+
+def choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """argmax, or a sample from softmax(logits / temperature) restricted to the top k; over the last dim."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+    flat = logits.flatten(0, -2).softmax(-1)
+    return torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
+
+
+class PlannerExecutorGenerationMixin(GenerationMixin):
+    """``plan`` (P1, P5), ``execute`` (P3) and ``generate`` = plan then execute (P8)."""
+
+    @torch.no_grad()
+    def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, use_mtp: bool = False,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """u → concept ids (batch, types, max length), ``<pad>`` after each type's end (its ``<eos>`` dropped).
+
+        ``use_mtp`` accepts the multi-token-prediction heads' guesses as they are (1 + n tokens per step).
+        """
+        k, device = self.config.num_concept_types, input_ids.device
+        b = input_ids.shape[0]
+        max_lengths = torch.tensor(self.config.concept_max_lengths, device=device)  # (types,)
+        longest = int(max_lengths.max())
+        heads = 1 + (len(self.mtp_proj) if use_mtp else 0)
+        cache, key_valid, u_length = self.encode_input(input_ids, attention_mask)
+        key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
+        fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
+        columns, done, offset = [], torch.zeros(b, k, dtype=torch.bool, device=device), 0
+        while len(columns) <= longest:
+            n = fed.shape[2]
+            hidden = self.planner_segments(fed, torch.arange(offset, offset + n, device=device), u_length, cache,
+                                           key_valid, key_type)
+            key_valid = torch.cat([key_valid, key_valid.new_ones(b, k * n)], 1)
+            key_type = torch.cat([key_type, torch.arange(1, k + 1, device=device).repeat_interleave(n)])
+            offset += n
+            last = hidden[:, :, -1:]  # (batch, types, 1, hidden)
+            guesses = torch.cat([last] + [proj(last) for proj in self.mtp_proj[: heads - 1]], 2)
+            new = choose(self.planner_logits(guesses), do_sample, temperature, top_k, generator)  # (b, k, heads)
+            accepted = []
+            for head in range(heads):  # at most 1 + planner_mtp_heads columns per step
+                token = torch.where(len(columns) >= max_lengths, CONCEPT_EOS, new[..., head])
+                token = token.masked_fill(done, CONCEPT_PAD)
+                done = done | (token == CONCEPT_EOS)
+                columns.append(token)
+                accepted.append(token)
+                if len(columns) > longest:
+                    break
+            if bool(done.all()):
+                break
+            fed = self.planner_concept_ids(torch.stack(accepted, -1))
+        concepts = torch.stack(columns, -1)[..., :longest]
+        return concepts.masked_fill(concepts == CONCEPT_EOS, CONCEPT_PAD)
+
+    def _logits_processors(self, config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:
+        processors = LogitsProcessorList()
+        if config.min_new_tokens and config.eos_token_id is not None:
+            processors.append(MinLengthLogitsProcessor(1 + config.min_new_tokens, config.eos_token_id))
+        if config.repetition_penalty not in (None, 1.0):
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        processors.extend(extra or [])
+        if config.do_sample:
+            if config.temperature not in (None, 1.0):
+                processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                processors.append(TopKLogitsWarper(config.top_k))
+            if config.top_p not in (None, 1.0):
+                processors.append(TopPLogitsWarper(config.top_p))
+        return processors
+
+    @torch.no_grad()
+    def execute(self, concept_ids: torch.Tensor, generation_config: GenerationConfig | None = None,
+                logits_processor: LogitsProcessorList | None = None, generator: torch.Generator | None = None,
+                **kwargs) -> torch.Tensor:
+        """Concepts → text ids (batch, new tokens) with the executor's KV cache (P3); rows pad after ``</s>``."""
+        config = GenerationConfig(**{**(generation_config or self.generation_config).to_dict(), **kwargs})
+        max_new = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        processors = self._logits_processors(config, logits_processor)
+        embeds, positions, _, valid = self.executor_prefix(concept_ids)
+        b, width = valid.shape
+        key_valid = torch.cat([valid, valid.new_ones(b, max_new)], 1)
+        cache = DynamicCache(config=self.executor.config)
+        hidden = self.executor_step(embeds, positions, valid, cache)
+        text = torch.full((b, 1), self.config.bos_token_id, dtype=torch.long, device=valid.device)
+        unfinished = torch.ones(b, dtype=torch.bool, device=valid.device)
+        for step in range(1, max_new + 1):
+            scores = processors(text, self.lm_head(hidden[:, -1]).float())
+            token = choose(scores, bool(config.do_sample), 1.0, None, generator)
+            token = token.masked_fill(~unfinished, self.config.pad_token_id)
+            text = torch.cat([text, token[:, None]], 1)
+            unfinished = unfinished & (token != self.config.eos_token_id)
+            if step == max_new or not bool(unfinished.any()):
+                break
+            hidden = self.executor_step(self.text_embeds(token[:, None]), positions.new_full((b, 1), step),
+                                        key_valid[:, : width + step], cache)
+        return text[:, 1:]
+
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 concept_ids: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
+                 logits_processor: LogitsProcessorList | None = None, return_concepts: bool = False,
+                 plan_do_sample: bool = False, plan_temperature: float = 1.0, use_mtp: bool = False,
+                 generator: torch.Generator | None = None, **kwargs):
+        """Plan from u (unless ``concept_ids`` are given), then execute (P8).
+
+        Returns the text ids, or a :class:`PlanAndExecuteOutput` with the concepts when ``return_concepts``
+        (or ``return_dict_in_generate``) is set.
+        """
+        return_dict = return_concepts or kwargs.pop("return_dict_in_generate", False)
+        if concept_ids is None:
+            if input_ids is None:
+                raise ValueError("generate needs input_ids (u) to plan from, or concept_ids to execute")
+            concept_ids = self.plan(input_ids, attention_mask, do_sample=plan_do_sample,
+                                    temperature=plan_temperature, use_mtp=use_mtp, generator=generator)
+        sequences = self.execute(concept_ids, generation_config, logits_processor, generator, **kwargs)
+        return PlanAndExecuteOutput(sequences=sequences, concept_ids=concept_ids) if return_dict else sequences

@@ -1,0 +1,361 @@
+"""Concept-first decoding: a planner writes typed concept plans, an executor writes text from them alone.
+
+SPEC P1–P8 (seed 003 "v3: pure AR", "v3.1"). Both halves are transformers ``Qwen2Model`` stacks (decoder
+layers, RoPE, attention dispatch) driven through ``inputs_embeds``, explicit ``position_ids`` and a
+ready-made 4-D mask; what this file adds to Qwen2 is only the layout of the two sequences:
+
+* Planner (P1, P5): ``[u₁ … u_U | SEP₁ c¹₁ … | SEP₂ c²₁ … | …]``. u attends causally to itself; each type's
+  segment attends to u and causally to ITSELF only, so the types are conditionally independent given u and
+  are decoded in parallel. Segment token j sits at position ``|u| + j`` (SEP at j = 0). One head per type
+  over that type's vocabulary (``<eos>`` + content); optional multi-token-prediction heads (v3.1).
+* Executor (P2, P3): ``[<BOS>, <SEP₁>, C¹…, <SEP₂>, C²…]`` then the text. Every segment starts at position
+  0 with its marker and counts its content from 1: BOS and the text form segment 0 (BOS at 0, text token t
+  at t), SEPᵢ is at 0 and concept cⁱⱼ at j. The text therefore gets positions 1…T whatever the plan's
+  length, so a text token's rotary phase depends only on its place in the sentence (one positional
+  pattern for all plan lengths; position-bucket NLLs compare like with like); causality comes from the
+  attention mask over the sequence order, not from the position ids. A learned type embedding is added
+  (0 = BOS/text, i = type i with its SEP). Plans of unequal lengths are packed and LEFT-padded, so the
+  text starts in the same column for the whole batch and KV-cached decoding appends to it.
+
+The executor never receives u: its only inputs are the concept ids (or, for the straight-through and
+soft-mixture M-step options of P4, embeddings computed from the planner's distribution over them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+from transformers.utils import ModelOutput
+
+from .configuration_planner import CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, PlannerExecutorConfig
+from .generation_planner import PlannerExecutorGenerationMixin
+from .straight_through import straight_through
+
+TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
+IGNORE = -100
+
+
+@dataclass
+class PlannerOutput(ModelOutput):
+    """``logits[:, i, j]`` is the planner's distribution of concept j+1 of type i (j = L: its ``<eos>``)."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None  # (batch, types, L + 1, max type vocab)
+    labels: torch.LongTensor | None = None  # (batch, types, L + 1)
+    log_prob: torch.FloatTensor | None = None  # (batch,) log p(z | u)
+    mtp_logits: tuple[torch.FloatTensor, ...] | None = None  # head d: concept j+1+d from position j
+
+
+@dataclass
+class ExecutorOutput(ModelOutput):
+    """``logits[:, t]`` scores ``text_ids[:, t]`` given the concepts and ``text_ids[:, :t]``."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None  # (batch, T, vocab)
+    token_nll: torch.FloatTensor | None = None  # (batch, T), 0 on padding
+    log_prob: torch.FloatTensor | None = None  # (batch,) log p(y | z)
+
+
+class ExecutorPrefix(NamedTuple):
+    """The packed, left-padded executor prefix (P2); every field but ``embeds`` is (batch, P)."""
+
+    embeds: torch.Tensor  # (batch, P, hidden), type embeddings included
+    position_ids: torch.Tensor
+    type_ids: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass
+class PlannerExecutorOutput(ModelOutput):
+    """M-step outputs (P4): the sum of both losses and each one apart, for logging."""
+
+    loss: torch.FloatTensor | None = None
+    executor_loss: torch.FloatTensor | None = None
+    planner_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None  # executor text logits
+    planner_logits: torch.FloatTensor | None = None
+    token_nll: torch.FloatTensor | None = None
+    soft_hard_cosine: torch.FloatTensor | None = None  # mean cos(e_soft, e_hard) over concept slots (P6)
+
+
+def attention_mask_4d(allowed: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """(batch, q, k) booleans → the ``{"full_attention": (batch, 1, q, k)}`` additive mask Qwen2Model takes."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return {"full_attention": mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]}
+
+
+def causal_allowed(key_valid: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """(batch, kv) validity → (batch, q, kv): key valid and not after the query (queries = the last q keys)."""
+    kv = key_valid.shape[1]
+    query_index = torch.arange(kv - num_queries, kv, device=key_valid.device)
+    causal = torch.arange(kv, device=key_valid.device)[None, :] <= query_index[:, None]  # (q, kv)
+    return key_valid[:, None, :] & causal[None]
+
+
+def planner_allowed(key_valid: torch.Tensor, key_type: torch.Tensor, query_type: torch.Tensor) -> torch.Tensor:
+    """Planner attention (P1, v3.1 parallel types): u causal; a segment sees u and the earlier tokens of its type.
+
+    key_valid (batch, kv), key_type (kv,), query_type (q,): the queries are the last q keys.
+    """
+    kv, q = key_type.shape[0], query_type.shape[0]
+    query_index = torch.arange(kv - q, kv, device=key_type.device)
+    not_after = torch.arange(kv, device=key_type.device)[None, :] <= query_index[:, None]  # (q, kv)
+    same_type = key_type[None, :] == query_type[:, None]
+    sees_u = (key_type[None, :] == TEXT_TYPE) & (query_type[:, None] != TEXT_TYPE)
+    return key_valid[:, None, :] & ((same_type & not_after) | sees_u)[None]
+
+
+def concept_slot_mask(concept_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, types, L) → True on the content slots: before the first ``<pad>``/``<eos>`` of each type."""
+    content = (concept_ids != CONCEPT_PAD) & (concept_ids != CONCEPT_EOS)
+    return content.long().cumprod(-1).bool()
+
+
+class PlannerExecutorPreTrainedModel(PreTrainedModel):
+    config_class = PlannerExecutorConfig
+    base_model_prefix = "planner_executor"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Qwen2DecoderLayer"]
+    _supports_sdpa = True
+
+
+class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTrainedModel):
+    """Planner (u → typed concepts, P1) + executor (concepts → text, P2/P3); ``generate`` does both (P8)."""
+
+    _tied_weights_keys = {"lm_head.weight": "executor.embed_tokens.weight"}
+
+    def __init__(self, config: PlannerExecutorConfig):
+        super().__init__(config)
+        k, hidden = config.num_concept_types, config.executor["hidden_size"]
+        self.max_type_vocab = max(config.concept_type_vocab_sizes)
+        max_concepts = max(config.concept_max_lengths) + 1
+        self.planner = Qwen2Model(config.stack_config("planner", config.max_input_length + max_concepts))
+        self.executor = Qwen2Model(config.stack_config("executor", max(config.max_text_length, max_concepts) + 1))
+        # Planner side: SEP_i rows, then one block of max_type_vocab rows per type.
+        self.planner_concept_embed = nn.Embedding(k + k * self.max_type_vocab, hidden)
+        self.planner_type_embed = nn.Embedding(k + 1, hidden)
+        self.planner_head = nn.Linear(hidden, k * self.max_type_vocab, bias=False)
+        self.mtp_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config.planner_mtp_heads))
+        # Executor side: BOS, SEP_i rows, then one block per type (same layout).
+        self.executor_prefix_embed = nn.Embedding(1 + k + k * self.max_type_vocab, hidden)
+        self.executor_type_embed = nn.Embedding(k + 1, hidden)
+        self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        type_vocab = torch.tensor(config.concept_type_vocab_sizes)
+        predictable = torch.arange(self.max_type_vocab)[None, :] < type_vocab[:, None]
+        predictable[:, [CONCEPT_PAD, CONCEPT_MASK]] = False  # the planner emits <eos> or content only
+        self.register_buffer("type_vocab_sizes", type_vocab, persistent=False)
+        self.register_buffer("predictable", predictable, persistent=False)  # (types, max type vocab)
+        self.post_init()
+
+    # -- input checks -------------------------------------------------------------------------------------------
+    def check_concepts(self, concept_ids: torch.Tensor) -> None:
+        """``ValueError`` for a wrong shape, an id outside its type's vocabulary or a plan over its max length."""
+        k = self.config.num_concept_types
+        if concept_ids.dim() != 3 or concept_ids.shape[1] != k:
+            raise ValueError(f"concept_ids must have shape (batch, {k} types, length), got {tuple(concept_ids.shape)}")
+        bad = (concept_ids < 0) | (concept_ids >= self.type_vocab_sizes[None, :, None])
+        if bad.any():
+            kind = int(bad.any(-1).any(0).nonzero()[0])
+            raise ValueError(f"concept_ids of type {self.config.concept_types[kind]!r} must lie in "
+                             f"[0, {self.config.concept_type_vocab_sizes[kind]}), got "
+                             f"{concept_ids[:, kind][bad[:, kind]].unique().tolist()}")
+        too_long = concept_slot_mask(concept_ids).sum(-1) > torch.tensor(self.config.concept_max_lengths,
+                                                                          device=concept_ids.device)
+        if too_long.any():
+            raise ValueError(f"concept plans must not exceed concept_max_lengths {self.config.concept_max_lengths}")
+
+    def check_input(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids (u) must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_input_length:
+            raise ValueError(f"input_ids (u) has {input_ids.shape[1]} tokens; the planner takes at most "
+                             f"max_input_length={self.config.max_input_length}")
+
+    # -- planner (P1, P5) ---------------------------------------------------------------------------------------
+    def planner_concept_ids(self, concept_ids: torch.Tensor) -> torch.Tensor:
+        """Local ids (batch, types, n) → rows of ``planner_concept_embed``."""
+        k = self.config.num_concept_types
+        offsets = k + torch.arange(k, device=concept_ids.device) * self.max_type_vocab
+        return concept_ids + offsets[None, :, None]
+
+    def encode_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     past_key_values: Cache | None = None):
+        """Run the planner over u. Returns (cache, u validity (batch, U), |u| (batch,))."""
+        self.check_input(input_ids)
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        embeds = self.planner.embed_tokens(input_ids) + self.planner_type_embed.weight[TEXT_TYPE]
+        key_type = torch.full((input_ids.shape[1],), TEXT_TYPE, device=input_ids.device)
+        mask = attention_mask_4d(planner_allowed(valid, key_type, key_type), embeds.dtype)
+        cache = past_key_values if past_key_values is not None else DynamicCache(config=self.planner.config)
+        self.planner(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                     use_cache=True)
+        return cache, valid, valid.sum(1)
+
+    def planner_segments(self, segment_ids: torch.Tensor, offsets: torch.Tensor, input_length: torch.Tensor,
+                         cache: Cache, key_valid: torch.Tensor, key_type: torch.Tensor) -> torch.Tensor:
+        """Feed n tokens per type (planner table rows, (batch, types, n)) at in-segment ``offsets`` (n,).
+
+        Returns their final hidden states (batch, types, n, hidden); ``cache`` grows by types·n entries.
+        """
+        b, k, n = segment_ids.shape
+        types = torch.arange(1, k + 1, device=segment_ids.device)
+        query_type = types[:, None].expand(k, n).reshape(-1)
+        embeds = self.planner_concept_embed(segment_ids) + self.planner_type_embed(types)[None, :, None]
+        positions = (input_length[:, None, None] + offsets[None, None, :]).expand(b, k, n).reshape(b, -1)
+        all_valid = torch.cat([key_valid, key_valid.new_ones(b, k * n)], 1)
+        all_type = torch.cat([key_type, query_type])
+        mask = attention_mask_4d(planner_allowed(all_valid, all_type, query_type), embeds.dtype)
+        hidden = self.planner(inputs_embeds=embeds.reshape(b, k * n, -1), attention_mask=mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True).last_hidden_state
+        return hidden.view(b, k, n, -1)
+
+    def planner_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, types, n, hidden) → (batch, types, n, max type vocab); ids a type cannot emit get -inf."""
+        k = self.config.num_concept_types
+        weight = self.planner_head.weight.view(k, self.max_type_vocab, -1)
+        logits = torch.einsum("bknh,kvh->bknv", hidden, weight)
+        return logits.masked_fill(~self.predictable[None, :, None, :], torch.finfo(logits.dtype).min)
+
+    def planner_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        concept_ids: torch.Tensor) -> PlannerOutput:
+        """Teacher-forced planner over (u, z): loss = CE of every concept and each type's ``<eos>`` (P1)."""
+        self.check_concepts(concept_ids)
+        b, k, length = concept_ids.shape
+        cache, u_valid, u_length = self.encode_input(input_ids, attention_mask)
+        slots = concept_slot_mask(concept_ids)
+        content = concept_ids.masked_fill(~slots, CONCEPT_PAD)
+        seps = torch.arange(k, device=concept_ids.device)[None, :, None].expand(b, k, 1)
+        segment_ids = torch.cat([seps, self.planner_concept_ids(content)], -1)  # (batch, types, L + 1)
+        offsets = torch.arange(length + 1, device=concept_ids.device)
+        key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=input_ids.device)
+        hidden = self.planner_segments(segment_ids, offsets, u_length, cache, u_valid, key_type)
+        logits = self.planner_logits(hidden)
+
+        lengths = slots.sum(-1, keepdim=True)  # (batch, types, 1)
+        labels = torch.cat([content, content.new_full((b, k, 1), CONCEPT_PAD)], -1)
+        labels = labels.masked_fill(offsets == lengths, CONCEPT_EOS).masked_fill(offsets > lengths, IGNORE)
+        nll = F.cross_entropy(logits.flatten(0, 2), labels.flatten(), ignore_index=IGNORE, reduction="none")
+        nll = nll.view(b, k, length + 1)
+        counted = labels != IGNORE
+        loss = nll.sum() / counted.sum()
+        mtp_logits = tuple(self.planner_logits(proj(hidden)) for proj in self.mtp_proj)
+        for d, head_logits in enumerate(mtp_logits, start=1):  # head d at j predicts label j + d
+            target = F.pad(labels[..., d:], (0, d), value=IGNORE)
+            loss = loss + F.cross_entropy(head_logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE) / len(mtp_logits)
+        return PlannerOutput(loss=loss, logits=logits, labels=labels, log_prob=-nll.sum((1, 2)),
+                             mtp_logits=mtp_logits or None)
+
+    # -- executor (P2, P3) --------------------------------------------------------------------------------------
+    def executor_prefix(self, concept_ids: torch.Tensor, concept_embeds: torch.Tensor | None = None):
+        """``[<BOS>, <SEP₁>, C¹…, <SEP₂>, C²…]`` packed and left-padded (P2).
+
+        Returns embeds (batch, P, hidden) with type embeddings added, position ids, type ids and validity (each
+        (batch, P)). ``concept_embeds`` (batch, types, L, hidden) replaces the table lookup of the concept slots.
+        """
+        self.check_concepts(concept_ids)
+        b, k, length = concept_ids.shape
+        device = concept_ids.device
+        slots = concept_slot_mask(concept_ids)
+        content = concept_ids.masked_fill(~slots, CONCEPT_PAD)
+        sep_rows = 1 + torch.arange(k, device=device)[None, :, None].expand(b, k, 1)
+        slot_rows = 1 + self.planner_concept_ids(content)  # same block layout, shifted by the BOS row
+        slot_embeds = self.executor_prefix_embed(slot_rows) if concept_embeds is None else concept_embeds
+        segments = torch.cat([self.executor_prefix_embed(sep_rows), slot_embeds], 2)  # (batch, types, L + 1, h)
+        bos = self.executor_prefix_embed.weight[0].expand(b, 1, -1)
+        embeds = torch.cat([bos, segments.flatten(1, 2)], 1)  # (batch, F = 1 + types·(L + 1), hidden)
+        types = torch.arange(k + 1, device=device).repeat_interleave(torch.tensor([1] + [length + 1] * k, device=device))
+        embeds = embeds + self.executor_type_embed(types)[None]
+        positions = torch.cat([torch.zeros(1, dtype=torch.long, device=device),
+                               torch.arange(length + 1, device=device).repeat(k)])  # (F,)
+        keep = torch.cat([slots.new_ones(b, 1), F.pad(slots, (1, 0), value=True).flatten(1)], 1)  # (batch, F)
+        # Left-pad: stable sort puts dropped entries first and kept ones last, in their original order.
+        width = int(keep.sum(1).max())
+        source = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - width:]  # (batch, P)
+        embeds = embeds.gather(1, source[..., None].expand(-1, -1, embeds.shape[-1]))
+        return ExecutorPrefix(embeds, positions[source], types[source], keep.gather(1, source))
+
+    def executor_step(self, embeds: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
+                      cache: Cache) -> torch.Tensor:
+        """Append ``embeds`` (batch, q, hidden) to the executor's cache; key_valid covers cache + q. → hidden."""
+        mask = attention_mask_4d(causal_allowed(key_valid, embeds.shape[1]), embeds.dtype)
+        return self.executor(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                             past_key_values=cache, use_cache=True).last_hidden_state
+
+    def text_embeds(self, text_ids: torch.Tensor) -> torch.Tensor:
+        return self.executor.embed_tokens(text_ids) + self.executor_type_embed.weight[TEXT_TYPE]
+
+    def executor_forward(self, concept_ids: torch.Tensor, text_ids: torch.Tensor,
+                         text_attention_mask: torch.Tensor | None = None,
+                         concept_embeds: torch.Tensor | None = None) -> ExecutorOutput:
+        """Teacher-forced p(y | z): one pass over [prefix; text] (P3). Text token t has position t (BOS = 0)."""
+        prefix, prefix_positions, _, prefix_valid = self.executor_prefix(concept_ids, concept_embeds)
+        b, t = text_ids.shape
+        if t > self.config.max_text_length:
+            raise ValueError(f"text_ids has {t} tokens; max_text_length is {self.config.max_text_length}")
+        text_valid = torch.ones_like(text_ids, dtype=torch.bool) if text_attention_mask is None else text_attention_mask.bool()
+        text_positions = torch.arange(1, t + 1, device=text_ids.device).expand(b, t)
+        embeds = torch.cat([prefix, self.text_embeds(text_ids)], 1)
+        hidden = self.executor_step(embeds, torch.cat([prefix_positions, text_positions], 1),
+                                    torch.cat([prefix_valid, text_valid], 1), DynamicCache(config=self.executor.config))
+        p = prefix.shape[1]
+        logits = self.lm_head(hidden[:, p - 1 : p - 1 + t])  # the last prefix token predicts text token 1
+        labels = text_ids.masked_fill(~text_valid, IGNORE)
+        token_nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                    reduction="none").view(b, t)
+        loss = token_nll.sum() / text_valid.sum().clamp(min=1)
+        return ExecutorOutput(loss=loss, logits=logits, token_nll=token_nll, log_prob=-token_nll.sum(1))
+
+    # -- both (the M-step of P4) --------------------------------------------------------------------------------
+    def soft_concept_embeds(self, planner_logits: torch.Tensor, length: int) -> torch.Tensor:
+        """e_soft: the planner's distribution of each slot times the executor's concept table (batch, k, L, h)."""
+        k = self.config.num_concept_types
+        table = self.executor_prefix_embed.weight[1 + k :].view(k, self.max_type_vocab, -1)
+        probs = planner_logits[:, :, :length].softmax(-1)
+        return torch.einsum("bklv,kvh->bklh", probs, table)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                concept_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                text_attention_mask: torch.Tensor | None = None) -> PlannerExecutorOutput:
+        """M-step losses for (u, z, y) (P4): planner CE on (u, z) and executor CE on (z, y).
+
+        ``config.concept_gradient`` picks what the executor reads: ``hard_em`` the ids of z; ``straight_through``
+        e_hard + e_soft − stopgrad(e_soft) (the same forward values, executor gradients reach the planner);
+        ``soft_mixture`` e_soft itself. Either half runs alone when the other's inputs are missing.
+        """
+        if concept_ids is None:
+            raise ValueError("concept_ids is required (use generate() to plan from u alone)")
+        planner_out = executor_out = cosine = concept_embeds = None
+        if input_ids is not None:
+            planner_out = self.planner_forward(input_ids, attention_mask, concept_ids)
+            length = concept_ids.shape[2]
+            e_soft = self.soft_concept_embeds(planner_out.logits, length)
+            e_hard = self.executor_prefix_embed(1 + self.planner_concept_ids(concept_ids.clamp(min=0)))
+            slots = concept_slot_mask(concept_ids)
+            cosine = F.cosine_similarity(e_soft.detach(), e_hard.detach(), dim=-1)[slots].mean()
+            if self.config.concept_gradient == "straight_through":
+                concept_embeds = straight_through(e_hard, e_soft)
+            elif self.config.concept_gradient == "soft_mixture":
+                concept_embeds = e_soft
+        if text_ids is not None:
+            executor_out = self.executor_forward(concept_ids, text_ids, text_attention_mask, concept_embeds)
+        losses = [out.loss for out in (planner_out, executor_out) if out is not None]
+        return PlannerExecutorOutput(
+            loss=sum(losses) if losses else None,
+            executor_loss=executor_out.loss if executor_out else None,
+            planner_loss=planner_out.loss if planner_out else None,
+            logits=executor_out.logits if executor_out else None,
+            planner_logits=planner_out.logits if planner_out else None,
+            token_nll=executor_out.token_nll if executor_out else None,
+            soft_hard_cosine=cosine,
+        )
+
+
+PlannerExecutorModel.register_for_auto_class("AutoModel")

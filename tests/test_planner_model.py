@@ -1,0 +1,194 @@
+"""PlannerExecutorModel (SPEC P1–P3, P8): layout, invariances, cached decoding, gradients, bad input."""
+
+import pytest
+import torch
+
+from genlab.configuration_planner import CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, PlannerExecutorConfig
+from genlab.modeling_planner import PlannerExecutorModel
+
+STACK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
+VOCAB = 60
+
+
+def make_model(**overrides) -> PlannerExecutorModel:
+    torch.manual_seed(0)
+    fields = dict(vocab_size=VOCAB, concept_types=["keywords", "shape"], concept_vocab_sizes=[20, 7],
+                  concept_max_lengths=[5, 3], max_input_length=16, max_text_length=24, planner=STACK,
+                  executor=STACK)
+    return PlannerExecutorModel(PlannerExecutorConfig(**{**fields, **overrides})).eval()
+
+
+# Two types of unequal lengths per row: (3, 2), (1 + <eos>, 3), (5, 0).
+CONCEPTS = torch.tensor([[[3, 4, 5, 0, 0], [3, 4, 0, 0, 0]],
+                         [[6, CONCEPT_EOS, 0, 0, 0], [5, 6, 7, 0, 0]],
+                         [[8, 9, 10, 11, 12], [0, 0, 0, 0, 0]]])
+
+
+def text_batch(generator_seed: int = 1, batch: int = 3, length: int = 9) -> torch.Tensor:
+    return torch.randint(6, VOCAB, (batch, length), generator=torch.Generator().manual_seed(generator_seed))
+
+
+def test_executor_prefix_positions_restart_per_type_and_type_ids_follow_segments():
+    model = make_model()
+    prefix = model.executor_prefix(CONCEPTS)
+    # Row 1: BOS, SEP1, 6, SEP2, 5, 6, 7 → 7 entries; rows 0 and 2 have 8, so row 1 gets one pad on the left.
+    assert prefix.valid.tolist()[1] == [False] + [True] * 7
+    assert prefix.position_ids.tolist()[1][1:] == [0, 0, 1, 0, 1, 2, 3]
+    assert prefix.type_ids.tolist()[1][1:] == [0, 1, 1, 2, 2, 2, 2]
+    assert prefix.position_ids.tolist()[2] == [0, 0, 1, 2, 3, 4, 5, 0]
+    assert prefix.type_ids.tolist()[2] == [0, 1, 1, 1, 1, 1, 1, 2]
+    assert prefix.valid.tolist()[0] == [True] * 8 and prefix.position_ids.tolist()[0] == [0, 0, 1, 2, 3, 0, 1, 2]
+
+
+def test_executor_logits_do_not_change_when_u_changes():
+    for gradient in ("hard_em", "straight_through"):
+        model = make_model(concept_gradient=gradient)
+        y = text_batch()
+        u1, u2 = torch.randint(6, VOCAB, (2, 3, 12), generator=torch.Generator().manual_seed(5))
+        out1 = model(input_ids=u1, concept_ids=CONCEPTS, text_ids=y)
+        out2 = model(input_ids=u2, concept_ids=CONCEPTS, text_ids=y)
+        assert not torch.equal(out1.planner_logits, out2.planner_logits)  # u does reach the planner
+        assert torch.equal(out1.logits, out2.logits), gradient
+
+
+def test_executor_is_invariant_to_batch_composition_and_padding():
+    model = make_model()
+    y = text_batch()
+    batched = model.executor_forward(CONCEPTS, y).logits
+    for row in range(3):
+        alone = model.executor_forward(CONCEPTS[row : row + 1], y[row : row + 1]).logits
+        torch.testing.assert_close(alone, batched[row : row + 1], atol=1e-5, rtol=1e-5)
+    wider = torch.nn.functional.pad(CONCEPTS, (0, 3), value=CONCEPT_PAD)  # extra padding columns per type
+    torch.testing.assert_close(model.executor_forward(wider, y).logits, batched, atol=1e-5, rtol=1e-5)
+    # A shorter text, right-padded, gives the same logits on its real tokens.
+    mask = torch.ones_like(y)
+    mask[0, 5:] = 0
+    padded = model.executor_forward(CONCEPTS, y.masked_fill(mask == 0, 0), mask).logits
+    torch.testing.assert_close(padded[0, :5], batched[0, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_executor_depends_on_concepts():
+    model = make_model()
+    y = text_batch()
+    other = CONCEPTS.clone()
+    other[0, 0, 0] = 7
+    assert not torch.allclose(model.executor_forward(CONCEPTS, y).logits[0], model.executor_forward(other, y).logits[0])
+
+
+def test_cached_executor_decoding_equals_full_forward():
+    from transformers.cache_utils import DynamicCache
+
+    model = make_model()
+    y = text_batch()
+    full = model.executor_forward(CONCEPTS, y).logits  # (batch, T, vocab)
+    embeds, positions, _, valid = model.executor_prefix(CONCEPTS)
+    cache = DynamicCache(config=model.executor.config)
+    hidden = model.executor_step(embeds, positions, valid, cache)
+    key_valid = valid
+    steps = [model.lm_head(hidden[:, -1])]
+    for t in range(y.shape[1] - 1):
+        key_valid = torch.cat([key_valid, key_valid.new_ones(3, 1)], 1)
+        hidden = model.executor_step(model.text_embeds(y[:, t : t + 1]), positions.new_full((3, 1), t + 1),
+                                     key_valid, cache)
+        steps.append(model.lm_head(hidden[:, -1]))
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_execute_greedy_equals_argmax_of_the_full_forward():
+    model = make_model()
+    text = model.execute(CONCEPTS, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    logits = model.executor_forward(CONCEPTS, text).logits
+    assert torch.equal(logits.argmax(-1), text)
+
+
+def test_planner_types_are_independent_given_u():
+    model = make_model()
+    u = text_batch(7, length=10)
+    other = CONCEPTS.clone()
+    other[:, 1] = torch.tensor([7, 8, 0, 0, 0])
+    a = model.planner_forward(u, None, CONCEPTS).logits
+    b = model.planner_forward(u, None, other).logits
+    torch.testing.assert_close(a[:, 0], b[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[:, 1], b[:, 1])
+
+
+def test_planner_is_invariant_to_input_padding_side():
+    model = make_model()
+    u = text_batch(7, batch=1, length=6)
+    mask = torch.ones(1, 9, dtype=torch.long)
+    left = torch.cat([torch.zeros(1, 3, dtype=torch.long), u], 1)
+    right = torch.cat([u, torch.zeros(1, 3, dtype=torch.long)], 1)
+    plain = model.planner_forward(u, None, CONCEPTS[:1]).logits
+    for ids, m in ((left, mask.clone().index_fill_(1, torch.arange(3), 0)),
+                   (right, mask.clone().index_fill_(1, torch.arange(6, 9), 0))):
+        torch.testing.assert_close(model.planner_forward(ids, m, CONCEPTS[:1]).logits, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_plan_replays_as_the_teacher_forced_argmax():
+    """Cached parallel-type planning == the full planner forward (no rollout/replay mismatch)."""
+    model = make_model()
+    u = text_batch(3, length=8)
+    plan = model.plan(u)
+    out = model.planner_forward(u, None, plan)
+    free = torch.arange(6)[None, :] < torch.tensor(model.config.concept_max_lengths)[:, None]  # not a forced <eos>
+    counted = (out.labels != -100) & free
+    assert torch.equal(out.logits.argmax(-1)[counted], out.labels[counted])
+    assert ((plan == CONCEPT_PAD) | (plan >= 3)).all()  # no <mask>, <eos> dropped
+
+
+def test_plan_respects_max_lengths_and_mtp_heads_run():
+    model = make_model(planner_mtp_heads=2)
+    u = text_batch(3, length=8)
+    for use_mtp in (False, True):
+        plan = model.plan(u, use_mtp=use_mtp)
+        assert plan.shape == (3, 2, 5)
+        assert (plan[:, 1, 3:] == CONCEPT_PAD).all()
+    out = model(input_ids=u, concept_ids=CONCEPTS)
+    assert len(out.planner_logits) == 3 and out.planner_loss.isfinite()
+
+
+def test_generate_plans_then_executes_and_returns_concepts():
+    model = make_model()
+    u = text_batch(3, length=8)
+    out = model.generate(u, max_new_tokens=5, return_concepts=True)
+    assert torch.equal(out.concept_ids, model.plan(u))
+    assert torch.equal(out.sequences, model.execute(out.concept_ids, max_new_tokens=5))
+    assert torch.equal(model.generate(u, max_new_tokens=5), out.sequences)
+
+
+def test_straight_through_sends_executor_gradients_to_the_planner():
+    u, y = text_batch(3, length=8), text_batch()
+    grads = {}
+    for gradient in ("hard_em", "straight_through", "soft_mixture"):
+        model = make_model(concept_gradient=gradient).train()
+        model(input_ids=u, concept_ids=CONCEPTS, text_ids=y).executor_loss.backward()
+        grad = model.planner_head.weight.grad
+        grads[gradient] = 0.0 if grad is None else float(grad.norm())
+    assert grads["hard_em"] == 0.0
+    assert grads["straight_through"] > 0 and grads["soft_mixture"] > 0
+
+
+def test_concept_id_outside_its_type_vocabulary_is_rejected():
+    model = make_model()
+    bad = CONCEPTS.clone()
+    bad[0, 1, 0] = 10  # type "shape" has 7 + 3 = 10 ids
+    with pytest.raises(ValueError, match="'shape' must lie in \\[0, 10\\)"):
+        model.executor_forward(bad, text_batch())
+    with pytest.raises(ValueError, match="shape"):
+        model.executor_forward(CONCEPTS[:, :1], text_batch())
+
+
+def test_empty_type_list_and_too_long_input_are_rejected():
+    with pytest.raises(ValueError, match="concept_types"):
+        PlannerExecutorConfig(concept_types=[], concept_vocab_sizes=[], concept_max_lengths=[])
+    with pytest.raises(ValueError, match="concept_gradient"):
+        PlannerExecutorConfig(concept_gradient="soft")
+    model = make_model()
+    with pytest.raises(ValueError, match="max_input_length=16"):
+        model.plan(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_all_mask_plan_is_valid_input():
+    model = make_model()
+    masked = torch.where(CONCEPTS >= 3, CONCEPT_MASK, CONCEPTS)
+    assert model.executor_forward(masked, text_batch()).loss.isfinite()
