@@ -147,12 +147,17 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         self.executor_prefix_embed = nn.Embedding(1 + k + k * self.max_type_vocab, hidden)
         self.executor_type_embed = nn.Embedding(k + 1, hidden)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
-        type_vocab = torch.tensor(config.concept_type_vocab_sizes)
-        predictable = torch.arange(self.max_type_vocab)[None, :] < type_vocab[:, None]
-        predictable[:, [CONCEPT_PAD, CONCEPT_MASK]] = False  # the planner emits <eos> or content only
-        self.register_buffer("type_vocab_sizes", type_vocab, persistent=False)
-        self.register_buffer("predictable", predictable, persistent=False)  # (types, max type vocab)
         self.post_init()
+
+    def type_vocab_sizes(self, device: torch.device) -> torch.Tensor:
+        """(types,) ids per type, specials included (built from the config: from_pretrained keeps no buffers)."""
+        return torch.tensor(self.config.concept_type_vocab_sizes, device=device)
+
+    def predictable(self, device: torch.device) -> torch.Tensor:
+        """(types, max type vocab): the ids the planner may emit — ``<eos>`` and the type's content."""
+        allowed = torch.arange(self.max_type_vocab, device=device)[None, :] < self.type_vocab_sizes(device)[:, None]
+        allowed[:, [CONCEPT_PAD, CONCEPT_MASK]] = False
+        return allowed
 
     # -- input checks -------------------------------------------------------------------------------------------
     def check_concepts(self, concept_ids: torch.Tensor) -> None:
@@ -160,7 +165,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         k = self.config.num_concept_types
         if concept_ids.dim() != 3 or concept_ids.shape[1] != k:
             raise ValueError(f"concept_ids must have shape (batch, {k} types, length), got {tuple(concept_ids.shape)}")
-        bad = (concept_ids < 0) | (concept_ids >= self.type_vocab_sizes[None, :, None])
+        bad = (concept_ids < 0) | (concept_ids >= self.type_vocab_sizes(concept_ids.device)[None, :, None])
         if bad.any():
             kind = int(bad.any(-1).any(0).nonzero()[0])
             raise ValueError(f"concept_ids of type {self.config.concept_types[kind]!r} must lie in "
@@ -222,7 +227,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         k = self.config.num_concept_types
         weight = self.planner_head.weight.view(k, self.max_type_vocab, -1)
         logits = torch.einsum("bknh,kvh->bknv", hidden, weight)
-        return logits.masked_fill(~self.predictable[None, :, None, :], torch.finfo(logits.dtype).min)
+        return logits.masked_fill(~self.predictable(logits.device)[None, :, None, :], torch.finfo(logits.dtype).min)
 
     def planner_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                         concept_ids: torch.Tensor) -> PlannerOutput:
