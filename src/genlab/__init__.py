@@ -30,3 +30,15 @@ def _register_planner() -> None:  # concept-first planner–executor (SPEC P1–
 
 
 _register_planner()
+
+
+def _register_concept() -> None:  # online concept compression on Qwen2 (SPEC C1–C10)
+    from transformers import AutoModelForCausalLM
+
+    from .configuration_concept import Qwen2ConceptCompressionConfig
+    from .modeling_concept import Qwen2ConceptCompressionForCausalLM
+
+    _register(Qwen2ConceptCompressionConfig, (AutoModelForCausalLM, Qwen2ConceptCompressionForCausalLM))
+
+
+_register_concept()

@@ -1,0 +1,285 @@
+"""Online concept compression (SPEC C1–C9): masks, O(T) training pass, leaks, gradients, cached decoding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genlab.configuration_concept import Qwen2ConceptCompressionConfig, gumbel_temperature
+from genlab.modeling_concept import (Qwen2ConceptCompressionForCausalLM, causal_mask, deep_attention_mask,
+                                     forced_boundaries)
+
+VOCAB = 100
+
+
+def tiny_config(**overrides):
+    fields = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64, concept_vocab_size=32,
+                  target_compression_ratio=0.25)
+    return Qwen2ConceptCompressionConfig(**{**fields, **overrides})
+
+
+def make_model(seed=0, eval_rate=0.3, **overrides):
+    """A tiny model whose noise-free (eval) decisions fire at about ``eval_rate`` of the tokens.
+
+    At init the calibrated <NULL> bias makes argmax choose <NULL> everywhere (only forced boundaries
+    fire); tests of decoding need natural concepts at irregular times, so the bias is moved to the
+    ``1 - eval_rate`` quantile of the concept logits' max on random text.
+    """
+    torch.manual_seed(seed)
+    model = Qwen2ConceptCompressionForCausalLM(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        ids = torch.randint(4, VOCAB, (8, 48), generator=torch.Generator().manual_seed(seed + 1))
+        hidden = model.run_stage("shallow", model.model.embed_tokens(ids), torch.arange(48).expand(8, 48),
+                                 causal_mask(torch.ones_like(ids, dtype=torch.bool)))
+        best = model.concept_head.proj(model.concept_head.norm(hidden))[..., :-1].max(-1).values
+        model.concept_head.null_bias.fill_(torch.quantile(best.flatten(), 1 - eval_rate).item())
+    return model
+
+
+def random_ids(batch, length, seed=0):
+    return torch.randint(4, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# -- config and bad input -------------------------------------------------------------------------------------------
+def test_layer_counts_must_sum_to_base_depth():
+    with pytest.raises(ValueError, match="sum to num_hidden_layers=4"):
+        tiny_config(num_shallow_layers=1, num_middle_layers=1, num_deep_layers=1)
+    config = tiny_config()
+    assert (config.num_shallow_layers, config.num_middle_layers, config.num_deep_layers) == (1, 2, 1)
+
+
+def test_bad_rate_fields_are_rejected():
+    with pytest.raises(ValueError, match="target_compression_ratio"):
+        tiny_config(target_compression_ratio=0.0)
+    with pytest.raises(ValueError, match="max_null_run"):
+        tiny_config(max_null_run=-1)
+
+
+def test_sequence_longer_than_max_positions_raises():
+    model = make_model()
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(random_ids(1, 65))
+
+
+def test_gumbel_temperature_is_a_function_of_the_step():
+    config = tiny_config(gumbel_tau_start=2.0, gumbel_tau_end=0.5, gumbel_anneal_steps=100)
+    assert gumbel_temperature(config, 0) == 2.0
+    assert gumbel_temperature(config, 100) == pytest.approx(0.5)
+    assert gumbel_temperature(config, 50) == pytest.approx(1.0)
+
+
+# -- C7 rate controls -------------------------------------------------------------------------------------------------
+def test_null_decision_is_calibrated_to_the_target_rate():
+    """At init P(<NULL>) = 1 - r (SPEC Pitfalls: not 1/4097); sampled training decisions follow it."""
+    torch.manual_seed(0)
+    model = Qwen2ConceptCompressionForCausalLM(tiny_config(concept_vocab_size=4096, max_null_run=1000)).train()
+    ids = random_ids(8, 64)
+    out = model(ids)
+    assert out.soft_concept_rate.item() == pytest.approx(0.25, abs=0.03)
+    assert out.is_concept.float().mean().item() == pytest.approx(0.25, abs=0.05)
+
+
+def test_forced_boundary_caps_the_null_run():
+    natural = torch.zeros(2, 12, dtype=torch.bool)
+    natural[0, 4] = True
+    valid = torch.ones_like(natural)
+    valid[1, :3] = False  # left padding does not count
+    forced = forced_boundaries(natural, valid, max_null_run=2)
+    assert forced[0].nonzero().flatten().tolist() == [2, 7, 10]
+    assert forced[1].nonzero().flatten().tolist() == [5, 8, 11]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_no_run_of_null_is_longer_than_allowed(training):
+    model = make_model(eval_rate=0.05, max_null_run=3).train(training)
+    is_concept = model(random_ids(4, 40)).is_concept
+    runs = torch.zeros(4, dtype=torch.long)
+    for t in range(40):
+        runs = torch.where(is_concept[:, t], 0, runs + 1)
+        assert int(runs.max()) <= 3
+
+
+# -- C4 the deep mask ------------------------------------------------------------------------------------------------
+def test_deep_mask_obeys_the_four_rules_on_a_hand_made_pattern():
+    # tokens 0..5, concepts at 1 and 4 → rows [c1, c4, t0, t1, t2, t3, t4, t5]
+    is_concept = torch.tensor([[False, True, False, False, True, False]])
+    mask = deep_attention_mask(torch.tensor([[1, 4]]), torch.tensor([[True, True]]), is_concept,
+                               torch.ones_like(is_concept))[0, 0].int()
+    expected = torch.tensor([
+        # c1 c4 t0 t1 t2 t3 t4 t5
+        [1, 0, 0, 0, 0, 0, 0, 0],  # c1: concept→concept causal, never tokens
+        [1, 1, 0, 0, 0, 0, 0, 0],  # c4
+        [0, 0, 1, 0, 0, 0, 0, 0],  # t0: tail {0}, no concept yet
+        [1, 0, 0, 1, 0, 0, 0, 0],  # t1 compressed: concepts ≤ 1 and itself (empty tail)
+        [1, 0, 0, 0, 1, 0, 0, 0],  # t2: c1 + tail {2}
+        [1, 0, 0, 0, 1, 1, 0, 0],  # t3: c1 + tail {2, 3}
+        [1, 1, 0, 0, 0, 0, 1, 0],  # t4 compressed: c1, c4, itself; the old tail is gone
+        [1, 1, 0, 0, 0, 0, 0, 1],  # t5: c1, c4 + tail {5}
+    ])
+    assert torch.equal(mask, expected)
+
+
+def test_deep_mask_hides_padding_keys():
+    # rows [c2, padded concept slot, t0 (left padding), t1, t2 (compressed), t3]
+    is_concept = torch.tensor([[False, False, True, False]])
+    valid = torch.tensor([[False, True, True, True]])
+    mask = deep_attention_mask(torch.tensor([[2, 0]]), torch.tensor([[True, False]]), is_concept, valid)[0, 0]
+    assert mask[:, 1].nonzero().flatten().tolist() == [1]  # the padded concept slot: seen by itself only
+    assert mask[:, 2].nonzero().flatten().tolist() == [2]  # the padding token: seen by itself only
+    assert mask[5].nonzero().flatten().tolist() == [0, 5]  # t3: concept c2 and itself
+
+
+# -- C1/C4 the O(T) training pass -----------------------------------------------------------------------------------
+def per_position_reference(model, ids):
+    """The definition of C3 run literally: one deep pass over Z_t = [concepts ≤ t ; tail(t) ; x_t] for every t."""
+    length = ids.shape[1]
+    positions = torch.arange(length).unsqueeze(0)
+    ones = torch.ones(1, length, dtype=torch.bool)
+    out = model(ids)
+    hidden = model.run_stage("shallow", model.model.embed_tokens(ids), positions, causal_mask(ones))
+    times = out.is_concept[0].nonzero().flatten()
+    choice = F.one_hot(out.concept_ids[0, times], model.config.concept_vocab_size + 1).float()[None]
+    concepts = model.concept_embedding(choice)
+    concepts = model.run_stage("middle", concepts, times[None], causal_mask(torch.ones(1, len(times), dtype=torch.bool)))
+    rows = []
+    for t in range(length):
+        last = int(times[times <= t].max()) if (times <= t).any() else -1
+        tail = [i for i in range(last + 1, t)] + [t]
+        z = torch.cat([concepts[:, times <= t], hidden[:, tail]], 1)
+        z_pos = torch.cat([times[times <= t], torch.tensor(tail)])[None]
+        rows.append(model.run_stage("deep", z, z_pos, causal_mask(torch.ones(1, z.shape[1], dtype=torch.bool)))[:, -1])
+    return model.lm_head(model.model.norm(torch.stack(rows, 1))), out
+
+
+@torch.no_grad()
+def test_one_pass_equals_per_position_reference():
+    model = make_model()
+    ids = random_ids(1, 24, seed=3)
+    reference, out = per_position_reference(model, ids)
+    assert 3 <= int(out.is_concept.sum()) <= 20
+    torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=1e-5)
+    labels = ids.clone()
+    loss = model(ids, labels=labels).loss
+    expected = F.cross_entropy(reference[0, :-1], ids[0, 1:])
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_no_causal_leak():
+    """C9: changing x_{>t} changes neither the logits nor the concept decisions at ≤ t."""
+    model = make_model()
+    ids = random_ids(2, 32, seed=5)
+    base = model(ids)
+    for t in (0, 7, 20, 30):
+        changed = ids.clone()
+        changed[:, t + 1 :] = random_ids(2, 31 - t, seed=t + 100)
+        out = model(changed)
+        torch.testing.assert_close(out.logits[:, : t + 1], base.logits[:, : t + 1], atol=1e-5, rtol=1e-5)
+        assert torch.equal(out.concept_ids[:, : t + 1], base.concept_ids[:, : t + 1])
+
+
+def test_middle_blocks_see_only_the_concept_rows():
+    model = make_model()
+    ids = random_ids(3, 40, seed=7)
+    seen = {}
+
+    def recorder(name):
+        def hook(module, args):
+            seen[name] = args[0].shape  # returns None: the inputs are left alone
+        return hook
+
+    layers = {"middle0": model.stage_layers("middle")[0], "middle1": model.stage_layers("middle")[1],
+              "deep": model.stage_layers("deep")[0]}
+    hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
+    with torch.no_grad():
+        out = model(ids)
+    for hook in hooks:
+        hook.remove()
+    concepts = int(out.is_concept.sum(1).max())
+    assert concepts < 40 // 2
+    assert seen["middle0"] == seen["middle1"] == torch.Size([3, concepts, 64])
+    assert seen["deep"] == torch.Size([3, concepts + 40, 64])
+
+
+def test_gradients_reach_concept_head_through_straight_through_path():
+    model = make_model().train()
+    ids = random_ids(2, 32, seed=9)
+    out = model(ids, labels=ids, gumbel_tau=0.7)
+    assert out.is_concept.any()
+    out.loss.backward()
+    head = model.concept_head
+    assert head.proj.weight.grad is not None and head.proj.weight.grad.abs().sum() > 0
+    assert head.null_bias.grad is not None and head.null_bias.grad.abs().sum() > 0
+    assert model.concept_embedding.embed.weight.grad.abs().sum() > 0
+    assert model.stage_layers("shallow")[0].mlp.up_proj.weight.grad.abs().sum() > 0  # through the concept rows too
+
+
+def test_loss_is_cross_entropy_per_normal_token():
+    model = make_model()
+    ids = random_ids(2, 16, seed=11)
+    labels = ids.clone()
+    labels[0, 10:] = -100
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+    expected = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+@torch.no_grad()
+def test_left_padding_does_not_change_a_row():
+    model = make_model()
+    ids = random_ids(2, 20, seed=13)
+    padded = ids.clone()
+    padded[1, :6] = 0
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+    batch = model(padded, attention_mask=mask)
+    alone = model(ids[1:, 6:])
+    torch.testing.assert_close(batch.logits[1, 6:], alone.logits[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(batch.concept_ids[1, 6:], alone.concept_ids[0])
+
+
+# -- C8 cached decoding ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_cached_decoding_equals_full_forward_while_rows_fire_at_different_times():
+    model = make_model()
+    ids = random_ids(3, 40, seed=17)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    mask[2, :2] = 0
+    full = model(ids, attention_mask=mask)
+    prompt = 12
+    step = model(ids[:, :prompt], attention_mask=mask[:, :prompt], use_cache=True)
+    valid = mask.bool()
+    torch.testing.assert_close(step.logits[valid[:, :prompt]], full.logits[:, :prompt][valid[:, :prompt]],
+                               atol=1e-4, rtol=1e-4)
+    cache, mixed_steps = step.past_key_values, 0
+    for t in range(prompt, 40):
+        step = model(ids[:, t : t + 1], past_key_values=cache)
+        torch.testing.assert_close(step.logits[:, 0], full.logits[:, t], atol=1e-4, rtol=1e-4)
+        fired = full.is_concept[:, t]
+        assert torch.equal(step.concept_ids[:, 0], full.concept_ids[:, t])
+        mixed_steps += int(fired.any() and not fired.all())
+    assert mixed_steps >= 5  # concepts fired in some rows but not others, many times
+    assert torch.equal(cache.concept_ids[valid], full.concept_ids[valid])
+    # the deep cache holds exactly the concept prefix + the current tail of each row
+    tail = torch.tensor([40 - 1 - int(row.nonzero().max()) for row in full.is_concept])
+    assert torch.equal(cache.deep.lengths, full.is_concept.sum(1) + tail)
+    assert torch.equal(cache.middle.lengths, full.is_concept.sum(1))
+
+
+@torch.no_grad()
+def test_generate_is_greedy_over_the_full_forward_and_returns_concepts():
+    model = make_model()
+    prompt = random_ids(2, 6, seed=19)
+    mask = torch.ones_like(prompt)
+    prompt[0, :2], mask[0, :2] = 0, 0
+    out = model.generate(prompt, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                         return_dict_in_generate=True, pad_token_id=0)
+    sequences = out.sequences
+    full_mask = torch.cat([mask, torch.ones(2, 20, dtype=mask.dtype)], 1)
+    full = model(sequences, attention_mask=full_mask)
+    assert torch.equal(full.logits[:, 5:-1].argmax(-1), sequences[:, 6:])
+    concepts = out.past_key_values.concept_ids
+    assert concepts.shape == (2, 25)  # every token the cache saw: prompt + 19 fed back
+    assert torch.equal(concepts[full_mask[:, :25].bool()], full.concept_ids[:, :25][full_mask[:, :25].bool()])
