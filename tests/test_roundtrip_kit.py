@@ -110,5 +110,5 @@ def test_push_to_unreachable_endpoint_names_it(tmp_path):
     """Bad input: nothing listens on the discard port; the error says which endpoint failed."""
     closed = "http://127.0.0.1:9"
     (tmp_path / "config.json").write_text("{}")
-    with use_hub_endpoint(closed), pytest.raises(ConnectionError, match=r"http://127\.0\.0\.1:9"):
+    with pytest.raises(ConnectionError, match=r"http://127\.0\.0\.1:9"):
         push_run_dir(tmp_path, "genlab-tests/nowhere", endpoint=closed)

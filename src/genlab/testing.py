@@ -16,21 +16,20 @@ Three checks, each returning what it produced so a test can reuse it:
 
 Outputs compared: ``output[output_key]`` (default ``"logits"`` for ``forward``, ``"sequences"`` for ``generate``);
 a tensor output (plain ``generate``) is compared whole; a list of keys compares each. Inputs and ``call_kwargs``
-travel to the child with ``torch.save``, so keep them to tensors and plain Python values. Every speed-insensitive
-source of difference is pinned: ``model.eval()``, ``torch.no_grad()``, and the child uses this process's
-``torch.get_num_threads()``.
+travel to the child with ``torch.save``, so keep them to tensors and plain Python values. What could make two runs
+differ is pinned: ``model.eval()``, ``torch.no_grad()``, and the child uses this process's ``torch.get_num_threads()``.
 
 Gotchas this kit handles: ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at import (``huggingface_hub.constants``)
 and ``import genlab`` imports transformers, hence huggingface_hub; so in-process pushes go through
-``use_hub_endpoint``, which patches the constants, the module-level ``HfApi`` and transformers' shared one. It also
-turns telemetry off: otherwise the first request of a process fetches ``{ENDPOINT}/api/agent-harnesses``. Children get
+``genlab.hub.use_hub_endpoint`` (re-exported here), which patches the constants, the module-level ``HfApi`` and
+transformers' shared one, and turns telemetry off: otherwise the first request of a process fetches
+``{ENDPOINT}/api/agent-harnesses``, from huggingface.co whatever ``endpoint=`` the call was given. Children get
 a proxy that points at a closed port for everything except 127.0.0.1, so a stray request to huggingface.co fails at
 once instead of leaving the machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -38,10 +37,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+from .hub import use_hub_endpoint
 
 __all__ = [
     "assert_hub_roundtrip",
@@ -189,44 +190,6 @@ def assert_hub_roundtrip(model, inputs: Mapping, *, endpoint: str, repo_id: str,
     )
     assert_outputs_equal(expected, actual, f"{auto_class}.from_pretrained({repo_id!r}).{call} from {endpoint}")
     return str(commit_url)
-
-
-@contextlib.contextmanager
-def use_hub_endpoint(endpoint: str, *, cache_dir: str | os.PathLike | None = None) -> Iterator[None]:
-    """Point this process's ``huggingface_hub`` and transformers at ``endpoint`` for the block, then restore.
-
-    ``HF_ENDPOINT`` is read once when huggingface_hub is imported, so changing the variable later does nothing; this
-    patches ``huggingface_hub.constants`` (endpoint, url template, offline flag, telemetry off, optionally the cache
-    dir), the module-level ``HfApi`` behind ``huggingface_hub.create_repo`` & co, and resets transformers' shared
-    ``HfApi``. Not thread-safe: meant for tests and scripts.
-    """
-    from huggingface_hub import constants, hf_api
-
-    import transformers.utils.hub as transformers_hub
-
-    endpoint = endpoint.rstrip("/")
-    patched = {
-        "ENDPOINT": endpoint,
-        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_HUB_OFFLINE": False,
-        "HF_HUB_DISABLE_TELEMETRY": True,  # telemetry on = fetch {ENDPOINT}/api/agent-harnesses on the first request
-    }
-    if cache_dir is not None:
-        patched["HF_HUB_CACHE"] = str(cache_dir)
-    saved = {name: getattr(constants, name) for name in patched}
-    saved_api_endpoint = hf_api.api.endpoint
-    saved_transformers_api = getattr(transformers_hub, "_hf_api", None)
-    try:
-        for name, value in patched.items():
-            setattr(constants, name, value)
-        hf_api.api.endpoint = endpoint
-        transformers_hub._hf_api = None  # rebuilt lazily with the patched endpoint
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(constants, name, value)
-        hf_api.api.endpoint = saved_api_endpoint
-        transformers_hub._hf_api = saved_transformers_api
 
 
 _CHILD_PRELUDE = '''\
