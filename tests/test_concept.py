@@ -61,6 +61,30 @@ def test_sequence_longer_than_max_positions_raises():
         model(random_ids(1, 65))
 
 
+def test_from_base_pretrained_rejects_other_architectures(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, vocab_size=50).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'qwen2'.*'llama'"):
+        Qwen2ConceptCompressionForCausalLM.from_base_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM"):
+        Qwen2ConceptCompressionForCausalLM.from_base_pretrained(torch.nn.Linear(2, 2))
+
+
+def test_from_base_pretrained_keeps_every_base_weight(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                        tie_word_embeddings=True))
+    base.save_pretrained(tmp_path)
+    model = Qwen2ConceptCompressionForCausalLM.from_base_pretrained(tmp_path, concept_vocab_size=8)
+    for key, value in base.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.config.concept_vocab_size == 8 and model.config.num_middle_layers == 2
+
+
 def test_gumbel_temperature_is_a_function_of_the_step():
     config = tiny_config(gumbel_tau_start=2.0, gumbel_tau_end=0.5, gumbel_anneal_steps=100)
     assert gumbel_temperature(config, 0) == 2.0
