@@ -42,3 +42,15 @@ def _register_concept() -> None:  # online concept compression on Qwen2 (SPEC C1
 
 
 _register_concept()
+
+
+def _register_merge() -> None:  # MERGE: Mask-Edit-Refine Gated Encoder (SPEC M1–M10)
+    from transformers import AutoModel
+
+    from .configuration_merge import MergeConfig
+    from .modeling_merge import MergeForMaskedRefinement
+
+    _register(MergeConfig, (AutoModel, MergeForMaskedRefinement))
+
+
+_register_merge()

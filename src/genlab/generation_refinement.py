@@ -1,0 +1,223 @@
+"""MERGE decoding (SPEC M8): rounds of delete bottom-K → insert counted masks → fill → stop.
+
+``model.generate(input_ids, mode="edit"|"gen"|"auto")`` overrides ``GenerationMixin.generate`` and reads its
+settings from ``GenerationConfig`` (saved as ``generation_config.json``): ``mode``, ``max_rounds`` (L_max 6),
+``confidence_stop`` (0.9), ``levenshtein_stop`` (2), ``max_new_tokens`` / ``min_new_tokens`` (bounds on the
+net growth of each sequence), ``num_deletions`` (K_del override) and ``return_dict_in_generate``.
+
+Every row is processed by the same batched tensor ops; rows that have stopped are frozen, so a sequence's
+result depends neither on the other rows nor on padding (inputs may be left- or right-padded; outputs are
+right-padded with ``<pad>``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, GenerationMixin
+from transformers.utils import ModelOutput
+
+MODES = ("edit", "gen", "auto")
+
+
+def default_refinement_config(config) -> GenerationConfig:
+    """The M8 decoding defaults of a ``MergeConfig``."""
+    return GenerationConfig(
+        mode="auto", max_rounds=config.max_rounds, confidence_stop=config.confidence_stop,
+        levenshtein_stop=config.levenshtein_stop, max_new_tokens=None, min_new_tokens=None, num_deletions=None,
+        do_sample=False, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id)
+
+
+@dataclass
+class MergeGenerateOutput(ModelOutput):
+    """``sequences`` (B, N) right-padded; ``rounds`` (B,) rounds used; per-round trace (B, R) with NaN once a row
+    has stopped: ``gate`` (g of the round), ``inserted`` (masks inserted), ``confidence`` (mean fill confidence);
+    ``deleted``: one (B, L_r) bool mask per round over that round's input."""
+
+    sequences: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    rounds: torch.LongTensor | None = None
+    gate: torch.FloatTensor | None = None
+    inserted: torch.FloatTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    deleted: tuple[torch.BoolTensor, ...] | None = None
+
+
+def levenshtein(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor) -> torch.Tensor:
+    """Batched edit distance between a[i, :a_len[i]] and b[i, :b_len[i]] → (B,) long.
+
+    One DP row per step over a, vectorised over the batch and over b: with cand[j] = min(substitute,
+    delete), the insertion chain new[j] = min_k≤j cand[k] + (j − k) is j + cummin(cand − j).
+    """
+    steps = torch.arange(b.shape[1] + 1, device=b.device)  # (Lb + 1,)
+    prev = steps.expand(b.shape[0], -1)  # D[0, j] = j
+    result = b_len.clone()  # a empty
+    for i in range(1, a.shape[1] + 1):
+        cost = (a[:, i - 1 : i] != b).long()  # (B, Lb)
+        best = torch.minimum(prev[:, :-1] + cost, prev[:, 1:] + 1)
+        cand = torch.cat([prev[:, :1] + 1, best], dim=1)  # (B, Lb + 1)
+        prev = torch.cummin(cand - steps, dim=1).values + steps
+        result = torch.where(a_len == i, prev.gather(1, b_len[:, None]).squeeze(1), result)
+    return result
+
+
+def changed_less_than(a, a_len, b, b_len, threshold: int) -> torch.Tensor:
+    """(B,) bool: Levenshtein(a, b) < threshold, running the DP only for rows the cheap bounds leave open."""
+    width = max(a.shape[1], b.shape[1])
+    a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1]), value=-1) for x in (a, b))
+    lower = (a_len - b_len).abs()  # lev ≥ |len difference|
+    same = a_len == b_len
+    hamming = (a != b).sum(-1)  # lev ≤ hamming when the lengths agree (padding compares equal)
+    decided_yes = same & (hamming < threshold)
+    open_rows = ~decided_yes & (lower < threshold)
+    if not bool(open_rows.any()):
+        return decided_yes
+    return decided_yes | (open_rows & (levenshtein(a, a_len, b, b_len) < threshold))
+
+
+def left_align(ids: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real tokens to the left (stable), padding to the right."""
+    order = torch.sort((~valid).long(), dim=1, stable=True).indices
+    valid = valid.gather(1, order)
+    return ids.gather(1, order).masked_fill(~valid, pad_id), valid
+
+
+def pad_to(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value) if x.shape[1] < width else x
+
+
+def fit_width(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, N, D) → (B, width, D), trimmed or zero-padded along the sequence."""
+    return x[:, :width] if x.shape[1] >= width else torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1]))
+
+
+@dataclass
+class RefinementState:
+    """What carries from one round to the next, all (B, ...)."""
+
+    ids: torch.LongTensor
+    valid: torch.BoolTensor
+    prev_logits: torch.Tensor | None
+    prev_hidden: torch.Tensor | None
+    done: torch.BoolTensor
+    rounds: torch.LongTensor
+
+
+class MergeGenerationMixin(GenerationMixin):
+    """``generate`` for ``MergeForMaskedRefinement`` (M8)."""
+
+    def _refinement_settings(self, generation_config, kwargs) -> GenerationConfig:
+        settings = copy.deepcopy(generation_config or self.generation_config)
+        unused = settings.update(**kwargs)
+        if unused:
+            raise ValueError(f"unknown generate arguments {sorted(unused)}; MERGE takes mode, max_rounds, "
+                             f"confidence_stop, levenshtein_stop, max_new_tokens, min_new_tokens, num_deletions, "
+                             f"return_dict_in_generate")
+        if settings.mode not in MODES:
+            raise ValueError(f"mode must be 'edit', 'gen' or 'auto', got {settings.mode!r}")
+        if not settings.max_rounds or settings.max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {settings.max_rounds}")
+        return settings
+
+    def _initial_state(self, input_ids, attention_mask, settings) -> RefinementState:
+        c = self.config
+        if input_ids is None:
+            input_ids = torch.full((1, 1), c.bos_token_id, dtype=torch.long, device=self.device)
+        valid = (input_ids != c.pad_token_id) if attention_mask is None else attention_mask.bool()
+        ids, valid = left_align(input_ids.to(self.device), valid.to(self.device), c.pad_token_id)
+        lengths = valid.sum(-1)
+        if int(lengths.max()) > c.max_position_embeddings:
+            raise ValueError(f"input length {int(lengths.max())} exceeds max_position_embeddings "
+                             f"({c.max_position_embeddings})")
+        deletable = (valid & (ids != c.bos_token_id)).sum(-1)
+        if settings.mode == "edit" and bool((deletable == 0).any()):
+            raise ValueError("mode='edit' needs a non-empty input in every row (got a row with no text); "
+                             "use mode='gen' to generate from an empty prompt")
+        if settings.num_deletions is not None and (
+                settings.num_deletions < 1 or bool((deletable < settings.num_deletions).any())):
+            raise ValueError(f"num_deletions must be between 1 and the shortest input's length "
+                             f"({int(deletable.min())}), got {settings.num_deletions}")
+        batch = ids.shape[0]
+        return RefinementState(ids=ids[:, : int(lengths.max())], valid=valid[:, : int(lengths.max())],
+                               prev_logits=None, prev_hidden=None, done=torch.zeros(batch, dtype=torch.bool,
+                               device=ids.device), rounds=torch.zeros(batch, dtype=torch.long, device=ids.device))
+
+    def _length_bounds(self, input_len: torch.Tensor, settings) -> tuple[torch.Tensor | None, torch.Tensor]:
+        limit = self.config.max_position_embeddings
+        max_new = settings.max_new_tokens
+        max_length = (input_len + max_new).clamp(max=limit) if max_new is not None else torch.full_like(input_len, limit)
+        min_length = None
+        if settings.min_new_tokens is not None:
+            min_length = torch.minimum(input_len + settings.min_new_tokens, max_length)
+        return min_length, max_length
+
+    def refine_round(self, state: RefinementState, round_index: int, settings, min_length, max_length):
+        """One M8 round on every row: (round output, filled ids (B, N), mean confidence (B,))."""
+        forced = {"edit": 1.0, "gen": 0.0}.get(settings.mode)
+        edit = None if forced is None else torch.full(state.done.shape, forced, device=state.ids.device)
+        out = self(input_ids=state.ids, attention_mask=state.valid, prev_logits=state.prev_logits,
+                   prev_hidden=state.prev_hidden, round_index=round_index, edit=edit,
+                   num_deletions=settings.num_deletions, min_length=min_length, max_length=max_length)
+        logits = out.logits.float()
+        logits[..., self._never_filled] = torch.finfo(logits.dtype).min
+        probs, best = torch.softmax(logits, dim=-1).max(-1)  # (B, N)
+        filled = torch.where(out.mask_positions, best, out.fused_ids)
+        token_prob = torch.softmax(logits, dim=-1).gather(-1, filled[..., None]).squeeze(-1)
+        valid = out.attention_mask.bool()
+        confidence = (token_prob * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # mean confidence of X_new
+        return out, filled, confidence
+
+    @property
+    def _never_filled(self) -> list[int]:
+        c = self.config
+        return [c.pad_token_id, c.bos_token_id, c.eos_token_id, c.mask_token_id]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                 generation_config: GenerationConfig | None = None, **kwargs):
+        """Refine ``input_ids`` (``<s>`` + text; ``None`` = unconditional) over at most ``max_rounds`` rounds (M8).
+
+        Each round: Gate (or ``mode``) → delete bottom-K → insert counted masks → greedy fill; a row stops when its
+        mean confidence > ``confidence_stop``, or Levenshtein(X_new, X) < ``levenshtein_stop``, or at L_max.
+        Returns the sequences, or a ``MergeGenerateOutput`` with the trace when ``return_dict_in_generate``.
+        """
+        settings = self._refinement_settings(generation_config, kwargs)
+        state = self._initial_state(input_ids, attention_mask, settings)
+        min_length, max_length = self._length_bounds(state.valid.sum(-1), settings)
+        nan = torch.tensor(float("nan"), device=state.ids.device)
+        trace = {"gate": [], "inserted": [], "confidence": [], "deleted": []}
+        for round_index in range(settings.max_rounds):
+            out, filled, confidence = self.refine_round(state, round_index, settings, min_length, max_length)
+            active = ~state.done
+            old_len, new_len = state.valid.sum(-1), out.attention_mask.sum(-1)
+            unchanged = changed_less_than(filled, new_len, state.ids, old_len, settings.levenshtein_stop)
+            stop = (confidence > settings.confidence_stop) | unchanged | (round_index == settings.max_rounds - 1)
+            trace["gate"].append(torch.where(active, out.gate, nan))
+            trace["inserted"].append(torch.where(active, out.insert_counts.sum(-1), nan))
+            trace["confidence"].append(torch.where(active, confidence, nan))
+            trace["deleted"].append((out.deletions > 0.5) & active[:, None])
+            state = self._advance(state, out, filled, active, stop)
+            if bool(state.done.all()):
+                break
+        sequences = state.ids.masked_fill(~state.valid, self.config.pad_token_id)
+        if not settings.return_dict_in_generate:
+            return sequences
+        return MergeGenerateOutput(sequences=sequences, attention_mask=state.valid.long(), rounds=state.rounds,
+                                   gate=torch.stack(trace["gate"], 1), inserted=torch.stack(trace["inserted"], 1),
+                                   confidence=torch.stack(trace["confidence"], 1), deleted=tuple(trace["deleted"]))
+
+    def _advance(self, state: RefinementState, out, filled, active, stop) -> RefinementState:
+        """Take the round's result for active rows, keep stopped rows frozen, trim trailing padding."""
+        new_valid = out.attention_mask.bool()
+        width = max(filled.shape[1], state.ids.shape[1])
+        take = active[:, None]
+        ids = torch.where(take, pad_to(filled, width, self.config.pad_token_id),
+                          pad_to(state.ids, width, self.config.pad_token_id))
+        valid = torch.where(take, pad_to(new_valid, width, False), pad_to(state.valid, width, False))
+        used = int(valid.sum(-1).max())
+        return RefinementState(ids=ids[:, :used], valid=valid[:, :used], prev_logits=fit_width(out.logits, used),
+                               prev_hidden=fit_width(out.hidden_states, used), done=state.done | stop,
+                               rounds=state.rounds + active.long())

@@ -1,0 +1,468 @@
+"""MERGE — Mask-Edit-Refine Gated Encoder (SPEC M1–M6, M9; seed 000 is the design, 001/002 the variants).
+
+One ``forward`` is one refinement round on a batch of token sequences X_l (``<s>`` + characters):
+
+1. Gate (M1): features of the previous round's logits → MLP → hard Edit/Generate decision g (ST).
+2. Mask-Picker (M2): scores s_i from the encoder states of X_l; hard Bottom-K deletions (ST), soft
+   deletion p_del mixed with e[MASK] at the embedding layer. Only rows with g = 1 delete.
+3. Mask-Inserter (M3): a gap encoder over the skeleton S gives gap logits; the count predictor gives the
+   number of missing tokens; Multinomial ST counts (sub-rounds of ≤ 8) say how many [MASK]s each gap gets.
+4. Fuse (M4): the mixed sequence Ŝ — skeleton tokens keep their soft embeddings, inserted positions take
+   e[MASK] scaled by the ST count (exactly 1 forward, the count's gradient backward) — by pure indexing;
+   relative positions pos'(i) = pos_orig(i) + masks inserted left of i.
+5. Filler E (M5): bidirectional Qwen2 layers with RoPE, conditioned on the mask ratio t, MLM head tied
+   to the embeddings.
+
+With ``labels`` (Y*, index-aligned with Ŝ) it returns each loss term of M6 separately. Decoding over
+rounds is in ``generation_refinement.py``; the unrolled training forward is in ``genlab.trainers.merge``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.utils import ModelOutput
+
+from .configuration_merge import MergeConfig
+from .generation_refinement import MergeGenerationMixin, default_refinement_config
+from .straight_through import (bernoulli_st, bottomk_st, differentiable_topk, gumbel_sigmoid_st,
+                               multinomial_st, soft_deletion_weights, straight_through)
+
+
+@dataclass
+class MergeRoundOutput(ModelOutput):
+    """One refinement round. B = batch, L = input length, N = fused length, G = L gaps (after each token)."""
+
+    loss: torch.FloatTensor | None = None
+    loss_recon: torch.FloatTensor | None = None  # M6 L_recon (t-weighted CE on [MASK] positions)
+    loss_gate: torch.FloatTensor | None = None  # M6 λ_s·g + λ_c·g·relu(ΔH̄)
+    loss_comp: torch.FloatTensor | None = None  # M6 λ_comp·KL(p_del ‖ Ber(r_target))
+    loss_ins: torch.FloatTensor | None = None  # M6 λ_ins·H(z_g)
+    loss_count: torch.FloatTensor | None = None  # count predictor CE (needed at inference, M3)
+    logits: torch.FloatTensor | None = None  # (B, N, V)
+    hidden_states: torch.FloatTensor | None = None  # (B, N, H) E's last states, for the next round's Picker
+    fused_ids: torch.LongTensor | None = None  # (B, N) Ŝ_hard: skeleton ids, [MASK] at inserted positions
+    attention_mask: torch.LongTensor | None = None  # (B, N)
+    position_ids: torch.LongTensor | None = None  # (B, N)
+    mask_positions: torch.BoolTensor | None = None  # (B, N) positions E fills
+    mask_ratio: torch.FloatTensor | None = None  # (B,) t_l
+    gate: torch.FloatTensor | None = None  # (B,) hard g ∈ {0, 1} (straight-through)
+    gate_prob: torch.FloatTensor | None = None  # (B,) σ(gate logit)
+    deletions: torch.FloatTensor | None = None  # (B, L) hard deletions on the input (straight-through)
+    delete_prob: torch.FloatTensor | None = None  # (B, L) p_del
+    insert_counts: torch.FloatTensor | None = None  # (B, G) masks per gap, G indexed by skeleton token (ST)
+    gap_probs: torch.FloatTensor | None = None  # (B, G) z_g
+    count_logits: torch.FloatTensor | None = None  # (B, max_insert_count + 1)
+
+
+def additive_padding_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, N) key validity → (B, 1, 1, N) additive mask: bidirectional attention over real tokens."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
+        ~valid, torch.finfo(dtype).min)[:, None, None, :]
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(..., V) → (...) entropy in nats."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return x.cumsum(-1) - x
+
+
+class BidirectionalEncoder(nn.Module):
+    """Qwen2 decoder layers run without the causal mask, RoPE at the given positions (E of M5, gap encoder of M3)."""
+
+    def __init__(self, config: MergeConfig, num_layers: int):
+        super().__init__()
+        qwen2 = config.encoder_config(num_layers)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(qwen2, i) for i in range(num_layers))
+        for layer in self.layers:
+            layer.self_attn.is_causal = False
+        self.rotary_emb = Qwen2RotaryEmbedding(qwen2)
+        self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, embeds: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        mask = additive_padding_mask(valid, embeds.dtype)  # (B, 1, 1, N)
+        position_embeddings = self.rotary_emb(embeds, position_ids)
+        hidden = embeds
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids,
+                           position_embeddings=position_embeddings)
+        return self.norm(hidden)
+
+
+class MergeGate(nn.Module):
+    """M1 Gate. ``features``: [H̄, mean margin, low-confidence ratio, log self-ppl] + round embedding → 2-layer
+    MLP. ``pooled`` (seed 001): wᵀ·LN(mean h). Returns the gate logit (B,); σ of it is g̃."""
+
+    NUM_FEATURES = 4
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.kind = config.gate
+        self.entropy_threshold = config.entropy_threshold
+        if self.kind == "pooled":
+            self.norm = nn.LayerNorm(config.hidden_size)
+            self.proj = nn.Linear(config.hidden_size, 1)
+        else:
+            self.round_embedding = nn.Embedding(config.max_rounds, self.NUM_FEATURES)
+            self.mlp = nn.Sequential(nn.Linear(2 * self.NUM_FEATURES, config.gate_hidden_size), nn.GELU(),
+                                     nn.Linear(config.gate_hidden_size, 1))
+
+    def features(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, N, V), (B, N) → (B, 4): mean entropy, mean top-1/top-2 margin, low-confidence ratio, log self-ppl."""
+        probs = torch.softmax(logits.float(), dim=-1)
+        entropy = token_entropy(logits)  # (B, N)
+        top2 = probs.topk(2, dim=-1).values  # (B, N, 2)
+        margin = top2[..., 0] - top2[..., 1]
+        low_conf = (entropy > self.entropy_threshold).float()
+        neg_log_top1 = -torch.log(top2[..., 0].clamp(min=1e-9))
+        stats = torch.stack([entropy, margin, low_conf, neg_log_top1], dim=-1)  # (B, N, 4)
+        return masked_mean(stats, valid[..., None].expand_as(stats), dim=1)
+
+    def forward(self, prev_logits: torch.Tensor, prev_hidden: torch.Tensor, valid: torch.Tensor,
+                round_index: int) -> torch.Tensor:
+        if self.kind == "pooled":
+            pooled = masked_mean(prev_hidden, valid[..., None].expand_as(prev_hidden), dim=1)
+            return self.proj(self.norm(pooled)).squeeze(-1)
+        feats = self.features(prev_logits, valid)
+        rounds = self.round_embedding.weight[min(round_index, self.round_embedding.num_embeddings - 1)]
+        return self.mlp(torch.cat([feats, rounds.expand_as(feats)], dim=-1)).squeeze(-1)
+
+
+class MaskPicker(nn.Module):
+    """M2 per-token deletion score s_i = FFN(h_i) on the encoder states of X_l (low score → delete)."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(),
+                                   nn.Linear(config.hidden_size, 1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden).squeeze(-1)  # (B, L)
+
+
+class MaskInserter(nn.Module):
+    """M3: gap encoder over the skeleton → gap logits α_g (one gap after each skeleton token) and the count
+    predictor (number of missing tokens, 0..max_insert_count). ``pointer`` (seed 001): Bi-GRU + dot attention."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.kind = config.inserter
+        hidden = config.hidden_size
+        self.encoder = BidirectionalEncoder(config, config.num_gap_layers)
+        if self.kind == "pointer":
+            self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+            self.query = nn.Linear(hidden, hidden)
+        else:
+            self.gap_head = nn.Linear(hidden, 1)
+        self.count_head = nn.Linear(hidden, config.max_insert_count + 1)
+
+    def forward(self, embeds: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        states = self.encoder(embeds, valid, positions)  # (B, S, H)
+        pooled = masked_mean(states, valid[..., None].expand_as(states), dim=1)  # (B, H)
+        if self.kind == "pointer":
+            lengths = valid.sum(-1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(states, lengths, batch_first=True, enforce_sorted=False)
+            gru, _ = self.gru(packed)
+            gru, _ = nn.utils.rnn.pad_packed_sequence(gru, batch_first=True, total_length=states.shape[1])
+            gap_logits = (gru * self.query(pooled)[:, None]).sum(-1) / math.sqrt(states.shape[-1])
+        else:
+            gap_logits = self.gap_head(states).squeeze(-1)
+        return gap_logits, self.count_head(pooled)  # (B, S), (B, C + 1)
+
+
+class MergePreTrainedModel(PreTrainedModel):
+    config_class = MergeConfig
+    base_model_prefix = "merge"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Qwen2DecoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, (Qwen2RMSNorm, nn.LayerNorm)):
+            module.weight.fill_(1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+
+
+class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
+    """MERGE: Gate (M1), Mask-Picker (M2), Mask-Inserter (M3), fuse (M4), shared filler E + tied MLM head (M5)."""
+
+    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+
+    def __init__(self, config: MergeConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.mask_ratio_proj = nn.Linear(1, config.hidden_size)  # M5 conditioning on t_l
+        self.encoder = BidirectionalEncoder(config, config.num_hidden_layers)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.gate = MergeGate(config)
+        self.picker = MaskPicker(config) if config.picker != "none" else None
+        self.inserter = MaskInserter(config)
+        self.post_init()
+        self.generation_config = default_refinement_config(config)
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    # -- E (M5) -------------------------------------------------------------------------------------------------
+    def fill(self, embeds: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor,
+             mask_ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E(Ŝ, t): (B, N, H) embeddings → (logits (B, N, V), hidden (B, N, H))."""
+        conditioned = embeds + self.mask_ratio_proj(mask_ratio[:, None, None].to(embeds.dtype))
+        hidden = self.encoder(conditioned, valid, position_ids)
+        return self.lm_head(hidden), hidden
+
+    def encode_draft(self, input_ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E over X_l itself (t = its mask ratio): the states the Picker and Gate read when no previous round exists."""
+        ratio = masked_mean((input_ids == self.config.mask_token_id).float(), valid)
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        return self.fill(self.embed_tokens(input_ids), valid, positions, ratio)
+
+    # -- M1 -----------------------------------------------------------------------------------------------------
+    def decide_gate(self, edit: torch.Tensor | None, prev_logits, prev_hidden, valid, round_index: int,
+                    tau_gate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hard g (B,) with ST gradient, σ(logit) (B,), learned (B,) bool: rows whose g came from the Gate)."""
+        batch = valid.shape[0]
+        zeros = valid.new_zeros(batch, dtype=torch.float)
+        learned = self.config.gate in ("features", "pooled") and round_index > 0 and prev_logits is not None
+        if not learned:
+            fixed = zeros + float(self.config.gate == "always_edit")
+            return (fixed if edit is None else edit.float()), fixed, torch.zeros_like(valid[:, 0])
+        logit = self.gate(prev_logits, prev_hidden, valid, round_index)
+        prob = torch.sigmoid(logit)
+        if self.training:
+            noisy = logit + self.config.gate_noise_std * torch.randn_like(logit)
+            gate = gumbel_sigmoid_st(noisy, tau_gate)
+        else:
+            threshold = self.config.edit_threshold_base + self.config.edit_threshold_step * round_index
+            gate = straight_through((prob > threshold).float(), prob)
+        if edit is None:
+            return gate, prob, torch.ones_like(valid[:, 0])
+        return edit.float(), prob, torch.zeros_like(valid[:, 0])
+
+    # -- M2 -----------------------------------------------------------------------------------------------------
+    def num_deletions(self, deletable: torch.Tensor) -> torch.Tensor:
+        """K_del = clamp(round(0.15·L), 1, 30) per row, L = deletable tokens."""
+        c = self.config
+        return (deletable.sum(-1) * c.delete_ratio).round().long().clamp(c.delete_min, c.delete_max)
+
+    def pick_deletions(self, hidden, deletable, gate, num_deletions, tau_del):
+        """(hard deletions (B, L) with ST gradient, p_del (B, L) or None)."""
+        if self.picker is None:  # insert-only ablation
+            return torch.zeros_like(deletable, dtype=hidden.dtype), None
+        scores = self.picker(hidden)  # (B, L)
+        if self.config.picker == "bernoulli":
+            deletions = 1.0 - bernoulli_st(logits=scores, noise=self.training)
+        else:
+            k = self.num_deletions(deletable) if num_deletions is None else num_deletions
+            deletions = bottomk_st(scores, k, tau_del, valid_mask=deletable)
+        deletions = deletions * deletable * gate[:, None]
+        return deletions, soft_deletion_weights(scores, tau_del)
+
+    # -- M3 -----------------------------------------------------------------------------------------------------
+    def distribute_masks(self, gap_logits: torch.Tensor, total: torch.Tensor, gap_valid: torch.Tensor) -> torch.Tensor:
+        """Hard masks per gap (B, G) with ST gradient, summing to ``total`` (B,) per row."""
+        c = self.config
+        if c.inserter == "multinomial":
+            rounds = -(-int(total.max()) // c.insert_sub_round) if total.numel() else 0
+            counts = torch.zeros_like(gap_logits)
+            for sub in range(rounds):  # M3: sub-rounds of ≤ insert_sub_round masks
+                k = (total - sub * c.insert_sub_round).clamp(0, c.insert_sub_round)
+                counts = counts + multinomial_st(gap_logits, k, c.tau_insert, valid_mask=gap_valid,
+                                                 noise=self.training)
+            return counts
+        # top-k / pointer: one mask in each of the top-k gaps; any excess goes to the last gap (continuation).
+        counts = differentiable_topk(gap_logits, total, c.tau_insert, valid_mask=gap_valid)
+        excess = (total - gap_valid.sum(-1)).clamp(min=0)
+        last = (gap_valid.sum(-1) - 1).clamp(min=0)
+        return counts + torch.zeros_like(counts).scatter(1, last[:, None], excess[:, None].to(counts.dtype))
+
+    def num_insertions(self, count_logits, skeleton_len, labels_len, num_insertions, min_length, max_length):
+        """K_ins per row: given, or |Y*| − |S| with labels (training), or the count predictor; clipped to bounds."""
+        if num_insertions is not None:
+            return num_insertions.to(skeleton_len.device).long()
+        if labels_len is not None:
+            return (labels_len - skeleton_len).clamp(0, self.config.max_insert_count)
+        total = count_logits.argmax(-1)
+        if min_length is not None:
+            total = torch.maximum(total, min_length - skeleton_len)
+        if max_length is not None:
+            total = torch.minimum(total, max_length - skeleton_len)
+        return total.clamp(min=0)
+
+    # -- M4 -----------------------------------------------------------------------------------------------------
+    def fuse(self, skeleton_ids, skeleton_embeds, skeleton_valid, skeleton_pos, counts):
+        """Ŝ: skeleton tokens at their shifted places, e[MASK]·(ST count scale) in the gaps; pure indexing (M4).
+
+        skeleton_* (B, S[, H]); counts (B, S) float with ST gradient. Returns fused ids, embeddings, validity,
+        mask positions and position ids, all (B, N[, H]).
+        """
+        hard = counts.detach().round().long() * skeleton_valid  # (B, S)
+        new_pos = torch.arange(hard.shape[1], device=hard.device) + exclusive_cumsum(hard)  # (B, S)
+        lengths = skeleton_valid.sum(-1) + hard.sum(-1)  # (B,)
+        width = int(lengths.max())
+        dump = torch.where(skeleton_valid, new_pos, width)  # padding goes to an extra column, dropped below
+        ids = torch.full((hard.shape[0], width + 1), self.config.mask_token_id, device=hard.device)
+        is_token = torch.zeros_like(ids, dtype=torch.bool).scatter(1, dump, True)[:, :width]
+        ids = ids.scatter(1, dump, skeleton_ids)[:, :width]
+        valid = torch.arange(width, device=hard.device) < lengths[:, None]
+        ids = ids.masked_fill(~valid, self.config.pad_token_id)
+        anchor = (is_token.long().cumsum(-1) - 1).clamp(min=0)  # (B, N) skeleton token left of / at each slot
+
+        token_embeds = torch.zeros(ids.shape[0], width + 1, skeleton_embeds.shape[-1], dtype=skeleton_embeds.dtype,
+                                   device=ids.device)
+        token_embeds = token_embeds.scatter(1, dump[..., None].expand_as(skeleton_embeds), skeleton_embeds)[:, :width]
+        count_scale = 1.0 + (counts - counts.detach()).gather(1, anchor)  # exactly 1 forward, d count backward
+        mask_embed = self.embed_tokens.weight[self.config.mask_token_id] * count_scale[..., None]
+        is_mask = valid & ~is_token
+        embeds = torch.where(is_token[..., None], token_embeds, mask_embed)
+
+        if self.config.positions == "relative":  # pos'(i) = pos_orig(i) + #masks inserted left of i (seed 002)
+            anchor_pos = (skeleton_pos + exclusive_cumsum(hard)).gather(1, anchor)
+            positions = anchor_pos + torch.arange(width, device=ids.device) - new_pos.gather(1, anchor)
+        else:
+            positions = torch.arange(width, device=ids.device).expand_as(ids)
+        return ids, embeds, valid, is_mask, positions * valid
+
+    # -- one round ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        prev_logits: torch.Tensor | None = None,
+        prev_hidden: torch.Tensor | None = None,
+        round_index: int = 0,
+        edit: torch.Tensor | None = None,
+        num_deletions: int | torch.Tensor | None = None,
+        num_insertions: torch.Tensor | None = None,
+        min_length: torch.Tensor | None = None,
+        max_length: torch.Tensor | None = None,
+        tau_gate: float | None = None,
+        tau_del: float | None = None,
+        **kwargs,
+    ) -> MergeRoundOutput:
+        """One round X_l → Ŝ_l → logits. ``edit`` (B,) forces g (1 edit, 0 generate); None lets the Gate decide
+        (round 0 is always Generate, M1). ``prev_logits``/``prev_hidden`` (B, L, ·) are E's outputs of the
+        previous round, aligned with X_l. ``labels`` (B, M) = Y*, -100 padded; with them K_ins = |Y*| − |S| so
+        Ŝ is index-aligned with Y*, and the M6 losses are returned."""
+        c = self.config
+        valid = (input_ids != c.pad_token_id) if attention_mask is None else attention_mask.bool()
+        tau_gate = c.tau_gate_end if tau_gate is None else tau_gate
+        tau_del = c.tau_del_end if tau_del is None else tau_del
+        gate, gate_prob, gate_learned = self.decide_gate(edit, prev_logits, prev_hidden, valid, round_index,
+                                                         tau_gate)
+
+        deletable = valid & (input_ids != c.bos_token_id)
+        embeds = self.embed_tokens(input_ids)  # (B, L, H)
+        needs_picker = self.picker is not None and not (edit is not None and not bool(edit.any()))
+        if needs_picker:
+            if prev_hidden is None:
+                _, prev_hidden = self.encode_draft(input_ids, valid)
+            deletions, delete_prob = self.pick_deletions(prev_hidden.detach(), deletable, gate, num_deletions,
+                                                         tau_del)
+        else:
+            deletions, delete_prob = torch.zeros_like(embeds[..., 0]), None
+        # M2 soft deletion at the embedding layer: x̂ = (1 − d)·e(x) + d·e[MASK]
+        mask_vec = self.embed_tokens.weight[c.mask_token_id]
+        soft_embeds = embeds * (1.0 - deletions[..., None]) + mask_vec * deletions[..., None]
+
+        # skeleton S: kept tokens, compacted to the left (also removes left padding)
+        keep = valid & (deletions.detach() < 0.5)
+        order = torch.sort((~keep).long(), dim=1, stable=True).indices  # kept first, original order
+        skeleton_valid = keep.gather(1, order)
+        skeleton_ids = input_ids.gather(1, order).masked_fill(~skeleton_valid, c.pad_token_id)
+        skeleton_embeds = soft_embeds.gather(1, order[..., None].expand_as(soft_embeds))
+        skeleton_pos = (valid.long().cumsum(-1) - 1).gather(1, order)  # pos_orig in X_l
+        skeleton_len = skeleton_valid.sum(-1)
+
+        gap_logits, count_logits = self.inserter(skeleton_embeds, skeleton_valid)
+        labels_len = (labels != -100).sum(-1) if labels is not None else None
+        total = self.num_insertions(count_logits, skeleton_len, labels_len, num_insertions, min_length, max_length)
+        counts = self.distribute_masks(gap_logits, total, skeleton_valid)
+
+        fused_ids, fused_embeds, fused_valid, is_mask, positions = self.fuse(
+            skeleton_ids, skeleton_embeds, skeleton_valid, skeleton_pos, counts)
+        is_mask = is_mask | (fused_valid & (fused_ids == c.mask_token_id))
+        mask_ratio = masked_mean(is_mask.float(), fused_valid)
+        logits, hidden = self.fill(fused_embeds, fused_valid, positions, mask_ratio)
+
+        output = MergeRoundOutput(
+            logits=logits, hidden_states=hidden, fused_ids=fused_ids, attention_mask=fused_valid.long(),
+            position_ids=positions, mask_positions=is_mask, mask_ratio=mask_ratio, gate=gate, gate_prob=gate_prob,
+            deletions=deletions, delete_prob=delete_prob, insert_counts=counts,
+            gap_probs=torch.softmax(gap_logits.masked_fill(~skeleton_valid, torch.finfo(gap_logits.dtype).min), -1),
+            count_logits=count_logits)
+        if labels is not None:
+            self.add_losses(output, labels, prev_logits, gate_learned, deletable, skeleton_valid, skeleton_len,
+                            labels_len)
+        return output
+
+    # -- M6 -----------------------------------------------------------------------------------------------------
+    def add_losses(self, out: MergeRoundOutput, labels, prev_logits, gate_learned, deletable, skeleton_valid,
+                   skeleton_len, labels_len) -> None:
+        """Fill ``out.loss*``: L_recon, L_gate, L_comp, L_ins (M6) and the count predictor's CE."""
+        c = self.config
+        width = out.fused_ids.shape[1]
+        target = F.pad(labels, (0, max(0, width - labels.shape[1])), value=-100)[:, :width]  # (B, N)
+        scored = out.mask_positions & (target != -100)
+        ce = F.cross_entropy(out.logits.float().transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, N)
+        has_masks = scored.any(-1)
+        per_row = out.mask_ratio * masked_mean(ce, scored)  # t_l-weighted
+        out.loss_recon = (per_row * has_masks).sum() / has_masks.sum().clamp(min=1)
+
+        entropy_now = masked_mean(token_entropy(out.logits.detach()), out.attention_mask.bool())
+        if prev_logits is not None:
+            prev_valid = torch.ones(prev_logits.shape[:2], dtype=torch.bool, device=prev_logits.device)
+            delta = (entropy_now - masked_mean(token_entropy(prev_logits.detach()), prev_valid)).clamp(min=0)
+        else:
+            delta = torch.zeros_like(entropy_now)
+        gate_cost = c.lambda_sparsity * out.gate_prob + c.lambda_reward * out.gate_prob * delta
+        out.loss_gate = masked_mean(gate_cost, gate_learned)
+
+        if out.delete_prob is not None:
+            p = out.delete_prob.float().clamp(1e-6, 1 - 1e-6)
+            r = c.deletion_target_rate
+            kl = p * torch.log(p / r) + (1 - p) * torch.log((1 - p) / (1 - r))
+            out.loss_comp = c.lambda_comp * masked_mean(kl.flatten(), deletable.flatten())
+        else:
+            out.loss_comp = out.logits.new_zeros(())
+        z = out.gap_probs.float()
+        gap_entropy = -(z * torch.log(z.clamp(min=1e-9))).sum(-1)
+        out.loss_ins = c.lambda_ins * gap_entropy.mean()
+        missing = (labels_len - skeleton_len).clamp(0, c.max_insert_count)
+        out.loss_count = c.lambda_count * F.cross_entropy(out.count_logits.float(), missing)
+        out.loss = out.loss_recon + out.loss_gate + out.loss_comp + out.loss_ins + out.loss_count
+
+
+MergeForMaskedRefinement.register_for_auto_class("AutoModel")
