@@ -1,0 +1,345 @@
+"""Edge/cloud speculative decoding as a transformers ``custom_generate`` callable (SPEC S1, S2, S4, S5; seed 004).
+
+    cloud.generate(**inputs, custom_generate=edge_cloud_generate, edge_model=edge, preset="fluency",
+                   logits_processor=build_cjk_processors(tokenizer),
+                   stopping_criteria=build_sentence_stopping(tokenizer, inputs["input_ids"].shape[1]))
+
+``generate`` prepares the inputs, the processors (its own from ``GenerationConfig`` merged with yours) and the
+stopping criteria, then calls :func:`edge_cloud_generate` with the CLOUD as ``model``. One round (a "block"):
+
+1. the edge drafts ``k`` tokens incrementally with its KV cache, passing explicit ``position_ids`` and the full
+   past+new attention mask (never a 1×1 mask — S2, seed 004 §B), running the processor stack on each step;
+2. gate (S1, S4): the block goes to the cloud when its entropy exceeds the preset's threshold — the entropy is
+   in NATS, SUMMED over the block's k tokens, of the edge's processed next-token distributions — or when its
+   character-level punctuation density exceeds 0.4; ``preset="lossless"`` sends every block;
+3. the cloud scores the block in ONE forward pass; the same processor stack runs on every verification slot
+   (slot j sees prompt + committed + draft[:j]), so both models are compared on PROCESSED distributions;
+   greedy accepts while draft == argmax, sampling accepts draft t with probability min(1, p(t)/q(t)) and
+   resamples a rejection from norm(max(0, p − q)) (the bonus token after a fully accepted block from p);
+4. the accepted tokens plus the cloud's token are committed, both caches are cropped (``DynamicCache.crop``) to
+   the committed length, and the stopping criteria cut the block at the first sentence end (S5).
+
+Rows of a batch commit in lockstep: a round commits, for every row, the shortest accepted length of the rows
+still running (+ the cloud token); a row that accepted more re-drafts the rest next round. This stays exact
+(every committed token is one the cloud accepted or sampled given the committed prefix) and keeps one
+rectangular cache per model. Rows that finished pad like ``generate`` does when an EOS criterion is present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers.utils import ModelOutput
+
+from .logits_process import TokenClasses, single_temperature
+
+PUNCTUATION_DENSITY_LIMIT = 0.4  # S4: a draft denser than this always goes to the cloud
+
+
+@dataclass(frozen=True)
+class SpeculativePreset:
+    """``num_draft_tokens`` k per block; ``entropy_threshold`` in nats summed over the block (None: verify all)."""
+
+    num_draft_tokens: int
+    entropy_threshold: float | None
+
+
+PRESETS = {
+    "fluency": SpeculativePreset(num_draft_tokens=4, entropy_threshold=5.75),  # seed 004 §G: thr 5.5–6.0, k 4
+    "quality": SpeculativePreset(num_draft_tokens=6, entropy_threshold=3.25),  # seed 004 §G: thr 3.0–3.5, k 6
+    "lossless": SpeculativePreset(num_draft_tokens=4, entropy_threshold=None),  # S1: every block verified
+}
+
+
+@dataclass
+class EdgeCloudOutput(ModelOutput):
+    """``sequences`` (batch, seq) plus the decoding statistics (S1), counted over rows still running.
+
+    ``drafted``: tokens the edge proposed; ``verified``: drafted tokens the cloud checked; ``accepted``: verified
+    tokens it accepted; ``cloud_calls`` / ``blocks``: cloud forwards / rounds; ``block_entropies``: (blocks, batch)
+    summed edge entropy per block in nats.
+    """
+
+    sequences: torch.LongTensor | None = None
+    drafted: int | None = None
+    verified: int | None = None
+    accepted: int | None = None
+    cloud_calls: int | None = None
+    blocks: int | None = None
+    block_entropies: torch.FloatTensor | None = None
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.verified, 1)
+
+    @property
+    def cloud_call_rate(self) -> float:
+        return self.cloud_calls / max(self.blocks, 1)
+
+
+def resolve_preset(preset: str, num_draft_tokens: int | None = None,
+                   entropy_threshold: float | None = None) -> SpeculativePreset:
+    """The preset with optional overrides, validated (``ValueError`` naming the field and the allowed values)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    base = PRESETS[preset]
+    k = base.num_draft_tokens if num_draft_tokens is None else num_draft_tokens
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"num_draft_tokens must be an int ≥ 1, got {k!r}")
+    threshold = base.entropy_threshold if entropy_threshold is None else float(entropy_threshold)
+    return SpeculativePreset(k, None if preset == "lossless" else threshold)
+
+
+class _IncrementalModel:
+    """One model and its KV cache; :meth:`extend` feeds the slots of ``ids`` the cache does not hold yet."""
+
+    def __init__(self, model):
+        self.model, self.cache, self.length = model, DynamicCache(config=model.config), 0
+
+    def extend(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
+               logits_to_keep: int) -> torch.Tensor:
+        """(batch, logits_to_keep, vocab) float logits for the last slots of ``ids`` (explicit positions, S2)."""
+        out = self.model(input_ids=ids[:, self.length :], position_ids=positions[:, self.length :],
+                         attention_mask=mask, past_key_values=self.cache, use_cache=True,
+                         logits_to_keep=logits_to_keep)
+        self.length = ids.shape[1]
+        return out.logits.float()
+
+    def crop(self, length: int) -> None:
+        """Roll the cache back to its first ``length`` slots."""
+        if length < self.length:
+            self.cache.crop(length - self.length)
+            self.length = length
+
+
+@dataclass
+class _Sequence:
+    """The committed tokens of the batch with their attention mask and positions, all (batch, seq)."""
+
+    ids: torch.LongTensor
+    mask: torch.LongTensor
+    positions: torch.LongTensor
+    padded: bool  # any left padding: the mask is passed to the models, otherwise None
+
+    def append(self, tokens: torch.LongTensor) -> "_Sequence":
+        steps = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+        return _Sequence(torch.cat([self.ids, tokens], 1), torch.cat([self.mask, torch.ones_like(tokens)], 1),
+                         torch.cat([self.positions, self.positions[:, -1:] + steps], 1), self.padded)
+
+    def truncate(self, length: int) -> "_Sequence":
+        return _Sequence(self.ids[:, :length], self.mask[:, :length], self.positions[:, :length], self.padded)
+
+    @property
+    def attention_mask(self) -> torch.LongTensor | None:
+        return self.mask if self.padded else None
+
+
+@dataclass
+class _Draft:
+    tokens: torch.LongTensor  # (batch, k)
+    probs: torch.FloatTensor | None  # (batch, k, vocab) processed edge distributions q, sampling only
+    entropy: torch.FloatTensor  # (batch,) nats summed over the block
+    sequence: _Sequence  # committed + drafted
+
+
+def _select(scores: torch.Tensor, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token (batch,), probs (batch, vocab)) from processed scores: sampled or argmax."""
+    probs = scores.softmax(-1)
+    token = torch.multinomial(probs, 1)[:, 0] if do_sample else scores.argmax(-1)
+    return token, probs
+
+
+def draft_block(edge: _IncrementalModel, seq: _Sequence, processors: LogitsProcessorList, k: int,
+                do_sample: bool, frozen: torch.Tensor, pad_token_id: int) -> _Draft:
+    """The edge drafts ``k`` tokens, one cached step each; ``frozen`` rows (finished, padding) draft padding."""
+    tokens, probs, entropy = [], [], 0.0
+    for _ in range(k):
+        logits = edge.extend(seq.ids, seq.attention_mask, seq.positions, logits_to_keep=1)[:, -1]
+        scores = processors(seq.ids, logits)
+        token, q = _select(scores, do_sample)
+        token = torch.where(frozen, pad_token_id, token)
+        entropy = entropy + torch.special.entr(q).sum(-1)
+        tokens.append(token)
+        probs.append(q)
+        seq = seq.append(token[:, None])
+    return _Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if do_sample else None, entropy, seq)
+
+
+def needs_cloud(draft: _Draft, settings: SpeculativePreset, classes: TokenClasses | None,
+                running: torch.Tensor) -> torch.Tensor:
+    """(batch,) gate: entropy above the threshold or punctuation density above 0.4 (S1, S4)."""
+    if settings.entropy_threshold is None:
+        return running
+    dense = classes.punctuation_density(draft.tokens) > PUNCTUATION_DENSITY_LIMIT
+    return running & ((draft.entropy > settings.entropy_threshold) | dense)
+
+
+def verify_block(cloud: _IncrementalModel, draft: _Draft, processors: LogitsProcessorList,
+                 do_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cloud forward over the block; returns (accepted drafts n (batch,), cloud token at slot n (batch,))."""
+    k = draft.tokens.shape[1]
+    seq = draft.sequence
+    logits = cloud.extend(seq.ids, seq.attention_mask, seq.positions, logits_to_keep=k + 1)  # (batch, k+1, V)
+    start = seq.ids.shape[1] - k
+    # slot j predicts the token after committed + draft[:j]: the processors see exactly that prefix
+    scores = torch.stack([processors(seq.ids[:, : start + j], logits[:, j]) for j in range(k + 1)], 1)
+    if not do_sample:
+        cloud_tokens = scores.argmax(-1)  # (batch, k+1)
+        accepted = (draft.tokens == cloud_tokens[:, :k]).long().cumprod(1).sum(1)
+        return accepted, cloud_tokens.gather(1, accepted[:, None])[:, 0]
+    return rejection_sample(scores.softmax(-1), draft.probs, draft.tokens)
+
+
+def rejection_sample(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling on processed distributions p (batch, k+1, V) and q (batch, k, V) (S1).
+
+    Draft token t at slot j is kept with probability min(1, p(t)/q(t)); the first rejection is replaced by a
+    sample of norm(max(0, p − q)); after k acceptances the bonus token is sampled from p. The committed
+    tokens are then distributed exactly as p.
+    """
+    k = tokens.shape[1]
+    p_draft, q_draft = p[:, :k].gather(2, tokens[..., None])[..., 0], q.gather(2, tokens[..., None])[..., 0]
+    keep = torch.rand_like(p_draft) * q_draft <= p_draft  # u ≤ p/q without dividing by q
+    accepted = keep.long().cumprod(1).sum(1)  # (batch,)
+    q_padded = torch.cat([q, torch.zeros_like(p[:, :1])], 1)  # the bonus slot has q = 0: residual = p
+    index = accepted[:, None, None].expand(-1, 1, p.shape[2])
+    p_slot, q_slot = p.gather(1, index)[:, 0], q_padded.gather(1, index)[:, 0]
+    residual = (p_slot - q_slot).clamp(min=0)
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_slot)  # p == q: nothing to correct
+    return accepted, torch.multinomial(residual, 1)[:, 0]
+
+
+def _first_stops(stopping_criteria: StoppingCriteriaList, seq: _Sequence, start: int) -> torch.Tensor:
+    """(batch, new) whether each prefix that ends in the new slots ``start:`` satisfies a stopping criterion."""
+    prefixes = range(start + 1, seq.ids.shape[1] + 1)
+    return torch.stack([stopping_criteria(seq.ids[:, :end], None) for end in prefixes], 1)
+
+
+def _check_inputs(model, edge_model, input_ids: torch.Tensor, generation_config: GenerationConfig,
+                  streamer) -> None:
+    if edge_model is None or not hasattr(edge_model, "get_output_embeddings"):
+        raise ValueError("edge_model must be a causal LM (PreTrainedModel with an LM head), got "
+                         f"{type(edge_model).__name__}")
+    if model.config.is_encoder_decoder or edge_model.config.is_encoder_decoder:
+        raise ValueError("edge and cloud must be decoder-only causal LMs, got an encoder-decoder model")
+    cloud_vocab = model.get_output_embeddings().weight.shape[0]
+    edge_vocab = edge_model.get_output_embeddings().weight.shape[0]
+    if cloud_vocab != edge_vocab:
+        raise ValueError(f"edge and cloud vocabularies differ ({edge_vocab} vs {cloud_vocab}): "
+                         "they must share one tokenizer")
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, seq) prompt, got shape {tuple(input_ids.shape)}")
+    if generation_config.num_beams != 1:
+        raise ValueError(f"num_beams must be 1 for edge/cloud decoding, got {generation_config.num_beams}")
+    if streamer is not None:
+        raise ValueError("streamer must be None: edge/cloud decoding commits blocks, not single tokens")
+
+
+def _token_classes(processors: LogitsProcessorList, token_classes: TokenClasses | None) -> TokenClasses | None:
+    """The punctuation tables for S4: given, or taken from a genlab CJK processor of the stack."""
+    found = [p.classes for p in processors if isinstance(getattr(p, "classes", None), TokenClasses)]
+    return token_classes if token_classes is not None else (found[0] if found else None)
+
+
+@torch.no_grad()
+def edge_cloud_generate(
+    model,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    edge_model=None,
+    preset: str = "fluency",
+    num_draft_tokens: int | None = None,
+    entropy_threshold: float | None = None,
+    token_classes: TokenClasses | None = None,
+    return_stats: bool = False,
+    synced_gpus: bool = False,
+    streamer=None,
+    **model_kwargs,
+) -> EdgeCloudOutput | torch.LongTensor:
+    """The ``custom_generate`` decoding loop (S1): ``model`` is the cloud, ``edge_model`` the draft model.
+
+    ``preset``: ``"fluency"`` | ``"quality"`` | ``"lossless"`` (see :data:`PRESETS`; ``num_draft_tokens`` and
+    ``entropy_threshold`` override). Greedy or sampling follows ``generation_config.do_sample``. Returns the
+    sequences, or an :class:`EdgeCloudOutput` with the statistics when ``return_stats`` or
+    ``return_dict_in_generate``.
+    """
+    _check_inputs(model, edge_model, input_ids, generation_config, streamer)
+    settings = resolve_preset(preset, num_draft_tokens, entropy_threshold)
+    processors = single_temperature(logits_processor)  # S3: GenerationConfig.temperature must not apply twice
+    classes = _token_classes(processors, token_classes)
+    if settings.entropy_threshold is not None and classes is None:
+        raise ValueError(f"preset {preset!r} gates on punctuation density (S4): pass token_classes="
+                         "TokenClasses.from_tokenizer(tokenizer) or logits_processor=build_cjk_processors(tokenizer)")
+    do_sample = bool(generation_config.do_sample)
+    pad_token_id = _pad_token_id(generation_config)
+    pad_finished = any(hasattr(c, "eos_token_id") for c in stopping_criteria)  # as generate's _sample does
+    max_length = generation_config.max_length
+
+    mask = model_kwargs.get("attention_mask")
+    mask = torch.ones_like(input_ids) if mask is None else mask.long()
+    seq = _Sequence(input_ids, mask, (mask.cumsum(1) - 1).clamp(min=0), padded=bool((mask == 0).any()))
+    edge, cloud = _IncrementalModel(edge_model), _IncrementalModel(model)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    counts = dict(drafted=0, verified=0, accepted=0, cloud_calls=0, blocks=0)
+    entropies = []
+
+    while seq.ids.shape[1] < max_length and not bool(finished.all()):
+        frozen = finished & pad_finished  # finished rows that pad; the others keep decoding, as in generate
+        running = ~frozen
+        k = min(settings.num_draft_tokens, max_length - seq.ids.shape[1])
+        draft = draft_block(edge, seq, processors, k, do_sample, frozen, pad_token_id)
+        entropies.append(draft.entropy)
+        counts["blocks"] += 1
+        counts["drafted"] += k * int(running.sum())
+        if bool(needs_cloud(draft, settings, classes, running).any()):
+            accepted, cloud_token = verify_block(cloud, draft, processors, do_sample)
+            counts["cloud_calls"] += 1
+            counts["verified"] += k * int(running.sum())
+            counts["accepted"] += int(accepted[running].sum())
+            # row stream: accepted drafts, then the cloud's token at slot `accepted`
+            candidates = torch.cat([draft.tokens, draft.tokens[:, :1]], 1)
+            candidates = candidates.scatter(1, accepted[:, None], cloud_token[:, None])  # (batch, k+1)
+            commit = int(torch.where(running, accepted + 1, k + 1).min())  # lockstep: shortest running row
+        else:
+            candidates, commit = draft.tokens, k
+        commit = min(commit, max_length - seq.ids.shape[1])
+        start = seq.ids.shape[1]
+        seq = seq.append(torch.where(frozen[:, None], pad_token_id, candidates[:, :commit]))
+        seq, finished = _stop_inside_block(stopping_criteria, seq, start, finished, pad_finished, pad_token_id)
+        edge.crop(seq.ids.shape[1] - 1)  # roll back rejected slots; the last committed token is fed next
+        cloud.crop(seq.ids.shape[1] - 1)
+
+    if not (return_stats or generation_config.return_dict_in_generate):
+        return seq.ids
+    return EdgeCloudOutput(sequences=seq.ids, block_entropies=torch.stack(entropies) if entropies else None,
+                           **counts)
+
+
+def _pad_token_id(generation_config: GenerationConfig) -> int:
+    """The id finished rows are padded with: pad, else the (first) eos, else 0."""
+    prepared = getattr(generation_config, "_pad_token_tensor", None)
+    if prepared is not None:
+        return int(prepared)
+    for candidate in (generation_config.pad_token_id, generation_config.eos_token_id):
+        if candidate is not None:
+            return int(candidate[0] if isinstance(candidate, (list, tuple)) else candidate)
+    return 0
+
+
+def _stop_inside_block(stopping_criteria: StoppingCriteriaList, seq: _Sequence, start: int, finished: torch.Tensor,
+                       pad_finished: bool, pad_token_id: int) -> tuple[_Sequence, torch.Tensor]:
+    """S5: a row stops at the first committed slot where a criterion holds; later slots pad (as ``generate``)."""
+    stops = _first_stops(stopping_criteria, seq, start) & ~finished[:, None]  # (batch, new)
+    stopped = stops.any(1)
+    first = torch.where(stopped, stops.long().argmax(1), stops.shape[1])  # index of the stopping slot
+    finished = finished | stopped
+    if pad_finished:
+        after = torch.arange(stops.shape[1], device=stops.device)[None, :] > first[:, None]
+        seq.ids[:, start:] = seq.ids[:, start:].masked_fill(after, pad_token_id)
+    if bool(finished.all()):  # generate stops as soon as every row has stopped: cut after the last stop
+        seq = seq.truncate(start + int(torch.where(stopped, first + 1, 0).max()))
+    return seq, finished
