@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-TRAIN_SYSTEMS = ("ar",)
+TRAIN_SYSTEMS = ("ar", "concept")
 BENCH_SYSTEMS = ("ar",)
 
 

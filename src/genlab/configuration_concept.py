@@ -13,6 +13,10 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
 
+CONCEPT_FIELDS = ("num_shallow_layers", "num_middle_layers", "num_deep_layers", "concept_vocab_size",
+                  "target_compression_ratio", "max_null_run", "gumbel_tau_start", "gumbel_tau_end",
+                  "gumbel_anneal_steps", "ratio_loss_weight", "lora_r", "lora_alpha", "lora_dropout",
+                  "lora_target_modules")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -82,6 +86,10 @@ class Qwen2ConceptCompressionConfig(Qwen2Config):
         if split[0] < 1 or split[2] < 1:
             raise ValueError(f"num_shallow_layers and num_deep_layers must be >= 1, got {split}")
         self.num_shallow_layers, self.num_middle_layers, self.num_deep_layers = split
+
+    def concept_fields(self) -> dict:
+        """The fields this config adds to ``Qwen2Config`` (what ``from_base_pretrained`` takes)."""
+        return {name: getattr(self, name) for name in CONCEPT_FIELDS}
 
     @property
     def null_id(self) -> int:

@@ -1,0 +1,93 @@
+"""`genlab train concept --base RUN_DIR` (SPEC C5–C7, H6): LoRA on a frozen base, monitors logged, both save modes reload."""
+
+import json
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from genlab.cli import build_parser
+from genlab.data import load_corpus
+from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM
+from genlab.tokenization import default_tokenizer
+from genlab.trainers import concept
+
+MONITORS = {"ce_per_token", "compression_ratio", "null_rate", "soft_concept_rate", "tail_mean", "tail_max",
+            "concept_usage_entropy"}
+
+
+@pytest.fixture(scope="module")
+def base_and_data(tmp_path_factory):
+    """A tiny Qwen2 'AR run' (char tokenizer) and a few hundred corpus sentences as a text file."""
+    root = tmp_path_factory.mktemp("concept_trainer")
+    tokenizer = default_tokenizer()
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                        tie_word_embeddings=True, max_position_embeddings=256))
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    sentences = load_corpus("news", max_sentences=400)
+    text = root / "corpus.txt"
+    text.write_text("\n".join(list(sentences["train"]["text"]) + list(sentences["validation"]["text"])), encoding="utf-8")
+    return root, base
+
+
+def train(root, run_name, *extra):
+    args = build_parser().parse_args(
+        ["train", "concept", "--base", str(root / "base"), "--run-dir", str(root / run_name), "--data",
+         str(root / "corpus.txt"), "--max-steps", "6", "--batch-size", "4", "--block-size", "32",
+         "--logging-steps", "3", "--concept-vocab", "64", "--eval-blocks", "8", "--report-to", "none", *extra])
+    return args.handler(args)
+
+
+def logged(run_dir):
+    states = sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    return json.loads(states[-1].read_text())["log_history"]
+
+
+def test_train_concept_logs_monitors_and_saves_merged(base_and_data):
+    root, base = base_and_data
+    manifest = train(root, "merged")
+    assert manifest["system"] == "concept" and manifest["steps"] == 6
+    assert 0 < manifest["val_compression_ratio"] < 1 and manifest["val_ppl"] > 1
+    history = [entry for entry in logged(root / "merged") if "loss" in entry]
+    assert history and MONITORS <= set(history[-1])
+    assert 0 < history[-1]["compression_ratio"] < 1 and history[-1]["tail_max"] >= 1
+    model = Qwen2ConceptCompressionForCausalLM.from_pretrained(root / "merged").eval()
+    # LoRA trained and merged: the backbone changed; the shallow embedding table (not a LoRA target) did not
+    assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert torch.equal(concept.load_concept_run(root / "merged").lm_head.weight, model.lm_head.weight)
+
+
+def test_adapter_save_reloads_to_the_same_model_as_merged(base_and_data):
+    root, _ = base_and_data
+    train(root, "adapter", "--save", "adapter")
+    assert (root / "adapter" / "adapter_model.safetensors").is_file()
+    reloaded = concept.load_concept_run(root / "adapter").eval()
+    merged = Qwen2ConceptCompressionForCausalLM.from_pretrained(root / "merged").eval()
+    ids = torch.randint(4, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    # same seed, same data, same steps: the adapter run reloads to the merged run's model
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
+    trained_head = reloaded.concept_head.proj.weight
+    fresh = Qwen2ConceptCompressionForCausalLM.from_base_pretrained(root / "base", concept_vocab_size=64)
+    assert not torch.equal(trained_head, fresh.concept_head.proj.weight)  # the new modules were saved
+
+
+def test_bad_layer_split_is_a_clear_error(base_and_data):
+    root, _ = base_and_data
+    with pytest.raises(ValueError, match="sum to num_hidden_layers=4"):
+        train(root, "bad", "--layers", "1,1,1")
+
+
+def test_statistics_of_a_hand_made_pattern():
+    is_concept = torch.tensor([[False, True, False, False, True, False]])
+    ids = torch.tensor([[4, 2, 4, 4, 3, 4]])
+    stats = concept.concept_statistics(is_concept, ids, torch.ones_like(is_concept), 4)
+    assert stats["compression_ratio"] == pytest.approx(2 / 6)
+    assert stats["tail_max"] == 2  # token 3 reads tokens 2..3
+    assert stats["tail_mean"] == pytest.approx((1 + 0 + 1 + 2 + 0 + 1) / 6)
+    assert stats["concept_counts"].tolist() == [0, 0, 1, 1]
+    assert concept.usage_entropy(stats["concept_counts"]) == pytest.approx(torch.log(torch.tensor(2.0)).item())
