@@ -27,7 +27,10 @@ rectangular cache per model. Rows that finished pad like ``generate`` does when 
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -343,3 +346,39 @@ def _stop_inside_block(stopping_criteria: StoppingCriteriaList, seq: _Sequence, 
     if bool(finished.all()):  # generate stops as soon as every row has stopped: cut after the last stop
         seq = seq.truncate(start + int(torch.where(stopped, first + 1, 0).max()))
     return seq, finished
+
+
+CUSTOM_GENERATE_ENTRY = '''"""Edge/cloud speculative decoding for `generate(custom_generate=REPO, trust_remote_code=True, edge_model=...)`.
+
+Written by genlab (SPEC S1). The decoding loop lives in generation_speculative.py, the CJK logits processors
+and stopping criteria in logits_process.py, both beside this file.
+"""
+
+from transformers import GenerationMixin
+
+from .generation_speculative import edge_cloud_generate
+from .logits_process import TokenClasses
+
+
+def generate(model, *args, **kwargs):
+    """Run the standard input preparation of `generate`, then the edge/cloud loop with `model` as the cloud.
+
+    Pass `tokenizer=` to let the gated presets measure punctuation density without genlab installed.
+    """
+    if kwargs.get("tokenizer") is not None and kwargs.get("token_classes") is None:
+        kwargs["token_classes"] = TokenClasses.from_tokenizer(kwargs["tokenizer"])
+    return GenerationMixin.generate(model, *args, custom_generate=edge_cloud_generate, **kwargs)
+'''
+
+
+def write_custom_generate_dir(repo_dir: str | os.PathLike) -> Path:
+    """Write ``REPO/custom_generate/`` (``generate.py`` + this module + ``logits_process.py`` + requirements)
+    so a checkpoint or Hub repo carries the decoding: ``model.generate(**inputs, custom_generate=REPO,
+    trust_remote_code=True, edge_model=edge, preset="fluency")`` (transformers ``load_custom_generate``)."""
+    folder = Path(repo_dir) / "custom_generate"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "generate.py").write_text(CUSTOM_GENERATE_ENTRY, encoding="utf-8")
+    for sibling in ("generation_speculative.py", "logits_process.py"):
+        shutil.copyfile(Path(__file__).with_name(sibling), folder / sibling)
+    (folder / "requirements.txt").write_text("transformers>=4.56\ntorch\n", encoding="utf-8")
+    return folder
