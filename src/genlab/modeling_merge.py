@@ -192,20 +192,7 @@ class MergePreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["Qwen2DecoderLayer"]
     _supports_sdpa = True
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, (Qwen2RMSNorm, nn.LayerNorm)):
-            module.weight.fill_(1.0)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+    # _init_weights: PreTrainedModel's default covers Linear, Embedding, the norms and the RoPE buffers.
 
 
 class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
