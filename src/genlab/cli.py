@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-TRAIN_SYSTEMS = ("ar", "concept")
+TRAIN_SYSTEMS = ("ar", "planner", "concept")
 BENCH_SYSTEMS = ("ar",)
 
 

@@ -87,6 +87,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                 break
             fed = self.planner_concept_ids(torch.stack(accepted, -1))
         concepts = torch.stack(columns, -1)[..., :longest]
+        concepts = torch.nn.functional.pad(concepts, (0, longest - concepts.shape[-1]), value=CONCEPT_PAD)
         return concepts.masked_fill(concepts == CONCEPT_EOS, CONCEPT_PAD)
 
     def _logits_processors(self, config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:

@@ -1,0 +1,235 @@
+"""Health monitors of hard-EM planner–executor training (SPEC P6; seed 003 monitoring checklist).
+
+Each reading is a small pure function so a test can feed it a constructed case:
+
+- A. does the executor use z: ``delta_nll`` (z replaced by another example's, all-``<mask>``, random);
+- B. E-step quality: ``top1_margin`` S(z¹) − S(z²), ``flip_rate`` and ``edit_distance`` of z* per refresh,
+  ``staleness_gap`` S(z*_new) − S(z*_old);
+- C. is the planner learning: ``planner_entropy`` (mean entropy and mean max-prob), cos(e_soft, e_hard)
+  (computed by the model's forward), the planner's gradient norm;
+- D. output side: ``nll_by_position`` (mean token NLL per position bucket).
+
+``PlannerMonitorCallback`` reads them every N steps, hands them to the Trainer's log, and turns each
+abnormal pattern of the seed's "abnormal → action" table (``RULES``) into a logged warning naming the action.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import TrainerCallback
+
+from ..configuration_planner import CONCEPT_MASK, CONCEPT_PAD, NUM_CONCEPT_SPECIALS
+from ..modeling_planner import concept_slot_mask
+
+logger = logging.getLogger("genlab.planner")
+
+
+# -- A. does the executor use z -------------------------------------------------------------------------------------
+def corrupt_concepts(concept_ids: torch.Tensor, kind: str, vocab_sizes: list[int],
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """z_bad for ΔNLL: ``shuffle`` (the next example's z), ``mask`` (every concept → ``<mask>``, same lengths)
+    or ``random`` (uniform content ids of each type, same lengths)."""
+    slots = concept_slot_mask(concept_ids)
+    if kind == "shuffle":
+        return concept_ids.roll(1, dims=0)
+    if kind == "mask":
+        return torch.where(slots, CONCEPT_MASK, CONCEPT_PAD)
+    if kind == "random":
+        sizes = torch.tensor(vocab_sizes, device=concept_ids.device)[None, :, None]
+        noise = torch.rand(concept_ids.shape, generator=generator, device=concept_ids.device)
+        return torch.where(slots, NUM_CONCEPT_SPECIALS + (noise * sizes).long(), CONCEPT_PAD)
+    raise ValueError(f"kind must be 'shuffle', 'mask' or 'random', got {kind!r}")
+
+
+def delta_nll(nll_per_token: Callable[[torch.Tensor], torch.Tensor], concept_ids: torch.Tensor,
+              vocab_sizes: list[int], generator: torch.Generator | None = None) -> dict[str, float]:
+    """ΔNLL = NLL(y | z_bad) − NLL(y | z*) in nats per token, for each corruption (seed A.1)."""
+    base = float(nll_per_token(concept_ids))
+    return {f"delta_nll_{kind}": float(nll_per_token(corrupt_concepts(concept_ids, kind, vocab_sizes, generator))) - base
+            for kind in ("shuffle", "mask", "random")}
+
+
+# -- B. E-step quality ----------------------------------------------------------------------------------------------
+def top1_margin(scores: torch.Tensor) -> torch.Tensor:
+    """(batch, candidates) scores (−inf = no candidate) → mean S(z¹) − S(z²) over rows with two candidates."""
+    top = scores.topk(min(2, scores.shape[1]), dim=1).values
+    if top.shape[1] < 2:
+        return torch.tensor(float("nan"))
+    margin = top[:, 0] - top[:, 1]
+    return margin[torch.isfinite(margin)].mean() if torch.isfinite(margin).any() else torch.tensor(float("nan"))
+
+
+def edit_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Levenshtein distance between the content of two plans, summed over types: (batch, types, L) → (batch,).
+
+    Dynamic programming over positions, vectorised over batch and types.
+    """
+    la, lb = concept_slot_mask(a).sum(-1), concept_slot_mask(b).sum(-1)  # (batch, types)
+    n, m = a.shape[-1], b.shape[-1]
+    prev = torch.arange(m + 1, device=a.device).expand(*a.shape[:2], m + 1).clone()  # row i = 0
+    rows = [prev]
+    for i in range(1, n + 1):
+        cur = [torch.full_like(la, i)]
+        for j in range(1, m + 1):
+            substitute = prev[..., j - 1] + (a[..., i - 1] != b[..., j - 1]).long()
+            cur.append(torch.minimum(torch.minimum(prev[..., j] + 1, cur[j - 1] + 1), substitute))
+        prev = torch.stack(cur, -1)
+        rows.append(prev)
+    table = torch.stack(rows, -2)  # (batch, types, n + 1, m + 1)
+    picked = table.gather(-2, la[..., None, None].expand(*la.shape, 1, m + 1)).squeeze(-2)
+    return picked.gather(-1, lb[..., None]).squeeze(-1).sum(-1)
+
+
+def flip_rate(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Fraction of examples whose z* changed (content compared; padding width ignored)."""
+    return (edit_distance(old, new) > 0).float().mean()
+
+
+def staleness_gap(new_scores: torch.Tensor, old_scores: torch.Tensor) -> torch.Tensor:
+    """Mean S(z*_new) − S(z*_old), both scored by the current model (≥ 0 when z*_old was a candidate)."""
+    return (new_scores - old_scores).mean()
+
+
+# -- C. is the planner learning --------------------------------------------------------------------------------------
+def planner_entropy(logits: torch.Tensor, counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean entropy (nats) and mean max-prob of the planner's distributions at the counted positions."""
+    probs = logits[counted].float().softmax(-1)  # (positions, vocab)
+    return torch.special.entr(probs).sum(-1).mean(), probs.max(-1).values.mean()
+
+
+def grad_norm(parameters) -> torch.Tensor:
+    """Global L2 norm of the gradients present (0 when none)."""
+    grads = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.tensor(0.0)
+
+
+# -- D. output side --------------------------------------------------------------------------------------------------
+def nll_by_position(token_nll: torch.Tensor, valid: torch.Tensor, edges: list[int]) -> dict[str, torch.Tensor]:
+    """Mean token NLL per position bucket [edge_i, edge_{i+1}) of the text; (batch, T) inputs."""
+    positions = torch.arange(token_nll.shape[1], device=token_nll.device)
+    bounds = list(edges) + [None]
+    out = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        in_bucket = valid & (positions >= lo) & (positions < hi if hi is not None else True)
+        if in_bucket.any():
+            out[f"nll_pos_{lo}_{hi if hi is not None else 'end'}"] = token_nll[in_bucket].mean()
+    return out
+
+
+class StatAccumulator:
+    """Running means of 0-d tensors, kept on device between readings (no host sync in the training step)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        """Add a 0-d tensor; a non-finite value (e.g. a margin with one candidate) is not counted."""
+        value = value.detach().float()
+        finite = torch.isfinite(value)
+        self.sums[name] = self.sums.get(name, 0.0) + torch.where(finite, value, 0.0)
+        self.counts[name] = self.counts.get(name, 0) + finite.float()
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        """The mean of each name since the last call (names with no finite value are left out), then reset."""
+        out = {f"{prefix}{k}": float(v) / float(self.counts[k]) for k, v in self.sums.items() if float(self.counts[k]) > 0}
+        self.sums, self.counts = {}, {}
+        return out
+
+
+# -- the abnormal → action table -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    applies: Callable[[dict, int], bool]  # (readings, global step) → abnormal?
+    action: str
+
+
+def _get(readings: dict, key: str, default: float = float("nan")) -> float:
+    return float(readings.get(key, default))
+
+
+RULES = (
+    Rule("delta_nll_near_zero", lambda r, step: _get(r, "monitor/delta_nll_shuffle") < 0.05,
+         "the executor ignores z: strengthen the bottleneck (executor must not see u), enlarge z capacity / "
+         "vocabulary, slow the executor's learning, raise z dropout / perturbation contrast"),
+    Rule("margin_near_zero_and_flips_high",
+         lambda r, step: _get(r, "monitor/top1_margin") < 0.1 and _get(r, "monitor/flip_rate") > 0.5,
+         "raise the candidate count K or its diversity; run the E-step more often; lower the learning rate"),
+    Rule("early_collapse", lambda r, step: (_get(r, "monitor/flip_rate") < 0.01
+                                            and _get(r, "monitor/planner_entropy") < 0.1 and step < r["_early_steps"]),
+         "raise the temperature / entropy regulariser; use diverse beams; occasionally force exploration "
+         "(sampled candidates)"),
+    Rule("staleness_gap_large", lambda r, step: _get(r, "monitor/staleness_gap") > r["_stale_nats"],
+         "shorten the E-step refresh interval M (or make it adaptive); lower the learning rate"),
+    Rule("soft_hard_misaligned", lambda r, step: _get(r, "monitor/soft_hard_cosine") < 0.5,
+         "lower the temperature or anneal it; sharpen e_soft (gradually, not all at once)"),
+    Rule("planner_grad_vanishing", lambda r, step: _get(r, "monitor/planner_grad_norm") < 1e-6,
+         "the planner gets no signal: check the executor depends on z / the straight-through path"),
+    Rule("planner_grad_exploding", lambda r, step: _get(r, "monitor/planner_grad_norm") > r["_explode_norm"],
+         "temperature too low, learning rate too high or scores oscillating: lower the LR / raise the temperature"),
+)
+
+
+class PlannerMonitorCallback(TrainerCallback):
+    """Every ``every`` steps: ΔNLL on a fixed small batch, the means of what the trainer collected in
+    ``stats`` since the last reading (margin, flips, staleness, entropy, cosine, position NLLs), warnings.
+
+    ``nll_fn(concept_ids) -> nats/token`` and ``plans_fn() -> z*`` of the monitor batch are given by the
+    trainer. A rule must hold for ``patience`` consecutive readings before it warns (once per streak).
+    """
+
+    def __init__(self, every: int, vocab_sizes: list[int], stats: StatAccumulator | None = None, nll_fn=None,
+                 plans_fn=None, patience: int = 3, early_steps: int = 200, stale_nats: float = 2.0,
+                 explode_norm: float = 100.0):
+        self.every, self.vocab_sizes, self.patience = every, vocab_sizes, patience
+        self.stats, self.nll_fn, self.plans_fn = stats or StatAccumulator(), nll_fn, plans_fn
+        self.thresholds = {"_early_steps": early_steps, "_stale_nats": stale_nats, "_explode_norm": explode_norm}
+        self.pending: dict[str, float] = {}  # the trainer merges these into its next log
+        self.latest: dict[str, float] = {}
+        self.streaks = {rule.name: 0 for rule in RULES}
+        self.warnings: list[tuple[int, str, str]] = []
+        self.planner_parameters = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        """Planner gradient norm (after clipping), read just before the optimizer step."""
+        if model is not None and (state.global_step + 1) % self.every == 0:
+            names = ("planner.", "planner_", "mtp_proj.")
+            norm = grad_norm(p for n, p in model.named_parameters() if n.startswith(names))
+            self.record({"monitor/planner_grad_norm": float(norm)})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every:
+            return control
+        self.record(self.stats.means(prefix="monitor/"))
+        if self.nll_fn is not None:
+            generator = torch.Generator().manual_seed(state.global_step)
+            readings = delta_nll(self.nll_fn, self.plans_fn(), self.vocab_sizes, generator)
+            self.record({f"monitor/{k}": v for k, v in readings.items()})
+        self.check(state.global_step)
+        return control
+
+    def record(self, readings: dict[str, float]) -> None:
+        self.pending.update(readings)
+        self.latest.update(readings)
+
+    def check(self, step: int) -> list[str]:
+        """Apply every rule to the latest readings; log a warning when one reaches ``patience`` in a row."""
+        readings = {**self.latest, **self.thresholds}
+        fired = []
+        for rule in RULES:
+            self.streaks[rule.name] = self.streaks[rule.name] + 1 if rule.applies(readings, step) else 0
+            if self.streaks[rule.name] == self.patience:
+                logger.warning("planner monitor at step %d: %s → %s", step, rule.name, rule.action)
+                self.warnings.append((step, rule.name, rule.action))
+                fired.append(rule.name)
+        self.pending["monitor/warnings"] = float(len(self.warnings))
+        return fired
+
+    def pop_pending(self) -> dict[str, float]:
+        pending, self.pending = self.pending, {}
+        return pending

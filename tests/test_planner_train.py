@@ -1,0 +1,217 @@
+"""Hard-EM training of the planner–executor (SPEC P4–P7): E-step, z* cache, curriculum, monitors, resume."""
+
+import logging
+import math
+
+import datasets
+import pytest
+import torch
+
+from genlab.configuration_planner import CONCEPT_MASK, CONCEPT_PAD
+from genlab.tokenization import default_tokenizer
+from genlab.trainers import planner as tp
+from genlab.trainers import planner_monitors as mon
+
+from test_planner_model import make_model
+
+NEWS = ["今天天气很好。我们去公园散步，看见很多孩子。", "北京召开会议。会议讨论了经济发展问题！代表们发言踊跃。",
+        "这本书写得很好。", "质量太差，退货了。"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return default_tokenizer()
+
+
+def corpus_split() -> datasets.Dataset:
+    rows = {"text": [], "source": [], "label": [], "doc": [], "sent": []}
+    for doc, para in enumerate(NEWS[:2]):
+        for sent, text in enumerate(s + "。" for s in para.replace("！", "。").split("。") if s):
+            for key, value in zip(rows, (text, "news", None, doc, sent)):
+                rows[key].append(value)
+    for doc, (text, label) in enumerate(zip(NEWS[2:], ("pos", "neg"))):
+        for key, value in zip(rows, (text, "reviews", label, doc, 0)):
+            rows[key].append(value)
+    return datasets.Dataset.from_dict(rows)
+
+
+def planner_for(tokenizer, **overrides):
+    stack = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+    fields = dict(vocab_size=len(tokenizer), concept_vocab_sizes=[64, 16], concept_max_lengths=[4, 3],
+                  max_input_length=48, max_text_length=48, planner=stack, executor=stack, estep_top_k=2,
+                  estep_warmup_steps=0, monitor_steps=2, monitor_batch_size=4, estep_refresh_steps=2)
+    return make_model(**{**fields, **overrides})
+
+
+# -- data, proposer, curriculum ------------------------------------------------------------------------------------------
+def test_pairs_follow_paragraphs_and_reviews():
+    us, ys = tp.pair_texts(corpus_split(), opening_chars=2)
+    assert ("今天天气很好。", "我们去公园散步，看见很多孩子。") in list(zip(us, ys))
+    assert ("北京召开会议。", "会议讨论了经济发展问题。") in list(zip(us, ys))
+    assert ("好评：这本", "这本书写得很好。") in list(zip(us, ys)) and ("差评：质量", "质量太差，退货了。") in list(zip(us, ys))
+    assert len(us) == 1 + 2 + 2  # no pair across paragraphs
+
+
+def test_proposer_keeps_the_rarest_characters_in_order_and_clause_lengths(tokenizer):
+    model = planner_for(tokenizer)
+    proposer = tp.RareCharacterProposer(model.config, tokenizer)
+    text = "我们去公园散步，看见很多孩子。"
+    y = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+    plans = proposer(y, torch.ones_like(y))  # (1, granularities, types, L)
+    assert plans.shape[1:] == (len(proposer.granularities), 2, 4)
+    ids = y[0, :-1]
+    ordinary = ids[ids >= tp.FIRST_ORDINARY_ID]
+    rarest = set(ordinary.topk(4).values.tolist())
+    expected = [3 + int(i) % 64 for i in ids if int(i) in rarest]
+    assert plans[0, -1, 0].tolist() == expected
+    assert plans[0, -1, 1].tolist() == [3 + 6 // 4, 3 + 6 // 4, CONCEPT_PAD, CONCEPT_PAD]  # two clauses of 6 chars
+
+
+def test_curriculum_is_a_pure_function_of_step_and_sampler_respects_it():
+    assert [tp.curriculum_length(s, 10, 50, 4) for s in (0, 2, 4, 9)] == [10, 30, 50, 50]
+    lengths = [5, 40, 12, 8, 60, 9]
+    sampler = tp.CurriculumSampler(lengths, batch_size=2, steps=6, start=10, ramp_steps=4, seed=0)
+    order = list(sampler)
+    assert order == list(tp.CurriculumSampler(lengths, 2, 6, 10, 4, 0))  # deterministic
+    first_step = order[:2]
+    assert all(lengths[i] <= 10 for i in first_step)
+
+
+# -- E-step and cache ---------------------------------------------------------------------------------------------------
+def batch_of(tokenizer, us, ys):
+    features = [{"u_ids": tokenizer(u, add_special_tokens=False)["input_ids"],
+                 "y_ids": tokenizer(y, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], "index": i}
+                for i, (u, y) in enumerate(zip(us, ys))]
+    return tp.collate(features)
+
+
+@torch.no_grad()
+def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer):
+    model = planner_for(tokenizer)
+    us, ys = tp.pair_texts(corpus_split())
+    batch = batch_of(tokenizer, us, ys)
+    best, scores, candidates = tp.estep(model, tp.RareCharacterProposer(model.config, tokenizer),
+                                        {k: v for k, v in batch.items() if k != "index"}, step=10,
+                                        generator=torch.Generator().manual_seed(0))
+    assert candidates.shape[1] == 2 + 1 + 2  # proposer granularities, greedy plan, samples
+    for row in range(len(ys)):  # recompute S(z) one candidate at a time (no grad: scores only)
+        one = {k: v[row : row + 1] for k, v in batch.items()}
+        s = [float(model.executor_forward(z[None], one["text_ids"], one["text_attention_mask"]).log_prob
+                   + model.planner_forward(one["input_ids"], one["attention_mask"], z[None]).log_prob)
+             for z in candidates[row]]
+        finite = torch.isfinite(scores[row])
+        torch.testing.assert_close(scores[row][finite], torch.tensor(s)[finite], atol=1e-3, rtol=1e-4)
+        assert torch.equal(best[row], candidates[row, int(torch.tensor(s).masked_fill(~finite, -1e9).argmax())])
+
+
+def test_concept_cache_staleness_and_save_load(tmp_path):
+    cache = tp.ConceptCache(4, 2, 3)
+    index = torch.tensor([1, 3])
+    assert cache.stale(index, step=0, every=5).all()
+    cache.update(index, torch.full((2, 2, 3), 7), step=10)
+    assert not cache.stale(index, step=14, every=5).any() and cache.stale(index, step=15, every=5).all()
+    cache.save(tmp_path)
+    other = tp.ConceptCache(4, 2, 3)
+    assert other.load(tmp_path) and torch.equal(other.plans, cache.plans) and torch.equal(other.step, cache.step)
+
+
+# -- monitors on constructed cases (P6) -----------------------------------------------------------------------------------
+Z = torch.tensor([[[3, 4, 0], [5, 0, 0]], [[6, 0, 0], [7, 8, 0]], [[9, 10, 11], [3, 0, 0]]])
+
+
+def test_delta_nll_is_zero_for_an_executor_that_ignores_z_and_positive_otherwise():
+    ignores = mon.delta_nll(lambda z: torch.tensor(2.5), Z, [20, 10])
+    assert ignores == {"delta_nll_shuffle": 0.0, "delta_nll_mask": 0.0, "delta_nll_random": 0.0}
+    reads = mon.delta_nll(lambda z: (z != Z).float().sum(), Z, [20, 10], torch.Generator().manual_seed(0))
+    assert reads["delta_nll_shuffle"] > 0 and reads["delta_nll_mask"] == 10.0  # all 10 content slots changed
+    masked = mon.corrupt_concepts(Z, "mask", [20, 10])
+    assert torch.equal(masked == CONCEPT_MASK, Z != CONCEPT_PAD)
+
+
+def test_top1_margin_flip_rate_edit_distance_and_staleness():
+    scores = torch.tensor([[5.0, 3.0, -math.inf], [1.0, 1.0, 0.0], [2.0, -math.inf, -math.inf]])
+    assert float(mon.top1_margin(scores)) == pytest.approx(1.0)  # (2 + 0) / 2; a lone candidate is skipped
+    changed = Z.roll(1, 0)
+    assert float(mon.flip_rate(Z, changed)) == 1.0 and float(mon.flip_rate(Z, Z.clone())) == 0.0
+    a = torch.tensor([[[3, 4, 5], [3, 4, 0]]])
+    b = torch.tensor([[[3, 5, 0], [6, 7, 8]]])
+    assert mon.edit_distance(a, b).tolist() == [1 + 3]
+    assert float(mon.staleness_gap(torch.tensor([3.0, 5.0]), torch.tensor([1.0, 5.0]))) == 1.0
+
+
+def test_planner_entropy_grad_norm_and_position_buckets():
+    logits = torch.zeros(2, 1, 3, 8)
+    counted = torch.ones(2, 1, 3, dtype=torch.bool)
+    entropy, max_prob = mon.planner_entropy(logits, counted)
+    assert float(entropy) == pytest.approx(math.log(8)) and float(max_prob) == pytest.approx(1 / 8)
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert float(mon.grad_norm([p])) == 5.0
+    nll = torch.arange(6.0).expand(2, 6)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    buckets = mon.nll_by_position(nll, valid, [0, 2, 4])
+    assert {k: float(v) for k, v in buckets.items()} == {"nll_pos_0_2": 0.5, "nll_pos_2_4": 2.5, "nll_pos_4_end": 4.5}
+
+
+@pytest.mark.parametrize("readings,rule", [
+    ({"monitor/delta_nll_shuffle": 0.001}, "delta_nll_near_zero"),
+    ({"monitor/top1_margin": 0.01, "monitor/flip_rate": 0.9}, "margin_near_zero_and_flips_high"),
+    ({"monitor/flip_rate": 0.0, "monitor/planner_entropy": 0.01}, "early_collapse"),
+    ({"monitor/staleness_gap": 5.0}, "staleness_gap_large"),
+    ({"monitor/soft_hard_cosine": 0.1}, "soft_hard_misaligned"),
+    ({"monitor/planner_grad_norm": 0.0}, "planner_grad_vanishing"),
+    ({"monitor/planner_grad_norm": 1e4}, "planner_grad_exploding"),
+])
+def test_each_abnormal_pattern_logs_a_warning_naming_its_action(readings, rule, caplog):
+    callback = mon.PlannerMonitorCallback(every=1, vocab_sizes=[20, 10], patience=2)
+    healthy = {"monitor/delta_nll_shuffle": 2.0, "monitor/top1_margin": 3.0, "monitor/flip_rate": 0.2,
+               "monitor/planner_entropy": 1.5, "monitor/staleness_gap": 0.1, "monitor/soft_hard_cosine": 0.9,
+               "monitor/planner_grad_norm": 1.0}
+    callback.record(healthy)
+    assert callback.check(step=10) == []
+    callback.record(readings)
+    with caplog.at_level(logging.WARNING, logger="genlab.planner"):
+        assert callback.check(step=11) == []  # patience 2: one abnormal reading is not a streak
+        assert callback.check(step=12) == [rule]
+    action = next(r.action for r in mon.RULES if r.name == rule)
+    assert rule in caplog.text and action in caplog.text
+    assert callback.pop_pending()["monitor/warnings"] == 1.0
+
+
+# -- the trainer end to end, and resume --------------------------------------------------------------------------------
+def make_trainer(tokenizer, tmp_path, max_steps, resume_cache=None):
+    from transformers import TrainingArguments
+
+    model = planner_for(tokenizer).train()
+    pairs = tp.build_pairs(corpus_split(), tokenizer, 48, 48)
+    cache = tp.ConceptCache(len(pairs), 2, 4)
+    if resume_cache:
+        cache.load(resume_cache)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=2,
+                             learning_rate=1e-3, save_steps=2, logging_steps=2, report_to=[], seed=0, data_seed=0,
+                             use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0,
+                             lr_scheduler_type="constant")
+    trainer = tp.PlannerExecutorTrainer(model=model, args=args, train_dataset=pairs, data_collator=tp.collate,
+                                        proposer=tp.RareCharacterProposer(model.config, tokenizer), cache=cache,
+                                        curriculum_start=10, curriculum_steps=2)
+    return trainer, cache
+
+
+def test_training_logs_losses_and_monitors_and_resume_reuses_the_z_cache(tokenizer, tmp_path):
+    trainer, cache = make_trainer(tokenizer, tmp_path / "a", max_steps=4)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"executor_loss", "planner_loss", "monitor/delta_nll_shuffle", "monitor/top1_margin",
+            "monitor/flip_rate", "monitor/staleness_gap", "monitor/planner_entropy", "monitor/planner_max_prob",
+            "monitor/soft_hard_cosine", "monitor/planner_grad_norm", "monitor/nll_pos_0_16"} <= logged
+    assert (tmp_path / "a" / "checkpoint-2" / tp.CACHE_FILE).is_file()
+    assert (cache.step >= 0).all()
+
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    resumed, resumed_cache = make_trainer(tokenizer, tmp_path / "b", max_steps=4, resume_cache=checkpoint)
+    assert (resumed_cache.step >= 0).any()
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert torch.equal(resumed_cache.plans, cache.plans) and torch.equal(resumed_cache.step, cache.step)
+    final = [e["loss"] for e in trainer.state.log_history if "loss" in e][-1]
+    assert [e["loss"] for e in resumed.state.log_history if "loss" in e][-1] == pytest.approx(final, rel=1e-4)
