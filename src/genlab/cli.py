@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-TRAIN_SYSTEMS = ("ar", "planner", "concept")
+TRAIN_SYSTEMS = ("ar", "planner", "concept", "merge")
 BENCH_SYSTEMS = ("ar",)
 
 
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=48)
     generate.add_argument("--greedy", action="store_true")
     generate.set_defaults(handler=_generate)
+
+    edit = commands.add_parser("edit", help="repair texts with a trained MERGE run directory (edit mode)")
+    edit.add_argument("texts", nargs="+", help="texts to edit")
+    edit.add_argument("--model", default="runs/merge-tiny", help="MERGE run directory written by `genlab train merge`")
+    edit.add_argument("--rounds", type=int, default=None, help="at most this many rounds (default: the model's)")
+    edit.set_defaults(handler=lambda args: importlib.import_module("genlab.trainers.merge").edit_cli(args))
 
     card = commands.add_parser("card", help="write README.md (model card) into a run directory")
     card.add_argument("run_dir")

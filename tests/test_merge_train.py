@@ -1,0 +1,112 @@
+"""MergeTrainer (SPEC M7, H6): schedules are pure functions of the step, staged freezing, each loss term logged,
+resume continues exactly, and the CLI trains/edits/generates from a run directory."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from genlab.cli import build_parser, main
+from genlab.tokenization import default_tokenizer
+from genlab.trainers.merge import (MergeSchedule, apply_freezing, build_trainer, collate, corrupt, trainable_modules,
+                                   unrolled_loss)
+from test_merge_model import DRAFTS, TARGETS, tiny_model
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """Corpus sentences from every split as a text file (the 90/5/5 hash splits need all three)."""
+    from genlab.data import load_corpus
+
+    corpus = load_corpus("all")
+    lines = corpus["train"]["text"][:300] + corpus["validation"]["text"][:30] + corpus["test"]["text"][:30]
+    path = tmp_path_factory.mktemp("corpus") / "sentences.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def train_args(corpus_file, run_dir, steps=6):
+    return build_parser().parse_args([
+        "train", "merge", "--run-dir", str(run_dir), "--data", str(corpus_file), "--preset", "nano",
+        "--max-steps", str(steps), "--save-steps", "3", "--batch-size", "4", "--logging-steps", "1",
+        "--report-to", "none", "--rounds", "2"])
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    s = MergeSchedule(rounds=3, stage1_steps=10, stage2_steps=20, teacher_forcing_steps=15, anneal_steps=100)
+    assert [s.stage(t) for t in (0, 9, 10, 19, 20, 500)] == [1, 1, 2, 2, 3, 3]
+    assert s.tau(0) == 2.0 and s.tau(50) == pytest.approx(1.1) and s.tau(100) == pytest.approx(0.2) == s.tau(10**6)
+    assert s.teacher_forcing(14) == 1.0 and s.teacher_forcing(15) == 0.5
+    rounds = [s.unrolled_rounds(t) for t in range(200)]
+    assert rounds == [s.unrolled_rounds(t) for t in range(200)] and set(rounds) == {1, 2, 3}
+
+
+def test_staged_freezing_opens_modules_in_order():
+    model = tiny_model()
+    for stage, open_, closed in [(1, "encoder", ("picker", "inserter", "gate")), (2, "inserter", ("gate",)),
+                                 (3, "gate", ())]:
+        apply_freezing(model, stage)
+        trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+        assert open_ in trainable and not trainable & set(closed)
+        assert trainable == set(trainable_modules(stage)) & {n.split(".")[0] for n, _ in model.named_parameters()}
+
+
+def test_corruption_always_changes_the_draft():
+    rng = random.Random(0)
+    ids = list(range(30, 60))
+    for rate in (0.0, 0.1, 0.5):
+        assert corrupt(ids, rate, rng, 100) != ids
+
+
+@pytest.mark.parametrize("step", [0, 5, 9])
+def test_unrolled_loss_returns_every_term(step):
+    model = tiny_model().train()
+    schedule = MergeSchedule(rounds=3, stage1_steps=1, stage2_steps=6)
+    batch = collate([{"draft_ids": [t for t in d.tolist() if t], "labels": [t for t in y.tolist() if t != -100],
+                      "is_edit": True} for d, y in zip(DRAFTS, TARGETS)])
+    terms = unrolled_loss(model, batch, schedule, step)
+    terms["loss"].backward()
+    expected = {"loss", "loss_recon"} if step == 0 else {"loss", "loss_recon", "loss_gate", "loss_comp", "loss_ins",
+                                                        "loss_count", "gate_rate", "deleted_per_row",
+                                                        "inserted_per_row", "rounds"}
+    assert expected <= set(terms) and all(torch.isfinite(torch.as_tensor(v)).all() for v in terms.values())
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_resume_continues_exactly(corpus_file, tmp_path):
+    tokenizer = default_tokenizer()
+    straight = build_trainer(train_args(corpus_file, tmp_path / "a"), tmp_path / "a", tokenizer)
+    straight.train()
+    interrupted = build_trainer(train_args(corpus_file, tmp_path / "b"), tmp_path / "b", tokenizer, [StopAt(3)])
+    interrupted.train()
+    assert interrupted.state.global_step == 3
+    resumed = build_trainer(train_args(corpus_file, tmp_path / "b"), tmp_path / "b", tokenizer)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoints" / "checkpoint-3"))
+    assert resumed.state.global_step == straight.state.global_step == 6
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    logged = [entry for entry in straight.state.log_history if "merge/loss_recon" in entry]
+    assert {"merge/loss_gate", "merge/loss_comp", "merge/loss_ins", "merge/loss_count", "merge/gate_rate",
+            "merge/stage", "merge/tau"} <= set(logged[-1])
+
+
+def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "merge", "--run-dir", str(run_dir), "--data", str(corpus_file), "--preset", "nano",
+                 "--max-steps", "2", "--batch-size", "4", "--report-to", "none"]) == 0
+    assert json.loads((run_dir / "genlab_run.json").read_text())["system"] == "merge"
+    capsys.readouterr()
+    assert main(["edit", "--model", str(run_dir), "--rounds", "2", "今天天汽很好。", "这本书很有意思"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["generate", "--model", str(run_dir), "--max-new-tokens", "8", "今天"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    assert main(["edit", "--model", str(run_dir), ""]) == 2  # empty input in edit mode: one-line error
