@@ -13,7 +13,7 @@ import os
 import sys
 
 TRAIN_SYSTEMS = ("ar", "planner", "concept", "merge")
-BENCH_SYSTEMS = ("ar",)
+BENCH_SYSTEMS = ("ar", "speculative")
 
 
 def _add_system_parsers(subparsers, package: str, systems: tuple[str, ...], help_fmt: str) -> None:
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT)")
     push.add_argument("--private", action="store_true")
     push.set_defaults(handler=_push)
+
+    probe = commands.add_parser("probe", help="diagnostic experiments on a trained run (planner: concept drop)")
+    importlib.import_module("genlab.probe").add_parsers(probe.add_subparsers(dest="system", required=True))
 
     demo = commands.add_parser("demo", help="the main job on the embedded corpus (see README)")
     importlib.import_module("genlab.demo").add_arguments(demo)
