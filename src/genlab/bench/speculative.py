@@ -1,0 +1,252 @@
+"""`genlab bench speculative`: edge/cloud decoding vs cloud-only and HF assisted generation (SPEC S1–S6, B).
+
+A cloud (``--cloud-preset``, default ``tiny``: the ``base`` preset trains at < 0.2 step/s on the shared 2-core
+CPU, too slow for the ~20 min budget) and an edge (``nano``, ≈ 10× fewer non-embedding FLOPs) distilled from it
+(KL to the cloud + next-token CE) are trained on the corpus when their run directories are incomplete. On 50
+held-out prompts (first characters of test-split sentences), at batch 1, greedy, with the CJK processor stack
+and one-sentence stopping everywhere:
+
+- speed: tokens/s of lossless edge/cloud, cloud-only ``generate`` and HF ``assistant_model`` assisted generation
+  on the same pair and processors, timed interleaved per prompt (the machine is shared) after a warm-up;
+  figures are ratios of pooled tokens/s;
+- acceptance rate of the lossless mode and equality of its output with cloud-only;
+- gated presets: cloud-call rate, acceptance rate, and agreement with the cloud — ``gated_agreement`` is the
+  share of generated tokens equal to the cloud's own (processed, greedy) choice given the same prefix,
+  ``gated_sequence_match`` the share of positions equal to the cloud-only output;
+- the seed's A/B (sampling, temperature 0.7, fluency preset): punctuation density, CJK 2/3-gram repeat rates and
+  adjacent-identical rate with the processors on vs off — computed with the evaluate modules of ``metrics/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import evaluate
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, LogitsProcessorList, Trainer, default_data_collator, set_seed
+
+from ..data import load_corpus
+from ..generation_speculative import edge_cloud_generate
+from ..logits_process import SingleTemperatureLogitsWarper, TokenClasses, build_cjk_processors, build_sentence_stopping
+from ..metrics import speculative_metric_paths
+from ..runs import export_run, is_complete, prepare_run_dir, read_manifest
+from ..tokenization import load_tokenizer, resolve_tokenizer
+from . import target, write_result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
+    parser.add_argument("--cloud-dir", default="runs/speculative-cloud", help="cloud AR run (trained if incomplete)")
+    parser.add_argument("--edge-dir", default="runs/speculative-edge-kd", help="edge run (distilled if incomplete)")
+    parser.add_argument("--cloud-preset", default="tiny")
+    parser.add_argument("--edge-preset", default="nano")
+    parser.add_argument("--cloud-budget", type=float, default=600.0, help="cloud training seconds when trained here")
+    parser.add_argument("--edge-budget", type=float, default=300.0, help="edge distillation seconds when run here")
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--prompt-chars", type=int, default=6)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def ensure_cloud(args: argparse.Namespace) -> dict:
+    """Reuse a complete cloud run, else train one with the stock AR trainer under ``--cloud-budget``."""
+    if not is_complete(args.cloud_dir):
+        from ..cli import build_parser
+        from ..trainers import ar
+
+        ar.run(build_parser().parse_args(["train", "ar", "--run-dir", args.cloud_dir, "--preset", args.cloud_preset,
+                                          "--max-steps", "800", "--budget", str(args.cloud_budget),
+                                          "--report-to", "none"]))
+    return read_manifest(args.cloud_dir)
+
+
+class DistillationTrainer(Trainer):
+    """Next-token CE + KL(cloud ‖ edge) per token: the edge learns the cloud's choices, which is what acceptance needs."""
+
+    def __init__(self, *args, teacher, kl_weight: float = 0.7, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.kl_weight = teacher.eval(), kl_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=inputs["input_ids"]).logits
+        vocab = outputs.logits.shape[-1]
+        kl = F.kl_div(outputs.logits.reshape(-1, vocab).log_softmax(-1),
+                      teacher_logits.reshape(-1, vocab).log_softmax(-1), log_target=True, reduction="batchmean")
+        loss = (1 - self.kl_weight) * outputs.loss + self.kl_weight * kl
+        return (loss, outputs) if return_outputs else loss
+
+
+def ensure_edge(args: argparse.Namespace) -> dict:
+    """Reuse a complete edge run, else distil one from the cloud under ``--edge-budget``."""
+    if is_complete(args.edge_dir):
+        return read_manifest(args.edge_dir)
+    from ..cli import build_parser
+    from ..trainers.ar import build_model, pack_sentences
+    from ..trainers.common import TimeBudgetCallback, training_arguments
+
+    train_args = build_parser().parse_args(["train", "ar", "--run-dir", args.edge_dir, "--preset", args.edge_preset,
+                                            "--max-steps", "1500", "--lr", "3e-3", "--batch-size", "16",
+                                            "--report-to", "none", "--save-steps", "500"])
+    run_dir = prepare_run_dir(args.edge_dir)
+    tokenizer = resolve_tokenizer(None)
+    blocks = pack_sentences(load_corpus("all")["train"], tokenizer, 128)
+    teacher = AutoModelForCausalLM.from_pretrained(args.cloud_dir)
+    model = build_model(args.edge_preset, tokenizer, args.seed)
+    trainer = DistillationTrainer(model=model, args=training_arguments(train_args, run_dir), train_dataset=blocks,
+                                  data_collator=default_data_collator, callbacks=[TimeBudgetCallback(args.edge_budget)],
+                                  teacher=teacher)
+    result = trainer.train()
+    manifest = {"system": "ar", "preset": args.edge_preset, "distilled_from": str(args.cloud_dir),
+                "steps": trainer.state.global_step, "train_loss": result.training_loss, "seed": args.seed,
+                "parameters": sum(p.numel() for p in model.parameters()), "budget_s": args.edge_budget}
+
+    def save(tmp: Path) -> None:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    export_run(run_dir, save, manifest)
+    return manifest
+
+
+def held_out_prompts(n: int, chars: int) -> list[str]:
+    """The first ``chars`` characters of the first ``n`` test-split sentences long enough to continue."""
+    test = load_corpus("all")["test"]
+    return [text[:chars] for text in test["text"] if len(text) >= 3 * chars][:n]
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def cloud_agreement(cloud, processors: LogitsProcessorList, sequences: torch.Tensor, prompt_len: int) -> tuple[int, int]:
+    """(tokens equal to the cloud's processed greedy choice given the same prefix, generated tokens) of one row."""
+    with torch.no_grad():
+        logits = cloud(input_ids=sequences).logits[0].float()  # (seq, vocab)
+    new = sequences.shape[1] - prompt_len
+    choices = [processors(sequences[:, : prompt_len + j], logits[prompt_len + j - 1 : prompt_len + j]).argmax(-1)
+               for j in range(new)]
+    return int((torch.cat(choices) == sequences[0, prompt_len:]).sum()) if new else 0, new
+
+
+def run(args: argparse.Namespace) -> dict:
+    bench_start = time.perf_counter()
+    cloud_manifest, edge_manifest = ensure_cloud(args), ensure_edge(args)
+    train_s = time.perf_counter() - bench_start
+    cloud = AutoModelForCausalLM.from_pretrained(args.cloud_dir).eval()
+    edge = AutoModelForCausalLM.from_pretrained(args.edge_dir).eval()
+    tokenizer = load_tokenizer(args.cloud_dir)
+    classes = TokenClasses.from_tokenizer(tokenizer)
+    processors = build_cjk_processors(classes)
+    prompts = held_out_prompts(args.prompts, args.prompt_chars)
+    metrics = {name: evaluate.load(path) for name, path in speculative_metric_paths().items()}
+    set_seed(args.seed)
+
+    def decode(prompt: str, method: str, sample: bool = False, procs: LogitsProcessorList = processors):
+        inputs = tokenizer(prompt, return_tensors="pt")
+        stopping = build_sentence_stopping(classes, inputs["input_ids"].shape[1])
+        common = dict(max_new_tokens=args.max_new_tokens, do_sample=sample, logits_processor=procs,
+                      stopping_criteria=stopping, **({"top_k": 0} if sample else {}))
+        with torch.no_grad():
+            if method == "cloud":
+                return cloud.generate(**inputs, **common)
+            if method == "hf_assisted":
+                return cloud.generate(**inputs, **common, assistant_model=edge)
+            return cloud.generate(**inputs, **common, custom_generate=edge_cloud_generate, edge_model=edge,
+                                  preset=method, token_classes=classes, return_stats=True)
+
+    for prompt in prompts[:3]:  # warm-up
+        for method in ("cloud", "hf_assisted", "lossless"):
+            decode(prompt, method)
+
+    seconds = {m: 0.0 for m in ("cloud", "hf_assisted", "lossless")}
+    tokens, equal_lossless, equal_hf = 0, 0, 0
+    stats = {p: {"accepted": [], "verified": [], "cloud_calls": [], "blocks": [], "agree": [0, 0], "match": [0, 0]}
+             for p in ("lossless", "fluency", "quality")}
+    for prompt in prompts:
+        prompt_len = len(tokenizer(prompt)["input_ids"])
+        reference, seconds_cloud = _timed(lambda: decode(prompt, "cloud"))
+        assisted, seconds_hf = _timed(lambda: decode(prompt, "hf_assisted"))
+        lossless, seconds_lossless = _timed(lambda: decode(prompt, "lossless"))
+        seconds["cloud"] += seconds_cloud
+        seconds["hf_assisted"] += seconds_hf
+        seconds["lossless"] += seconds_lossless
+        tokens += reference.shape[1] - prompt_len
+        equal_lossless += torch.equal(lossless.sequences, reference)
+        equal_hf += torch.equal(assisted, reference)
+        for preset in ("lossless", "fluency", "quality"):
+            out = lossless if preset == "lossless" else decode(prompt, preset)
+            record = stats[preset]
+            for name in ("accepted", "verified", "cloud_calls", "blocks"):
+                record[name].append(getattr(out, name))
+            agree, new = cloud_agreement(cloud, processors, out.sequences, prompt_len)
+            record["agree"][0] += agree
+            record["agree"][1] += new
+            length = min(out.sequences.shape[1], reference.shape[1]) - prompt_len
+            record["match"][0] += int((out.sequences[0, prompt_len:prompt_len + length]
+                                       == reference[0, prompt_len:prompt_len + length]).sum())
+            record["match"][1] += reference.shape[1] - prompt_len
+
+    def rate(name: str, preset: str) -> float:
+        record = stats[preset]
+        if name == "acceptance_rate":
+            return metrics[name].compute(accepted=record["accepted"], verified=record["verified"])[name]
+        return metrics[name].compute(cloud_calls=record["cloud_calls"], blocks=record["blocks"])[name]
+
+    ab = ab_test(prompts, decode, tokenizer, metrics)
+    figures = {
+        "lossless_speedup_vs_cloud": seconds["cloud"] / seconds["lossless"],
+        "speedup_vs_hf_assisted": seconds["hf_assisted"] / seconds["lossless"],
+        "hf_assisted_speedup_vs_cloud": seconds["cloud"] / seconds["hf_assisted"],
+        "lossless_equals_cloud": equal_lossless / len(prompts),
+        "hf_assisted_equals_cloud": equal_hf / len(prompts),
+        "acceptance_rate": rate("acceptance_rate", "lossless"),
+        "gated_cloud_call_rate": rate("cloud_call_rate", "fluency"),
+        "gated_acceptance_rate": rate("acceptance_rate", "fluency"),
+        "gated_agreement": stats["fluency"]["agree"][0] / max(stats["fluency"]["agree"][1], 1),
+        "gated_sequence_match": stats["fluency"]["match"][0] / max(stats["fluency"]["match"][1], 1),
+        "quality_cloud_call_rate": rate("cloud_call_rate", "quality"),
+        "quality_agreement": stats["quality"]["agree"][0] / max(stats["quality"]["agree"][1], 1),
+        "cloud_tok_s_b1": tokens / seconds["cloud"],
+        "generated_tokens": tokens,
+        **ab,
+    }
+    targets = {
+        "lossless_speedup_vs_cloud": target(figures["lossless_speedup_vs_cloud"], "≥", 2.5),
+        "speedup_vs_hf_assisted": target(figures["speedup_vs_hf_assisted"], "≥", 1.2),
+        "acceptance_rate": target(figures["acceptance_rate"], ">", 0.6),
+        "gated_cloud_call_rate": target(figures["gated_cloud_call_rate"], "≤", 0.25),
+        "gated_agreement": target(figures["gated_agreement"], "≥", 0.95),
+        "lossless_equals_cloud": target(figures["lossless_equals_cloud"], "≥", 1.0),
+        "punct_density": {"goal": "10–25 %", "met": bool(0.10 <= figures["punct_density"] <= 0.25)},
+    }
+    config = {**{k: v for k, v in vars(args).items() if k not in ("handler", "json")},
+              "batch_size": 1, "decoding": "greedy (speed, agreement); sampling T=0.7 (A/B)",
+              "processors": "build_cjk_processors defaults (penalty 1.22, 3-gram ban, comma gate 4/8, T 0.7)",
+              "stopping": "one sentence, min_new_tokens 16", "cloud_run": cloud_manifest, "edge_run": edge_manifest,
+              "entropy_unit": "nats, summed over the k drafted tokens of a block"}
+    budget = {"training_s_this_run": round(train_s, 1), "bench_s": round(time.perf_counter() - bench_start, 1),
+              "cloud_steps": cloud_manifest.get("steps"), "edge_steps": edge_manifest.get("steps")}
+    return write_result(args.json, "speculative", config=config, budget=budget, figures=figures, targets=targets)
+
+
+def ab_test(prompts: list[str], decode, tokenizer, metrics: dict) -> dict:
+    """Seed 004's A/B: sampled fluency-preset outputs with the CJK processors on vs off (temperature 0.7 in both)."""
+    off = LogitsProcessorList([SingleTemperatureLogitsWarper(0.7)])
+    figures = {}
+    for arm, suffix in ((None, ""), (off, "_off")):
+        texts = []
+        for prompt in prompts:
+            out = decode(prompt, "fluency", sample=True, **({} if arm is None else {"procs": arm}))
+            prompt_len = len(tokenizer(prompt)["input_ids"])
+            texts.append(tokenizer.decode(out.sequences[0, prompt_len:], skip_special_tokens=True))
+        figures[f"punct_density{suffix}"] = metrics["punctuation_density"].compute(predictions=texts)["punct_density"]
+        repetition = metrics["cjk_repetition"].compute(predictions=texts)
+        figures.update({f"{name}{suffix}": value for name, value in repetition.items()})
+    return figures
