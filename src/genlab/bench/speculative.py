@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-chars", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on the shared 2-core CPU, 2 threads ran ~5× slower under contention)")
 
 
 def ensure_cloud(args: argparse.Namespace) -> dict:
@@ -136,6 +138,7 @@ def cloud_agreement(cloud, processors: LogitsProcessorList, sequences: torch.Ten
 
 
 def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
     bench_start = time.perf_counter()
     cloud_manifest, edge_manifest = ensure_cloud(args), ensure_edge(args)
     train_s = time.perf_counter() - bench_start

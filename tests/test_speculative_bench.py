@@ -1,0 +1,40 @@
+"""Definitions the speculative benchmark relies on (SPEC S6, B): cloud agreement and edge distillation loss."""
+
+import copy
+
+import torch
+from transformers import TrainingArguments
+
+from genlab.bench.speculative import DistillationTrainer, cloud_agreement
+from genlab.logits_process import build_cjk_processors
+from genlab.tokenization import default_tokenizer
+from genlab.trainers.ar import build_model
+
+
+def test_cloud_agreement_is_one_on_cloud_greedy_output_and_drops_on_a_foreign_token():
+    tok = default_tokenizer()
+    cloud = build_model("nano", tok, seed=0).eval()
+    processors = build_cjk_processors(tok)
+    inputs = tok("今天天气", return_tensors="pt")
+    prompt_len = inputs["input_ids"].shape[1]
+    out = cloud.generate(**inputs, max_new_tokens=8, do_sample=False, logits_processor=processors)
+    assert cloud_agreement(cloud, processors, out, prompt_len) == (8, 8)
+    changed = out.clone()
+    changed[0, prompt_len] = (changed[0, prompt_len] + 1) % len(tok)
+    agree, total = cloud_agreement(cloud, processors, changed, prompt_len)
+    assert total == 8 and agree < 8
+
+
+def test_distillation_loss_is_ce_only_when_the_edge_equals_the_cloud(tmp_path):
+    tok = default_tokenizer()
+    teacher = build_model("nano", tok, seed=0)
+    student = copy.deepcopy(teacher)
+    trainer = DistillationTrainer(model=student, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+                                  teacher=teacher, kl_weight=0.7)
+    ids = tok(["我爱北京天安门"], return_tensors="pt")["input_ids"]
+    loss = trainer.compute_loss(student, {"input_ids": ids, "labels": ids})
+    ce = student(input_ids=ids, labels=ids).loss
+    assert torch.allclose(loss, 0.3 * ce, atol=1e-5)
+    loss.backward()
+    assert student.model.embed_tokens.weight.grad is not None
+    assert teacher.model.embed_tokens.weight.grad is None
