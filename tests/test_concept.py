@@ -21,9 +21,9 @@ def tiny_config(**overrides):
 def make_model(seed=0, eval_rate=0.3, **overrides):
     """A tiny model whose noise-free (eval) decisions fire at about ``eval_rate`` of the tokens.
 
-    At init the calibrated <NULL> bias makes argmax choose <NULL> everywhere (only forced boundaries
-    fire); tests of decoding need natural concepts at irregular times, so the bias is moved to the
-    ``1 - eval_rate`` quantile of the concept logits' max on random text.
+    At init the calibrated <NULL> bias gives P(concept) = r < 1/2 everywhere, so the noise-free choice
+    fires only at forced boundaries; tests of decoding need natural concepts at irregular times, so the
+    bias is moved to the ``1 - eval_rate`` quantile of logsumexp(concept logits) on random text.
     """
     torch.manual_seed(seed)
     model = Qwen2ConceptCompressionForCausalLM(tiny_config(**overrides)).eval()
@@ -31,7 +31,7 @@ def make_model(seed=0, eval_rate=0.3, **overrides):
         ids = torch.randint(4, VOCAB, (8, 48), generator=torch.Generator().manual_seed(seed + 1))
         hidden = model.run_stage("shallow", model.model.embed_tokens(ids), torch.arange(48).expand(8, 48),
                                  causal_mask(torch.ones_like(ids, dtype=torch.bool)))
-        best = model.concept_head.proj(model.concept_head.norm(hidden))[..., :-1].max(-1).values
+        best = model.concept_head.proj(model.concept_head.norm(hidden))[..., :-1].logsumexp(-1)
         model.concept_head.null_bias.fill_(torch.quantile(best.flatten(), 1 - eval_rate).item())
     return model
 
@@ -101,6 +101,18 @@ def test_null_decision_is_calibrated_to_the_target_rate():
     out = model(ids)
     assert out.soft_concept_rate.item() == pytest.approx(0.25, abs=0.03)
     assert out.is_concept.float().mean().item() == pytest.approx(0.25, abs=0.05)
+
+
+def test_noise_free_choice_fires_when_p_concept_exceeds_half():
+    model = make_model()
+    logits = torch.full((3, 33), -5.0)
+    logits[0, 32] = 0.0  # P(<NULL>) ≈ 0.88: no fire
+    logits[1, :32] = 0.0
+    logits[1, 32] = 3.0  # P(<NULL>) = e³ / (e³ + 32) ≈ 0.39 < 1/2 although it is the largest single logit
+    logits[2, 7], logits[2, 32] = 4.0, 3.9  # plain case: id 7
+    model.concept_head.logits = lambda hidden: logits
+    choice, _ = model.concept_head(torch.zeros(3, 64), tau=1.0, noise=False)
+    assert choice.argmax(-1).tolist() == [32, 0, 7]
 
 
 def test_forced_boundary_caps_the_null_run():

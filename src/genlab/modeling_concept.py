@@ -67,9 +67,21 @@ class ConceptHead(nn.Module):
         return self.proj(self.norm(hidden)) + F.pad(self.null_bias, (self.concept_vocab_size, 0))
 
     def forward(self, hidden: Tensor, tau: float, noise: bool) -> tuple[Tensor, Tensor]:
-        """(…, hidden) → (ST one-hot (…, K + 1), logits (…, K + 1)); noise=False: argmax (inference)."""
+        """(…, hidden) → (ST one-hot (…, K + 1), logits (…, K + 1)).
+
+        noise=True (training): Gumbel-max over the K + 1 classes, so a token fires with P(not <NULL>).
+        noise=False (inference): the mode of that fire/no-fire decision — fire iff P(not <NULL>) > 1/2 —
+        then the most likely concept id. (A plain argmax over K + 1 classes would almost never fire:
+        P(<NULL>) = 0.3 still beats each of K ids sharing the other 0.7.)
+        """
         logits = self.logits(hidden)
-        return gumbel_softmax_st(logits, tau, noise=noise), logits
+        if noise:
+            return gumbel_softmax_st(logits, tau, noise=True), logits
+        null = self.concept_vocab_size
+        fire = torch.logsumexp(logits[..., :null], -1) > logits[..., null]
+        hard_id = torch.where(fire, logits[..., :null].argmax(-1), null)
+        hard = F.one_hot(hard_id, null + 1).to(logits.dtype)
+        return straight_through(hard, torch.softmax(logits / tau, -1)), logits
 
     def force_concept(self, choice: Tensor, logits: Tensor, forced: Tensor) -> Tensor:
         """C7 forced boundary: where ``forced`` (…), the hard choice becomes the best concept id; gradient unchanged."""
@@ -112,6 +124,11 @@ def causal_mask(valid: Tensor) -> Tensor:
     rows = torch.arange(n, device=valid.device)
     allowed = (rows[None, :, None] >= rows[None, None, :]) & valid[:, None, :]
     return (allowed | torch.eye(n, dtype=torch.bool, device=valid.device))[:, None]
+
+
+def attention_mask_is_trivial(valid: Tensor) -> bool:
+    """True when no row is padded (then plain causal attention is the shallow mask)."""
+    return bool(valid.all())
 
 
 def deep_attention_mask(concept_time: Tensor, concept_valid: Tensor, is_concept: Tensor, token_valid: Tensor) -> Tensor:
@@ -182,10 +199,16 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         start, stop = bounds[stage]
         return self.model.layers[start:stop]
 
-    def run_stage(self, stage: str, hidden: Tensor, position_ids: Tensor, mask: Tensor, cache=None) -> Tensor:
-        """Run ``stage``'s layers on hidden (b, q, hidden) with RoPE at position_ids (b, q) and a bool mask (b, 1, q, k)."""
+    def run_stage(self, stage: str, hidden: Tensor, position_ids: Tensor, mask: Tensor | None, cache=None) -> Tensor:
+        """Run ``stage``'s layers on hidden (b, q, hidden) with RoPE at position_ids (b, q).
+
+        mask: bool (b, 1, q, k), or None for plain causal attention over the q rows (SDPA's is_causal
+        kernel, much faster than an explicit mask; eager gets the explicit one).
+        """
         position_embeddings = self.model.rotary_emb(hidden, position_ids)  # layers need (cos, sin), not ids
-        if self.config._attn_implementation != "sdpa":
+        if mask is None and self.config._attn_implementation != "sdpa":
+            mask = causal_mask(torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
+        if mask is not None and self.config._attn_implementation != "sdpa":
             mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(hidden.dtype).min)
         for layer in self.stage_layers(stage):
@@ -234,7 +257,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         """Shallow → ConceptHead → middle on gathered concept rows → one deep pass; returns token rows' states."""
         position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)  # (batch, seq), left padding aware
         hidden = self.model.embed_tokens(input_ids)  # (batch, seq, hidden)
-        hidden = self.run_stage("shallow", hidden, position_ids, causal_mask(valid), self._begin(caches, 0, hidden))
+        shallow_mask = None if attention_mask_is_trivial(valid) else causal_mask(valid)
+        hidden = self.run_stage("shallow", hidden, position_ids, shallow_mask, self._begin(caches, 0, hidden))
 
         choice, head_logits = self.concept_head(hidden, tau, noise=self.training)  # (batch, seq, K + 1)
         natural = (choice.argmax(-1) != self.config.null_id) & valid
@@ -249,8 +273,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         concept_pos = position_ids.gather(1, concept_time)  # a concept sits at its token's position
         concepts = self.concept_embedding(choice.gather(1, concept_time[..., None].expand(-1, -1, choice.shape[-1])))
         if width > 0 and self.config.num_middle_layers > 0:  # C1: the middle blocks see the M concept rows only
-            concepts = self.run_stage("middle", concepts, concept_pos, causal_mask(concept_valid),
-                                      self._begin(caches, 1, concepts))
+            # concepts are packed to the left, so plain causal attention never lets a real row see padding
+            concepts = self.run_stage("middle", concepts, concept_pos, None, self._begin(caches, 1, concepts))
 
         deep_in = torch.cat([concepts, hidden], 1)  # (batch, M + seq, hidden)
         deep_pos = torch.cat([concept_pos, position_ids], 1)

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-ratio", type=float, default=0.25, help="concepts per token, r (C7)")
     parser.add_argument("--max-null-run", type=int, default=None, help="longest <NULL> run (default 2/r - 1)")
     parser.add_argument("--concept-vocab", type=int, default=4096)
+    parser.add_argument("--ratio-weight", type=float, default=0.0,
+                        help="weight of the optional (rate - r)² penalty on the soft concept rate (C7; off by default)")
     parser.add_argument("--anneal-steps", type=int, default=None, help="Gumbel tau annealing steps (default: max-steps)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--save", choices=("merged", "adapter"), default="merged")
@@ -50,7 +52,7 @@ def concept_fields(args: argparse.Namespace) -> dict:
     """The config fields this run adds to the base (layer split, vocabulary, rate controls, schedule, LoRA)."""
     fields = dict(concept_vocab_size=args.concept_vocab, target_compression_ratio=args.target_ratio,
                   max_null_run=args.max_null_run, gumbel_anneal_steps=args.anneal_steps or args.max_steps,
-                  lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+                  ratio_loss_weight=args.ratio_weight, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
     if args.layers:
         try:
             shallow, middle, deep = (int(n) for n in args.layers.split(","))
@@ -198,8 +200,10 @@ def run(args: argparse.Namespace) -> dict:
         "block_size": args.block_size,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "seed": args.seed,
-        **{k: v for k, v in concept_fields(args).items()},
+        **concept_fields(args),
     }
+    if args.save == "merged":
+        manifest["usage_snippet"] = usage_snippet(str(run_dir))
 
     def save(tmp: Path) -> None:
         if merged is not None:
@@ -213,6 +217,17 @@ def run(args: argparse.Namespace) -> dict:
     print(f"[genlab] concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
           f"compression ratio {evaluation['val_compression_ratio']:.3f} → {run_dir}")
     return manifest
+
+
+def usage_snippet(model_id: str) -> str:
+    """The model card's snippet for a merged run: remote-code load, greedy decoding, the concepts on request."""
+    return (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, trust_remote_code=True)\n"
+            "inputs = tokenizer(\"新华社北京\", return_tensors=\"pt\")\n"
+            "out = model.generate(**inputs, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)\n"
+            "print(tokenizer.decode(out.sequences[0], skip_special_tokens=True))\n"
+            "print(out.past_key_values.concept_ids)  # the ConceptHead's choice per token (<NULL> = K)\n")
 
 
 def generate_cli(args: argparse.Namespace) -> list[str]:
