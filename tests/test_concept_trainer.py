@@ -33,6 +33,12 @@ def base_and_data(tmp_path_factory):
     return root, base
 
 
+@pytest.fixture(scope="module")
+def merged_run(base_and_data):
+    root, _ = base_and_data
+    return root / "merged", train(root, "merged")
+
+
 def train(root, run_name, *extra):
     args = build_parser().parse_args(
         ["train", "concept", "--base", str(root / "base"), "--run-dir", str(root / run_name), "--data",
@@ -46,9 +52,9 @@ def logged(run_dir):
     return json.loads(states[-1].read_text())["log_history"]
 
 
-def test_train_concept_logs_monitors_and_saves_merged(base_and_data):
+def test_train_concept_logs_monitors_and_saves_merged(base_and_data, merged_run):
     root, base = base_and_data
-    manifest = train(root, "merged")
+    _, manifest = merged_run
     assert manifest["system"] == "concept" and manifest["steps"] == 6
     assert 0 < manifest["val_compression_ratio"] < 1 and manifest["val_ppl"] > 1
     history = [entry for entry in logged(root / "merged") if "loss" in entry]
@@ -61,7 +67,7 @@ def test_train_concept_logs_monitors_and_saves_merged(base_and_data):
     assert torch.equal(concept.load_concept_run(root / "merged").lm_head.weight, model.lm_head.weight)
 
 
-def test_adapter_save_reloads_to_the_same_model_as_merged(base_and_data):
+def test_adapter_save_reloads_to_the_same_model_as_merged(base_and_data, merged_run):
     root, _ = base_and_data
     train(root, "adapter", "--save", "adapter")
     assert (root / "adapter" / "adapter_model.safetensors").is_file()
@@ -74,6 +80,21 @@ def test_adapter_save_reloads_to_the_same_model_as_merged(base_and_data):
     trained_head = reloaded.concept_head.proj.weight
     fresh = Qwen2ConceptCompressionForCausalLM.from_base_pretrained(root / "base", concept_vocab_size=64)
     assert not torch.equal(trained_head, fresh.concept_head.proj.weight)  # the new modules were saved
+
+
+def test_card_reads_the_measured_bench_and_its_snippet_runs(merged_run, capsys):
+    from genlab.hub import write_card
+
+    run_dir, _ = merged_run
+    bench = json.loads(open("benchmarks/results/concept.json", encoding="utf-8").read())
+    (run_dir / "bench.json").write_text(json.dumps(bench), encoding="utf-8")
+    card = write_card(run_dir).read_text(encoding="utf-8")
+    assert "library_name: transformers" in card and "genlab-concept" in card
+    value = bench["figures"]["step_time_ratio"]
+    assert "`step_time_ratio`" in card and (repr(value) in card or f"{value:.6g}" in card)  # read, not typed
+    snippet = card.split("```python\n")[1].split("```")[0]
+    exec(snippet, {})
+    assert "tensor(" in capsys.readouterr().out  # the concept ids were printed
 
 
 def test_bad_layer_split_is_a_clear_error(base_and_data):

@@ -13,7 +13,7 @@ import os
 import sys
 
 TRAIN_SYSTEMS = ("ar", "planner", "concept", "merge")
-BENCH_SYSTEMS = ("ar", "speculative", "planner", "merge")
+BENCH_SYSTEMS = ("ar", "speculative", "planner", "merge", "concept")
 
 
 def _add_system_parsers(subparsers, package: str, systems: tuple[str, ...], help_fmt: str) -> None:
