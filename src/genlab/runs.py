@@ -35,7 +35,22 @@ def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def export_run(run_dir: str | os.PathLike, save: Callable[[Path], None], manifest: dict) -> Path:
-    """Write the final artefacts: ``save(tmp_dir)`` then move every entry into ``run_dir``, manifest last."""
+    """Write the final artefacts: ``save(tmp_dir)`` then move every entry into ``run_dir``, manifest last.
+
+    Under ``accelerate launch`` / ``torchrun`` only the main process writes; every process returns once the
+    run directory is complete (SPEC H6).
+    """
+    from .distributed import is_main_process, wait_for_everyone
+
+    try:
+        if is_main_process():
+            _export(Path(run_dir), save, manifest)
+    finally:
+        wait_for_everyone()
+    return Path(run_dir)
+
+
+def _export(run_dir: Path, save: Callable[[Path], None], manifest: dict) -> None:
     run_dir = prepare_run_dir(run_dir)
     (run_dir / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the new manifest lands
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
@@ -49,7 +64,6 @@ def export_run(run_dir: str | os.PathLike, save: Callable[[Path], None], manifes
         write_manifest(run_dir, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return run_dir
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> Path:
