@@ -8,6 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback, TrainingArguments
 
+from ..distributed import any_process
 from ..runs import CHECKPOINTS, last_checkpoint
 
 
@@ -85,7 +86,8 @@ def _has_accelerator() -> bool:
 class TimeBudgetCallback(TrainerCallback):
     """Stop training (and save a checkpoint) once ``budget_s`` seconds of training have passed.
 
-    The budget counts only this process's training time, so a resumed run gets a fresh budget.
+    The budget counts only this process's training time, so a resumed run gets a fresh budget. Under several
+    processes every rank stops at the same step (any rank over budget stops all), or DDP would deadlock.
     """
 
     def __init__(self, budget_s: float | None):
@@ -96,7 +98,7 @@ class TimeBudgetCallback(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.budget_s is not None and time.monotonic() - self.start >= self.budget_s:
+        if self.budget_s is not None and any_process(time.monotonic() - self.start >= self.budget_s):
             control.should_training_stop = True
             control.should_save = True
         return control
