@@ -20,6 +20,7 @@ from transformers import (GenerationConfig, PreTrainedTokenizerBase, Qwen2ForCau
                           default_data_collator, set_seed)
 
 from ..data import load_corpus
+from ..distributed import is_main_process, main_process_first
 from ..presets import AR_PRESETS, qwen2_config
 from ..runs import export_run, prepare_run_dir
 from ..tokenization import resolve_tokenizer
@@ -81,16 +82,17 @@ def sample(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_ne
 def run(args: argparse.Namespace) -> dict:
     """Train (or resume), evaluate, export; returns the manifest."""
     run_dir = prepare_run_dir(args.run_dir)
-    tokenizer = resolve_tokenizer(args.tokenizer)
-    corpus = load_corpus(args.data)
-    train_blocks = pack_sentences(corpus["train"], tokenizer, args.block_size)
-    eval_blocks = pack_sentences(corpus["validation"], tokenizer, args.block_size)
+    with main_process_first():  # under accelerate/torchrun: prepared once, the other ranks read the caches
+        tokenizer = resolve_tokenizer(args.tokenizer)
+        corpus = load_corpus(args.data)
+        train_blocks = pack_sentences(corpus["train"], tokenizer, args.block_size)
+        eval_blocks = pack_sentences(corpus["validation"], tokenizer, args.block_size)
     eval_blocks = eval_blocks.select(range(min(args.eval_blocks, len(eval_blocks))))
 
     model = build_model(args.preset, tokenizer, args.seed)
     trainer = Trainer(
         model=model,
-        args=training_arguments(args, run_dir),
+        args=training_arguments(args, run_dir, ddp_find_unused_parameters=False),  # every weight is used
         train_dataset=train_blocks,
         data_collator=default_data_collator,
         callbacks=[TimeBudgetCallback(args.budget)],
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer.save_pretrained(tmp)
 
     export_run(run_dir, save, manifest)
-    print(f"[genlab] ar/{args.preset}: {trainer.state.global_step} steps, validation perplexity {val_ppl:.2f} → {run_dir}")
+    if is_main_process():
+        print(f"[genlab] ar/{args.preset}: {trainer.state.global_step} steps, validation perplexity {val_ppl:.2f} → {run_dir}")
     return manifest
 
 
