@@ -11,6 +11,15 @@ from genlab.modeling_concept import (Qwen2ConceptCompressionForCausalLM, causal_
 VOCAB = 100
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These small models run faster on one thread than on two on a shared, oversubscribed CPU; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(**overrides):
     fields = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64, concept_vocab_size=32,

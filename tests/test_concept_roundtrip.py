@@ -4,7 +4,7 @@ import torch
 
 from genlab.testing import assert_hub_roundtrip, assert_remote_code_roundtrip, assert_save_load_roundtrip
 
-from test_concept import make_model, random_ids
+from test_concept import make_model, one_torch_thread, random_ids  # noqa: F401 (autouse fixture)
 
 PROMPT = random_ids(2, 8, seed=23)
 MASK = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])

@@ -10,6 +10,8 @@ import torch
 from genlab.convert_smollm2 import convert_llama_to_qwen2, load_smollm2_llama
 from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM, causal_mask
 
+from test_concept import one_torch_thread  # noqa: F401,E402 (autouse fixture)
+
 
 @pytest.fixture(scope="module")
 def llama_and_qwen2():

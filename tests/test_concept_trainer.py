@@ -12,6 +12,8 @@ from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM
 from genlab.tokenization import default_tokenizer
 from genlab.trainers import concept
 
+from test_concept import one_torch_thread  # noqa: F401,E402 (autouse fixture)
+
 MONITORS = {"ce_per_token", "compression_ratio", "null_rate", "soft_concept_rate", "tail_mean", "tail_max",
             "concept_usage_entropy"}
 
