@@ -38,6 +38,7 @@ from transformers import GenerationConfig, Trainer, TrainerCallback, set_seed
 
 from ..configuration_planner import CONCEPT_PAD, NUM_CONCEPT_SPECIALS, PlannerExecutorConfig
 from ..data import load_corpus
+from ..distributed import is_main_process, main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import export_run, prepare_run_dir
 from ..tokenization import resolve_tokenizer
@@ -272,7 +273,20 @@ class SaveConceptCache(TrainerCallback):
         self.cache = cache
 
     def on_save(self, args, state, control, **kwargs):
-        self.cache.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero:  # every rank holds the same cache (see ``PlannerExecutorTrainer.share``)
+            self.cache.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+class ProcessStatAccumulator(StatAccumulator):
+    """Means over every process's batches, so a monitor describes the global batch, not rank 0's (H6)."""
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        totals = sum_across_processes({**{("sum", k): float(v) for k, v in self.sums.items()},
+                                       **{("count", k): float(c) for k, c in self.counts.items()}})
+        names = {name for _, name in totals}
+        self.sums = {name: torch.tensor(totals.get(("sum", name), 0.0)) for name in names}
+        self.counts = {name: torch.tensor(totals.get(("count", name), 0.0)) for name in names}
+        return super().means(prefix)
 
 
 # -- the trainer -----------------------------------------------------------------------------------------------------
@@ -284,7 +298,7 @@ class PlannerExecutorTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.proposer, self.cache = proposer, cache
         self.curriculum_start, self.curriculum_steps = curriculum_start, curriculum_steps
-        self.losses, self.stats = StatAccumulator(), StatAccumulator()
+        self.losses, self.stats = ProcessStatAccumulator(), ProcessStatAccumulator()
         config = self.model.config
         monitor_batch = collate([self.train_dataset[i] for i in range(min(config.monitor_batch_size, len(self.train_dataset)))])
         self.monitor_batch = {k: v.to(self.args.device) for k, v in monitor_batch.items()}
@@ -295,9 +309,13 @@ class PlannerExecutorTrainer(Trainer):
         self.add_callback(SaveConceptCache(cache))
 
     def _get_train_sampler(self, train_dataset=None):
+        """One draw of the global batch per optimizer step: accelerate hands each rank its share of it, so
+        the curriculum follows the global step whatever the number of processes (H6)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return CurriculumSampler([len(y) for y in dataset["y_ids"]], self.args.per_device_train_batch_size,
-                                 self.args.max_steps, self.curriculum_start, self.curriculum_steps, self.args.seed)
+        args = self.args
+        global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        return CurriculumSampler([len(y) for y in dataset["y_ids"]], global_batch, args.max_steps,
+                                 self.curriculum_start, self.curriculum_steps, args.seed)
 
     @torch.no_grad()
     def monitor_plans(self) -> torch.Tensor:
@@ -309,7 +327,25 @@ class PlannerExecutorTrainer(Trainer):
         return self.model.executor_forward(concept_ids, batch["text_ids"], batch["text_attention_mask"]).loss
 
     def refresh(self, model, inputs: dict) -> torch.Tensor:
-        """z* for the batch: cached where fresh, searched (E-step) where stale; records the B-monitors."""
+        """z* for the batch: cached where fresh, searched (E-step) where stale; records the B-monitors.
+
+        The rank that sees an example searches its z*; ``share`` then copies the batch's entries to every
+        rank, so all ranks hold the same cache (what a single process would hold) and it survives a resume.
+        """
+        plans = self.search_stale(self.accelerator.unwrap_model(model), inputs)
+        self.share(inputs["index"], plans)
+        return plans
+
+    def share(self, index: torch.Tensor, plans: torch.Tensor) -> None:
+        """Copy every rank's (index, z*, step searched) of this step into every rank's cache (no-op on one)."""
+        if self.accelerator.num_processes == 1:
+            return
+        steps = self.cache.step[index.cpu()].to(plans.device)
+        index, plans, steps = self.accelerator.gather((index, plans, steps))
+        self.cache.plans[index.cpu()] = plans.cpu()
+        self.cache.step[index.cpu()] = steps.cpu()
+
+    def search_stale(self, model, inputs: dict) -> torch.Tensor:
         index = inputs["index"].cpu()
         step = self.state.global_step
         stale = self.cache.stale(index, step, model.config.estep_refresh_steps)  # (batch,) on CPU
@@ -405,8 +441,9 @@ def load_pairs(args: argparse.Namespace, tokenizer, split: str = "train") -> dat
 def run(args: argparse.Namespace) -> dict:
     """Train (or resume) with hard-EM, export the run directory; returns the manifest."""
     run_dir = prepare_run_dir(args.run_dir)
-    tokenizer = resolve_tokenizer(args.tokenizer)
-    pairs = load_pairs(args, tokenizer)
+    with main_process_first():  # under accelerate/torchrun: prepared once, the other ranks read the caches
+        tokenizer = resolve_tokenizer(args.tokenizer)
+        pairs = load_pairs(args, tokenizer)
     set_seed(args.seed)
     config = build_config(args, tokenizer)
     model = PlannerExecutorModel(config)
@@ -438,7 +475,8 @@ def run(args: argparse.Namespace) -> dict:
         (tmp / TRAINER_LOG).write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
 
     export_run(run_dir, save, manifest)
-    print(f"[genlab] planner: {trainer.state.global_step} steps, train loss {result.training_loss:.3f} → {run_dir}")
+    if is_main_process():
+        print(f"[genlab] planner: {trainer.state.global_step} steps, train loss {result.training_loss:.3f} → {run_dir}")
     return manifest
 
 
