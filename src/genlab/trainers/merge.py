@@ -32,6 +32,7 @@ from transformers import Trainer, set_seed
 
 from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, MergeConfig
 from ..data import load_corpus
+from ..distributed import is_main_process, main_process_first, sum_across_processes
 from ..generation_refinement import fit_width
 from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
@@ -197,6 +198,21 @@ def unrolled_loss(model: MergeForMaskedRefinement, inputs: dict, schedule: Merge
     return dict(logs)
 
 
+class ThroughWrapper:
+    """The model as ``unrolled_loss`` sees it under accelerate: calls go through the DDP wrapper, so every
+    round's gradients are all-reduced across processes; attributes (``config``, ``device``) come from the bare
+    model. Calling the unwrapped model instead trains each rank on its own gradients, silently (H6)."""
+
+    def __init__(self, wrapped: torch.nn.Module, model: MergeForMaskedRefinement):
+        self.wrapped, self.model = wrapped, model
+
+    def __call__(self, *args, **kwargs):
+        return self.wrapped(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 class MergeTrainer(Trainer):
     """``Trainer`` whose ``compute_loss`` unrolls MERGE rounds under the step's schedule (M7, H6)."""
 
@@ -208,8 +224,9 @@ class MergeTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         step = self.state.global_step
-        apply_freezing(self.accelerator.unwrap_model(model), self.schedule.stage(step))
-        terms = unrolled_loss(self.accelerator.unwrap_model(model), inputs, self.schedule, step)
+        bare = self.accelerator.unwrap_model(model)
+        apply_freezing(bare, self.schedule.stage(step))
+        terms = unrolled_loss(ThroughWrapper(model, bare), inputs, self.schedule, step)
         for name, value in terms.items():
             self._sums[name] += float(value.detach() if torch.is_tensor(value) else value)
         self._count += 1
@@ -218,7 +235,9 @@ class MergeTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._count and "loss" in logs:
             step = self.state.global_step
-            logs.update({f"merge/{k}": v / self._count for k, v in self._sums.items() if k != "loss"})
+            sums = sum_across_processes({**self._sums, "batches": self._count})  # the global batch, not rank 0's
+            batches = sums.pop("batches")
+            logs.update({f"merge/{k}": v / batches for k, v in sums.items() if k != "loss"})
             logs.update({"merge/stage": self.schedule.stage(step), "merge/tau": self.schedule.tau(step),
                          "merge/teacher_forcing": self.schedule.teacher_forcing(step)})
             self._sums.clear()
@@ -271,13 +290,17 @@ def schedule_from_args(args: argparse.Namespace) -> MergeSchedule:
 
 def build_trainer(args: argparse.Namespace, run_dir: Path, tokenizer, callbacks=()) -> MergeTrainer:
     """The model, the pairs and the ``MergeTrainer`` of ``genlab train merge`` (tests add callbacks)."""
-    corpus = load_corpus(args.data)
-    pairs = make_pairs(corpus["train"], tokenizer, max_chars=args.max_chars, edit_fraction=args.edit_fraction,
-                       max_rate=args.max_corruption, seed=args.seed)
+    with main_process_first():  # under accelerate/torchrun: built once, the other ranks read the cache
+        corpus = load_corpus(args.data)
+        pairs = make_pairs(corpus["train"], tokenizer, max_chars=args.max_chars, edit_fraction=args.edit_fraction,
+                           max_rate=args.max_corruption, seed=args.seed)
     set_seed(args.seed)
     model = MergeForMaskedRefinement(merge_config(args.preset, tokenizer, gate=args.gate, picker=args.picker,
                                                   inserter=args.inserter, positions=args.positions))
-    return MergeTrainer(model=model, args=training_arguments(args, run_dir, remove_unused_columns=False),
+    # Under DDP: frozen stages and the gate paths leave weights unused in some steps, so DDP must look for
+    # them (find_unused_parameters=False and static_graph=True both raise at the first stage change).
+    training = training_arguments(args, run_dir, remove_unused_columns=False, ddp_find_unused_parameters=True)
+    return MergeTrainer(model=model, args=training,
                         train_dataset=pairs, data_collator=collate,
                         callbacks=[TimeBudgetCallback(args.budget), *callbacks], schedule=schedule_from_args(args))
 
@@ -307,7 +330,8 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer.save_pretrained(tmp)
 
     export_run(run_dir, save, manifest)
-    print(f"[genlab] merge/{args.preset}: {trainer.state.global_step} steps → {run_dir}")
+    if is_main_process():
+        print(f"[genlab] merge/{args.preset}: {trainer.state.global_step} steps → {run_dir}")
     return manifest
 
 
