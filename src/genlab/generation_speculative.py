@@ -147,6 +147,13 @@ class _Draft:
     sequence: _Sequence  # committed + drafted
 
 
+def _process(processors: LogitsProcessorList, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``processors(input_ids, scores)`` without ``LogitsProcessorList``'s per-call signature inspection."""
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    return scores
+
+
 def _select(scores: torch.Tensor, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(token (batch,), probs (batch, vocab)) from processed scores: sampled or argmax."""
     probs = scores.softmax(-1)
@@ -160,7 +167,7 @@ def draft_block(edge: _IncrementalModel, seq: _Sequence, processors: LogitsProce
     tokens, probs, entropy = [], [], 0.0
     for _ in range(k):
         logits = edge.extend(seq.ids, seq.attention_mask, seq.positions, logits_to_keep=1)[:, -1]
-        scores = processors(seq.ids, logits)
+        scores = _process(processors, seq.ids, logits)
         token, q = _select(scores, do_sample)
         token = torch.where(frozen, pad_token_id, token)
         entropy = entropy + torch.special.entr(q).sum(-1)
@@ -187,7 +194,7 @@ def verify_block(cloud: _IncrementalModel, draft: _Draft, processors: LogitsProc
     logits = cloud.extend(seq.ids, seq.attention_mask, seq.positions, logits_to_keep=k + 1)  # (batch, k+1, V)
     start = seq.ids.shape[1] - k
     # slot j predicts the token after committed + draft[:j]: the processors see exactly that prefix
-    scores = torch.stack([processors(seq.ids[:, : start + j], logits[:, j]) for j in range(k + 1)], 1)
+    scores = torch.stack([_process(processors, seq.ids[:, : start + j], logits[:, j]) for j in range(k + 1)], 1)
     if not do_sample:
         cloud_tokens = scores.argmax(-1)  # (batch, k+1)
         accepted = (draft.tokens == cloud_tokens[:, :k]).long().cumprod(1).sum(1)

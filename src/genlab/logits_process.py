@@ -19,7 +19,7 @@ comma gating (``，、：:`` only after ≥ 4 CJK content characters since the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteria,
@@ -65,6 +65,7 @@ class TokenClasses:
     last_char: torch.Tensor
     n_chars: torch.Tensor
     n_punct_chars: torch.Tensor
+    _fitted: dict = field(default_factory=dict, compare=False, repr=False)  # (name, vocab, device) -> tensor
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> "TokenClasses":
@@ -103,12 +104,18 @@ class TokenClasses:
         )
 
     def fit(self, name: str, vocab_size: int, device: torch.device) -> torch.Tensor:
-        """Field ``name`` padded (False / 0 / −1) to the model's ``vocab_size`` (models often pad the vocabulary)."""
-        values = getattr(self, name).to(device)
-        if vocab_size < values.shape[0]:
-            raise ValueError(f"scores have {vocab_size} columns but the tokenizer has {values.shape[0]} ids")
-        fill = -1 if name in ("first_char", "last_char") else 0
-        return torch.nn.functional.pad(values, (0, vocab_size - values.shape[0]), value=fill)
+        """Field ``name`` padded (False / 0 / −1) to the model's ``vocab_size`` (models often pad the vocabulary).
+
+        Cached per (name, vocab_size, device): processors call this on every decoding step.
+        """
+        key = (name, vocab_size, str(device))
+        if key not in self._fitted:
+            values = getattr(self, name).to(device)
+            if vocab_size < values.shape[0]:
+                raise ValueError(f"scores have {vocab_size} columns but the tokenizer has {values.shape[0]} ids")
+            fill = -1 if name in ("first_char", "last_char") else 0
+            self._fitted[key] = torch.nn.functional.pad(values, (0, vocab_size - values.shape[0]), value=fill)
+        return self._fitted[key]
 
     def lookup(self, name: str, input_ids: torch.Tensor) -> torch.Tensor:
         """Field ``name`` at each id of ``input_ids`` (ids beyond the tokenizer read as False / 0 / −1)."""
