@@ -328,3 +328,19 @@ def test_generate_is_greedy_over_the_full_forward_and_returns_concepts():
     concepts = out.past_key_values.concept_ids
     assert concepts.shape == (2, 25)  # every token the cache saw: prompt + 19 fed back
     assert torch.equal(concepts[full_mask[:, :25].bool()], full.concept_ids[:, :25][full_mask[:, :25].bool()])
+
+
+@torch.no_grad()
+def test_eager_attention_gives_the_sdpa_logits():
+    """The boolean C4 mask becomes an additive bias for eager attention; plain causal stages get an explicit mask."""
+    model = make_model()
+    ids = random_ids(2, 24, seed=29)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    sdpa = model(ids, attention_mask=mask).logits
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    eager = model(ids, attention_mask=mask).logits
+    valid = mask.bool()
+    torch.testing.assert_close(eager[valid], sdpa[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(ids[1:]).logits, sdpa[1:], atol=1e-5, rtol=1e-5)
