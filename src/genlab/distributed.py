@@ -7,7 +7,7 @@ keep the few things a genlab run does around it correct when several processes r
   each node's local main process; the others then read the caches, with their progress bars switched off;
 - ``is_main_process`` / ``wait_for_everyone``: the run directory (export, manifest) is written by one process;
 - ``any_process``: a decision every rank must share (the wall-clock budget stop), or DDP deadlocks;
-- ``sum_across_processes``: monitor sums reduced over ranks, so a logged monitor describes the global batch.
+- ``sum_across_processes`` / ``max_across_processes``: monitor sums and maxima reduced over ranks, so a logged monitor describes the global batch.
 
 In a single process every helper is a no-op. The state is accelerate's ``PartialState``, created for the CPU
 when no CUDA device exists — as ``TrainingArguments(use_cpu=True)`` does — so a CPU run launched with
@@ -58,13 +58,19 @@ def any_process(flag: bool) -> bool:
 
 def sum_across_processes(values: dict[str, float]) -> dict[str, float]:
     """Per-key sums over every process (a key missing on some process counts 0 there)."""
+    return _combine(values, sum)
+
+
+def max_across_processes(values: dict[str, float]) -> dict[str, float]:
+    """Per-key maxima over every process (over the processes that have the key)."""
+    return _combine(values, max)
+
+
+def _combine(values: dict[str, float], combine) -> dict[str, float]:
     state = process_state()
     if state.num_processes == 1:
         return dict(values)
     gathered = [None] * state.num_processes
     torch.distributed.all_gather_object(gathered, dict(values))
-    total: dict[str, float] = {}
-    for part in gathered:
-        for name, value in part.items():
-            total[name] = total.get(name, 0.0) + value
-    return total
+    names = {name for part in gathered for name in part}
+    return {name: combine(part[name] for part in gathered if name in part) for name in names}
