@@ -23,6 +23,7 @@ from transformers import Trainer, default_data_collator, set_seed
 
 from ..configuration_concept import Qwen2ConceptCompressionConfig, gumbel_temperature
 from ..data import load_corpus
+from ..distributed import is_main_process, main_process_first, max_across_processes, sum_across_processes
 from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
 from ..runs import export_run, prepare_run_dir, read_manifest
 from ..tokenization import load_tokenizer, resolve_tokenizer
@@ -107,10 +108,12 @@ class ConceptCompressionTrainer(Trainer):
         self._monitor_batches += 1
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if self._monitor_batches and "loss" in logs:
-            logs.update({name: total / self._monitor_batches for name, total in self._monitor_sums.items()})
-            logs.update(self._monitor_max)
-            logs["concept_usage_entropy"] = usage_entropy(self._concept_counts)
+        if self._monitor_batches and "loss" in logs:  # reduced over ranks: the global batch, not rank 0's (H6)
+            sums = sum_across_processes({**self._monitor_sums, "batches": self._monitor_batches})
+            batches = sums.pop("batches")
+            logs.update({name: total / batches for name, total in sums.items()})
+            logs.update(max_across_processes(self._monitor_max))
+            logs["concept_usage_entropy"] = usage_entropy(self.accelerator.reduce(self._concept_counts, "sum"))
             self._monitor_sums, self._monitor_max, self._concept_counts, self._monitor_batches = {}, {}, None, 0
         super().log(logs, *args, **kwargs)
 
@@ -171,10 +174,11 @@ def run(args: argparse.Namespace) -> dict:
     """Train (or resume) the concept model on the base, evaluate, export; returns the manifest."""
     run_dir = prepare_run_dir(args.run_dir)
     set_seed(args.seed)
-    tokenizer = resolve_tokenizer(args.tokenizer or args.base)
-    corpus = load_corpus(args.data)
-    train_blocks = pack_sentences(corpus["train"], tokenizer, args.block_size)
-    eval_blocks = pack_sentences(corpus["validation"], tokenizer, args.block_size)
+    with main_process_first():  # under accelerate/torchrun: prepared once, the other ranks read the caches
+        tokenizer = resolve_tokenizer(args.tokenizer or args.base)
+        corpus = load_corpus(args.data)
+        train_blocks = pack_sentences(corpus["train"], tokenizer, args.block_size)
+        eval_blocks = pack_sentences(corpus["validation"], tokenizer, args.block_size)
     eval_blocks = eval_blocks.select(range(min(args.eval_blocks, len(eval_blocks))))
 
     model = add_concept_lora(Qwen2ConceptCompressionForCausalLM.from_base_pretrained(args.base, **concept_fields(args)))
@@ -214,8 +218,9 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer.save_pretrained(tmp)
 
     export_run(run_dir, save, manifest)
-    print(f"[genlab] concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
-          f"compression ratio {evaluation['val_compression_ratio']:.3f} → {run_dir}")
+    if is_main_process():
+        print(f"[genlab] concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
+              f"compression ratio {evaluation['val_compression_ratio']:.3f} → {run_dir}")
     return manifest
 
 
