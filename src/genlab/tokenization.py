@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
                   "mask_token": "<mask>", "sep_token": "<sep>"}
@@ -73,7 +73,9 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     missing = [name for name in TOKENIZER_FILES if not (path / name).is_file()]
     if missing:
         raise ValueError(f"tokenizer directory {path} is incomplete: missing {', '.join(missing)}")
-    return AutoTokenizer.from_pretrained(path)
+    # Not AutoTokenizer: it forces Qwen2Tokenizer on every checkpoint whose config.json says qwen2 (transformers'
+    # MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS), which re-tokenises the corpus characters as byte-level BPE.
+    return PreTrainedTokenizerFast.from_pretrained(path)
 
 
 def default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
