@@ -28,12 +28,14 @@ def test_custom_generate_folder_runs_without_genlab(tmp_path):
         import json, sys
         sys.modules["genlab"] = None  # genlab must not be importable: only the folder's code may run
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
         cloud_dir, edge_dir = {str(tmp_path / "cloud")!r}, {str(tmp_path / "edge")!r}
-        tok = AutoTokenizer.from_pretrained(cloud_dir, padding_side="left")
+        # AutoTokenizer would force Qwen2's byte-level BPE on a qwen2 checkpoint; load the saved tokenizer.json as is
+        tok = PreTrainedTokenizerFast.from_pretrained(cloud_dir, padding_side="left")
         cloud = AutoModelForCausalLM.from_pretrained(cloud_dir).eval()
         edge = AutoModelForCausalLM.from_pretrained(edge_dir).eval()
         inputs = tok({PROMPTS!r}, return_tensors="pt", padding=True)
+        assert inputs["attention_mask"].sum(1).min() > 2, inputs  # the prompts really are encoded
         reference = cloud.generate(**inputs, max_new_tokens=12, do_sample=False)
         lossless = cloud.generate(**inputs, max_new_tokens=12, do_sample=False, custom_generate=cloud_dir,
                                   trust_remote_code=True, edge_model=edge, preset="lossless")

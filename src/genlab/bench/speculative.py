@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-chars", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-k", default="1,2", help="extra draft lengths timed in lossless mode (comma list)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on the shared 2-core CPU, 2 threads ran ~5× slower under contention)")
 
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace) -> dict:
     metrics = {name: evaluate.load(path) for name, path in speculative_metric_paths().items()}
     set_seed(args.seed)
 
-    def decode(prompt: str, method: str, sample: bool = False, procs: LogitsProcessorList = processors):
+    def decode(prompt: str, method: str, sample: bool = False, procs: LogitsProcessorList = processors,
+               k: int | None = None):
         inputs = tokenizer(prompt, return_tensors="pt")
         stopping = build_sentence_stopping(classes, inputs["input_ids"].shape[1])
         common = dict(max_new_tokens=args.max_new_tokens, do_sample=sample, logits_processor=procs,
@@ -162,13 +164,14 @@ def run(args: argparse.Namespace) -> dict:
             if method == "hf_assisted":
                 return cloud.generate(**inputs, **common, assistant_model=edge)
             return cloud.generate(**inputs, **common, custom_generate=edge_cloud_generate, edge_model=edge,
-                                  preset=method, token_classes=classes, return_stats=True)
+                                  preset=method, num_draft_tokens=k, token_classes=classes, return_stats=True)
 
     for prompt in prompts[:3]:  # warm-up
         for method in ("cloud", "hf_assisted", "lossless"):
             decode(prompt, method)
 
-    seconds = {m: 0.0 for m in ("cloud", "hf_assisted", "lossless")}
+    sweep = [int(k) for k in args.sweep_k.split(",") if k]
+    seconds = {m: 0.0 for m in ("cloud", "hf_assisted", "lossless", *(f"lossless_k{k}" for k in sweep))}
     tokens, equal_lossless, equal_hf = 0, 0, 0
     stats = {p: {"accepted": [], "verified": [], "cloud_calls": [], "blocks": [], "agree": [0, 0], "match": [0, 0]}
              for p in ("lossless", "fluency", "quality")}
@@ -180,6 +183,8 @@ def run(args: argparse.Namespace) -> dict:
         seconds["cloud"] += seconds_cloud
         seconds["hf_assisted"] += seconds_hf
         seconds["lossless"] += seconds_lossless
+        for k in sweep:
+            seconds[f"lossless_k{k}"] += _timed(lambda: decode(prompt, "lossless", k=k))[1]
         tokens += reference.shape[1] - prompt_len
         equal_lossless += torch.equal(lossless.sequences, reference)
         equal_hf += torch.equal(assisted, reference)
@@ -207,6 +212,7 @@ def run(args: argparse.Namespace) -> dict:
         "lossless_speedup_vs_cloud": seconds["cloud"] / seconds["lossless"],
         "speedup_vs_hf_assisted": seconds["hf_assisted"] / seconds["lossless"],
         "hf_assisted_speedup_vs_cloud": seconds["cloud"] / seconds["hf_assisted"],
+        **{f"lossless_speedup_vs_cloud_k{k}": seconds["cloud"] / seconds[f"lossless_k{k}"] for k in sweep},
         "lossless_equals_cloud": equal_lossless / len(prompts),
         "hf_assisted_equals_cloud": equal_hf / len(prompts),
         "acceptance_rate": rate("acceptance_rate", "lossless"),
