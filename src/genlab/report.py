@@ -1,0 +1,221 @@
+"""The `genlab demo` report: Markdown (``report.md``), its HTML rendering (``report.html``) and PNG plots (SPEC H8).
+
+Input: the JSON-able results of the demo's stages (``genlab.demo``), the Trainer log histories of its runs and
+the model table. Every number printed here was measured by the demo (or read from a run's manifest); nothing is
+typed in. Plots (``RUN_DIR/plots/``): training curves of each model, tokens/s ratios against the AR baseline,
+MERGE rounds histogram, planner monitor curves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVE_KEYS = ("loss", "train_loss")  # the Trainer's running loss per logging step
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    cell = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""]
+
+
+# -- plots ------------------------------------------------------------------------------------------------------
+def plot_training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
+    """One panel per run: the Trainer's logged training loss against the step."""
+    fig, axes = plt.subplots(1, len(logs), figsize=(3.2 * len(logs), 2.8), squeeze=False)
+    for ax, (name, history) in zip(axes[0], logs.items()):
+        points = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
+        if points:
+            ax.plot(*zip(*points), marker=".")
+        else:
+            ax.text(0.5, 0.5, "no logged step", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def speed_ratios(results: dict) -> dict[str, float]:
+    """Decoding speed of each system as a ratio to its AR reference, all measured in the demo's own process."""
+    merge, concept = results["merge"]["figures"], results["concept"]["figures"]
+    spec, planner = results["speculative"]["figures"], results["planner"]["figures"]
+    return {"MERGE gen, batch 1": merge["speedup_b1"], "MERGE gen, batch 32": merge["speedup_b32"],
+            "concept decode @2048": concept["decode_speedup_2048"],
+            "edge/cloud lossless": spec["lossless_speedup_vs_cloud"],
+            "HF assisted (same pair)": spec["hf_assisted_speedup_vs_cloud"],
+            "planner executor*": planner["executor_decode_ratio"]}
+
+
+def plot_speed_bars(ratios: dict[str, float], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.barh(list(ratios), list(ratios.values()), color="tab:blue")
+    ax.axvline(1.0, color="black", linestyle="--", label="AR baseline = 1")
+    ax.set_xlabel("tokens/s ÷ AR baseline tokens/s")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_rounds_histogram(gen_rounds: list[int], edit_rounds: list[int], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    top = max(gen_rounds + edit_rounds + [1])
+    bins = [r - 0.5 for r in range(1, top + 2)]
+    ax.hist([gen_rounds, edit_rounds], bins=bins, label=["gen mode (from <s>)", "edit mode (corrupted)"])
+    ax.set_xlabel("rounds used")
+    ax.set_ylabel("sequences")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_planner_monitors(history: list[dict], path: Path) -> Path:
+    from .bench.planner import plot_monitors
+
+    plot_monitors(history, path)
+    return path
+
+
+# -- sections -----------------------------------------------------------------------------------------------------
+def section_ar(result: dict) -> list[str]:
+    m, f = result["manifest"], result["figures"]
+    lines = ["## Autoregressive baseline (Qwen2)", "",
+             f"Preset `{m['preset']}`, {m['parameters'] / 1e6:.2f} M parameters, {m['steps']} steps; validation "
+             f"perplexity **{f['val_ppl']:.2f}**; greedy KV-cached generation **{f['gen_tok_s_b1']:.1f} tok/s** at "
+             f"batch 1, {f['gen_tok_s_b32']:.1f} tok/s at batch 32; training {f['train_tok_s']:.0f} tok/s.", ""]
+    return lines + _table(["prompt", "greedy continuation"], result["samples"])
+
+
+def section_merge(result: dict) -> list[str]:
+    f = result["figures"]
+    lines = ["## MERGE: repairing and generating in parallel rounds", "",
+             f"Edit task ({len(result['edit_rounds'])} held-out sentences, 10 % character noise, ≤ 3 rounds): exact "
+             f"repair **{f['edit_exact_repair']:.1%}**, character error rate {f['edit_cer_before']:.3f} → "
+             f"**{f['edit_cer_after']:.3f}**, {f['edit_mean_rounds']:.2f} rounds on average. Generation (64 tokens "
+             f"from `<s>`): **{f['speedup_b1']:.2f}×** the AR baseline's tokens/s at batch 1, "
+             f"**{f['speedup_b32']:.2f}×** at batch 32, {f['mean_rounds']:.2f} rounds on average; generative "
+             f"perplexity {f['gen_ppl_ratio']:.2f}× the AR's (judged by the AR baseline itself, so biased towards "
+             "the AR side).", "", "### Repairs, round by round", ""]
+    for row in result["repairs"]:
+        lines += [f"- target `{row['target']}` — corrupted `{row['draft']}`"]
+        lines += [f"  - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
+                  f"{s['confidence']:.2f}): `{s['text']}`" for s in row["steps"]]
+    lines += ["", "### Generation, round by round", ""]
+    for row in result["generations"]:
+        lines += [f"- prompt `{row['prompt']}`"]
+        lines += [f"  - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
+                  f"{s['confidence']:.2f}): `{s['text']}`" for s in row["steps"]]
+    return lines + [""]
+
+
+def section_concept(result: dict) -> list[str]:
+    f = result["figures"]
+    contexts = sorted({int(k.split("_")[2]) for k in f if k.startswith("decode_speedup_") and k.count("_") == 3})
+    lines = ["## Online concept compression on the AR base", "",
+             f"Achieved compression ratio **{f['compression_ratio']:.3f}** concepts per token (noise-free decisions "
+             f"on validation text); perplexity {f['val_ppl']:.2f} vs the base's {f['base_val_ppl']:.2f} "
+             f"(ratio {f['ppl_ratio']:.3f}); one LoRA training step takes **{f['step_time_ratio']:.2f}×** the base's "
+             f"(predicted decoder-FLOPs fraction {f['flops_fraction_pred']:.2f}).", ""]
+    lines += _table(["context", "decode speed-up b1", "decode speed-up b8", "KV-cache bytes ratio"],
+                    [[c, f[f"decode_speedup_{c}_b1"], f[f"decode_speedup_{c}_b8"], f[f"kv_cache_ratio_{c}"]]
+                     for c in contexts])
+    lines += ["Where the ConceptHead fires (`|` after a token that became a concept):", ""]
+    lines += [f"- `{text}`" for text in result["boundaries"]] + [""]
+    return lines + _table(["prompt", "base (greedy)", "concept model (greedy)"], result["continuations"])
+
+
+def section_planner(result: dict) -> list[str]:
+    f = result["figures"]
+    lines = ["## Planner–executor: concepts first, then text", "",
+             f"Held-out NLL per text token: executor from the planner's own plan {f['nll_planner_z']:.3f}, from "
+             f"the E-step's plan z* {f['nll_zstar']:.3f}, same-size AR p(y|u) {f['nll_ar']:.3f} (ratio "
+             f"{f['nll_ratio_vs_ar']:.3f}). Replacing z* by another example's plan raises the NLL by "
+             f"**{f['delta_nll_shuffle']:+.3f}** nats/token (all-mask {f['delta_nll_mask']:+.3f}, random "
+             f"{f['delta_nll_random']:+.3f}); dropping half of the concepts {f['concept_drop_50']:+.3f}. Executor "
+             f"decoding runs at {f['executor_decode_ratio']:.2f}× a plain Qwen2 of its size (*: that is the reference "
+             "in the speed plot).", "",
+             "Keyword concepts are hashed characters: a keyword the executor wrote is shown as that character, "
+             "otherwise as `#id`; shape concepts are clause-length buckets (characters).", ""]
+    return lines + _table(["context u", "planner's concepts", "executor's text", "text from shuffled concepts"],
+                          [[e["u"], e["concepts"], e["text"], e["shuffled_text"]] for e in result["examples"]])
+
+
+def section_speculative(result: dict) -> list[str]:
+    f = result["figures"]
+    lines = ["## Edge/cloud speculative decoding", "",
+             f"Benchmark (`genlab bench speculative`, {int(f['generated_tokens'])} tokens on held-out prompts, "
+             f"with the CJK processors): lossless speed-up **{f['lossless_speedup_vs_cloud']:.2f}×** over cloud-only "
+             f"(HF assisted generation {f['hf_assisted_speedup_vs_cloud']:.2f}×), acceptance "
+             f"**{f['acceptance_rate']:.2f}**, output equal to cloud-only for {f['lossless_equals_cloud']:.0%} of the "
+             f"prompts; gated (fluency) cloud-call rate **{f['gated_cloud_call_rate']:.2f}**, agreement with the "
+             f"cloud {f['gated_agreement']:.2f}; punctuation density {f['punct_density']:.3f} with the processors, "
+             f"{f['punct_density_off']:.3f} without.", "",
+             "With and without the CJK processors (greedy, same prompts, timed interleaved in this process):", ""]
+    lines += _table(["processors", "mode", "speed-up vs cloud-only", "acceptance", "cloud-call rate",
+                     "same text as cloud-only"],
+                    [[r["arm"], r["method"], r["speedup_vs_cloud"], r["acceptance_rate"], r["cloud_call_rate"],
+                      r["same_text_as_cloud"]] for r in result["rates"]])
+    return lines + _table(["processors", "prompt", "cloud-only", "lossless edge/cloud", "gated (fluency)"],
+                          [[t["arm"], t["prompt"], t["cloud-only"], t["lossless"], t["fluency"]]
+                           for t in result["texts"]])
+
+
+def section_models(models: dict, summary: dict, results: dict) -> list[str]:
+    lines = ["## Models, cards and how to load them", "",
+             f"Preset `{summary['preset']}`, training budget {summary['budget_s']:g} s per model; this run took "
+             f"{summary['total_s'] / 60:.1f} min (stages: "
+             + ", ".join(f"{name} {r['stage_s']:.0f} s" for name, r in results.items()) + ").", ""]
+    lines += _table(["model", "run directory", "model card", "pushed"],
+                    [[n, f"`{m['run_dir']}`", f"`{m['card']}`", m["pushed"] or "—"] for n, m in models.items()])
+    lines += ["```python", "from transformers import AutoModel, AutoModelForCausalLM", ""]
+    lines += [f"{name.replace('-', '_')} = {m['load']}" for name, m in models.items()]
+    return lines + ["```", ""]
+
+
+SECTIONS = {"ar": section_ar, "merge": section_merge, "concept": section_concept, "planner": section_planner,
+            "speculative": section_speculative}
+
+
+def write_report(root: Path, results: dict, logs: dict[str, list[dict]], models: dict, summary: dict) -> dict:
+    """Plots into ``root/plots``, then ``report.md``, ``report.html`` and ``report.json`` (the raw results)."""
+    import markdown
+
+    plots = root / "plots"
+    plots.mkdir(exist_ok=True)
+    images = {
+        "Training curves": plot_training_curves(logs, plots / "training_curves.png"),
+        "Decoding speed against the AR baseline": plot_speed_bars(speed_ratios(results), plots / "speed_vs_ar.png"),
+        "MERGE rounds": plot_rounds_histogram(results["merge"]["gen_rounds"], results["merge"]["edit_rounds"],
+                                              plots / "merge_rounds.png"),
+        "Planner monitors": plot_planner_monitors(logs["planner"], plots / "planner_monitors.png"),
+    }
+    body = ["# genlab demo report", ""]
+    for name, render in SECTIONS.items():
+        body += render(results[name])
+    terminal = "\n".join(body + section_models(models, summary, results))
+    body += ["## Plots", ""] + [f"![{title}](plots/{path.name})" for title, path in images.items()] + [""]
+    text = "\n".join(body + section_models(models, summary, results))
+    md_path, html_path = root / "report.md", root / "report.html"
+    md_path.write_text(text, encoding="utf-8")
+    html = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    html_path.write_text(f"<!doctype html>\n<html><head><meta charset='utf-8'><title>genlab demo report</title>"
+                         f"</head><body>\n{html}\n</body></html>\n", encoding="utf-8")
+    (root / "report.json").write_text(json.dumps({"results": results, "models": models, "summary": summary},
+                                                 ensure_ascii=False, indent=1), encoding="utf-8")
+    return {"markdown": md_path, "html": html_path, "plots": list(images.values()), "terminal": terminal}
