@@ -202,3 +202,25 @@ def test_works_for_two_differently_sized_models(tok):
     out = cloud.generate(**inputs, max_new_tokens=9, do_sample=False, custom_generate=edge_cloud_generate,
                          edge_model=edge, preset="lossless")
     assert torch.equal(out, reference)
+
+
+def test_lossless_and_gated_run_on_the_qwen2_tokenizer():
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    from genlab.qwen2_tokenizer import qwen2_tokenizer_dir
+
+    qwen = AutoTokenizer.from_pretrained(qwen2_tokenizer_dir(), padding_side="left")
+    classes = TokenClasses.from_tokenizer(qwen)
+    processors = build_cjk_processors(classes)
+    config = qwen2_config("nano", 151_936, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                          num_key_value_heads=1)  # Qwen2 pads its vocabulary beyond len(tokenizer)
+    torch.manual_seed(0)
+    cloud, edge = Qwen2ForCausalLM(config).eval(), Qwen2ForCausalLM(config).eval()
+    inputs = qwen(["今天天气很好，", "我们"], return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=10, do_sample=False, logits_processor=processors, pad_token_id=qwen.pad_token_id)
+    reference = cloud.generate(**inputs, **kwargs)
+    out = cloud.generate(**inputs, **kwargs, custom_generate=edge_cloud_generate, edge_model=edge, preset="lossless")
+    assert torch.equal(out, reference)
+    gated = cloud.generate(**inputs, **kwargs, custom_generate=edge_cloud_generate, edge_model=edge, preset="fluency",
+                           return_stats=True)
+    assert gated.sequences.shape == reference.shape and gated.blocks >= 3
