@@ -8,7 +8,9 @@ achieved (noise-free) compression ratio. At r = 1/4 (the headline): greedy cache
 (the prefill untimed, each model through its own forward and cache; pairs timed back to back) at
 contexts 512 and 2048, batch 1 and 8, and the KV-cache bytes
 held after a 2048-token prompt. Beside each step-time ratio: the FLOPs-fraction prediction
-(n_sh + n_deep·(1 + r) + n_mid·r) / N of the decoder layers (embedding, LM head, ConceptHead excluded).
+(n_sh + n_deep·(1 + r) + n_mid·r) / N of the decoder layers (embedding, LM head, ConceptHead excluded),
+and the same formula at the concept rows a training step really processes (the packed width: sampled
+decisions plus forced boundaries, padded to the batch's longest row).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", default="512,2048")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--eval-blocks", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work-dir", default="runs/bench/concept")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared, oversubscribed CPU more threads made both sides erratic)")
@@ -72,6 +74,15 @@ def flops_fraction(layers: tuple[int, int, int], r: float) -> float:
     """(n_sh + n_deep·(1 + r) + n_mid·r) / N: the decoder-layer FLOPs per token relative to the base (C10)."""
     shallow, middle, deep = layers
     return (shallow + deep * (1 + r) + middle * r) / sum(layers)
+
+
+@torch.no_grad()
+def concept_rows_fraction(model, ids: torch.Tensor, samples: int = 5) -> float:
+    """Rows the middle blocks really process in a training step, per token: the batch's packed concept width
+    (max over rows, forced boundaries included, sampled decisions) / sequence length, averaged over samples."""
+    model.train()
+    widths = [int(model(input_ids=ids).is_concept.sum(1).max()) for _ in range(samples)]
+    return statistics.mean(widths) / ids.shape[1]
 
 
 def paired_ratio(numerator, denominator, repeats: int, warmup: int = 1) -> tuple[float, float, float]:
@@ -215,7 +226,10 @@ def run(args: argparse.Namespace) -> dict:
                                                 args.repeats)
         merged = concept.merge_and_unload().eval()
         evaluation = evaluate_concepts(merged, eval_blocks, args.batch_size)
+        rows = concept_rows_fraction(concept, step_ids)
         figures.update({f"step_time_ratio_r{r:g}": ratio, f"flops_fraction_pred_r{r:g}": flops_fraction(layers, r),
+                        f"concept_rows_fraction_r{r:g}": rows,
+                        f"flops_fraction_achieved_r{r:g}": flops_fraction(layers, rows),
                         f"ppl_ratio_r{r:g}": evaluation["val_ppl"] / figures["base_val_ppl"],
                         f"compression_ratio_r{r:g}": evaluation["val_compression_ratio"],
                         f"train_compression_ratio_r{r:g}": train_rates[-1],
