@@ -14,3 +14,17 @@ def hub_server():
     """
     with LocalHubServer() as server:
         yield server
+
+
+# -- Data ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """2 000 real corpus sentences (from every split) as a user .txt file: fast to pack, still real text."""
+    from genlab.data import load_corpus
+
+    corpus = load_corpus("all")
+    texts = [text for split, n in (("train", 1800), ("validation", 100), ("test", 100))
+             for text in corpus[split].shuffle(seed=0).select(range(n))["text"]]
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    path.write_text("\n".join(texts), encoding="utf-8")
+    return path

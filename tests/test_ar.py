@@ -8,20 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from genlab.cli import main
-from genlab.data import load_corpus
 from genlab.presets import qwen2_config
 from genlab.runs import CHECKPOINTS, MANIFEST, export_run, read_manifest
-
-
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory):
-    """2 000 real corpus sentences as a user file: fast to pack, still Chinese news and reviews."""
-    path = tmp_path_factory.mktemp("data") / "small.txt"
-    corpus = load_corpus("all")
-    texts = [text for split, n in (("train", 1800), ("validation", 100), ("test", 100))
-             for text in corpus[split].shuffle(seed=0).select(range(n))["text"]]
-    path.write_text("\n".join(texts), encoding="utf-8")
-    return path
 
 
 def train_args(run_dir, data, *extra):

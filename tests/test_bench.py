@@ -40,10 +40,10 @@ def test_readme_tables_are_regenerated_between_markers(tmp_path):
     assert "| `gen_tok_s_b32` | 100 |" in text
 
 
-def test_bench_ar_measures_a_trained_run(tmp_path):
+def test_bench_ar_measures_a_trained_run(tmp_path, small_corpus):
     out = tmp_path / "ar.json"
     code = main(["bench", "ar", "--json", str(out), "--run-dir", str(tmp_path / "run"), "--preset", "nano",
-                 "--train-steps", "4", "--repeats", "1"])
+                 "--train-steps", "4", "--repeats", "1", "--data", str(small_corpus)])
     assert code == 0
     figures = json.loads(out.read_text())["figures"]
     assert all(figures[name] > 0 for name in AR_FIGURES)

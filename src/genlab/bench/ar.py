@@ -25,17 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a trained AR run; trained here first (with --train-steps) when incomplete")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--data", default="all", help="training corpus when the run is trained here")
     parser.add_argument("--repeats", type=int, default=5)
 
 
-def ensure_trained(run_dir: str, preset: str, steps: int) -> dict:
+def ensure_trained(run_dir: str, preset: str, steps: int, data: str = "all") -> dict:
     """Reuse a complete run, else train one with the stock trainer and a stated step budget."""
     if not is_complete(run_dir):
         from ..cli import build_parser
         from ..trainers import ar
 
         ar.run(build_parser().parse_args(["train", "ar", "--run-dir", run_dir, "--preset", preset,
-                                          "--max-steps", str(steps), "--report-to", "none"]))
+                                          "--max-steps", str(steps), "--data", data, "--report-to", "none"]))
     return read_manifest(run_dir)
 
 
@@ -69,7 +70,7 @@ def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) ->
 
 
 def run(args: argparse.Namespace) -> dict:
-    manifest = ensure_trained(args.run_dir, args.preset, args.train_steps)
+    manifest = ensure_trained(args.run_dir, args.preset, args.train_steps, args.data)
     model = AutoModelForCausalLM.from_pretrained(args.run_dir).eval()
     tokenizer = load_tokenizer(args.run_dir)
     prompt = tokenizer("新华社北京一月一日电", return_tensors="pt")["input_ids"]
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     figures["kv_cache_speedup_b1"] = figures["gen_tok_s_b1"] / generate_tok_s(model, prompt, False, args.repeats)
     result = write_result(
         args.json, "ar",
-        config={"preset": args.preset, "run_dir": args.run_dir, "new_tokens": NEW_TOKENS,
+        config={"preset": args.preset, "run_dir": args.run_dir, "data": args.data, "new_tokens": NEW_TOKENS,
                 "prompt_tokens": prompt.shape[1], "train_batch": [16, 128], "repeats": args.repeats,
                 "parameters": manifest["parameters"]},
         budget={"train_steps": manifest["steps"], "block_size": manifest["block_size"]},
