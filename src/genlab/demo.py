@@ -529,7 +529,7 @@ def push_all(demo: Demo, prefix: str, endpoint: str | None) -> dict[str, str]:
     from .hub import push_run_dir
 
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
-    return {name: push_run_dir(demo.dir(folder), f"{prefix}-{name}", endpoint=endpoint)
+    return {name: f"{prefix}-{name} ({push_run_dir(demo.dir(folder), f'{prefix}-{name}', endpoint=endpoint)})"
             for name, (folder, _, _) in MODELS.items()}
 
 

@@ -1,0 +1,183 @@
+"""`genlab demo` (SPEC H8; issue 7): bad input, corrupted checkpoints, reuse, and the demo end to end.
+
+The default run checks bad input, the corruption/reuse rules and one real stage (the AR baseline trained for a
+second, benchmarked, carded); the whole demo with every system (several minutes on the shared 2-core machine,
+whatever the budget: most of it is corpus preparation and the benchmarks' fixed work) is ``slow``.
+"""
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from genlab import demo
+from genlab.cli import main
+from genlab.runs import MANIFEST, write_manifest
+
+
+# -- bad input ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", ["0", "-5"])
+def test_budget_must_be_positive(budget, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--budget", budget])
+    assert exit_info.value.code == 2
+    assert "--budget: must be > 0" in capsys.readouterr().err
+
+
+def test_unwritable_run_dir_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["demo", "--run-dir", str(blocker / "demo"), "--preset", "nano"]) == 2
+    err = capsys.readouterr().err
+    assert "genlab: error:" in err and "is not writable" in err and str(blocker / "demo") in err
+
+
+def test_unknown_preset_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+# -- corrupted checkpoints, reuse ---------------------------------------------------------------------------------
+def _save_nano_run(run_dir: Path, seed: int) -> None:
+    from genlab.tokenization import default_tokenizer
+    from genlab.trainers.ar import build_model
+
+    tokenizer = default_tokenizer()
+    build_model("nano", tokenizer, seed).save_pretrained(run_dir)
+    tokenizer.save_pretrained(run_dir)
+    write_manifest(run_dir, {"system": "ar", "seed": seed})
+
+
+def test_corrupted_checkpoint_is_reported_deleted_and_retrained(tmp_path, capsys):
+    run_dir = tmp_path / "ar"
+    _save_nano_run(run_dir, seed=0)
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    stale = run_dir / "stale-file"
+    stale.write_text("left by the earlier run")
+    calls = []
+
+    def train():
+        calls.append(1)
+        _save_nano_run(run_dir, seed=1)
+        return json.loads((run_dir / MANIFEST).read_text())
+
+    manifest = demo.ensure_run("AR baseline", run_dir, demo._load_causal_lm, train, budget=1.0)
+    out = capsys.readouterr().out
+    assert "CORRUPTED checkpoint" in out and str(run_dir) in out and "retraining" in out
+    assert calls == [1] and manifest["seed"] == 1
+    assert not stale.exists()  # the corrupted run was deleted, not resumed
+    demo._load_causal_lm(run_dir)  # the retrained files load
+
+
+def test_complete_run_that_loads_is_reused_not_retrained(tmp_path, capsys):
+    run_dir = tmp_path / "ar"
+    _save_nano_run(run_dir, seed=3)
+    manifest = demo.ensure_run("AR baseline", run_dir, demo._load_causal_lm,
+                               lambda: pytest.fail("a complete, loadable run must not be retrained"), budget=1.0)
+    assert manifest["seed"] == 3 and "reusing the complete run" in capsys.readouterr().out
+
+
+def test_run_that_does_not_load_after_training_is_an_error(tmp_path):
+    run_dir = tmp_path / "ar"
+
+    def broken_train():
+        run_dir.mkdir()
+        write_manifest(run_dir, {"system": "ar"})  # a manifest but no model files
+        return {"system": "ar"}
+
+    with pytest.raises(RuntimeError, match="does not load"):
+        demo.ensure_run("AR baseline", run_dir, demo._load_causal_lm, broken_train, budget=1.0)
+
+
+def test_measurements_are_reused_until_a_model_changes(tmp_path):
+    run_dir = tmp_path / "ar"
+    run_dir.mkdir()
+    write_manifest(run_dir, {"system": "ar", "steps": 1})
+    path = run_dir / "demo.json"
+    counter = iter(range(10))
+    first = demo.cached(path, [run_dir], "nano", lambda: {"n": next(counter)})
+    assert demo.cached(path, [run_dir], "nano", lambda: {"n": next(counter)})["n"] == first["n"] == 0
+    assert demo.cached(path, [run_dir], "tiny", lambda: {"n": next(counter)})["n"] == 1  # other preset
+    write_manifest(run_dir, {"system": "ar", "steps": 2})  # retrained
+    assert demo.cached(path, [run_dir], "tiny", lambda: {"n": next(counter)})["n"] == 2
+
+
+# -- one real stage in the default run -------------------------------------------------------------------------------
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def _assert_card_reads_bench(run_dir: Path) -> None:
+    """The card's model-index values are exactly the figures of the run's bench.json (H5: read, not typed)."""
+    figures = json.loads((run_dir / "bench.json").read_text())["figures"]
+    card = ModelCard.load(run_dir / "README.md")
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == pytest.approx(figures)
+
+
+def test_ar_stage_trains_measures_and_cards_with_measured_numbers(tmp_path):
+    from genlab.hub import write_card
+    from genlab.report import section_ar
+
+    stage = demo.Demo(root=tmp_path, budget=1.0, scale=demo.SCALES["nano"], preset="nano")
+    result = demo.stage_ar(stage)
+    figures = result["figures"]
+    assert result["manifest"]["steps"] >= 1 and figures["gen_tok_s_b1"] > 0 and figures["val_ppl"] > 1
+    assert demo.training_log(tmp_path / "ar"), "the Trainer's log history feeds the training curve"
+    write_card(tmp_path / "ar")
+    _assert_card_reads_bench(tmp_path / "ar")
+    text = "\n".join(section_ar(result))
+    assert f"{figures['val_ppl']:.2f}" in text and f"{figures['gen_tok_s_b1']:.1f} tok/s" in text
+    again = demo.stage_ar(stage)  # reused run and measurements: identical numbers, nothing retrained
+    assert again["figures"] == figures and again["manifest"] == result["manifest"]
+
+
+# -- the whole demo ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, hub_server, capsys):
+    root = tmp_path / "demo"
+    assert main(["demo", "--run-dir", str(root), "--preset", "nano", "--budget", "1", "--push", "demo-user/genlab",
+                 "--endpoint", hub_server.endpoint]) == 0
+    out = capsys.readouterr().out
+    report = (root / "report.md").read_text(encoding="utf-8")
+    raw = json.loads((root / "report.json").read_text(encoding="utf-8"))["results"]
+    for title in ("Autoregressive baseline", "MERGE", "concept compression", "Planner–executor", "speculative decoding"):
+        assert title in report
+    # measured numbers appear as measured
+    merge, spec = raw["merge"]["figures"], raw["speculative"]["figures"]
+    assert f"{merge['edit_exact_repair']:.1%}" in report and f"{merge['speedup_b1']:.2f}×" in report
+    assert f"{raw['concept']['figures']['compression_ratio']:.3f}" in report
+    assert f"{raw['planner']['figures']['delta_nll_shuffle']:+.3f}" in report
+    assert f"{spec['lossless_speedup_vs_cloud']:.2f}×" in report
+    assert {r["arm"] for r in raw["speculative"]["rates"]} == {"with CJK processors", "without processors"}
+    assert all(row["steps"] for row in raw["merge"]["repairs"]), "every repair has its round trace"
+    # plots exist, are PNGs and are embedded in both renderings
+    html = (root / "report.html").read_text(encoding="utf-8")
+    for name in ("training_curves", "speed_vs_ar", "merge_rounds", "planner_monitors"):
+        assert min(_png_size(root / "plots" / f"{name}.png")) > 100
+        assert f"plots/{name}.png" in report and f'src="plots/{name}.png"' in html
+    assert "<table>" in html
+    # a card per model, its numbers read from the measurements; pushed to the hub; load commands printed
+    for name, (folder, auto_class, remote) in demo.MODELS.items():
+        _assert_card_reads_bench(root / folder)
+        assert f"{auto_class}.from_pretrained({str(root / folder)!r}" in out
+        assert f"demo-user/genlab-{name}" in out
+    assert re.search(r"AutoModel\.from_pretrained\('[^']*merge', trust_remote_code=True\)", out)
+
+    # an earlier run left a corrupted MERGE checkpoint: detected, reported, retrained; the rest is reused
+    weights = root / "merge" / "model.safetensors"
+    weights.write_bytes(b"\0" * 64)
+    assert main(["demo", "--run-dir", str(root), "--preset", "nano", "--budget", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"CORRUPTED checkpoint in {root / 'merge'}" in out
+    assert out.count("reusing the complete run") == 5  # ar, concept, planner, planner-ar, edge
+    from genlab.modeling_merge import MergeForMaskedRefinement
+
+    MergeForMaskedRefinement.from_pretrained(root / "merge")
