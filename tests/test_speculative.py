@@ -144,9 +144,15 @@ def test_gated_fluency_calls_the_cloud_less_and_reports_stats(tok, pair, process
 
 
 def test_punctuation_density_forces_the_cloud():
+    from genlab.generation_speculative import _Draft, needs_cloud
+
     classes = TokenClasses.from_texts(["a", "中", "，", "。"])
-    dense = torch.tensor([[1, 2, 1, 2], [1, 1, 1, 2]])  # 中，中，(0.5)  中中中，(0.25)
-    assert classes.punctuation_density(dense).tolist() == [0.5, 0.25]
+    dense = torch.tensor([[1, 2, 1, 2], [1, 1, 1, 2], [1, 2, 2, 2]])  # 中，中，(0.5)  中中中，(0.25)  中，，，(0.75)
+    assert classes.punctuation_density(dense).tolist() == [0.5, 0.25, 0.75]
+    calm = _Draft(tokens=dense, probs=None, entropy=torch.zeros(3), sequence=None)  # entropy far below threshold
+    running = torch.tensor([True, True, False])  # a finished row never calls the cloud
+    assert needs_cloud(calm, PRESETS["fluency"], classes, running).tolist() == [True, False, False]
+    assert needs_cloud(calm, PRESETS["lossless"], classes, running).tolist() == [True, True, False]
 
 
 def test_stopping_truncates_inside_an_accepted_block(tok, pair):
