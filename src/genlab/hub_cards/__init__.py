@@ -57,8 +57,10 @@ def default_usage_snippet(model_id: str, model_config: Mapping | None = None, *,
         auto_class = "AutoModelForCausalLM" if is_causal else "AutoModel"
     trust = ", trust_remote_code=True" if auto_map else ""
     if has_tokenizer:
-        return (f"from transformers import {auto_class}, AutoTokenizer\n\n"
-                f"tokenizer = AutoTokenizer.from_pretrained({model_id!r}{trust})\n"
+        # PreTrainedTokenizerFast, not AutoTokenizer: on a qwen2 checkpoint AutoTokenizer forces Qwen2Tokenizer
+        # (byte-level BPE) over the saved character tokenizer and silently encodes Chinese as nothing.
+        return (f"from transformers import {auto_class}, PreTrainedTokenizerFast\n\n"
+                f"tokenizer = PreTrainedTokenizerFast.from_pretrained({model_id!r})\n"
                 f"model = {auto_class}.from_pretrained({model_id!r}{trust})\n"
                 f"inputs = tokenizer(\"今天天气很好\", return_tensors=\"pt\")\n"
                 f"output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
