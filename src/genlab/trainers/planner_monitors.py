@@ -56,11 +56,11 @@ def delta_nll(nll_per_token: Callable[[torch.Tensor], torch.Tensor], concept_ids
 # -- B. E-step quality ----------------------------------------------------------------------------------------------
 def top1_margin(scores: torch.Tensor) -> torch.Tensor:
     """(batch, candidates) scores (−inf = no candidate) → mean S(z¹) − S(z²) over rows with two candidates."""
-    top = scores.topk(min(2, scores.shape[1]), dim=1).values
-    if top.shape[1] < 2:
-        return torch.tensor(float("nan"))
-    margin = top[:, 0] - top[:, 1]
-    return margin[torch.isfinite(margin)].mean() if torch.isfinite(margin).any() else torch.tensor(float("nan"))
+    if scores.shape[1] < 2:
+        return scores.new_tensor(float("nan"))
+    top = scores.topk(2, dim=1).values
+    margin = top[:, 0] - top[:, 1]  # inf or nan where a row has fewer than two candidates
+    return torch.nanmean(torch.where(torch.isfinite(margin), margin, float("nan")))  # no host sync
 
 
 def edit_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
