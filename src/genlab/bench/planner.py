@@ -13,7 +13,8 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs:
 - ``delta_nll_shuffle`` / ``_mask`` / ``_random``: NLL rise when z* is replaced (target ≥ 1 nat/token);
 - ``concept_drop_50``: the P7 probe's rise when half the concepts are dropped;
 - ``executor_decode_ratio``: executor KV-cached greedy decoding tokens/s over a plain ``Qwen2ForCausalLM`` of
-  the executor's size with an equally long prompt (batch 1; ``_b16`` too), target ≥ 0.95.
+  the executor's size with an equally long prompt, loaded the same way (batch 1; ``_b16`` too), target ≥ 0.95;
+  the two are timed back to back and the ratio is the median of the per-pair ratios.
 
 The monitor curves of the planner run (P6) are plotted to ``planner_monitors.png`` beside the JSON.
 """
@@ -23,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -38,7 +41,7 @@ from ..tokenization import load_tokenizer, resolve_tokenizer
 from ..trainers.common import TimeBudgetCallback, training_arguments
 from ..trainers.planner import TRAINER_LOG, RareCharacterProposer, build_pairs, collate, estep
 from ..trainers.planner_monitors import corrupt_concepts
-from . import median_seconds, target, write_result
+from . import target, write_result
 
 NEW_TOKENS = 64
 MONITOR_KEYS = ("delta_nll_shuffle", "top1_margin", "flip_rate", "staleness_gap", "planner_entropy",
@@ -58,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-estep", type=int, default=250)
     parser.add_argument("--max-text-length", type=int, default=48)
     parser.add_argument("--eval-pairs", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -155,12 +158,26 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
     return figures
 
 
-def decode_tok_s(fn, batch: int, repeats: int) -> float:
-    return batch * NEW_TOKENS / median_seconds(fn, warmup=1, repeats=repeats)
+def paired_seconds(first, second, repeats: int) -> tuple[float, float, float]:
+    """Time ``first`` and ``second`` back to back, ``repeats`` times after one warm-up each.
+
+    Returns (median s of first, median s of second, median of the per-pair ratio second / first): pairing
+    keeps a shared machine's load swings out of the ratio better than two separate medians.
+    """
+    first(), second()
+    pairs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        first()
+        middle = time.perf_counter()
+        second()
+        pairs.append((middle - start, time.perf_counter() - middle))
+    a, b = zip(*pairs)
+    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in pairs)
 
 
 def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int, repeats: int) -> tuple[float, float, float]:
-    """(executor tok/s, plain Qwen2 tok/s, ratio) for greedy decoding of NEW_TOKENS tokens at ``batch``."""
+    """(executor tok/s, plain Qwen2 tok/s, median paired speed ratio) for greedy decoding of NEW_TOKENS tokens."""
     concepts = concepts[:1].expand(batch, -1, -1)
     prefix_length = model.executor_prefix(concepts).valid.shape[1]
     config = model.config.stack_config("executor", 1024)
@@ -171,10 +188,10 @@ def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int
     prompt = torch.randint(22, config.vocab_size, (batch, prefix_length), generator=torch.Generator().manual_seed(0))
     fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     with torch.no_grad():
-        executor = decode_tok_s(lambda: model.execute(concepts, **fixed), batch, repeats)
-        baseline = decode_tok_s(lambda: plain.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                                       pad_token_id=0, **fixed), batch, repeats)
-    return executor, baseline, executor / baseline
+        executor_s, plain_s, ratio = paired_seconds(
+            lambda: model.execute(concepts, **fixed),
+            lambda: plain.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0, **fixed), repeats)
+    return batch * NEW_TOKENS / executor_s, batch * NEW_TOKENS / plain_s, ratio
 
 
 def plot_monitors(log_history: list[dict], path: Path) -> None:
