@@ -185,7 +185,7 @@ def _decode(tokenizer, ids: torch.Tensor) -> list[str]:
 
 # -- stage 1: the AR baseline ------------------------------------------------------------------------------------
 def stage_ar(demo: Demo) -> dict:
-    """Train the Qwen2 baseline; ``genlab bench ar`` on it; greedy and sampled continuations."""
+    """Train the Qwen2 baseline; ``genlab bench ar`` on it; greedy continuations of the demo prompts."""
     from .bench import ar as ar_bench
     from .tokenization import load_tokenizer
     from .trainers import ar
@@ -220,7 +220,7 @@ def stage_merge(demo: Demo) -> dict:
         return merge.run(cli("train", "merge", "--preset", demo.scale.ar_preset, "--max-steps", steps,
                              *_common(demo, run_dir)))
 
-    manifest = ensure_run("MERGE", run_dir, lambda d: MergeForMaskedRefinement.from_pretrained(d), train, demo.budget)
+    manifest = ensure_run("MERGE", run_dir, MergeForMaskedRefinement.from_pretrained, train, demo.budget)
     measure = lambda: measure_merge(demo, run_dir)  # noqa: E731
     return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, demo.dir("ar")], demo.preset, measure)}
 
@@ -379,11 +379,13 @@ def stage_planner(demo: Demo) -> dict:
         demo.budget)
     (demo.root / "benchmarks").mkdir(exist_ok=True)
     bench_args = cli("bench", "planner", "--run-dir", run_dir, "--ar-run-dir", ar_dir, "--steps", s.planner_steps,
-                     "--budget", demo.budget, "--warmup-estep", s.planner_warmup, "--max-text-length", 48,
+                     "--budget", demo.budget, "--ar-budget", demo.budget, "--warmup-estep", s.planner_warmup,
+                     "--max-text-length", 48,
                      "--eval-pairs", s.eval_pairs, "--repeats", s.repeats,
                      "--json", demo.root / "benchmarks" / "planner.json")
     ensure_run("planner's AR baseline p(y|u)", ar_dir, Qwen2ForCausalLM.from_pretrained, lambda: pb.ensure_ar(
-        bench_args, PlannerExecutorModel.from_pretrained(run_dir), manifest["parameters"]), demo.budget)
+        bench_args, PlannerExecutorModel.from_pretrained(run_dir), manifest["parameters"], manifest["steps"]),
+        demo.budget)  # as many optimiser steps as the planner got, within the same budget
 
     def measure() -> dict:
         return {"figures": pb.run(bench_args)["figures"], "examples": planner_examples(run_dir, s.shown)}
@@ -442,6 +444,7 @@ def stage_speculative(demo: Demo) -> dict:
     edge_dir = demo.dir("edge")
     args = cli("bench", "speculative", "--cloud-dir", demo.dir("ar"), "--edge-dir", edge_dir, "--edge-preset",
                s.edge_preset, "--edge-budget", demo.budget, "--prompts", s.bench_prompts, "--max-new-tokens", 32,
+               "--sweep-k", "",
                "--threads", torch.get_num_threads(), "--json", edge_dir / "bench.json")
     manifest = ensure_run("edge model (distilled from the AR cloud)", edge_dir, _load_causal_lm,
                           lambda: sb.ensure_edge(args), demo.budget)
