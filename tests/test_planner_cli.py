@@ -43,3 +43,10 @@ def test_train_generate_probe_end_to_end(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["pairs"] == 8 and set(result["delta_nll"]) == {"0.1", "0.25", "0.5", "1.0"}
     assert main(["probe", "planner", str(tmp_path / "missing")]) == 2
+
+
+def test_one_sentence_per_line_file_is_a_clear_error(tmp_path, small_corpus, capsys):
+    code = main(["train", "planner", "--run-dir", str(tmp_path / "run"), "--data", str(small_corpus),
+                 "--max-steps", "1", "--report-to", "none"])
+    assert code == 2
+    assert "no (u, y) pairs" in capsys.readouterr().err

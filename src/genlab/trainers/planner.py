@@ -81,9 +81,15 @@ def build_pairs(split: datasets.Dataset, tokenizer, max_input_length: int, max_t
                 opening_chars: int = 4) -> datasets.Dataset:
     """Tokenised pairs: ``u_ids``, ``y_ids`` (ending in ``</s>``), ``index`` (the key of the z* cache)."""
     us, ys = pair_texts(split, opening_chars)
+    if not us:
+        raise ValueError("the data gives no (u, y) pairs: pairs are consecutive sentences of one line (paragraph) "
+                         "or labelled reviews, so a file with one sentence per line has none; put paragraphs on lines")
     u_ids = tokenizer(us, add_special_tokens=False)["input_ids"]
     y_ids = [ids + [tokenizer.eos_token_id] for ids in tokenizer(ys, add_special_tokens=False)["input_ids"]]
     keep = [i for i, (u, y) in enumerate(zip(u_ids, y_ids)) if 0 < len(u) <= max_input_length and len(y) <= max_text_length]
+    if not keep:
+        raise ValueError(f"no (u, y) pair fits --max-input-length {max_input_length} / --max-text-length "
+                         f"{max_text_length}")
     return datasets.Dataset.from_dict({"u_ids": [u_ids[i] for i in keep], "y_ids": [y_ids[i] for i in keep],
                                        "index": list(range(len(keep)))})
 
