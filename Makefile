@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/genlab demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests -m "not slow"
-
-test-slow: $(STAMP)
-	$(PY) -m pytest tests -m slow
+	$(PY) -m pytest tests
 
 bench: $(STAMP)
 	$(VENV)/bin/genlab bench all --results-dir benchmarks/results --update-readme README.md

@@ -5,8 +5,8 @@ whose ``__main__`` is genlab's command line plus two probes: every rank prints a
 training (ranks that stopped all-reducing gradients drift apart), and ``GENLAB_TEST_KILL_AFTER_SAVE=N``
 SIGKILLs every rank right after the step-N checkpoint (a real crash: no export, no manifest).
 
-Default run: AR (1 vs 2 processes, kill + resume) and MERGE (ranks stay in sync). The planner and concept
-checks are ``slow`` (``make test-slow``): each 2-process launch costs ~20 s on this 2-core machine.
+AR (1 vs 2 processes, kill + resume), MERGE (ranks stay in sync), the planner (z* cache and monitors equal a
+1-process run) and concept compression (LoRA ranks in sync).
 """
 
 import json
@@ -178,7 +178,7 @@ def test_merge_ranks_stay_in_sync_through_every_stage(tmp_path, reviews):
     assert output.count("[genlab] merge/nano: 6 steps") == 1
 
 
-# -- planner and concept (slow) --------------------------------------------------------------------------------------
+# -- planner and concept --------------------------------------------------------------------------------------------
 def planner_args(run_dir, data, batch_size):
     """E-step warm-up longer than the run: only the proposer's (deterministic) plans compete."""
     return cli_args("train", "planner", "--run-dir", run_dir, "--data", data, "--batch-size", batch_size,
@@ -186,7 +186,6 @@ def planner_args(run_dir, data, batch_size):
             "--warmup-estep", "100", "--refresh-steps", "3", "--max-pairs", "40", "--report-to", "none")
 
 
-@pytest.mark.slow
 def test_planner_z_cache_and_monitors_match_one_process(tmp_path, reviews):
     from genlab.cli import main
 
@@ -205,7 +204,6 @@ def test_planner_z_cache_and_monitors_match_one_process(tmp_path, reviews):
         assert b["monitor/top1_margin"] == pytest.approx(a["monitor/top1_margin"], rel=1e-2)
 
 
-@pytest.mark.slow
 def test_concept_lora_trains_in_sync_under_ddp(tmp_path, reviews):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
