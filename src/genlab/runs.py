@@ -66,6 +66,19 @@ def _export(run_dir: Path, save: Callable[[Path], None], manifest: dict) -> None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def export_model_run(run_dir: str | os.PathLike, model, tokenizer, manifest: dict,
+                     extra_files: dict[str, str] | None = None) -> Path:
+    """The usual export: ``model`` and ``tokenizer`` (plus small text files) into ``run_dir``, manifest last."""
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return export_run(run_dir, save, manifest)
+
+
 def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> Path:
     """Atomically (re)write ``genlab_run.json``."""
     path = Path(run_dir) / MANIFEST

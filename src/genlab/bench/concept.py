@@ -29,7 +29,6 @@ from transformers import AutoModelForCausalLM, DynamicCache, Trainer, default_da
 from ..configuration_concept import Qwen2ConceptCompressionConfig
 from ..data import load_corpus
 from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
-from ..runs import read_manifest
 from ..tokenization import load_tokenizer
 from ..trainers.ar import pack_sentences
 from ..trainers.common import training_arguments

