@@ -113,15 +113,17 @@ def section_merge(result: dict) -> list[str]:
              f"perplexity {f['gen_ppl_ratio']:.2f}× the AR's (judged by the AR baseline itself, so biased towards "
              "the AR side).", "", "### Repairs, round by round", ""]
     for row in result["repairs"]:
-        lines += [f"- target `{row['target']}` — corrupted `{row['draft']}`"]
-        lines += [f"  - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
-                  f"{s['confidence']:.2f}): `{s['text']}`" for s in row["steps"]]
+        lines += [f"- target `{row['target']}` — corrupted `{row['draft']}`"] + _round_trace(row["steps"])
     lines += ["", "### Generation, round by round", ""]
     for row in result["generations"]:
-        lines += [f"- prompt `{row['prompt']}`"]
-        lines += [f"  - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
-                  f"{s['confidence']:.2f}): `{s['text']}`" for s in row["steps"]]
+        lines += [f"- prompt `{row['prompt']}`"] + _round_trace(row["steps"])
     return lines + [""]
+
+
+def _round_trace(steps: list[dict]) -> list[str]:
+    """One indented line per MERGE round: gate, inserted masks, confidence, the text after the round."""
+    return [f"  - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
+            f"{s['confidence']:.2f}): `{s['text']}`" for s in steps]
 
 
 def section_concept(result: dict) -> list[str]:
