@@ -28,3 +28,23 @@ def small_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "small.txt"
     path.write_text("\n".join(texts), encoding="utf-8")
     return path
+
+
+# -- Models -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_qwen2_base(tmp_path_factory):
+    """A random 4-layer Qwen2 saved with the corpus tokenizer: the base of concept-compression runs."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from genlab.tokenization import default_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_qwen2_base")
+    tokenizer = default_tokenizer()
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                        tie_word_embeddings=True, max_position_embeddings=256))
+    base.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

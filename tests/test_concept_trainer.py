@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from genlab.cli import build_parser
 from genlab.data import load_corpus
 from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM
-from genlab.tokenization import default_tokenizer
 from genlab.trainers import concept
 
 from test_concept import one_torch_thread  # noqa: F401,E402 (autouse fixture)
@@ -19,16 +18,11 @@ MONITORS = {"ce_per_token", "compression_ratio", "null_rate", "soft_concept_rate
 
 
 @pytest.fixture(scope="module")
-def base_and_data(tmp_path_factory):
+def base_and_data(tmp_path_factory, tiny_qwen2_base):
     """A tiny Qwen2 'AR run' (char tokenizer) and a few hundred corpus sentences as a text file."""
     root = tmp_path_factory.mktemp("concept_trainer")
-    tokenizer = default_tokenizer()
-    torch.manual_seed(0)
-    base = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-                                        tie_word_embeddings=True, max_position_embeddings=256))
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    (root / "base").symlink_to(tiny_qwen2_base, target_is_directory=True)
+    base = Qwen2ForCausalLM.from_pretrained(tiny_qwen2_base)
     sentences = load_corpus("news", max_sentences=400)
     text = root / "corpus.txt"
     text.write_text("\n".join(list(sentences["train"]["text"]) + list(sentences["validation"]["text"])), encoding="utf-8")

@@ -204,19 +204,8 @@ def test_planner_z_cache_and_monitors_match_one_process(tmp_path, reviews):
         assert b["monitor/top1_margin"] == pytest.approx(a["monitor/top1_margin"], rel=1e-2)
 
 
-def test_concept_lora_trains_in_sync_under_ddp(tmp_path, reviews):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from genlab.tokenization import default_tokenizer
-
-    tokenizer = default_tokenizer()
-    torch.manual_seed(0)
-    base = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-                                        tie_word_embeddings=True, max_position_embeddings=256))
-    base.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    output = ran(launch(["train", "concept", "--base", tmp_path / "base", "--run-dir", tmp_path / "concept",
+def test_concept_lora_trains_in_sync_under_ddp(tmp_path, reviews, tiny_qwen2_base):
+    output = ran(launch(["train", "concept", "--base", tiny_qwen2_base, "--run-dir", tmp_path / "concept",
                          "--data", reviews, "--batch-size", "4", "--block-size", "32", "--max-steps", "6",
                          "--logging-steps", "3", "--concept-vocab", "64", "--eval-blocks", "8", "--report-to", "none"]))
     checksums = rank_checksums(output)
