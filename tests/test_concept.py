@@ -298,9 +298,9 @@ def test_cached_decoding_equals_full_forward_while_rows_fire_at_different_times(
     valid = mask.bool()
     torch.testing.assert_close(step.logits[valid[:, :prompt]], full.logits[:, :prompt][valid[:, :prompt]],
                                atol=1e-4, rtol=1e-4)
-    cache, mixed_steps = step.past_key_values, 0
+    cache, mixed_steps = step.cache, 0
     for t in range(prompt, 40):
-        step = model(ids[:, t : t + 1], past_key_values=cache)
+        step = model(ids[:, t : t + 1], cache=cache)
         torch.testing.assert_close(step.logits[:, 0], full.logits[:, t], atol=1e-4, rtol=1e-4)
         fired = full.is_concept[:, t]
         assert torch.equal(step.concept_ids[:, 0], full.concept_ids[:, t])
@@ -325,7 +325,7 @@ def test_generate_is_greedy_over_the_full_forward_and_returns_concepts():
     full_mask = torch.cat([mask, torch.ones(2, 20, dtype=mask.dtype)], 1)
     full = model(sequences, attention_mask=full_mask)
     assert torch.equal(full.logits[:, 5:-1].argmax(-1), sequences[:, 6:])
-    concepts = out.past_key_values.concept_ids
+    concepts = out.cache.concept_ids
     assert concepts.shape == (2, 25)  # every token the cache saw: prompt + 19 fed back
     assert torch.equal(concepts[full_mask[:, :25].bool()], full.concept_ids[:, :25][full_mask[:, :25].bool()])
 

@@ -95,7 +95,7 @@ class ConceptCache:
     """Decoding state of ``Qwen2ConceptCompressionForCausalLM`` (C8): three caches plus per-row counters.
 
     ``concept_ids`` (batch, tokens seen) records each token's ConceptHead decision (``<NULL>`` = K), so
-    ``generate(..., return_dict_in_generate=True).past_key_values.concept_ids`` shows the concepts.
+    ``generate(..., return_dict_in_generate=True).cache.concept_ids`` shows the concepts.
     """
 
     shallow: RaggedKVCache

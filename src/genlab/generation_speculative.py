@@ -105,7 +105,7 @@ class _IncrementalModel:
                logits_to_keep: int) -> torch.Tensor:
         """(batch, logits_to_keep, vocab) float logits for the last slots of ``ids`` (explicit positions, S2)."""
         out = self.model(input_ids=ids[:, self.length :], position_ids=positions[:, self.length :],
-                         attention_mask=mask, past_key_values=self.cache, use_cache=True,
+                         attention_mask=mask, cache=self.cache, use_cache=True,
                          logits_to_keep=logits_to_keep)
         self.length = ids.shape[1]
         return out.logits.float()

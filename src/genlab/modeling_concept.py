@@ -43,11 +43,11 @@ _NOT_COPIED_FROM_BASE = ("model_type", "architectures", "transformers_version", 
 class ConceptCausalLMOutput(ModelOutput):
     """loss: CE per normal token (C5) [+ the optional rate penalty]; logits: (batch, seq, vocab) on token rows;
     concept_ids: (batch, seq) ConceptHead decision per token, ``<NULL>`` = K; is_concept: (batch, seq) bool;
-    soft_concept_rate: mean P(not <NULL>) over real tokens (differentiable); past_key_values: ConceptCache."""
+    soft_concept_rate: mean P(not <NULL>) over real tokens (differentiable); cache: ConceptCache."""
 
     loss: Tensor | None = None
     logits: Tensor | None = None
-    past_key_values: ConceptCache | None = None
+    cache: ConceptCache | None = None
     concept_ids: Tensor | None = None
     is_concept: Tensor | None = None
     soft_concept_rate: Tensor | None = None
@@ -212,7 +212,7 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
             mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(hidden.dtype).min)
         for layer in self.stage_layers(stage):
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, past_key_values=cache)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, cache=cache)
         return hidden
 
     def _check_length(self, positions: int) -> None:
@@ -226,7 +226,7 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        past_key_values: ConceptCache | None = None,
+        cache: ConceptCache | None = None,
         use_cache: bool | None = None,
         gumbel_tau: float | None = None,
         **kwargs,
@@ -236,8 +236,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         input_ids (batch, seq); attention_mask (batch, seq) with LEFT padding; labels (batch, seq) with -100
         ignored (shifted inside); gumbel_tau: the temperature (the trainer passes the scheduled value).
         """
-        if past_key_values is not None:
-            return self._decode(input_ids, past_key_values)
+        if cache is not None:
+            return self._decode(input_ids, cache)
         self._check_length(input_ids.shape[1])
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         tau = self.config.gumbel_tau_start if gumbel_tau is None else gumbel_tau
@@ -247,7 +247,7 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         return ConceptCausalLMOutput(
             loss=self._loss(logits, labels, concepts["soft_rate"]) if labels is not None else None,
             logits=logits,
-            past_key_values=self._finish_prefill(caches, concepts, valid) if use_cache else None,
+            cache=self._finish_prefill(caches, concepts, valid) if use_cache else None,
             concept_ids=concepts["ids"],
             is_concept=concepts["is_concept"],
             soft_concept_rate=concepts["soft_rate"],
@@ -335,20 +335,18 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         """New tokens (batch, q), one decode step each (q = 1 in ``generate``)."""
         self._check_length(int(cache.next_position.max()) + input_ids.shape[1])
         logits = torch.cat([decode_step(self, input_ids[:, i : i + 1], cache) for i in range(input_ids.shape[1])], 1)
-        return ConceptCausalLMOutput(logits=logits, past_key_values=cache,
+        return ConceptCausalLMOutput(logits=logits, cache=cache,
                                      concept_ids=cache.history[-1] if input_ids.shape[1] == 1 else None)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own ConceptCache at prefill
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=True,
-                                      **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=True, **kwargs):
         """The whole (left-padded) prompt at prefill, then only the tokens the cache has not seen."""
-        if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.seen_tokens :]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values,
-                "use_cache": use_cache}
+        if cache is not None:
+            input_ids = input_ids[:, cache.seen_tokens :]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
 
     # -- base weights (C1) -------------------------------------------------------------------------------------------
     @classmethod

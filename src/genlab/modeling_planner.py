@@ -191,7 +191,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         return concept_ids + offsets[None, :, None]
 
     def encode_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     past_key_values: Cache | None = None):
+                     cache: Cache | None = None):
         """Run the planner over u. Returns (cache, u validity (batch, U), |u| (batch,))."""
         self.check_input(input_ids)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -199,9 +199,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         embeds = self.planner.embed_tokens(input_ids) + self.planner_type_embed.weight[TEXT_TYPE]
         key_type = torch.full((input_ids.shape[1],), TEXT_TYPE, device=input_ids.device)
         mask = attention_mask_4d(planner_allowed(valid, key_type, key_type), embeds.dtype)
-        cache = past_key_values if past_key_values is not None else DynamicCache(config=self.planner.config)
-        self.planner(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                     use_cache=True)
+        cache = cache if cache is not None else DynamicCache(config=self.planner.config)
+        self.planner(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         return cache, valid, valid.sum(1)
 
     def planner_segments(self, segment_ids: torch.Tensor, offsets: torch.Tensor, input_length: torch.Tensor,
@@ -219,7 +218,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         all_type = torch.cat([key_type, query_type])
         mask = attention_mask_4d(planner_allowed(all_valid, all_type, query_type), embeds.dtype)
         hidden = self.planner(inputs_embeds=embeds.reshape(b, k * n, -1), attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True).last_hidden_state
+                              cache=cache, use_cache=True).last_hidden_state
         return hidden.view(b, k, n, -1)
 
     def planner_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -298,7 +297,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         mask = ({"full_attention": None} if key_valid is None
                 else attention_mask_4d(causal_allowed(key_valid, embeds.shape[1]), embeds.dtype))
         return self.executor(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                             past_key_values=cache, use_cache=True).last_hidden_state
+                             cache=cache, use_cache=True).last_hidden_state
 
     def text_embeds(self, text_ids: torch.Tensor) -> torch.Tensor:
         return self.executor.embed_tokens(text_ids) + self.executor_type_embed.weight[TEXT_TYPE]

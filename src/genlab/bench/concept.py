@@ -140,14 +140,14 @@ def decode_fn(model, prompt: torch.Tensor, new_tokens: int):
 
     def prepare():
         out = model(input_ids=prompt, attention_mask=ones, use_cache=True)
-        state.update(cache=out.past_key_values, token=out.logits[:, -1:].argmax(-1))
+        state.update(cache=out.cache, token=out.logits[:, -1:].argmax(-1))
 
     def decode():
         cache, token, mask = state["cache"], state["token"], ones
         for _ in range(new_tokens):
             mask = torch.cat([mask, ones[:, :1]], 1)
-            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+            cache, token = out.cache, out.logits[:, -1:].argmax(-1)
 
     return prepare, decode
 
@@ -171,7 +171,7 @@ def paired_decode_ratio(concept, base, prompt: torch.Tensor, new_tokens: int, re
 @torch.no_grad()
 def kv_bytes(model, prompt: torch.Tensor) -> int:
     out = model(prompt, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     if isinstance(cache, DynamicCache):
         return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
     return cache.nbytes()

@@ -231,7 +231,7 @@ def usage_snippet(model_id: str) -> str:
             "inputs = tokenizer(\"新华社北京\", return_tensors=\"pt\")\n"
             "out = model.generate(**inputs, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)\n"
             "print(tokenizer.decode(out.sequences[0], skip_special_tokens=True))\n"
-            "print(out.past_key_values.concept_ids)  # the ConceptHead's choice per token (<NULL> = K)\n")
+            "print(out.cache.concept_ids)  # the ConceptHead's choice per token (<NULL> = K)\n")
 
 
 def generate_cli(args: argparse.Namespace) -> list[str]:
