@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from genlab.bench import render_table, target, update_readme, write_result
+import genlab.bench
+from genlab.bench import paired_seconds, render_table, steps_for_budget, target, update_readme, write_result
 from genlab.cli import main
 
 AR_FIGURES = {"gen_tok_s_b1": 10.0, "gen_tok_s_b32": 100.0, "train_tok_s": 50.0, "val_ppl": 30.0}
@@ -38,6 +39,35 @@ def test_readme_tables_are_regenerated_between_markers(tmp_path):
     assert "old table" not in text and render_table(result) in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
     assert "| `gen_tok_s_b32` | 100 |" in text
+
+
+def test_paired_seconds_times_each_pair_back_to_back_and_takes_per_pair_ratios(monkeypatch):
+    clock, calls = [0.0], []
+    monkeypatch.setattr(genlab.bench.time, "perf_counter", lambda: clock[0])
+
+    def timed(name, seconds):
+        def fn():
+            calls.append(name)
+            clock[0] += seconds.pop(0)
+        return fn
+
+    # pair 0 is the warm-up (untimed); then the second side takes 3x, 2x and 5x as long as the first.
+    first = timed("first", [9.0, 1.0, 2.0, 1.0])
+    second = timed("second", [1.0, 3.0, 4.0, 5.0])
+    first_s, second_s, ratio = paired_seconds(first, second, repeats=3)
+    assert calls == ["first", "second"] * 4
+    assert (first_s, second_s, ratio) == (1.0, 4.0, 3.0)
+
+
+def test_steps_for_budget_fits_nine_tenths_of_the_budget_and_never_fewer_than_ten(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(genlab.bench.time, "perf_counter", lambda: clock[0])
+
+    def two_second_step():
+        clock[0] += 2.0
+
+    assert steps_for_budget(two_second_step, 100.0) == 45
+    assert steps_for_budget(two_second_step, 1.0) == 10
 
 
 def test_bench_ar_measures_a_trained_run(tmp_path, small_corpus):

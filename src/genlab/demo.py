@@ -193,7 +193,8 @@ def stage_ar(demo: Demo) -> dict:
 
     run_dir = demo.dir("ar")
     manifest = ensure_run("AR baseline", run_dir, _load_causal_lm, lambda: ar.run(cli(
-        "train", "ar", "--preset", demo.scale.ar_preset, "--max-steps", 100000, *_common(demo, run_dir))),
+        "train", "ar", "--preset", demo.scale.ar_preset,
+        "--max-steps", ar_bench.ar_steps_for(demo.budget, demo.scale.ar_preset), *_common(demo, run_dir))),
         demo.budget)
 
     def measure() -> dict:
@@ -258,7 +259,7 @@ def measure_merge(demo: Demo, run_dir: Path) -> dict:
     test = [t for t in load_corpus("all")["test"]["text"] if 8 <= len(t) <= 64]
     drafts, targets = mb.edit_task(test[: s.edit_sentences], tokenizer, rate=0.1)
     bos = mb.bos_batch(1, tokenizer.bos_token_id)
-    ar_b1, ar_b32 = generate_tok_s(ar, bos, True, s.repeats), generate_tok_s(ar, bos.repeat(32, 1), True, s.repeats)
+    ar_b1, ar_b32 = generate_tok_s(ar, bos, s.repeats), generate_tok_s(ar, bos.repeat(32, 1), s.repeats)
     merge_b1, _ = mb.merge_tok_s(model, 1, s.repeats)
     merge_b32, gen_rounds = mb.merge_tok_s(model, 32, s.repeats)
     edit = mb.edit_metrics(model, drafts, targets)
@@ -321,7 +322,7 @@ def measure_concept(demo: Demo, run_dir: Path) -> dict:
     from peft import get_peft_model
 
     from .bench import concept as cb
-    from .bench import write_result
+    from .bench import paired_seconds, train_step_fn, write_result
     from .data import load_corpus
     from .tokenization import load_tokenizer
     from .trainers.ar import pack_sentences, sample
@@ -335,9 +336,9 @@ def measure_concept(demo: Demo, run_dir: Path) -> dict:
     evaluation = evaluate_concepts(model, blocks, 8)
     base_ppl = cb.validation_ppl(base, blocks, 8)
     ids = torch.tensor(blocks[:8]["input_ids"])
-    step_ratio, concept_s, base_s = cb.paired_ratio(
-        cb.train_step_fn(add_concept_lora(copy.deepcopy(model)), ids),
-        cb.train_step_fn(get_peft_model(copy.deepcopy(base), cb.base_lora_config()), ids), s.repeats)
+    base_s, concept_s, step_ratio = paired_seconds(
+        train_step_fn(get_peft_model(copy.deepcopy(base), cb.base_lora_config()), ids),
+        train_step_fn(add_concept_lora(copy.deepcopy(model)), ids), repeats=s.repeats)
     sentences = [t for t in validation["text"] if 8 <= len(t) <= 64][: s.shown]
     shown = {"boundaries": concept_boundaries(model, tokenizer, sentences),
              "continuations": [[p, b, c] for p, b, c in zip(

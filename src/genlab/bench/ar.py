@@ -1,8 +1,8 @@
 """`genlab bench ar`: the autoregressive yardstick's speed and quality (SPEC B, figures of ``ar``).
 
 Greedy KV-cached ``generate`` tokens/s at batch 1 and 32 (64 new tokens, forced with ``min_new_tokens``),
-training tokens/s (forward + backward + AdamW step), validation perplexity, and the KV-cache speed-up
-(cached vs uncached decoding, the one ratio this baseline has of its own).
+training tokens/s (forward + backward + AdamW step), validation perplexity, and the KV-cache speed-up at
+batch 1 (uncached over cached decoding time, timed back to back; the one ratio this baseline has of its own).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..runs import is_complete, read_manifest
-from ..tokenization import load_tokenizer
-from . import median_seconds, target, write_result
+from ..tokenization import default_tokenizer, load_tokenizer
+from ..trainers import ar as ar_trainer
+from . import median_seconds, paired_seconds, steps_for_budget, target, train_step_fn, write_result
 
 NEW_TOKENS = 64
 
@@ -33,15 +34,14 @@ def ensure_trained(run_dir: str, preset: str, steps: int, data: str = "all") -> 
     """Reuse a complete run, else train one with the stock trainer and a stated step budget."""
     if not is_complete(run_dir):
         from ..cli import build_parser
-        from ..trainers import ar
 
-        ar.run(build_parser().parse_args(["train", "ar", "--run-dir", run_dir, "--preset", preset,
+        ar_trainer.run(build_parser().parse_args(["train", "ar", "--run-dir", run_dir, "--preset", preset,
                                           "--max-steps", str(steps), "--data", data, "--report-to", "none"]))
     return read_manifest(run_dir)
 
 
-def generate_tok_s(model, prompt_ids: torch.Tensor, use_cache: bool, repeats: int) -> float:
-    """Generated tokens per second (whole batch) for greedy decoding of NEW_TOKENS tokens."""
+def greedy_decode_fn(model, prompt_ids: torch.Tensor, use_cache: bool = True):
+    """Greedy decoding of exactly NEW_TOKENS tokens after ``prompt_ids`` (batch, prompt), as a timeable call."""
     attention_mask = torch.ones_like(prompt_ids)
 
     def decode():
@@ -49,24 +49,38 @@ def generate_tok_s(model, prompt_ids: torch.Tensor, use_cache: bool, repeats: in
             model.generate(prompt_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS,
                            min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=use_cache)
 
-    return prompt_ids.numel() // prompt_ids.shape[1] * NEW_TOKENS / median_seconds(decode, repeats=repeats)
+    return decode
+
+
+def generate_tok_s(model, prompt_ids: torch.Tensor, repeats: int) -> float:
+    """Generated tokens per second (whole batch) for KV-cached greedy decoding of NEW_TOKENS tokens."""
+    return prompt_ids.shape[0] * NEW_TOKENS / median_seconds(greedy_decode_fn(model, prompt_ids), repeats=repeats)
+
+
+def kv_cache_speedup(model, prompt_ids: torch.Tensor, repeats: int) -> float:
+    """Median over back-to-back pairs of t(uncached) / t(cached) greedy decoding."""
+    _, _, speedup = paired_seconds(greedy_decode_fn(model, prompt_ids), greedy_decode_fn(model, prompt_ids, False),
+                                   repeats=repeats)
+    return speedup
+
+
+def random_ids(vocab_size: int, batch: int, block: int) -> torch.Tensor:
+    """(batch, block) ids above the special range: a step's speed does not depend on the text."""
+    return torch.randint(22, vocab_size, (batch, block), generator=torch.Generator().manual_seed(0))
 
 
 def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) -> float:
-    """Tokens per second of one optimisation step on random ids (speed does not depend on the text)."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(4, vocab_size, (batch, block), generator=torch.Generator().manual_seed(0))
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    tok_s = batch * block / median_seconds(step, warmup=2, repeats=repeats)
+    """Tokens per second of one optimisation step (forward + backward + AdamW) at (batch, block)."""
+    seconds = median_seconds(train_step_fn(model, random_ids(vocab_size, batch, block)), warmup=2, repeats=repeats)
     model.eval()
-    return tok_s
+    return batch * block / seconds
+
+
+def ar_steps_for(budget_s: float, preset: str, batch: int = 16, block: int = 128) -> int:
+    """Steps of `genlab train ar --preset PRESET` (default batch and block) that fit ``budget_s`` seconds."""
+    tokenizer = default_tokenizer()
+    model = ar_trainer.build_model(preset, tokenizer, seed=0)
+    return steps_for_budget(train_step_fn(model, random_ids(len(tokenizer), batch, block)), budget_s)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,12 +90,12 @@ def run(args: argparse.Namespace) -> dict:
     prompt = tokenizer("新华社北京一月一日电", return_tensors="pt")["input_ids"]
 
     figures = {
-        "gen_tok_s_b1": generate_tok_s(model, prompt, True, args.repeats),
-        "gen_tok_s_b32": generate_tok_s(model, prompt.repeat(32, 1), True, args.repeats),
+        "gen_tok_s_b1": generate_tok_s(model, prompt, args.repeats),
+        "gen_tok_s_b32": generate_tok_s(model, prompt.repeat(32, 1), args.repeats),
         "train_tok_s": train_tok_s(model, len(tokenizer), 16, 128, args.repeats),
         "val_ppl": manifest["val_ppl"],
+        "kv_cache_speedup_b1": kv_cache_speedup(model, prompt, args.repeats),
     }
-    figures["kv_cache_speedup_b1"] = figures["gen_tok_s_b1"] / generate_tok_s(model, prompt, False, args.repeats)
     result = write_result(
         args.json, "ar",
         config={"preset": args.preset, "run_dir": args.run_dir, "data": args.data, "new_tokens": NEW_TOKENS,

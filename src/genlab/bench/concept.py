@@ -34,7 +34,7 @@ from ..trainers.ar import pack_sentences
 from ..trainers.common import training_arguments
 from ..trainers.concept import ConceptCompressionTrainer, add_concept_lora, evaluate_concepts
 from . import ar as ar_bench
-from . import target, write_result
+from . import paired_seconds, target, train_step_fn, write_result
 
 HEADLINE_RATIO = 0.25
 
@@ -84,36 +84,10 @@ def concept_rows_fraction(model, ids: torch.Tensor, samples: int = 5) -> float:
     return statistics.mean(widths) / ids.shape[1]
 
 
-def paired_ratio(numerator, denominator, repeats: int, warmup: int = 1) -> tuple[float, float, float]:
-    """Median over repeats of t(numerator)/t(denominator), timed back to back (noise on a shared machine
-    hits both sides of a pair alike); also the median times."""
-    for _ in range(warmup):
-        numerator(), denominator()
-    ratios, num_times, den_times = [], [], []
-    for _ in range(repeats):
-        den_times.append(_seconds(denominator))
-        num_times.append(_seconds(numerator))
-        ratios.append(num_times[-1] / den_times[-1])
-    return statistics.median(ratios), statistics.median(num_times), statistics.median(den_times)
-
-
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def train_step_fn(model, ids: torch.Tensor):
-    """One optimisation step of ``model`` (train mode) on ``ids``; the trainable parameters only."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step():
-        model.train()
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def finetune(model, trainer_class, args, run_dir: Path, train_blocks) -> list[dict]:
@@ -221,8 +195,8 @@ def run(args: argparse.Namespace) -> dict:
             ratio_loss_weight=args.ratio_weight))
         history = finetune(concept, ConceptCompressionTrainer, args, work / f"concept-r{r:g}", train_blocks)
         train_rates = [entry["compression_ratio"] for entry in history if "compression_ratio" in entry]
-        ratio, concept_s, base_s = paired_ratio(train_step_fn(concept, step_ids), train_step_fn(base_lora_for_steps, step_ids),
-                                                args.repeats)
+        base_s, concept_s, ratio = paired_seconds(train_step_fn(base_lora_for_steps, step_ids),
+                                                  train_step_fn(concept, step_ids), repeats=args.repeats)
         merged = concept.merge_and_unload().eval()
         evaluation = evaluate_concepts(merged, eval_blocks, args.batch_size)
         rows = concept_rows_fraction(concept, step_ids)

@@ -36,8 +36,8 @@ from ..runs import is_complete, read_manifest, write_manifest
 from ..tokenization import default_tokenizer, load_tokenizer
 from ..trainers import ar as ar_trainer
 from ..trainers import merge as merge_trainer
-from . import median_seconds, target, write_result
-from .ar import generate_tok_s
+from . import median_seconds, steps_for_budget, target, write_result
+from .ar import ar_steps_for, generate_tok_s
 
 NEW_TOKENS = 64
 ABLATIONS = {  # name → `genlab train merge` variant flags (M9)
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def train_ar(run_dir: Path, preset: str, budget: float) -> dict:
     if not is_complete(run_dir):
         ar_trainer.run(build_parser().parse_args([
-            "train", "ar", "--run-dir", str(run_dir), "--preset", preset, "--max-steps", "100000",
+            "train", "ar", "--run-dir", str(run_dir), "--preset", preset, "--max-steps", str(ar_steps_for(budget, preset)),
             "--budget", str(budget), "--save-steps", "100000", "--report-to", "none"]))
     return read_manifest(run_dir)
 
@@ -92,8 +92,7 @@ def merge_steps_for(budget: float, preset: str, extra: list[str]) -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = median_seconds(step, warmup=1, repeats=3)
-    return max(10, int(0.9 * budget / seconds))
+    return steps_for_budget(step, budget)
 
 
 def train_merge(run_dir: Path, preset: str, budget: float, extra: list[str]) -> dict:
@@ -203,8 +202,8 @@ def run(args: argparse.Namespace) -> dict:
     drafts, targets = edit_task(test[: args.edit_sentences], tokenizer, args.edit_rate)
 
     bos = bos_batch(1, tokenizer.bos_token_id)
-    ar_b1 = generate_tok_s(ar, bos, True, args.repeats)
-    ar_b32 = generate_tok_s(ar, bos.repeat(32, 1), True, args.repeats)
+    ar_b1 = generate_tok_s(ar, bos, args.repeats)
+    ar_b32 = generate_tok_s(ar, bos.repeat(32, 1), args.repeats)
     merge_b1, rounds_b1 = merge_tok_s(merge, 1, args.repeats)
     main = evaluate_merge(merge, tokenizer, judge, ar_b32, sentences, drafts, targets, args.repeats)
     ar_ppl = judge_perplexity(judge, tokenizer, ar_samples(ar, tokenizer, sentences))

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,7 +39,7 @@ from ..tokenization import load_tokenizer, resolve_tokenizer
 from ..trainers.common import TimeBudgetCallback, training_arguments
 from ..trainers.planner import TRAINER_LOG, RareCharacterProposer, build_pairs, collate, estep
 from ..trainers.planner_monitors import corrupt_concepts
-from . import target, write_result
+from . import paired_seconds, target, write_result
 
 NEW_TOKENS = 64
 MONITOR_KEYS = ("delta_nll_shuffle", "top1_margin", "flip_rate", "staleness_gap", "planner_entropy",
@@ -158,24 +156,6 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
     return figures
 
 
-def paired_seconds(first, second, repeats: int) -> tuple[float, float, float]:
-    """Time ``first`` and ``second`` back to back, ``repeats`` times after one warm-up each.
-
-    Returns (median s of first, median s of second, median of the per-pair ratio second / first): pairing
-    keeps a shared machine's load swings out of the ratio better than two separate medians.
-    """
-    first(), second()
-    pairs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        first()
-        middle = time.perf_counter()
-        second()
-        pairs.append((middle - start, time.perf_counter() - middle))
-    a, b = zip(*pairs)
-    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in pairs)
-
-
 def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int, repeats: int) -> tuple[float, float, float]:
     """(executor tok/s, plain Qwen2 tok/s, median paired speed ratio) for greedy decoding of NEW_TOKENS tokens."""
     concepts = concepts[:1].expand(batch, -1, -1)
@@ -190,7 +170,8 @@ def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int
     with torch.no_grad():
         executor_s, plain_s, ratio = paired_seconds(
             lambda: model.execute(concepts, **fixed),
-            lambda: plain.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0, **fixed), repeats)
+            lambda: plain.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0, **fixed),
+            repeats=repeats)
     return batch * NEW_TOKENS / executor_s, batch * NEW_TOKENS / plain_s, ratio
 
 
