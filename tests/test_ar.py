@@ -113,3 +113,19 @@ def test_card_and_push_commands_on_an_ar_run(tmp_path, small_corpus, hub_server,
     capsys.readouterr()
     assert main(["push", str(run_dir), "local-user/x", "--endpoint", "http://127.0.0.1:9"]) == 2
     assert "could not reach the Hub at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_schedule_flags_reach_training_arguments_and_bad_ones_are_refused(tmp_path):
+    from genlab.bench.ar import budget_training_flags
+    from genlab.cli import build_parser
+    from genlab.trainers.common import training_arguments
+
+    parse = lambda *extra: build_parser().parse_args(["train", "ar", "--preset", "nano", *extra])  # noqa: E731
+    default = training_arguments(parse("--max-steps", "400"), tmp_path)
+    assert (default.lr_scheduler_type, default.warmup_steps) == ("cosine", 20)
+    flags = budget_training_flags(5.0, "nano")
+    fitted = training_arguments(parse(*flags), tmp_path)
+    assert fitted.lr_scheduler_type == "constant_with_warmup"
+    assert fitted.max_steps >= 10 and 1 <= fitted.warmup_steps <= fitted.max_steps // 2
+    with pytest.raises(SystemExit):
+        parse("--lr-scheduler", "cosine_with_restarts_and_sparkles")

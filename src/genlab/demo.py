@@ -194,8 +194,7 @@ def stage_ar(demo: Demo) -> dict:
     run_dir = demo.dir("ar")
     manifest = ensure_run("AR baseline", run_dir, _load_causal_lm, lambda: ar.run(cli(
         "train", "ar", "--preset", demo.scale.ar_preset,
-        "--max-steps", ar_bench.ar_steps_for(demo.budget, demo.scale.ar_preset), *_common(demo, run_dir))),
-        demo.budget)
+        *ar_bench.budget_training_flags(demo.budget, demo.scale.ar_preset), *_common(demo, run_dir))), demo.budget)
 
     def measure() -> dict:
         bench = ar_bench.run(cli("bench", "ar", "--run-dir", run_dir, "--preset", demo.scale.ar_preset,

@@ -76,11 +76,19 @@ def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) ->
     return batch * block / seconds
 
 
-def ar_steps_for(budget_s: float, preset: str, batch: int = 16, block: int = 128) -> int:
-    """Steps of `genlab train ar --preset PRESET` (default batch and block) that fit ``budget_s`` seconds."""
+def budget_training_flags(budget_s: float, preset: str, batch: int = 16, block: int = 128) -> list[str]:
+    """`genlab train ar` flags for a run of ``budget_s`` seconds (pass ``--budget`` too): the steps that fit it,
+    a 100-step warm-up, then a constant learning rate.
+
+    A few hundred steps is far from convergence, where a decaying LR only slows learning: at 228 tiny-preset
+    steps, validation perplexity came out 216 with this schedule, 232 warmup-stable-decay, 283 cosine with the same
+    warm-up and 412 cosine with the default 11-step warm-up.
+    """
     tokenizer = default_tokenizer()
     model = ar_trainer.build_model(preset, tokenizer, seed=0)
-    return steps_for_budget(train_step_fn(model, random_ids(len(tokenizer), batch, block)), budget_s)
+    steps = steps_for_budget(train_step_fn(model, random_ids(len(tokenizer), batch, block)), budget_s)
+    return ["--max-steps", str(steps), "--lr-scheduler", "constant_with_warmup",
+            "--warmup-steps", str(min(100, steps // 2))]
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -93,6 +93,7 @@ def _seconds(fn) -> float:
 def finetune(model, trainer_class, args, run_dir: Path, train_blocks) -> list[dict]:
     """LoRA fine-tuning with the same arguments for both sides; returns the Trainer's log history."""
     namespace = argparse.Namespace(max_steps=args.finetune_steps, batch_size=args.batch_size, lr=args.lr, seed=0,
+                                   lr_scheduler="cosine", warmup_steps=None,
                                    logging_steps=max(1, args.finetune_steps // 4), save_steps=10**9,
                                    report_to="none")
     trainer = trainer_class(model=model, args=training_arguments(namespace, run_dir, remove_unused_columns=False,

@@ -37,7 +37,7 @@ from ..tokenization import default_tokenizer, load_tokenizer
 from ..trainers import ar as ar_trainer
 from ..trainers import merge as merge_trainer
 from . import median_seconds, steps_for_budget, target, write_result
-from .ar import ar_steps_for, generate_tok_s
+from .ar import budget_training_flags, generate_tok_s
 
 NEW_TOKENS = 64
 ABLATIONS = {  # name → `genlab train merge` variant flags (M9)
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def train_ar(run_dir: Path, preset: str, budget: float) -> dict:
     if not is_complete(run_dir):
         ar_trainer.run(build_parser().parse_args([
-            "train", "ar", "--run-dir", str(run_dir), "--preset", preset, "--max-steps", str(ar_steps_for(budget, preset)),
+            "train", "ar", "--run-dir", str(run_dir), "--preset", preset, *budget_training_flags(budget, preset),
             "--budget", str(budget), "--save-steps", "100000", "--report-to", "none"]))
     return read_manifest(run_dir)
 

@@ -116,8 +116,9 @@ def ensure_ar(args: argparse.Namespace, model: PlannerExecutorModel, target_para
         ar = Qwen2ForCausalLM(ar_config(model, target_params))
         run_dir = prepare_run_dir(args.ar_run_dir)
         namespace = argparse.Namespace(max_steps=steps, batch_size=args.batch_size, lr=1e-3, seed=args.seed,
-                                       logging_steps=25, save_steps=100000, report_to="none")
-        trainer = Trainer(model=ar, args=training_arguments(namespace, run_dir, lr_scheduler_type="constant_with_warmup"),
+                                       lr_scheduler="constant_with_warmup", warmup_steps=None, logging_steps=25,
+                                       save_steps=100000, report_to="none")
+        trainer = Trainer(model=ar, args=training_arguments(namespace, run_dir),
                           train_dataset=ar_pairs(pairs, tokenizer.sep_token_id), data_collator=ar_collate,
                           callbacks=[TimeBudgetCallback(args.ar_budget)])
         trainer.train()

@@ -26,8 +26,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+LR_SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_run_dir: str, max_steps: int,
-                         batch_size: int, lr: float) -> None:
+                         batch_size: int, lr: float, lr_scheduler: str = "cosine") -> None:
     """Options every `genlab train SYSTEM` takes."""
     parser.add_argument("--run-dir", default=default_run_dir, help="where the checkpoint and logs go")
     parser.add_argument("--data", default="all",
@@ -38,6 +41,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_run_dir: st
                         help="wall-clock training budget in seconds (stops early, checkpoint kept)")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size)
     parser.add_argument("--lr", type=positive_float, default=lr)
+    parser.add_argument("--lr-scheduler", default=lr_scheduler, choices=LR_SCHEDULERS,
+                        help="TrainingArguments.lr_scheduler_type, laid out over --max-steps")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="default: min(100, max_steps // 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-steps", type=positive_int, default=200)
     parser.add_argument("--logging-steps", type=positive_int, default=20)
@@ -54,8 +60,8 @@ def training_arguments(args: argparse.Namespace, run_dir: Path, **overrides) -> 
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=min(100, max(1, args.max_steps // 20)),
+        lr_scheduler_type=args.lr_scheduler,
+        warmup_steps=min(100, max(1, args.max_steps // 20)) if args.warmup_steps is None else args.warmup_steps,
         weight_decay=0.01,
         max_grad_norm=1.0,
         seed=args.seed,

@@ -404,7 +404,8 @@ class PlannerExecutorTrainer(Trainer):
 
 # -- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_run_dir="runs/planner", max_steps=1000, batch_size=16, lr=1e-3)
+    add_common_arguments(parser, default_run_dir="runs/planner", max_steps=1000, batch_size=16, lr=1e-3,
+                         lr_scheduler="constant_with_warmup")
     parser.add_argument("--hidden-size", type=positive_int, default=128)
     parser.add_argument("--planner-layers", type=positive_int, default=2)
     parser.add_argument("--executor-layers", type=positive_int, default=3)
@@ -461,7 +462,7 @@ def run(args: argparse.Namespace) -> dict:
     if resume:
         cache.load(resume)
     trainer = PlannerExecutorTrainer(
-        model=model, args=training_arguments(args, run_dir, remove_unused_columns=False, lr_scheduler_type="constant_with_warmup"),
+        model=model, args=training_arguments(args, run_dir, remove_unused_columns=False),
         train_dataset=pairs, data_collator=collate, callbacks=[TimeBudgetCallback(args.budget)],
         proposer=RareCharacterProposer(config, tokenizer), cache=cache, curriculum_start=args.curriculum_start,
         curriculum_steps=args.max_steps // 2 if args.curriculum_steps is None else args.curriculum_steps)
