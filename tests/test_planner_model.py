@@ -183,6 +183,8 @@ def test_empty_type_list_and_too_long_input_are_rejected():
         PlannerExecutorConfig(concept_types=[], concept_vocab_sizes=[], concept_max_lengths=[])
     with pytest.raises(ValueError, match="concept_gradient"):
         PlannerExecutorConfig(concept_gradient="soft")
+    with pytest.raises(ValueError, match="estep_prior_weight must be ≥ 0, got -0.5"):
+        PlannerExecutorConfig(estep_prior_weight=-0.5)
     model = make_model()
     with pytest.raises(ValueError, match="max_input_length=16"):
         model.plan(torch.ones(1, 17, dtype=torch.long))

@@ -85,9 +85,10 @@ def batch_of(tokenizer, us, ys):
     return tp.collate(features)
 
 
+@pytest.mark.parametrize("beta", [1.0, 0.25])
 @torch.no_grad()
-def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer):
-    model = planner_for(tokenizer)
+def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
+    model = planner_for(tokenizer, estep_prior_weight=beta)
     us, ys = tp.pair_texts(corpus_split())
     batch = batch_of(tokenizer, us, ys)
     best, scores, candidates = tp.estep(model, tp.RareCharacterProposer(model.config, tokenizer),
@@ -97,7 +98,7 @@ def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer):
     for row in range(len(ys)):  # recompute S(z) one candidate at a time (no grad: scores only)
         one = {k: v[row : row + 1] for k, v in batch.items()}
         s = [float(model.executor_forward(z[None], one["text_ids"], one["text_attention_mask"]).log_prob
-                   + model.planner_forward(one["input_ids"], one["attention_mask"], z[None]).log_prob)
+                   + beta * model.planner_forward(one["input_ids"], one["attention_mask"], z[None]).log_prob)
              for z in candidates[row]]
         finite = torch.isfinite(scores[row])
         torch.testing.assert_close(scores[row][finite], torch.tensor(s)[finite], atol=1e-3, rtol=1e-4)

@@ -40,8 +40,10 @@ class PlannerExecutorConfig(PretrainedConfig):
             (``proposer`` = from y, ``planner_greedy``, ``planner_sample``, ``previous`` = the cached z*).
         estep_refresh_steps: M, the age in steps after which an example's cached z* is searched again (v3.1).
         estep_warmup_steps: W. Before step W the E-step chooses among the proposer's plans only, and the prior
-            term enters S(z) = log p(y|z) + β log p(z|u) with β = step / W (1 from W on): a random planner's
-            log p(z|u) would otherwise make the empty plan win before the executor has learnt to read z.
+            term enters S(z) = log p(y|z) + β log p(z|u) with β = β_max · step / W (β_max from W on): a random
+            planner's log p(z|u) would otherwise make the empty plan win before the executor has learnt to read z.
+        estep_prior_weight: β_max, 1 as in P4. Below 1 the E-step trusts the executor's evidence more than the
+            planner's prior, a guard against z* collapsing onto the planner's own plans (``bench planner`` notes).
         monitor_steps: N, steps between monitor readings (P6); monitor_batch_size: examples they use.
         position_buckets: left edges of the NLL-by-position buckets (P6 item 8).
     """
@@ -58,7 +60,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                  concept_gradient: str = "hard_em", estep_top_k: int = 4,
                  estep_sources: list[str] | tuple[str, ...] = ("proposer", "planner_greedy", "planner_sample",
                                                                 "previous"),
-                 estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, monitor_steps: int = 50, monitor_batch_size: int = 16,
+                 estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
+                 monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
         self.concept_types = list(concept_types)
@@ -77,6 +80,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.estep_sources = list(estep_sources)
         self.estep_refresh_steps = estep_refresh_steps
         self.estep_warmup_steps = estep_warmup_steps
+        self.estep_prior_weight = float(estep_prior_weight)
         self.monitor_steps = monitor_steps
         self.monitor_batch_size = monitor_batch_size
         self.position_buckets = [int(b) for b in position_buckets]
@@ -110,6 +114,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                 raise ValueError(f"{field} must be ≥ 1, got {getattr(self, field)}")
         if self.estep_warmup_steps < 0:
             raise ValueError(f"estep_warmup_steps must be ≥ 0, got {self.estep_warmup_steps}")
+        if self.estep_prior_weight < 0:
+            raise ValueError(f"estep_prior_weight must be ≥ 0, got {self.estep_prior_weight}")
         if self.planner_mtp_heads < 0:
             raise ValueError(f"planner_mtp_heads must be ≥ 0, got {self.planner_mtp_heads}")
 

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ar-budget", type=float, default=600, help="wall-clock cap of the AR training (s)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--warmup-estep", type=int, default=250)
+    parser.add_argument("--prior-weight", type=float, default=1.0, help="β_max of the E-step score (SPEC P4: 1)")
     parser.add_argument("--max-text-length", type=int, default=48)
     parser.add_argument("--eval-pairs", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
@@ -70,7 +71,8 @@ def ensure_planner(args: argparse.Namespace) -> dict:
 
         planner.run(build_parser().parse_args([
             "train", "planner", "--run-dir", args.run_dir, "--max-steps", str(args.steps), "--budget", str(args.budget),
-            "--batch-size", str(args.batch_size), "--warmup-estep", str(args.warmup_estep), "--estep-top-k", "2",
+            "--batch-size", str(args.batch_size), "--warmup-estep", str(args.warmup_estep), "--prior-weight", str(args.prior_weight),
+            "--estep-top-k", "2",
             "--refresh-steps", "100", "--monitor-steps", "50", "--logging-steps", "25", "--save-steps", "100000",
             "--max-text-length", str(args.max_text_length), "--seed", str(args.seed), "--report-to", "none"]))
     return read_manifest(args.run_dir)
@@ -236,6 +238,7 @@ def run(args: argparse.Namespace) -> dict:
                 "planner_steps_done": manifest["steps"], "ar_max_steps": args.ar_steps or manifest["steps"],
                 "ar_wall_clock_cap_s": args.ar_budget, "ar_steps_done": ar_manifest["steps"],
                 "batch_size": args.batch_size, "learning_rate": 1e-3, "estep_warmup_steps": args.warmup_estep,
+                "estep_prior_weight": args.prior_weight,
                 "max_text_length": args.max_text_length},
         figures=figures,
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),

@@ -190,9 +190,9 @@ class RareCharacterProposer:
         return torch.stack(plans, 1)
 
 
-def prior_weight(step: int, warmup: int) -> float:
-    """β of S(z) = log p(y|z) + β log p(z|u): step / W during the warm-up, then 1 (pure in step)."""
-    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+def prior_weight(step: int, warmup: int, final: float = 1.0) -> float:
+    """β of S(z) = log p(y|z) + β log p(z|u): final · step / W during the warm-up, then ``final`` (pure in step)."""
+    return final if warmup <= 0 else final * min(1.0, step / warmup)
 
 
 def score_candidates(model: PlannerExecutorModel, batch: dict, candidates: torch.Tensor,
@@ -238,7 +238,8 @@ def estep(model: PlannerExecutorModel, proposer: RareCharacterProposer, batch: d
                              generator=generator)
         pools.append(fit(samples).view(u.shape[0], k, samples.shape[1], width))
     candidates = torch.cat(pools, 1)
-    scores = score_candidates(model, batch, candidates, prior_weight(step, config.estep_warmup_steps))
+    scores = score_candidates(model, batch, candidates,
+                              prior_weight(step, config.estep_warmup_steps, config.estep_prior_weight))
     if previous is not None and "previous" in sources and has_previous is not None:
         scores[:, 0] = scores[:, 0].masked_fill(~has_previous, float("-inf"))
     best = scores.argmax(1)
@@ -417,6 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estep-top-k", type=positive_int, default=4)
     parser.add_argument("--refresh-steps", type=positive_int, default=50, help="M: z* age before a new search")
     parser.add_argument("--warmup-estep", type=int, default=100, help="W: proposer-only E-step, β ramp (steps)")
+    parser.add_argument("--prior-weight", type=float, default=1.0, help="β_max of S(z) (1 as in SPEC P4)")
     parser.add_argument("--monitor-steps", type=positive_int, default=50, help="N: steps between monitor readings")
     parser.add_argument("--max-input-length", type=positive_int, default=96)
     parser.add_argument("--max-text-length", type=positive_int, default=64)
@@ -437,7 +439,8 @@ def build_config(args: argparse.Namespace, tokenizer) -> PlannerExecutorConfig:
         max_input_length=args.max_input_length, max_text_length=args.max_text_length,
         planner=stack(args.planner_layers), executor=stack(args.executor_layers), planner_mtp_heads=args.mtp_heads,
         concept_gradient=args.concept_gradient, estep_top_k=args.estep_top_k,
-        estep_refresh_steps=args.refresh_steps, estep_warmup_steps=args.warmup_estep, monitor_steps=args.monitor_steps)
+        estep_refresh_steps=args.refresh_steps, estep_warmup_steps=args.warmup_estep,
+        estep_prior_weight=args.prior_weight, monitor_steps=args.monitor_steps)
 
 
 def load_pairs(args: argparse.Namespace, tokenizer, split: str = "train") -> datasets.Dataset:
