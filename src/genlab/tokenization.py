@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
                   "mask_token": "<mask>", "sep_token": "<sep>"}
 RESERVED_TOKENS = [f"<|reserved_{i}|>" for i in range(16)]
+FIRST_ORDINARY_ID = len(SPECIAL_TOKENS) + len(RESERVED_TOKENS)  # 22: ids below are specials and reserved slots
 DEFAULT_VOCAB_SIZE = 8000
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..runs import is_complete, read_manifest
-from ..tokenization import default_tokenizer, load_tokenizer
+from ..tokenization import FIRST_ORDINARY_ID, default_tokenizer, load_tokenizer
 from ..trainers import ar as ar_trainer
 from . import median_seconds, paired_seconds, steps_for_budget, target, train_step_fn, write_result
 
@@ -36,7 +36,7 @@ def ensure_trained(run_dir: str, preset: str, steps: int, data: str = "all") -> 
         from ..cli import build_parser
 
         ar_trainer.run(build_parser().parse_args(["train", "ar", "--run-dir", run_dir, "--preset", preset,
-                                          "--max-steps", str(steps), "--data", data, "--report-to", "none"]))
+                                                  "--max-steps", str(steps), "--data", data, "--report-to", "none"]))
     return read_manifest(run_dir)
 
 
@@ -66,7 +66,7 @@ def kv_cache_speedup(model, prompt_ids: torch.Tensor, repeats: int) -> float:
 
 def random_ids(vocab_size: int, batch: int, block: int) -> torch.Tensor:
     """(batch, block) ids above the special range: a step's speed does not depend on the text."""
-    return torch.randint(22, vocab_size, (batch, block), generator=torch.Generator().manual_seed(0))
+    return torch.randint(FIRST_ORDINARY_ID, vocab_size, (batch, block), generator=torch.Generator().manual_seed(0))
 
 
 def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) -> float:

@@ -35,7 +35,7 @@ from ..hub import write_card
 from ..modeling_planner import PlannerExecutorModel
 from ..probe import concept_drop
 from ..runs import export_run, is_complete, prepare_run_dir, read_manifest
-from ..tokenization import load_tokenizer, resolve_tokenizer
+from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer, resolve_tokenizer
 from ..trainers.common import TimeBudgetCallback, training_arguments
 from ..trainers.planner import TRAINER_LOG, RareCharacterProposer, build_pairs, collate, estep
 from ..trainers.planner_monitors import corrupt_concepts
@@ -168,7 +168,8 @@ def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int
     with tempfile.TemporaryDirectory() as tmp:  # loaded like the executor: weights from safetensors, not fresh
         Qwen2ForCausalLM(config).save_pretrained(tmp)
         plain = Qwen2ForCausalLM.from_pretrained(tmp).eval()
-    prompt = torch.randint(22, config.vocab_size, (batch, prefix_length), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(FIRST_ORDINARY_ID, config.vocab_size, (batch, prefix_length),
+                           generator=torch.Generator().manual_seed(0))
     fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     with torch.no_grad():
         executor_s, plain_s, ratio = paired_seconds(

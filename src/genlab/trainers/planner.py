@@ -41,7 +41,7 @@ from ..data import corpus_sources, load_corpus
 from ..distributed import main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import export_model_run, prepare_run_dir
-from ..tokenization import resolve_tokenizer
+from ..tokenization import FIRST_ORDINARY_ID, resolve_tokenizer
 from .common import TimeBudgetCallback, add_common_arguments, announce, positive_int, resume_checkpoint, training_arguments
 from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_distance, flip_rate, nll_by_position,
                                planner_entropy, staleness_gap, top1_margin)
@@ -60,7 +60,6 @@ print(out.concept_ids.tolist())  # (batch, types, max length): the plan
 print(tokenizer.batch_decode(out.sequences, skip_special_tokens=True))
 """
 PROPOSER_TYPES = ("keywords", "shape")
-FIRST_ORDINARY_ID = 22  # ids below are the tokenizer's specials and reserved markers
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
