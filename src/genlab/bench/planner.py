@@ -16,7 +16,8 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs:
   the executor's size with an equally long prompt, loaded the same way (batch 1; ``_b16`` too), target ≥ 0.95;
   the two are timed back to back and the ratio is the median of the per-pair ratios.
 
-The monitor curves of the planner run (P6) are plotted to ``planner_monitors.png`` beside the JSON.
+The monitor curves of the planner run (P6) are plotted beside the JSON as ``<json stem>_monitors.png``
+(``planner_monitors.png`` for ``planner.json``).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
     figures["monitor_warnings"] = len(manifest["monitor_warnings"])
 
     json_path = Path(args.json) if args.json else Path(args.run_dir) / "bench.json"
-    plot = json_path.with_name("planner_monitors.png")
+    plot = json_path.with_name(f"{json_path.stem}_monitors.png")  # planner.json → planner_monitors.png
     plot_monitors(json.loads((Path(args.run_dir) / TRAINER_LOG).read_text(encoding="utf-8")), plot)
     result = write_result(
         args.json, "planner",
