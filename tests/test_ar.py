@@ -116,16 +116,35 @@ def test_card_and_push_commands_on_an_ar_run(tmp_path, small_corpus, hub_server,
 
 
 def test_schedule_flags_reach_training_arguments_and_bad_ones_are_refused(tmp_path):
-    from genlab.bench.ar import budget_training_flags
-    from genlab.cli import build_parser
-    from genlab.trainers.common import training_arguments
+    from dataclasses import replace
 
-    parse = lambda *extra: build_parser().parse_args(["train", "ar", "--preset", "nano", *extra])  # noqa: E731
-    default = training_arguments(parse("--max-steps", "400"), tmp_path)
+    from genlab.cli import _configs, build_parser
+    from genlab.trainers.ar import budget_training
+    from genlab.trainers.common import finalize_training_arguments
+
+    parse = lambda *extra: _configs(build_parser().parse_args(["train", "ar", "--preset", "nano", *extra]))  # noqa: E731
+    config, default = parse("--max-steps", "400")
     assert (default.lr_scheduler_type, default.warmup_steps) == ("cosine", 20)
-    flags = budget_training_flags(5.0, "nano")
-    fitted = training_arguments(parse(*flags), tmp_path)
+    assert finalize_training_arguments(default, tmp_path).output_dir == str(tmp_path / "checkpoints")
+    fitted = replace(default, **budget_training(5.0, "nano"))
     assert fitted.lr_scheduler_type == "constant_with_warmup"
     assert fitted.max_steps >= 10 and 1 <= fitted.warmup_steps <= fitted.max_steps // 2
     with pytest.raises(SystemExit):
-        parse("--lr-scheduler", "cosine_with_restarts_and_sparkles")
+        build_parser().parse_args(["train", "ar", "--lr-scheduler", "cosine_with_restarts_and_sparkles"])
+
+
+def test_every_trainer_option_reaches_the_command_line_and_short_flags_stay():
+    from genlab.cli import _configs, build_parser
+
+    config, training = _configs(build_parser().parse_args(
+        ["train", "ar", "--gradient-accumulation-steps", "4", "--lr", "0.01", "--batch-size", "3", "--seed", "7",
+         "--report-to", "none", "--block-size", "64"]))
+    assert (training.gradient_accumulation_steps, training.learning_rate, training.per_device_train_batch_size,
+            training.seed, training.report_to) == (4, 0.01, 3, 7, [])
+    assert config.block_size == 64 and config.run_dir == "runs/ar-tiny"
+
+
+def test_a_bad_option_value_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "ar", "--budget", "-1"])
+    assert "--budget: must be > 0" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import genlab.bench
+import genlab.timing
 from genlab.bench import paired_seconds, render_table, steps_for_budget, target, update_readme, write_result
 from genlab.cli import main
 
@@ -43,7 +43,7 @@ def test_readme_tables_are_regenerated_between_markers(tmp_path):
 
 def test_paired_seconds_times_each_pair_back_to_back_and_takes_per_pair_ratios(monkeypatch):
     clock, calls = [0.0], []
-    monkeypatch.setattr(genlab.bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(genlab.timing.time, "perf_counter", lambda: clock[0])
 
     def timed(name, seconds):
         def fn():
@@ -61,7 +61,7 @@ def test_paired_seconds_times_each_pair_back_to_back_and_takes_per_pair_ratios(m
 
 def test_steps_for_budget_fits_nine_tenths_of_the_budget_and_never_fewer_than_ten(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(genlab.bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(genlab.timing.time, "perf_counter", lambda: clock[0])
 
     def two_second_step():
         clock[0] += 2.0

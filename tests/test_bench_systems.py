@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from genlab.bench import REQUIRED_FIGURES
 from genlab.cli import main
 
@@ -31,8 +33,10 @@ def test_bench_concept_measures_the_headline_at_2048_and_refuses_other_contexts(
     common = ["bench", "concept", "--base", str(tmp_path / "base"), "--preset", "nano", "--base-steps", "4",
               "--finetune-steps", "3", "--layers", "1,0,1", "--ratios", "0.25", "--new-tokens", "3",
               "--eval-blocks", "4", "--repeats", "1", "--work-dir", str(tmp_path / "work")]
-    assert main([*common, "--contexts", "128"]) == 2
-    assert "--contexts must include 2048" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused like any bad flag, before anything is trained
+        main([*common, "--contexts", "128"])
+    assert refused.value.code == 2 and "--contexts must include 2048" in capsys.readouterr().err
+    assert not (tmp_path / "base").exists()
     out = tmp_path / "concept.json"
     assert main([*common, "--contexts", "2048", "--json", str(out)]) == 0
     figures = read_figures(out)["figures"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from genlab.cli import build_parser
+from genlab.cli import _configs, build_parser
 from genlab.data import load_corpus
 from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM
 from genlab.trainers import concept
@@ -36,11 +36,11 @@ def merged_run(base_and_data):
 
 
 def train(root, run_name, *extra):
-    args = build_parser().parse_args(
+    config, training = _configs(build_parser().parse_args(
         ["train", "concept", "--base", str(root / "base"), "--run-dir", str(root / run_name), "--data",
          str(root / "corpus.txt"), "--max-steps", "6", "--batch-size", "4", "--block-size", "32",
-         "--logging-steps", "3", "--concept-vocab", "64", "--eval-blocks", "8", "--report-to", "none", *extra])
-    return args.handler(args)
+         "--logging-steps", "3", "--concept-vocab", "64", "--eval-blocks", "8", "--report-to", "none", *extra]))
+    return concept.train_concept(config, training).manifest
 
 
 def logged(run_dir):
@@ -79,7 +79,7 @@ def test_adapter_save_reloads_to_the_same_model_as_merged(base_and_data, merged_
 
 
 def test_card_reads_the_measured_bench_and_its_snippet_runs(merged_run, capsys):
-    from genlab.hub import write_card
+    from genlab.hub_cards import write_card
 
     run_dir, _ = merged_run
     bench = json.loads(open("benchmarks/results/concept.json", encoding="utf-8").read())

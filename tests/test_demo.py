@@ -13,8 +13,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from genlab import demo
+from genlab.demo import reuse, settings, stages
 from genlab.cli import main
-from genlab.runs import MANIFEST, write_manifest
+from genlab.runs import MANIFEST, RunDir, write_manifest
 
 
 # -- bad input ----------------------------------------------------------------------------------------------------
@@ -63,20 +64,20 @@ def test_corrupted_checkpoint_is_reported_deleted_and_retrained(tmp_path, capsys
     def train():
         calls.append(1)
         _save_nano_run(run_dir, seed=1)
-        return json.loads((run_dir / MANIFEST).read_text())
+        return RunDir.read(run_dir)
 
-    manifest = demo.ensure_run("AR baseline", run_dir, demo._load_causal_lm, train, budget=1.0)
+    manifest = reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, train, budget=1.0)
     out = capsys.readouterr().out
     assert "CORRUPTED checkpoint" in out and str(run_dir) in out and "retraining" in out
     assert calls == [1] and manifest["seed"] == 1
     assert not stale.exists()  # the corrupted run was deleted, not resumed
-    demo._load_causal_lm(run_dir)  # the retrained files load
+    reuse.load_causal_lm(run_dir)  # the retrained files load
 
 
 def test_complete_run_that_loads_is_reused_not_retrained(tmp_path, capsys):
     run_dir = tmp_path / "ar"
     _save_nano_run(run_dir, seed=3)
-    manifest = demo.ensure_run("AR baseline", run_dir, demo._load_causal_lm,
+    manifest = reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm,
                                lambda: pytest.fail("a complete, loadable run must not be retrained"), budget=1.0)
     assert manifest["seed"] == 3 and "reusing the complete run" in capsys.readouterr().out
 
@@ -87,10 +88,10 @@ def test_run_that_does_not_load_after_training_is_an_error(tmp_path):
     def broken_train():
         run_dir.mkdir()
         write_manifest(run_dir, {"system": "ar"})  # a manifest but no model files
-        return {"system": "ar"}
+        return RunDir.read(run_dir)
 
     with pytest.raises(RuntimeError, match="does not load"):
-        demo.ensure_run("AR baseline", run_dir, demo._load_causal_lm, broken_train, budget=1.0)
+        reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, broken_train, budget=1.0)
 
 
 def test_measurements_are_reused_until_a_model_changes(tmp_path):
@@ -99,11 +100,11 @@ def test_measurements_are_reused_until_a_model_changes(tmp_path):
     write_manifest(run_dir, {"system": "ar", "steps": 1})
     path = run_dir / "demo.json"
     counter = iter(range(10))
-    first = demo.cached(path, [run_dir], "nano", lambda: {"n": next(counter)})
-    assert demo.cached(path, [run_dir], "nano", lambda: {"n": next(counter)})["n"] == first["n"] == 0
-    assert demo.cached(path, [run_dir], "tiny", lambda: {"n": next(counter)})["n"] == 1  # other preset
+    first = reuse.cached(path, [run_dir], "nano", lambda: {"n": next(counter)})
+    assert reuse.cached(path, [run_dir], "nano", lambda: {"n": next(counter)})["n"] == first["n"] == 0
+    assert reuse.cached(path, [run_dir], "tiny", lambda: {"n": next(counter)})["n"] == 1  # other preset
     write_manifest(run_dir, {"system": "ar", "steps": 2})  # retrained
-    assert demo.cached(path, [run_dir], "tiny", lambda: {"n": next(counter)})["n"] == 2
+    assert reuse.cached(path, [run_dir], "tiny", lambda: {"n": next(counter)})["n"] == 2
 
 
 # -- one real stage in the default run -------------------------------------------------------------------------------
@@ -122,19 +123,19 @@ def _assert_card_reads_bench(run_dir: Path) -> None:
 
 
 def test_ar_stage_trains_measures_and_cards_with_measured_numbers(tmp_path):
-    from genlab.hub import write_card
+    from genlab.hub_cards import write_card
     from genlab.report import section_ar
 
-    stage = demo.Demo(root=tmp_path, budget=1.0, scale=demo.SCALES["nano"], preset="nano")
-    result = demo.stage_ar(stage)
+    stage = settings.Demo(root=tmp_path, budget=1.0, scale=settings.SCALES["nano"], preset="nano")
+    result = stages.stage_ar(stage)
     figures = result["figures"]
     assert result["manifest"]["steps"] >= 1 and figures["gen_tok_s_b1"] > 0 and figures["val_ppl"] > 1
-    assert demo.training_log(tmp_path / "ar"), "the Trainer's log history feeds the training curve"
+    assert reuse.training_log(tmp_path / "ar"), "the Trainer's log history feeds the training curve"
     write_card(tmp_path / "ar")
     _assert_card_reads_bench(tmp_path / "ar")
     text = "\n".join(section_ar(result))
     assert f"{figures['val_ppl']:.2f}" in text and f"{figures['gen_tok_s_b1']:.1f} tok/s" in text
-    again = demo.stage_ar(stage)  # reused run and measurements: identical numbers, nothing retrained
+    again = stages.stage_ar(stage)  # reused run and measurements: identical numbers, nothing retrained
     assert again["figures"] == figures and again["manifest"] == result["manifest"]
 
 

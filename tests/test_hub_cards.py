@@ -9,7 +9,7 @@ import yaml
 from huggingface_hub import ModelCard, hf_hub_download
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from genlab.hub import push_run_dir, write_card
+from genlab.hub_cards import push_with_card, write_card
 from genlab.hub_cards import build_model_card, load_bench
 from genlab.testing import run_code_in_clean_process, use_hub_endpoint
 
@@ -101,10 +101,10 @@ def test_card_from_run_dir(run_dir):
     assert "Qwen2ForCausalLM" in card.text and '"steps": 20' in card.text
 
 
-def test_push_run_dir_then_download_and_run_the_usage_snippet(run_dir, hub_server, tmp_path):
+def test_push_with_card_then_download_and_run_the_usage_snippet(run_dir, hub_server, tmp_path):
     repo_id = "genlab-tests/card-run"
     with use_hub_endpoint(hub_server.endpoint, cache_dir=tmp_path / "hf_cache"):
-        commit_url = push_run_dir(run_dir, repo_id, endpoint=hub_server.endpoint)
+        commit_url = push_with_card(run_dir, repo_id, endpoint=hub_server.endpoint)
         readme = hf_hub_download(repo_id, "README.md", endpoint=hub_server.endpoint, cache_dir=tmp_path / "hf_cache")
     assert commit_url.startswith(f"{hub_server.endpoint}/{repo_id}/commit/")
     assert open(readme, encoding="utf-8").read() == (run_dir / "README.md").read_text(encoding="utf-8")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from genlab.cli import build_parser, main
+from genlab.configuration_merge import MergeConfig
+from genlab.cli import _configs, build_parser, main
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.merge import (MergeSchedule, apply_freezing, build_trainer, collate, corrupt, trainable_modules,
                                    unrolled_loss)
@@ -27,16 +28,20 @@ def corpus_file(tmp_path_factory):
 
 
 def train_args(corpus_file, run_dir, steps=6):
-    return build_parser().parse_args([
+    """(MergeTrainConfig, TrainingArguments) as `genlab train merge` parses them."""
+    return _configs(build_parser().parse_args([
         "train", "merge", "--run-dir", str(run_dir), "--data", str(corpus_file), "--preset", "nano",
         "--max-steps", str(steps), "--save-steps", "3", "--batch-size", "4", "--logging-steps", "1",
-        "--report-to", "none", "--rounds", "2"])
+        "--report-to", "none", "--rounds", "2"]))
 
 
 def test_schedules_are_pure_functions_of_the_step():
     s = MergeSchedule(rounds=3, stage1_steps=10, stage2_steps=20, teacher_forcing_steps=15, anneal_steps=100)
     assert [s.stage(t) for t in (0, 9, 10, 19, 20, 500)] == [1, 1, 2, 2, 3, 3]
-    assert s.tau(0) == 2.0 and s.tau(50) == pytest.approx(1.1) and s.tau(100) == pytest.approx(0.2) == s.tau(10**6)
+    config = MergeConfig(tau_gate_start=2.0, tau_gate_end=0.2, tau_del_start=1.0, tau_del_end=0.5)
+    tau = lambda t: s.tau_gate(t, config)  # noqa: E731
+    assert tau(0) == 2.0 and tau(50) == pytest.approx(1.1) and tau(100) == pytest.approx(0.2) == tau(10**6)
+    assert s.tau_del(0, config) == 1.0 and s.tau_del(100, config) == pytest.approx(0.5)  # the config's end points
     assert s.teacher_forcing(14) == 1.0 and s.teacher_forcing(15) == 0.5
     rounds = [s.unrolled_rounds(t) for t in range(200)]
     assert rounds == [s.unrolled_rounds(t) for t in range(200)] and set(rounds) == {1, 2, 3}
@@ -84,19 +89,19 @@ class StopAt(TrainerCallback):
 
 def test_resume_continues_exactly(corpus_file, tmp_path):
     tokenizer = default_tokenizer()
-    straight = build_trainer(train_args(corpus_file, tmp_path / "a"), tmp_path / "a", tokenizer)
+    straight = build_trainer(*train_args(corpus_file, tmp_path / "a"), tmp_path / "a", tokenizer)
     straight.train()
-    interrupted = build_trainer(train_args(corpus_file, tmp_path / "b"), tmp_path / "b", tokenizer, [StopAt(3)])
+    interrupted = build_trainer(*train_args(corpus_file, tmp_path / "b"), tmp_path / "b", tokenizer, [StopAt(3)])
     interrupted.train()
     assert interrupted.state.global_step == 3
-    resumed = build_trainer(train_args(corpus_file, tmp_path / "b"), tmp_path / "b", tokenizer)
+    resumed = build_trainer(*train_args(corpus_file, tmp_path / "b"), tmp_path / "b", tokenizer)
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoints" / "checkpoint-3"))
     assert resumed.state.global_step == straight.state.global_step == 6
     for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     logged = [entry for entry in straight.state.log_history if "merge/loss_recon" in entry]
     assert {"merge/loss_gate", "merge/loss_comp", "merge/loss_ins", "merge/loss_count", "merge/gate_rate",
-            "merge/stage", "merge/tau"} <= set(logged[-1])
+            "merge/stage", "merge/tau_gate", "merge/tau_del"} <= set(logged[-1])
 
 
 def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):

@@ -6,7 +6,7 @@ import random
 import torch
 
 from genlab.cli import main
-from genlab.probe import drop_concepts
+from genlab.bench.probe import drop_concepts
 
 CHARS = "天地人和春夏秋冬山水风云花草树木日月星辰江河湖海东南西北上下左右大小多少"
 

@@ -10,6 +10,8 @@ import torch
 from genlab.configuration_planner import CONCEPT_MASK, CONCEPT_PAD
 from genlab.tokenization import default_tokenizer
 from genlab.trainers import planner as tp
+from genlab.trainers import planner_data as td
+from genlab.trainers import planner_estep as te
 from genlab.trainers import planner_monitors as mon
 
 from test_planner_model import make_model
@@ -45,7 +47,7 @@ def planner_for(tokenizer, **overrides):
 
 # -- data, proposer, curriculum ------------------------------------------------------------------------------------------
 def test_pairs_follow_paragraphs_and_reviews():
-    us, ys = tp.pair_texts(corpus_split(), opening_chars=2)
+    us, ys = td.pair_texts(corpus_split(), opening_chars=2)
     assert ("今天天气很好。", "我们去公园散步，看见很多孩子。") in list(zip(us, ys))
     assert ("北京召开会议。", "会议讨论了经济发展问题。") in list(zip(us, ys))
     assert ("好评：这本", "这本书写得很好。") in list(zip(us, ys)) and ("差评：质量", "质量太差，退货了。") in list(zip(us, ys))
@@ -54,13 +56,13 @@ def test_pairs_follow_paragraphs_and_reviews():
 
 def test_proposer_keeps_the_rarest_characters_in_order_and_clause_lengths(tokenizer):
     model = planner_for(tokenizer)
-    proposer = tp.RareCharacterProposer(model.config, tokenizer)
+    proposer = te.RareCharacterProposer(model.config, tokenizer)
     text = "我们去公园散步，看见很多孩子。"
     y = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
     plans = proposer(y, torch.ones_like(y))  # (1, granularities, types, L)
     assert plans.shape[1:] == (len(proposer.granularities), 2, 4)
     ids = y[0, :-1]
-    ordinary = ids[ids >= tp.FIRST_ORDINARY_ID]
+    ordinary = ids[ids >= te.FIRST_ORDINARY_ID]
     rarest = set(ordinary.topk(4).values.tolist())
     expected = [3 + int(i) % 64 for i in ids if int(i) in rarest]
     assert plans[0, -1, 0].tolist() == expected
@@ -68,11 +70,11 @@ def test_proposer_keeps_the_rarest_characters_in_order_and_clause_lengths(tokeni
 
 
 def test_curriculum_is_a_pure_function_of_step_and_sampler_respects_it():
-    assert [tp.curriculum_length(s, 10, 50, 4) for s in (0, 2, 4, 9)] == [10, 30, 50, 50]
+    assert [td.curriculum_length(s, 10, 50, 4) for s in (0, 2, 4, 9)] == [10, 30, 50, 50]
     lengths = [5, 40, 12, 8, 60, 9]
-    sampler = tp.CurriculumSampler(lengths, batch_size=2, steps=6, start=10, ramp_steps=4, seed=0)
+    sampler = td.CurriculumSampler(lengths, batch_size=2, steps=6, start=10, ramp_steps=4, seed=0)
     order = list(sampler)
-    assert order == list(tp.CurriculumSampler(lengths, 2, 6, 10, 4, 0))  # deterministic
+    assert order == list(td.CurriculumSampler(lengths, 2, 6, 10, 4, 0))  # deterministic
     first_step = order[:2]
     assert all(lengths[i] <= 10 for i in first_step)
 
@@ -82,16 +84,16 @@ def batch_of(tokenizer, us, ys):
     features = [{"u_ids": tokenizer(u, add_special_tokens=False)["input_ids"],
                  "y_ids": tokenizer(y, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], "index": i}
                 for i, (u, y) in enumerate(zip(us, ys))]
-    return tp.collate(features)
+    return td.collate(features)
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.25])
 @torch.no_grad()
 def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
     model = planner_for(tokenizer, estep_prior_weight=beta)
-    us, ys = tp.pair_texts(corpus_split())
+    us, ys = td.pair_texts(corpus_split())
     batch = batch_of(tokenizer, us, ys)
-    best, scores, candidates = tp.estep(model, tp.RareCharacterProposer(model.config, tokenizer),
+    best, scores, candidates = te.estep(model, te.RareCharacterProposer(model.config, tokenizer),
                                         {k: v for k, v in batch.items() if k != "index"}, step=10,
                                         generator=torch.Generator().manual_seed(0))
     assert candidates.shape[1] == 2 + 1 + 2  # proposer granularities, greedy plan, samples
@@ -106,13 +108,13 @@ def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
 
 
 def test_concept_cache_staleness_and_save_load(tmp_path):
-    cache = tp.ConceptCache(4, 2, 3)
+    cache = te.ZStarStore(4, 2, 3)
     index = torch.tensor([1, 3])
     assert cache.stale(index, step=0, every=5).all()
     cache.update(index, torch.full((2, 2, 3), 7), step=10)
     assert not cache.stale(index, step=14, every=5).any() and cache.stale(index, step=15, every=5).all()
     cache.save(tmp_path)
-    other = tp.ConceptCache(4, 2, 3)
+    other = te.ZStarStore(4, 2, 3)
     assert other.load(tmp_path) and torch.equal(other.plans, cache.plans) and torch.equal(other.step, cache.step)
 
 
@@ -185,16 +187,16 @@ def make_trainer(tokenizer, tmp_path, max_steps, resume_cache=None):
     from transformers import TrainingArguments
 
     model = planner_for(tokenizer).train()
-    pairs = tp.build_pairs(corpus_split(), tokenizer, 48, 48)
-    cache = tp.ConceptCache(len(pairs), 2, 4)
+    pairs = td.build_pairs(corpus_split(), tokenizer, 48, 48)
+    cache = te.ZStarStore(len(pairs), 2, 4)
     if resume_cache:
         cache.load(resume_cache)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=2,
                              learning_rate=1e-3, save_steps=2, logging_steps=2, report_to=[], seed=0, data_seed=0,
                              use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0,
                              lr_scheduler_type="constant")
-    trainer = tp.PlannerExecutorTrainer(model=model, args=args, train_dataset=pairs, data_collator=tp.collate,
-                                        proposer=tp.RareCharacterProposer(model.config, tokenizer), cache=cache,
+    trainer = tp.PlannerExecutorTrainer(model=model, args=args, train_dataset=pairs, data_collator=td.collate,
+                                        proposer=te.RareCharacterProposer(model.config, tokenizer), store=cache,
                                         curriculum_start=10, curriculum_steps=2)
     return trainer, cache
 
@@ -206,7 +208,7 @@ def test_training_logs_losses_and_monitors_and_resume_reuses_the_z_cache(tokeniz
     assert {"executor_loss", "planner_loss", "monitor/delta_nll_shuffle", "monitor/top1_margin",
             "monitor/flip_rate", "monitor/staleness_gap", "monitor/planner_entropy", "monitor/planner_max_prob",
             "monitor/soft_hard_cosine", "monitor/planner_grad_norm", "monitor/nll_pos_0_16"} <= logged
-    assert (tmp_path / "a" / "checkpoint-2" / tp.CACHE_FILE).is_file()
+    assert (tmp_path / "a" / "checkpoint-2" / te.CACHE_FILE).is_file()
     assert (cache.step >= 0).all()
 
     checkpoint = tmp_path / "a" / "checkpoint-2"

@@ -45,16 +45,13 @@ def _concept(run_dir: Path, base: Path, tokenizer) -> None:
 
 
 def _planner(run_dir: Path, tokenizer) -> None:
-    import argparse
-
     from genlab.modeling_planner import PlannerExecutorModel
-    from genlab.trainers.planner import build_config
+    from genlab.trainers.planner import PlannerTrainConfig, build_config
 
-    args = argparse.Namespace(hidden_size=32, planner_layers=1, executor_layers=1, keyword_vocab=64, keywords=4,
-                              clauses=3, max_input_length=32, max_text_length=24, mtp_heads=0,
-                              concept_gradient="hard_em", estep_top_k=2, refresh_steps=10, warmup_estep=1,
-                              prior_weight=1.0, monitor_steps=10)
-    PlannerExecutorModel(build_config(args, tokenizer)).save_pretrained(run_dir)
+    config = PlannerTrainConfig(hidden_size=32, planner_layers=1, executor_layers=1, keyword_vocab=64, keywords=4,
+                                clauses=3, max_input_length=32, max_text_length=24, estep_top_k=2, refresh_steps=10,
+                                warmup_estep=1, monitor_steps=10)
+    PlannerExecutorModel(build_config(config, tokenizer)).save_pretrained(run_dir)
     tokenizer.save_pretrained(run_dir)
 
 

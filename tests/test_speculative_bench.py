@@ -5,7 +5,8 @@ import copy
 import torch
 from transformers import TrainingArguments
 
-from genlab.bench.speculative import DistillationTrainer, cloud_agreement
+from genlab.bench.speculative import cloud_agreement
+from genlab.trainers.edge import DistillationTrainer
 from genlab.logits_process import build_cjk_processors
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.ar import build_model

@@ -22,9 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 LAYERS = ("models", "io", "trainers", "bench", "apps")
-IO_MODULES = {"data", "tokenization", "qwen2_tokenizer", "runs", "hub", "hub_server", "distributed", "presets",
+IO_MODULES = {"data", "tokenization", "qwen2_tokenizer", "runs", "hub", "hub_server", "distributed", "presets", "timing",
               "convert_smollm2", "testing", "metrics"}
-APPS_MODULES = {"cli", "demo", "report", "hub_cards", "app"}
+APPS_MODULES = {"cli", "demo", "report", "hub_cards", "prepare", "app"}
 BENCH_MODULES = {"bench", "probe"}
 LONG_FILE_LINES = 500
 

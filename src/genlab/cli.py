@@ -1,41 +1,96 @@
-"""The ``genlab`` command line (SPEC H8): train, generate, bench, card, push, demo.
+"""The ``genlab`` command line (SPEC H8): train, generate, edit, bench, probe, card, push, demo.
 
-Each system plugs in through two modules, found by name so this file does not grow with them:
-``genlab.trainers.<system>`` (``add_arguments``, ``run``; optionally ``generate_cli`` for
-``genlab generate``) and ``genlab.bench.<system>`` (``add_arguments``, ``run``).
+The one argparse user of the package. Each subcommand's flags come from a dataclass parsed by transformers'
+``HfArgumentParser`` — ``genlab train SYSTEM`` from ``<System>TrainConfig`` next to `TrainingArguments`, as
+transformers' example scripts do, so every Trainer option (``--gradient-accumulation-steps``, ``--bf16``,
+``--report-to``, …) is a flag; ``genlab bench SYSTEM`` from ``<System>BenchConfig``. The short spellings of
+earlier releases stay: ``--lr``, ``--batch-size``, ``--lr-scheduler``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import json
 import os
+import shutil
 import sys
+from pathlib import Path
 
-TRAIN_SYSTEMS = ("ar", "planner", "concept", "merge")
-BENCH_SYSTEMS = ("ar", "speculative", "planner", "merge", "concept")
+from transformers import HfArgumentParser, TrainingArguments
+
+from . import demo, prepare, report
+from .bench import ar as bench_ar
+from .bench import concept as bench_concept
+from .bench import merge as bench_merge
+from .bench import planner as bench_planner
+from .bench import speculative as bench_speculative
+from .bench import update_readme
+from .bench.probe import PlannerProbeConfig, run_planner
+from .hub_cards import push_with_card, write_card
+from .runs import TRAINER_LOG, read_manifest
+from .trainers import ar, concept, edge, merge, planner
+from .trainers.common import COMMON_TRAINING_DEFAULTS, LR_SCHEDULERS, default_warmup_steps
+
+# system → (config dataclass, the recipe's TrainingArguments defaults, recipe)
+TRAIN = {
+    "ar": (ar.ARTrainConfig, ar.TRAINING_DEFAULTS, ar.train_ar),
+    "planner": (planner.PlannerTrainConfig, planner.TRAINING_DEFAULTS, planner.train_planner),
+    "concept": (concept.ConceptTrainConfig, concept.TRAINING_DEFAULTS, concept.train_concept),
+    "merge": (merge.MergeTrainConfig, merge.TRAINING_DEFAULTS, merge.train_merge),
+    "edge": (edge.EdgeTrainConfig, edge.TRAINING_DEFAULTS, edge.train_edge),
+}
+# system → (config dataclass, prepare the runs it measures, measure)
+BENCH = {
+    "ar": (bench_ar.ARBenchConfig, prepare.ar_bench, bench_ar.run),
+    "speculative": (bench_speculative.SpeculativeBenchConfig, prepare.speculative_bench, bench_speculative.run),
+    "planner": (bench_planner.PlannerBenchConfig, prepare.planner_bench, bench_planner.run),
+    "merge": (bench_merge.MergeBenchConfig, prepare.merge_bench, bench_merge.run),
+    "concept": (bench_concept.ConceptBenchConfig, prepare.concept_bench, bench_concept.run),
+}
+# system → the function behind `genlab generate --model RUN_DIR` for that system's runs
+GENERATE = {"ar": ar.generate_texts, "merge": merge.generate_texts, "concept": concept.generate_texts,
+            "planner": planner.generate_texts}
+SHORT_FLAGS = {  # earlier releases' spellings of TrainingArguments fields
+    "--lr": dict(dest="learning_rate", type=float, help="alias of --learning-rate"),
+    "--batch-size": dict(dest="per_device_train_batch_size", type=int, help="alias of --per-device-train-batch-size"),
+    "--lr-scheduler": dict(dest="lr_scheduler_type", choices=LR_SCHEDULERS, help="alias of --lr-scheduler-type"),
+}
 
 
-def _add_system_parsers(subparsers, package: str, systems: tuple[str, ...], help_fmt: str) -> None:
-    for system in systems:
-        module = importlib.import_module(f"genlab.{package}.{system}")
-        parser = subparsers.add_parser(system, help=help_fmt.format(system=system),
-                                       description=module.__doc__.splitlines()[0])
-        module.add_arguments(parser)
-        parser.set_defaults(handler=module.run)
+def _dataclass_parser(subparsers, name: str, types: tuple, help_text: str, description: str | None):
+    """A subcommand whose flags are the fields of ``types`` (``subparsers`` made with ``HfArgumentParser``)."""
+    parser = subparsers.add_parser(name, dataclass_types=types, help=help_text, description=description)
+    parser.set_defaults(dataclass_types=types)
+    return parser
+
+
+def _add_train_parsers(subparsers) -> None:
+    for system, (config_type, defaults, recipe) in TRAIN.items():
+        parser = _dataclass_parser(subparsers, system, (config_type, TrainingArguments), f"train {system}",
+                                   sys.modules[recipe.__module__].__doc__.splitlines()[0])
+        for flag, kwargs in SHORT_FLAGS.items():
+            parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+        parser.set_defaults(**defaults_for(defaults), handler=_train, recipe=recipe)
+
+
+def defaults_for(recipe_defaults: dict) -> dict:
+    """genlab's `TrainingArguments` defaults, then the recipe's (the warm-up follows the step count later)."""
+    return {**COMMON_TRAINING_DEFAULTS, **recipe_defaults, "warmup_steps": None}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genlab", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
 
     train = commands.add_parser("train", help="train a system with its Trainer")
-    _add_system_parsers(train.add_subparsers(dest="system", required=True), "trainers", TRAIN_SYSTEMS,
-                        "train {system}")
+    _add_train_parsers(train.add_subparsers(dest="system", required=True, parser_class=HfArgumentParser))
 
     bench = commands.add_parser("bench", help="measure a system; writes the benchmark JSON (SPEC B)")
-    bench_systems = bench.add_subparsers(dest="system", required=True)
-    _add_system_parsers(bench_systems, "bench", BENCH_SYSTEMS, "benchmark {system}")
+    bench_systems = bench.add_subparsers(dest="system", required=True, parser_class=HfArgumentParser)
+    for system, (config_type, _, measure) in BENCH.items():
+        _dataclass_parser(bench_systems, system, (config_type,), f"benchmark {system}",
+                          sys.modules[measure.__module__].__doc__.splitlines()[0]).set_defaults(handler=_bench)
     bench_all = bench_systems.add_parser("all", help="run every benchmark and refresh the README tables")
     bench_all.add_argument("--results-dir", default="benchmarks/results")
     bench_all.add_argument("--update-readme", default="README.md")
@@ -52,58 +107,110 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("texts", nargs="+", help="texts to edit")
     edit.add_argument("--model", default="runs/merge-tiny", help="MERGE run directory written by `genlab train merge`")
     edit.add_argument("--rounds", type=int, default=None, help="at most this many rounds (default: the model's)")
-    edit.set_defaults(handler=lambda args: importlib.import_module("genlab.trainers.merge").edit_cli(args))
+    edit.set_defaults(handler=_edit)
 
     card = commands.add_parser("card", help="write README.md (model card) into a run directory")
     card.add_argument("run_dir")
-    card.set_defaults(handler=_card)
+    card.set_defaults(handler=lambda args: print(write_card(args.run_dir)))
 
     push = commands.add_parser("push", help="push a run directory to a Hub (any HF_ENDPOINT)")
     push.add_argument("run_dir")
     push.add_argument("repo_id")
     push.add_argument("--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT)")
     push.add_argument("--private", action="store_true")
-    push.set_defaults(handler=_push)
+    push.set_defaults(handler=lambda args: print(push_with_card(args.run_dir, args.repo_id, endpoint=args.endpoint,
+                                                              private=args.private)))
 
     probe = commands.add_parser("probe", help="diagnostic experiments on a trained run (planner: concept drop)")
-    importlib.import_module("genlab.probe").add_parsers(probe.add_subparsers(dest="system", required=True))
+    probe_planner = _dataclass_parser(probe.add_subparsers(dest="system", required=True, parser_class=HfArgumentParser),
+                                      "planner",
+                                      (PlannerProbeConfig,), "concept-drop experiment on a planner run (P7)",
+                                      sys.modules[run_planner.__module__].__doc__.splitlines()[0])
+    probe_planner.add_argument("run_dir_positional", nargs="?", metavar="RUN_DIR", help="the planner run")
+    probe_planner.set_defaults(handler=lambda args: run_planner(_config(args)))
 
-    demo = commands.add_parser("demo", help="the main job on the embedded corpus (see README)")
-    importlib.import_module("genlab.demo").add_arguments(demo)
-    demo.set_defaults(handler=lambda args: importlib.import_module("genlab.demo").run(args))
+    demo_parser = _dataclass_parser(commands, "demo", (demo.DemoConfig,), "the main job on the embedded corpus (see README)",
+                                    demo.__doc__.splitlines()[0])
+    demo_parser.set_defaults(handler=lambda args: demo.run(_config(args)))
     return parser
 
 
-def _generate(args):
-    from .runs import read_manifest
+def _configs(args: argparse.Namespace) -> tuple:
+    """The dataclasses of the parsed subcommand (a bad value is a ``ValueError`` naming the flag)."""
+    if getattr(args, "run_dir_positional", None):
+        args.run_dir = args.run_dir_positional
+    if "warmup_steps" in vars(args) and args.warmup_steps is None:
+        args.warmup_steps = default_warmup_steps(args.max_steps)
+    return tuple(dtype(**{f.name: getattr(args, f.name) for f in dataclasses.fields(dtype)
+                          if f.init and hasattr(args, f.name)}) for dtype in args.dataclass_types)
 
+
+def _config(args: argparse.Namespace):
+    return _configs(args)[0]
+
+
+def _train(args: argparse.Namespace) -> None:
+    config, training = _configs(args)
+    args.recipe(config, training)
+
+
+def _bench(args: argparse.Namespace) -> dict:
+    config = _config(args)
+    _, prepare_runs, measure = BENCH[args.system]
+    prepare_runs(config)
+    result = measure(config)
+    _after_bench(args.system, config)
+    return result
+
+
+def _after_bench(system: str, config) -> None:
+    """What the apps add to a bench JSON: the planner's monitor plot beside it; the measured run's model card."""
+    if config.json is None:
+        return
+    if system == "planner":
+        json_path = Path(config.json)
+        history = json.loads((Path(config.run_dir) / TRAINER_LOG).read_text(encoding="utf-8"))
+        report.plot_planner_monitors(history, json_path.with_name(f"{json_path.stem}_monitors.png"))
+        shutil.copyfile(config.json, Path(config.run_dir) / "bench.json")  # the card reads RUN_DIR/bench.json (H5)
+        write_card(config.run_dir)
+    if system == "merge":
+        run_dir = config.run_dir("merge")
+        shutil.copyfile(config.json, run_dir / "bench.json")
+        print(f"[genlab] model card: {write_card(run_dir)}")
+
+
+def _bench_all(args: argparse.Namespace) -> dict[str, dict]:
+    """Every benchmark with its defaults; the JSONs into ``--results-dir``; the README tables refreshed."""
+    results = {}
+    for system, (config_type, prepare_runs, measure) in BENCH.items():
+        config = config_type(json=str(Path(args.results_dir) / f"{system}.json"))
+        prepare_runs(config)
+        results[system] = measure(config)
+        _after_bench(system, config)
+    if args.update_readme:
+        update_readme(args.update_readme, results)
+    return results
+
+
+def _generate(args: argparse.Namespace) -> None:
     system = read_manifest(args.model)["system"]
-    module = importlib.import_module(f"genlab.trainers.{system}")
-    for text in module.generate_cli(args):
+    for text in GENERATE[system](args.model, args.prompts, args.max_new_tokens, args.greedy):
         print(text)
 
 
-def _bench_all(args):
-    from .bench import run_all
-
-    return run_all(args.results_dir, args.update_readme)
-
-
-def _card(args):
-    from .hub import write_card
-
-    print(write_card(args.run_dir))
-
-
-def _push(args):
-    from .hub import push_run_dir
-
-    print(push_run_dir(args.run_dir, args.repo_id, endpoint=args.endpoint, private=args.private))
+def _edit(args: argparse.Namespace) -> None:
+    for text in merge.edit_texts(args.model, args.texts, args.rounds):
+        print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _configs(args) if hasattr(args, "dataclass_types") else None  # flag values checked before any work
+    except ValueError as err:
+        parser.error(str(err))
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as err:

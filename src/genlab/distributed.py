@@ -74,3 +74,13 @@ def _combine(values: dict[str, float], combine) -> dict[str, float]:
     torch.distributed.all_gather_object(gathered, dict(values))
     names = {name for part in gathered for name in part}
     return {name: combine(part[name] for part in gathered if name in part) for name in names}
+
+
+def sum_tensor_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``tensor`` over every process (the tensor itself on one process)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return tensor
+    tensor = tensor.to(state.device)
+    torch.distributed.all_reduce(tensor)
+    return tensor

@@ -35,7 +35,8 @@ def default_refinement_config(config) -> GenerationConfig:
 class MergeGenerateOutput(ModelOutput):
     """``sequences`` (B, N) right-padded; ``rounds`` (B,) rounds used; per-round trace (B, R) with NaN once a row
     has stopped: ``gate`` (g of the round), ``inserted`` (masks inserted), ``confidence`` (mean fill confidence);
-    ``deleted``: one (B, L_r) bool mask per round over that round's input."""
+    ``deleted``: one (B, L_r) bool mask per round over that round's input; ``round_sequences``: one (B, N_r)
+    right-padded tensor per round, each row's text after that round (a stopped row keeps its last text)."""
 
     sequences: torch.LongTensor | None = None
     attention_mask: torch.LongTensor | None = None
@@ -44,6 +45,7 @@ class MergeGenerateOutput(ModelOutput):
     inserted: torch.FloatTensor | None = None
     confidence: torch.FloatTensor | None = None
     deleted: tuple[torch.BoolTensor, ...] | None = None
+    round_sequences: tuple[torch.LongTensor, ...] | None = None
 
 
 def levenshtein(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor) -> torch.Tensor:
@@ -188,7 +190,7 @@ class MergeGenerationMixin(GenerationMixin):
         state = self._initial_state(input_ids, attention_mask, settings)
         min_length, max_length = self._length_bounds(state.valid.sum(-1), settings)
         nan = torch.tensor(float("nan"), device=state.ids.device)
-        trace = {"gate": [], "inserted": [], "confidence": [], "deleted": []}
+        trace = {"gate": [], "inserted": [], "confidence": [], "deleted": [], "sequences": []}
         for round_index in range(settings.max_rounds):
             out, filled, confidence = self.refine_round(state, round_index, settings, min_length, max_length)
             active = ~state.done
@@ -200,6 +202,7 @@ class MergeGenerationMixin(GenerationMixin):
             trace["confidence"].append(torch.where(active, confidence, nan))
             trace["deleted"].append((out.deletions > 0.5) & active[:, None])
             state = self._advance(state, out, filled, active, stop)
+            trace["sequences"].append(state.ids.masked_fill(~state.valid, self.config.pad_token_id))
             if bool(state.done.all()):
                 break
         sequences = state.ids.masked_fill(~state.valid, self.config.pad_token_id)
@@ -207,7 +210,8 @@ class MergeGenerationMixin(GenerationMixin):
             return sequences
         return MergeGenerateOutput(sequences=sequences, attention_mask=state.valid.long(), rounds=state.rounds,
                                    gate=torch.stack(trace["gate"], 1), inserted=torch.stack(trace["inserted"], 1),
-                                   confidence=torch.stack(trace["confidence"], 1), deleted=tuple(trace["deleted"]))
+                                   confidence=torch.stack(trace["confidence"], 1), deleted=tuple(trace["deleted"]),
+                                   round_sequences=tuple(trace["sequences"]))
 
     def _advance(self, state: RefinementState, out, filled, active, stop) -> RefinementState:
         """Take the round's result for active rows, keep stopped rows frozen, trim trailing padding."""

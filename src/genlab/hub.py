@@ -1,9 +1,9 @@
-"""Run directory -> model card -> Hub repo (SPEC H4, H5); what ``genlab card`` and ``genlab push`` call.
+"""Run directory -> Hub repo (SPEC H4); what ``genlab push`` calls (the card comes from ``genlab.hub_cards``).
 
 A run directory (what ``genlab train`` writes) holds an HF checkpoint (``config.json``, ``model.safetensors``,
 tokenizer files, ``generation_config.json``), ``genlab_run.json`` (the manifest) and optionally benchmark results
-(``bench.json``, ``benchmarks/**/*.json``). ``write_card`` turns those into ``README.md``; ``push_run_dir`` uploads
-the directory (without the Trainer's resume checkpoints) with ``HfApi.upload_folder``.
+and a model card. ``push_run_dir`` uploads the directory (without the Trainer's resume checkpoints) with
+``HfApi.upload_folder``.
 
 Endpoint gotcha: huggingface_hub reads ``HF_ENDPOINT`` once, at import, and ``import genlab`` imports it; an
 ``HfApi(endpoint=...)`` then uses that endpoint for its own calls only (the agent-harness registry fetched with the
@@ -18,41 +18,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .hub_cards import build_model_card, default_usage_snippet, read_run_info
-from .runs import MANIFEST
 
-__all__ = ["find_bench_jsons", "push_run_dir", "use_hub_endpoint", "write_card"]
+__all__ = ["push_run_dir", "use_hub_endpoint"]
 
 # Never uploaded: Trainer resume checkpoints (optimizer states), interrupted exports, temporary files.
 PUSH_IGNORE = ["checkpoints/**", "checkpoint-*/**", ".export-*/**", "*.tmp"]
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
-def find_bench_jsons(run_dir: str | os.PathLike) -> list[Path]:
-    """``bench.json`` and every ``benchmarks/**/*.json`` of a run directory, sorted."""
-    run_dir = Path(run_dir)
-    found = [run_dir / "bench.json"] if (run_dir / "bench.json").is_file() else []
-    if (run_dir / "benchmarks").is_dir():
-        found += sorted((run_dir / "benchmarks").rglob("*.json"))
-    return found
-
-
-def write_card(run_dir: str | os.PathLike, *, repo_id: str | None = None) -> Path:
-    """Write ``RUN_DIR/README.md`` from the manifest and any benchmark JSON found (SPEC H5); returns its path.
-
-    The usage snippet is the manifest's ``usage_snippet`` when it has one, else a generic load-and-generate snippet
-    for ``repo_id`` (default: the manifest's ``repo_id``, else the run directory path).
-    """
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    model_id = repo_id or info.get("repo_id") or str(run_dir)
-    snippet = info.get("usage_snippet") or default_usage_snippet(
-        model_id, info.get("model_config"), has_tokenizer=any((run_dir / f).is_file() for f in _TOKENIZER_FILES))
-    card = build_model_card(info, find_bench_jsons(run_dir), usage_snippet=snippet,
-                            model_name=repo_id.split("/")[-1] if repo_id else None)
-    path = run_dir / "README.md"
-    card.save(path)
-    return path
 
 
 @contextlib.contextmanager
@@ -112,7 +82,7 @@ def push_run_dir(run_dir: str | os.PathLike, repo_id: str, *, endpoint: str | No
                  token: str | bool | None = None, private: bool = False, commit_message: str | None = None) -> str:
     """Create ``repo_id`` (if needed) and upload the run directory to it; returns the commit url (SPEC H4).
 
-    Writes the model card first when the directory has no ``README.md``. ``endpoint`` defaults to
+    ``endpoint`` defaults to
     ``HF_ENDPOINT`` (huggingface.co); an explicit one is used for every request of the push (``use_hub_endpoint``,
     which also lifts ``HF_HUB_OFFLINE`` for the block). An unreachable endpoint raises ``ConnectionError`` naming it.
     """
@@ -123,8 +93,6 @@ def push_run_dir(run_dir: str | os.PathLike, repo_id: str, *, endpoint: str | No
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint (no config.json): nothing to push")
-    if not (run_dir / "README.md").is_file() and (run_dir / MANIFEST).is_file():
-        write_card(run_dir, repo_id=repo_id)
     api = HfApi(endpoint=endpoint, token=token)
     try:
         with use_hub_endpoint(endpoint) if endpoint else contextlib.nullcontext():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import markdown
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -71,13 +73,20 @@ def plot_speed_bars(ratios: dict[str, float], path: Path) -> Path:
     return path
 
 
-def plot_rounds_histogram(gen_rounds: list[int], edit_rounds: list[int], path: Path) -> Path:
+def rounds_fractions(figures: dict, mode: str) -> dict[int, float]:
+    """{rounds: share of sequences} of one mode from the bench's ``<mode>_rounds_frac_<r>`` figures."""
+    prefix = f"{mode}_rounds_frac_"
+    return {int(k[len(prefix):]): v for k, v in figures.items() if k.startswith(prefix)}
+
+
+def plot_rounds_histogram(gen: dict[int, float], edit: dict[int, float], path: Path) -> Path:
+    """Share of sequences per number of rounds used, gen mode beside edit mode."""
     fig, ax = plt.subplots(figsize=(5, 3))
-    top = max(gen_rounds + edit_rounds + [1])
-    bins = [r - 0.5 for r in range(1, top + 2)]
-    ax.hist([gen_rounds, edit_rounds], bins=bins, label=["gen mode (from <s>)", "edit mode (corrupted)"])
+    rounds = sorted(set(gen) | set(edit))
+    ax.bar([r - 0.2 for r in rounds], [gen.get(r, 0.0) for r in rounds], width=0.4, label="gen mode (from <s>)")
+    ax.bar([r + 0.2 for r in rounds], [edit.get(r, 0.0) for r in rounds], width=0.4, label="edit mode (corrupted)")
     ax.set_xlabel("rounds used")
-    ax.set_ylabel("sequences")
+    ax.set_ylabel("share of sequences")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -85,10 +94,25 @@ def plot_rounds_histogram(gen_rounds: list[int], edit_rounds: list[int], path: P
     return path
 
 
-def plot_planner_monitors(history: list[dict], path: Path) -> Path:
-    from .bench.planner import plot_monitors
+MONITOR_KEYS = ("delta_nll_shuffle", "top1_margin", "flip_rate", "staleness_gap", "planner_entropy",
+                "planner_max_prob", "soft_hard_cosine", "planner_grad_norm")
 
-    plot_monitors(history, path)
+
+def plot_planner_monitors(log_history: list[dict], path: Path) -> Path:
+    """The planner run's losses and P6 monitor readings over training steps, one panel each."""
+    keys = ("executor_loss", "planner_loss") + MONITOR_KEYS
+    fig, axes = plt.subplots(2, 5, figsize=(20, 7))
+    for ax, key in zip(axes.flat, keys):
+        points = [(e["step"], e[f"monitor/{key}" if key in MONITOR_KEYS else key]) for e in log_history
+                  if (f"monitor/{key}" if key in MONITOR_KEYS else key) in e]
+        if points:
+            ax.plot(*zip(*points), marker=".")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.suptitle("planner–executor hard-EM monitors (SPEC P6)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
     return path
 
 
@@ -103,15 +127,17 @@ def section_ar(result: dict) -> list[str]:
 
 
 def section_merge(result: dict) -> list[str]:
-    f = result["figures"]
+    f, c = result["figures"], result["config"]
+    judge = ("judged by the AR baseline itself, so biased towards the AR side" if c["judge_run"] == c["ar_run"]
+             else f"judged by `{c['judge_run']}`")
     lines = ["## MERGE: repairing and generating in parallel rounds", "",
-             f"Edit task ({len(result['edit_rounds'])} held-out sentences, 10 % character noise, ≤ 3 rounds): exact "
-             f"repair **{f['edit_exact_repair']:.1%}**, character error rate {f['edit_cer_before']:.3f} → "
-             f"**{f['edit_cer_after']:.3f}**, {f['edit_mean_rounds']:.2f} rounds on average. Generation (64 tokens "
-             f"from `<s>`): **{f['speedup_b1']:.2f}×** the AR baseline's tokens/s at batch 1, "
-             f"**{f['speedup_b32']:.2f}×** at batch 32, {f['mean_rounds']:.2f} rounds on average; generative "
-             f"perplexity {f['gen_ppl_ratio']:.2f}× the AR's (judged by the AR baseline itself, so biased towards "
-             "the AR side).", "", "### Repairs, round by round", ""]
+             f"Edit task ({c['edit_sentences']} held-out sentences, {c['edit_rate']:.0%} character noise, ≤ "
+             f"{c['edit_max_rounds']} rounds): exact repair **{f['edit_exact_repair']:.1%}**, character error rate "
+             f"{f['edit_cer_before']:.3f} → **{f['edit_cer_after']:.3f}**, {f['edit_mean_rounds']:.2f} rounds on "
+             f"average. Generation ({c['new_tokens']} tokens from `<s>`): **{f['speedup_b1']:.2f}×** the AR "
+             f"baseline's tokens/s at batch 1, **{f['speedup_b32']:.2f}×** at batch 32, {f['mean_rounds']:.2f} rounds "
+             f"on average; generative perplexity {f['gen_ppl_ratio']:.2f}× the AR's ({judge}).", "",
+             "### Repairs, round by round", ""]
     for row in result["repairs"]:
         lines += [f"- target `{row['target']}` — corrupted `{row['draft']}`"] + _round_trace(row["steps"])
     lines += ["", "### Generation, round by round", ""]
@@ -196,14 +222,13 @@ SECTIONS = {"ar": section_ar, "merge": section_merge, "concept": section_concept
 
 def write_report(root: Path, results: dict, logs: dict[str, list[dict]], models: dict, summary: dict) -> dict:
     """Plots into ``root/plots``, then ``report.md``, ``report.html`` and ``report.json`` (the raw results)."""
-    import markdown
-
     plots = root / "plots"
     plots.mkdir(exist_ok=True)
     images = {
         "Training curves": plot_training_curves(logs, plots / "training_curves.png"),
         "Decoding speed against the AR baseline": plot_speed_bars(speed_ratios(results), plots / "speed_vs_ar.png"),
-        "MERGE rounds": plot_rounds_histogram(results["merge"]["gen_rounds"], results["merge"]["edit_rounds"],
+        "MERGE rounds": plot_rounds_histogram(rounds_fractions(results["merge"]["figures"], "gen"),
+                                              rounds_fractions(results["merge"]["figures"], "edit"),
                                               plots / "merge_rounds.png"),
         "Planner monitors": plot_planner_monitors(logs["planner"], plots / "planner_monitors.png"),
     }

@@ -13,11 +13,28 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .distributed import is_main_process, wait_for_everyone
+
 MANIFEST = "genlab_run.json"
 CHECKPOINTS = "checkpoints"
+TRAINER_LOG = "trainer_log.json"  # the Trainer's log_history, written by recipes whose logs are plotted or read
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """What a recipe returns: the complete run directory and its manifest."""
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "RunDir":
+        """A complete run (``FileNotFoundError`` naming the directory otherwise)."""
+        return cls(Path(path), read_manifest(path))
 
 
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -40,8 +57,6 @@ def export_run(run_dir: str | os.PathLike, save: Callable[[Path], None], manifes
     Under ``accelerate launch`` / ``torchrun`` only the main process writes; every process returns once the
     run directory is complete (SPEC H6).
     """
-    from .distributed import is_main_process, wait_for_everyone
-
     try:
         if is_main_process():
             _export(Path(run_dir), save, manifest)

@@ -9,18 +9,16 @@ measured in the same run. ``genlab bench all`` (``make bench``) runs every syste
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
 import re
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import transformers
+
+from ..timing import median_seconds, paired_seconds, random_ids, steps_for_budget, train_step_fn  # noqa: F401 (re-exported)
 
 REQUIRED_FIGURES = {
     "ar": ("gen_tok_s_b1", "gen_tok_s_b32", "train_tok_s", "val_ppl"),
@@ -46,69 +44,6 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     return info
-
-
-def median_seconds(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def train_step_fn(model, ids: torch.Tensor, lr: float = 1e-5) -> Callable[[], None]:
-    """One optimisation step (train mode; forward with ``labels=ids``, backward, AdamW over the trainable
-    parameters) on ids (batch, seq), as a timeable call."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-
-    def step():
-        model.train()
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def steps_for_budget(step: Callable[[], object], budget_s: float) -> int:
-    """Optimisation steps that fit ``budget_s`` seconds: 0.9·budget over the median time of ``step`` (≥ 10).
-
-    A budget-bound run given this many steps gets a progress bar with the right total and an LR schedule
-    that really decays; its time budget still stops it if the machine slows down.
-    """
-    return max(10, int(0.9 * budget_s / median_seconds(step, warmup=1, repeats=3)))
-
-
-def paired_seconds(first: Callable[[], object], second: Callable[[], object], *, repeats: int,
-                   warmup: int = 1) -> tuple[float, float, float]:
-    """Time ``first`` then ``second`` back to back, ``repeats`` times after ``warmup`` untimed pairs.
-
-    Returns (median s of first, median s of second, median of the per-pair ratio t(second) / t(first)):
-    a load swing on a shared machine hits both sides of a pair alike, so the paired ratio is steadier
-    than the ratio of two separate medians.
-    """
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        first(), second()
-    pairs = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        first()
-        sync()
-        middle = time.perf_counter()
-        second()
-        sync()
-        pairs.append((middle - start, time.perf_counter() - middle))
-    first_s, second_s = zip(*pairs)
-    return statistics.median(first_s), statistics.median(second_s), statistics.median(b / a for a, b in pairs)
 
 
 def target(value: float, op: str, goal: float) -> dict:
@@ -159,16 +94,3 @@ def update_readme(readme: str | os.PathLike, results: dict[str, dict]) -> None:
         text = pattern.sub(lambda m: m.group(1) + render_table(result) + "\n" + m.group(2), text)
     path.write_text(text, encoding="utf-8")
 
-
-def run_all(results_dir: str | os.PathLike, readme: str | os.PathLike | None) -> dict[str, dict]:
-    """Run each available system benchmark with its defaults; write JSONs; refresh README tables."""
-    from ..cli import BENCH_SYSTEMS, build_parser
-
-    results = {}
-    for system in BENCH_SYSTEMS:
-        out = Path(results_dir) / f"{system}.json"
-        args = build_parser().parse_args(["bench", system, "--json", str(out)])
-        results[system] = importlib.import_module(f"genlab.bench.{system}").run(args)
-    if readme:
-        update_readme(readme, results)
-    return results

@@ -7,37 +7,30 @@ batch 1 (uncached over cached decoding time, timed back to back; the one ratio t
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from ..runs import is_complete, read_manifest
-from ..tokenization import FIRST_ORDINARY_ID, default_tokenizer, load_tokenizer
-from ..trainers import ar as ar_trainer
-from . import median_seconds, paired_seconds, steps_for_budget, target, train_step_fn, write_result
+from ..runs import read_manifest
+from ..tokenization import load_tokenizer
+from ..timing import median_seconds, paired_seconds, random_ids, train_step_fn
+from . import target, write_result
 
 NEW_TOKENS = 64
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
-    parser.add_argument("--run-dir", default="runs/bench/ar-tiny",
-                        help="a trained AR run; trained here first (with --train-steps) when incomplete")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--train-steps", type=int, default=600)
-    parser.add_argument("--data", default="all", help="training corpus when the run is trained here")
-    parser.add_argument("--repeats", type=int, default=5)
+@dataclass
+class ARBenchConfig:
+    """`genlab bench ar`: what to measure; the run is trained first (``train_steps`` steps) when incomplete."""
 
-
-def ensure_trained(run_dir: str, preset: str, steps: int, data: str = "all") -> dict:
-    """Reuse a complete run, else train one with the stock trainer and a stated step budget."""
-    if not is_complete(run_dir):
-        from ..cli import build_parser
-
-        ar_trainer.run(build_parser().parse_args(["train", "ar", "--run-dir", run_dir, "--preset", preset,
-                                                  "--max-steps", str(steps), "--data", data, "--report-to", "none"]))
-    return read_manifest(run_dir)
+    json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
+    run_dir: str = field(default="runs/bench/ar-tiny", metadata={
+        "help": "a trained AR run; trained first (with --train-steps) when incomplete"})
+    preset: str = field(default="tiny", metadata={"help": "AR preset of the run when it is trained first"})
+    train_steps: int = field(default=600, metadata={"help": "steps of the run when it is trained first"})
+    data: str = field(default="all", metadata={"help": "training corpus when the run is trained first"})
+    repeats: int = field(default=5, metadata={"help": "timed repeats per figure (median)"})
 
 
 def greedy_decode_fn(model, prompt_ids: torch.Tensor, use_cache: bool = True):
@@ -64,11 +57,6 @@ def kv_cache_speedup(model, prompt_ids: torch.Tensor, repeats: int) -> float:
     return speedup
 
 
-def random_ids(vocab_size: int, batch: int, block: int) -> torch.Tensor:
-    """(batch, block) ids above the special range: a step's speed does not depend on the text."""
-    return torch.randint(FIRST_ORDINARY_ID, vocab_size, (batch, block), generator=torch.Generator().manual_seed(0))
-
-
 def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) -> float:
     """Tokens per second of one optimisation step (forward + backward + AdamW) at (batch, block)."""
     seconds = median_seconds(train_step_fn(model, random_ids(vocab_size, batch, block)), warmup=2, repeats=repeats)
@@ -76,23 +64,9 @@ def train_tok_s(model, vocab_size: int, batch: int, block: int, repeats: int) ->
     return batch * block / seconds
 
 
-def budget_training_flags(budget_s: float, preset: str, batch: int = 16, block: int = 128) -> list[str]:
-    """`genlab train ar` flags for a run of ``budget_s`` seconds (pass ``--budget`` too): the steps that fit it,
-    a 100-step warm-up, then a constant learning rate.
-
-    A few hundred steps is far from convergence, where a decaying LR only slows learning: at 228 tiny-preset
-    steps, validation perplexity came out 216 with this schedule, 232 warmup-stable-decay, 283 cosine with the same
-    warm-up and 412 cosine with the default 11-step warm-up.
-    """
-    tokenizer = default_tokenizer()
-    model = ar_trainer.build_model(preset, tokenizer, seed=0)
-    steps = steps_for_budget(train_step_fn(model, random_ids(len(tokenizer), batch, block)), budget_s)
-    return ["--max-steps", str(steps), "--lr-scheduler", "constant_with_warmup",
-            "--warmup-steps", str(min(100, steps // 2))]
-
-
-def run(args: argparse.Namespace) -> dict:
-    manifest = ensure_trained(args.run_dir, args.preset, args.train_steps, args.data)
+def run(args: ARBenchConfig) -> dict:
+    """Measure the AR run in ``args.run_dir`` (complete: see ``genlab.prepare``)."""
+    manifest = read_manifest(args.run_dir)
     model = AutoModelForCausalLM.from_pretrained(args.run_dir).eval()
     tokenizer = load_tokenizer(args.run_dir)
     prompt = tokenizer("新华社北京一月一日电", return_tensors="pt")["input_ids"]

@@ -15,59 +15,85 @@ decisions plus forced boundaries, padded to the batch's longest row).
 
 from __future__ import annotations
 
-import argparse
 import copy
+import json
 import math
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, DynamicCache, Trainer, default_data_collator
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, DynamicCache
 
-from ..configuration_concept import Qwen2ConceptCompressionConfig
 from ..data import load_corpus
 from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
+from ..runs import read_manifest
+from ..timing import paired_seconds, train_step_fn
 from ..tokenization import load_tokenizer
 from ..trainers.ar import pack_sentences
-from ..trainers.common import training_arguments
-from ..trainers.concept import ConceptCompressionTrainer, add_concept_lora, evaluate_concepts
-from . import ar as ar_bench
-from . import paired_seconds, target, train_step_fn, write_result
+from ..trainers.concept import TRAINER_LOG, add_concept_lora, base_lora_config, evaluate_concepts, load_concept_run
+from . import target, write_result
 
 HEADLINE_RATIO = 0.25
 HEADLINE_CONTEXT = 2048  # SPEC B's decode_speedup_2048
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
-    parser.add_argument("--base", default="runs/bench/concept/ar-tiny",
-                        help="a trained AR run (tiny preset); trained here first (with --base-steps) when incomplete")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--base-steps", type=int, default=200)
-    parser.add_argument("--finetune-steps", type=int, default=100, help="LoRA steps, the same for both sides")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--layers", default="2,3,1", help="shallow,middle,deep (half the layers in the middle)")
-    parser.add_argument("--ratios", default="0.125,0.25,0.5")
-    parser.add_argument("--concept-vocab", type=int, default=512)
-    parser.add_argument("--ratio-weight", type=float, default=5.0,
-                        help="the C7 rate penalty (off in the model's defaults): without it the sampled rate drifts up")
-    parser.add_argument("--contexts", default="512,2048")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--eval-blocks", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--work-dir", default="runs/bench/concept")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on a shared, oversubscribed CPU more threads made both sides erratic)")
+@dataclass
+class ConceptBenchConfig:
+    """`genlab bench concept`: what to measure; the base, its LoRA fine-tune and one concept run per ratio are
+    trained first (under ``work_dir``) when incomplete."""
 
+    json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
+    base: str = field(default="runs/bench/concept/ar-tiny", metadata={
+        "help": "a trained AR run (tiny preset); trained first (with --base-steps) when incomplete"})
+    preset: str = field(default="tiny", metadata={"help": "AR preset of the base when it is trained first"})
+    base_steps: int = field(default=200, metadata={"help": "steps of the base when it is trained first"})
+    finetune_steps: int = field(default=100, metadata={"help": "LoRA steps, the same for both sides"})
+    batch_size: int = field(default=8, metadata={"help": "training batch of both fine-tunes and of the timed step"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of both fine-tunes"})
+    layers: str = field(default="2,3,1", metadata={"help": "shallow,middle,deep (half the layers in the middle)"})
+    ratios: str = field(default="0.125,0.25,0.5", metadata={"help": "target ratios r, comma-separated"})
+    concept_vocab: int = field(default=512, metadata={"help": "concept vocabulary size K"})
+    ratio_weight: float = field(default=5.0, metadata={
+        "help": "the C7 rate penalty (off in the model's defaults): without it the sampled rate drifts up"})
+    contexts: str = field(default="512,2048", metadata={"help": "decode contexts, comma-separated (must include 2048)"})
+    new_tokens: int = field(default=32, metadata={"help": "decoded tokens per timing"})
+    eval_blocks: int = field(default=32, metadata={"help": "validation blocks for perplexity"})
+    repeats: int = field(default=5, metadata={"help": "timed repeats per figure (median)"})
+    work_dir: str = field(default="runs/bench/concept", metadata={"help": "where the fine-tuned runs go"})
+    threads: int = field(default=1, metadata={
+        "help": "torch threads (1: on a shared, oversubscribed CPU more threads made both sides erratic)"})
+    base_lora_run: str | None = field(default=None, metadata={
+        "help": "the base to compare with (default: WORK_DIR/base-lora, the base after the same LoRA fine-tuning)"})
+    concept_run: str | None = field(default=None, metadata={
+        "help": "the concept run of the headline ratio (default: WORK_DIR/concept-r0.25)"})
 
-def base_lora_config() -> LoraConfig:
-    """The LoRA the base gets: the concept model's defaults (r = 16, attention + MLP linears)."""
-    defaults = Qwen2ConceptCompressionConfig()
-    return LoraConfig(r=defaults.lora_r, lora_alpha=defaults.lora_alpha, target_modules=list(defaults.lora_target_modules))
+    def __post_init__(self):
+        if HEADLINE_RATIO not in self.ratio_list():
+            raise ValueError(f"--ratios must include the headline ratio {HEADLINE_RATIO}, got {self.ratios}")
+        if HEADLINE_CONTEXT not in self.context_list():
+            raise ValueError(f"--contexts must include {HEADLINE_CONTEXT} (decode_speedup_{HEADLINE_CONTEXT} is "
+                             f"measured there), got {self.contexts}")
+
+    def layer_split(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.layers.split(","))
+
+    def ratio_list(self) -> list[float]:
+        return [float(r) for r in self.ratios.split(",")]
+
+    def context_list(self) -> list[int]:
+        return [int(c) for c in self.contexts.split(",")]
+
+    def base_lora_dir(self) -> Path:
+        return Path(self.base_lora_run or Path(self.work_dir) / "base-lora")
+
+    def concept_dir(self, r: float) -> Path:
+        if r == HEADLINE_RATIO and self.concept_run is not None:
+            return Path(self.concept_run)
+        return Path(self.work_dir) / f"concept-r{r:g}"
 
 
 def flops_fraction(layers: tuple[int, int, int], r: float) -> float:
@@ -79,7 +105,8 @@ def flops_fraction(layers: tuple[int, int, int], r: float) -> float:
 @torch.no_grad()
 def concept_rows_fraction(model, ids: torch.Tensor, samples: int = 5) -> float:
     """Rows the middle blocks really process in a training step, per token: the batch's packed concept width
-    (max over rows, forced boundaries included, sampled decisions) / sequence length, averaged over samples."""
+    (max over rows, forced boundaries included, sampled decisions) / sequence length, averaged over samples.
+    ``model`` is put in train mode: pass the copy that is timed for training steps, not one timed for decoding."""
     model.train()
     widths = [int(model(input_ids=ids).is_concept.sum(1).max()) for _ in range(samples)]
     return statistics.mean(widths) / ids.shape[1]
@@ -89,19 +116,6 @@ def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def finetune(model, trainer_class, args, run_dir: Path, train_blocks) -> list[dict]:
-    """LoRA fine-tuning with the same arguments for both sides; returns the Trainer's log history."""
-    namespace = argparse.Namespace(max_steps=args.finetune_steps, batch_size=args.batch_size, lr=args.lr, seed=0,
-                                   lr_scheduler="cosine", warmup_steps=None,
-                                   logging_steps=max(1, args.finetune_steps // 4), save_steps=10**9,
-                                   report_to="none")
-    trainer = trainer_class(model=model, args=training_arguments(namespace, run_dir, remove_unused_columns=False,
-                                                                   save_strategy="no"),
-                            train_dataset=train_blocks, data_collator=default_data_collator)
-    trainer.train()
-    return trainer.state.log_history
 
 
 @torch.no_grad()
@@ -169,42 +183,31 @@ def _plain_ppl(model, blocks, batch_size: int) -> float:
     return math.exp(nll / count)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: ConceptBenchConfig) -> dict:
+    """Measure the runs under ``args.work_dir`` against their base (complete: see ``genlab.prepare``)."""
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    layers = tuple(int(n) for n in args.layers.split(","))
-    ratios = [float(r) for r in args.ratios.split(",")]
-    contexts = [int(c) for c in args.contexts.split(",")]
-    if HEADLINE_RATIO not in ratios:
-        raise ValueError(f"--ratios must include the headline ratio {HEADLINE_RATIO}, got {args.ratios}")
-    if HEADLINE_CONTEXT not in contexts:
-        raise ValueError(f"--contexts must include {HEADLINE_CONTEXT} (decode_speedup_{HEADLINE_CONTEXT} is measured "
-                         f"there), got {args.contexts}")
-    base_manifest = ar_bench.ensure_trained(args.base, args.preset, args.base_steps)
+    layers, ratios, contexts = args.layer_split(), args.ratio_list(), args.context_list()
+    base_manifest = read_manifest(args.base)
     tokenizer = load_tokenizer(args.base)
     corpus = load_corpus("all")
     train_blocks = pack_sentences(corpus["train"], tokenizer, args.block_size)
     eval_blocks = pack_sentences(corpus["validation"], tokenizer, args.block_size).select(range(args.eval_blocks))
-    work = Path(args.work_dir)
     step_ids = torch.tensor(train_blocks[: args.batch_size]["input_ids"])
 
-    base_lora = get_peft_model(AutoModelForCausalLM.from_pretrained(args.base), base_lora_config())
-    finetune(base_lora, Trainer, args, work / "base-lora", train_blocks)
-    base = base_lora.merge_and_unload().eval()
+    base = AutoModelForCausalLM.from_pretrained(args.base_lora_dir()).eval()
     figures = {"base_val_ppl": validation_ppl(base, eval_blocks, args.batch_size)}
     base_lora_for_steps = get_peft_model(copy.deepcopy(base), base_lora_config())  # `base` stays plain for decoding
 
     headline = None
     for r in ratios:
-        concept = add_concept_lora(Qwen2ConceptCompressionForCausalLM.from_base_pretrained(
-            args.base, num_shallow_layers=layers[0], num_middle_layers=layers[1], num_deep_layers=layers[2],
-            concept_vocab_size=args.concept_vocab, target_compression_ratio=r, gumbel_anneal_steps=args.finetune_steps,
-            ratio_loss_weight=args.ratio_weight))
-        history = finetune(concept, ConceptCompressionTrainer, args, work / f"concept-r{r:g}", train_blocks)
+        run_dir = args.concept_dir(r)
+        merged = load_concept_run(run_dir).eval()
+        history = json.loads((run_dir / TRAINER_LOG).read_text(encoding="utf-8"))
         train_rates = [entry["compression_ratio"] for entry in history if "compression_ratio" in entry]
+        concept = add_concept_lora(copy.deepcopy(merged))  # timed like the base: the same LoRA on top
         base_s, concept_s, ratio = paired_seconds(train_step_fn(base_lora_for_steps, step_ids),
                                                   train_step_fn(concept, step_ids), repeats=args.repeats)
-        merged = concept.merge_and_unload().eval()
         evaluation = evaluate_concepts(merged, eval_blocks, args.batch_size)
         rows = concept_rows_fraction(concept, step_ids)
         figures.update({f"step_time_ratio_r{r:g}": ratio, f"flops_fraction_pred_r{r:g}": flops_fraction(layers, r),
@@ -223,17 +226,18 @@ def run(args: argparse.Namespace) -> dict:
     figures.update({"compression_ratio": figures[f"compression_ratio_r{HEADLINE_RATIO:g}"],
                     "step_time_ratio": figures[f"step_time_ratio_r{HEADLINE_RATIO:g}"],
                     "ppl_ratio": figures[f"ppl_ratio_r{HEADLINE_RATIO:g}"],
+                    "val_ppl": figures[f"val_ppl_r{HEADLINE_RATIO:g}"],
                     "flops_fraction_pred": flops_fraction(layers, HEADLINE_RATIO)})
-    figures.update(decode_figures(headline, base, eval_blocks, contexts, args))
+    figures.update(decode_figures(headline, base, eval_blocks, contexts, args.new_tokens, args.repeats))
     figures[f"decode_speedup_{HEADLINE_CONTEXT}"] = figures[f"decode_speedup_{HEADLINE_CONTEXT}_b1"]
 
     result = write_result(
         args.json, "concept",
-        config={"base": args.base, "preset": args.preset, "layers": list(layers), "ratios": ratios,
+        config={"base": args.base, "compared_with": str(args.base_lora_dir()), "preset": args.preset, "layers": list(layers), "ratios": ratios,
                 "headline_ratio": HEADLINE_RATIO, "concept_vocab_size": args.concept_vocab,
                 "ratio_loss_weight": args.ratio_weight,
                 "contexts": contexts, "decode_batches": [1, 8], "new_tokens": args.new_tokens,
-                "train_batch": [args.batch_size, args.block_size], "lora_r": 16, "lr": args.lr,
+                "train_batch": [args.batch_size, args.block_size], "lora_r": headline.config.lora_r, "lr": args.lr,
                 "repeats": args.repeats, "eval_blocks": args.eval_blocks, "threads": args.threads,
                 "max_position_embeddings_for_decode": 2 * max(contexts),
                 "note": "decode speed on a text prompt tiled to the context; RoPE extended past the trained length"},
@@ -248,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def decode_figures(concept, base, eval_blocks, contexts: list[int], args) -> dict:
+def decode_figures(concept, base, eval_blocks, contexts: list[int], new_tokens: int, repeats: int) -> dict:
     """Decode speed-ups (concept / base tokens per second) per context and batch, and the KV-cache ratio."""
     for model in (concept, base):
         model.config.max_position_embeddings = 2 * max(contexts)
@@ -258,7 +262,7 @@ def decode_figures(concept, base, eval_blocks, contexts: list[int], args) -> dic
         prompt_row = stream.repeat(context // len(stream) + 1)[:context]
         for batch in (1, 8):
             prompt = torch.stack([prompt_row.roll(-17 * b) for b in range(batch)])  # rows differ, fire at different times
-            speedup, concept_s, base_s = paired_decode_ratio(concept, base, prompt, args.new_tokens, args.repeats)
+            speedup, concept_s, base_s = paired_decode_ratio(concept, base, prompt, new_tokens, repeats)
             figures[f"decode_speedup_{context}_b{batch}"] = speedup
             figures[f"decode_tok_s_{context}_b{batch}"] = batch / concept_s
             print(f"decode context {context} batch {batch}: {batch / concept_s:.1f} tok/s vs base {batch / base_s:.1f}")

@@ -17,91 +17,63 @@ same process:
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from ..cli import build_parser
 from ..data import load_corpus
 from ..generation_refinement import levenshtein
 from ..modeling_merge import MergeForMaskedRefinement
-from ..hub import write_card
-from ..runs import is_complete, read_manifest, write_manifest
-from ..tokenization import default_tokenizer, load_tokenizer
-from ..trainers import ar as ar_trainer
-from ..trainers import merge as merge_trainer
-from . import median_seconds, steps_for_budget, target, write_result
-from .ar import budget_training_flags, generate_tok_s
+from ..runs import read_manifest
+from ..timing import median_seconds
+from ..tokenization import load_tokenizer
+from ..trainers.merge import corrupt
+from . import target, write_result
+from .ar import generate_tok_s
 
 NEW_TOKENS = 64
-ABLATIONS = {  # name → `genlab train merge` variant flags (M9)
-    "reference": [],
-    "gate_always_edit": ["--gate", "always_edit"],
-    "gate_always_generate": ["--gate", "always_generate"],
-    "insert_only": ["--picker", "none"],
-    "inserter_topk": ["--inserter", "topk"],
-    "inserter_pointer": ["--inserter", "pointer"],
-    "positions_absolute": ["--positions", "absolute"],
+ABLATIONS = {  # name → the `MergeTrainConfig` variant fields it changes (M9)
+    "reference": {},
+    "gate_always_edit": {"gate": "always_edit"},
+    "gate_always_generate": {"gate": "always_generate"},
+    "insert_only": {"picker": "none"},
+    "inserter_topk": {"inserter": "topk"},
+    "inserter_pointer": {"inserter": "pointer"},
+    "positions_absolute": {"positions": "absolute"},
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
-    parser.add_argument("--runs", default="runs/bench/merge", help="where the trained models go (reused if complete)")
-    parser.add_argument("--preset", default="tiny", help="AR preset; MERGE's width/depth are matched to it")
-    parser.add_argument("--budget", type=float, default=150.0, help="training seconds for MERGE and for the AR model")
-    parser.add_argument("--judge-budget", type=float, default=120.0, help="training seconds for the base-preset judge")
-    parser.add_argument("--ablation-budget", type=float, default=30.0, help="training seconds per ablation variant")
-    parser.add_argument("--edit-sentences", type=int, default=128)
-    parser.add_argument("--edit-rate", type=float, default=0.1, help="character corruption rate of the edit task")
-    parser.add_argument("--samples", type=int, default=32, help="samples per model for generative perplexity")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-ablations", action="store_true")
+@dataclass
+class MergeBenchConfig:
+    """`genlab bench merge`: what to measure; the runs under ``runs`` are trained first when incomplete."""
 
+    json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
+    runs: str = field(default="runs/bench/merge", metadata={"help": "where the trained models are (reused if complete)"})
+    preset: str = field(default="tiny", metadata={"help": "AR preset; MERGE's width/depth are matched to it"})
+    budget: float = field(default=150.0, metadata={"help": "training seconds for MERGE and for the AR model"})
+    judge_budget: float = field(default=120.0, metadata={"help": "training seconds for the base-preset judge"})
+    ablation_budget: float = field(default=30.0, metadata={"help": "training seconds per ablation variant"})
+    edit_sentences: int = field(default=128, metadata={"help": "held-out sentences of the edit task"})
+    edit_rate: float = field(default=0.1, metadata={"help": "character corruption rate of the edit task"})
+    samples: int = field(default=32, metadata={"help": "samples per model for generative perplexity"})
+    repeats: int = field(default=3, metadata={"help": "timed repeats per figure (median)"})
+    skip_ablations: bool = field(default=False, metadata={"help": "measure the main model only"})
+    ar_run: str | None = field(default=None, metadata={"help": "the AR run to compare with (default: RUNS/ar-PRESET)"})
+    merge_run: str | None = field(default=None, metadata={"help": "the MERGE run (default: RUNS/merge-PRESET)"})
+    judge_run: str | None = field(default=None, metadata={"help": "the judge AR run (default: RUNS/judge-base)"})
 
-# -- training under a wall-clock budget ----------------------------------------------------------------------------
-def train_ar(run_dir: Path, preset: str, budget: float) -> dict:
-    if not is_complete(run_dir):
-        ar_trainer.run(build_parser().parse_args([
-            "train", "ar", "--run-dir", str(run_dir), "--preset", preset, *budget_training_flags(budget, preset),
-            "--budget", str(budget), "--save-steps", "100000", "--report-to", "none"]))
-    return read_manifest(run_dir)
-
-
-def merge_steps_for(budget: float, preset: str, extra: list[str]) -> int:
-    """Steps that fit ``budget``: one timed stage-3 step (forward over the unrolled rounds, backward, AdamW)."""
-    args = build_parser().parse_args(["train", "merge", "--preset", preset, "--max-steps", "10", *extra])
-    tokenizer = default_tokenizer()
-    model = MergeForMaskedRefinement(merge_trainer.merge_config(preset, tokenizer, gate=args.gate, picker=args.picker,
-                                                                inserter=args.inserter, positions=args.positions))
-    sentences = load_corpus("all")["train"].select(range(256))
-    pairs = merge_trainer.make_pairs(sentences, tokenizer, max_chars=args.max_chars, edit_fraction=0.5,
-                                     max_rate=0.2, seed=0)
-    batch = merge_trainer.collate([pairs[i] for i in range(args.batch_size)])
-    schedule = merge_trainer.MergeSchedule(rounds=args.rounds, stage1_steps=0, stage2_steps=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        merge_trainer.unrolled_loss(model, batch, schedule, 0)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return steps_for_budget(step, budget)
-
-
-def train_merge(run_dir: Path, preset: str, budget: float, extra: list[str]) -> dict:
-    if not is_complete(run_dir):
-        steps = merge_steps_for(budget, preset, extra)
-        merge_trainer.run(build_parser().parse_args([
-            "train", "merge", "--run-dir", str(run_dir), "--preset", preset, "--max-steps", str(steps),
-            "--budget", str(budget), "--save-steps", "100000", "--report-to", "none", *extra]))
-    return read_manifest(run_dir)
+    def run_dir(self, name: str) -> Path:
+        """``ar``, ``merge``, ``judge`` or ``ablation-<name>``: where that model's run is."""
+        given = {"ar": self.ar_run, "merge": self.merge_run, "judge": self.judge_run}.get(name)
+        if given is not None:
+            return Path(given)
+        folder = {"ar": f"ar-{self.preset}", "merge": f"merge-{self.preset}", "judge": "judge-base"}.get(name, name)
+        return Path(self.runs) / folder
 
 
 # -- measurements ----------------------------------------------------------------------------------------------
@@ -152,7 +124,7 @@ def judge_perplexity(judge, tokenizer, texts: list[str]) -> float:
 def edit_task(sentences: list[str], tokenizer, rate: float, seed: int = 1234) -> tuple[list[list[int]], list[list[int]]]:
     rng = random.Random(seed)
     targets = tokenizer(sentences, add_special_tokens=False)["input_ids"]
-    drafts = [merge_trainer.corrupt(t, rate, rng, len(tokenizer)) for t in targets]
+    drafts = [corrupt(t, rate, rng, len(tokenizer)) for t in targets]
     bos = tokenizer.bos_token_id
     return [[bos] + d for d in drafts], [[bos] + t for t in targets]
 
@@ -186,17 +158,17 @@ def evaluate_merge(model, tokenizer, judge, ar_b32: float, sentences, drafts, ta
             "edit_mean_rounds": float(edit["rounds"].mean())}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: MergeBenchConfig) -> dict:
+    """Measure the trained runs under ``args.runs`` (complete: see ``genlab.prepare``)."""
     start = time.monotonic()
     runs = Path(args.runs)
-    ar_manifest = train_ar(runs / f"ar-{args.preset}", args.preset, args.budget)
-    merge_manifest = train_merge(runs / f"merge-{args.preset}", args.preset, args.budget, [])
-    judge_manifest = train_ar(runs / "judge-base", "base", args.judge_budget)
+    ar_manifest, merge_manifest = read_manifest(args.run_dir("ar")), read_manifest(args.run_dir("merge"))
+    judge_manifest = read_manifest(args.run_dir("judge"))
 
-    tokenizer = load_tokenizer(runs / f"merge-{args.preset}")
-    ar = AutoModelForCausalLM.from_pretrained(runs / f"ar-{args.preset}").eval()
-    judge = AutoModelForCausalLM.from_pretrained(runs / "judge-base").eval()
-    merge = MergeForMaskedRefinement.from_pretrained(runs / f"merge-{args.preset}").eval()
+    tokenizer = load_tokenizer(args.run_dir("merge"))
+    ar = AutoModelForCausalLM.from_pretrained(args.run_dir("ar")).eval()
+    judge = AutoModelForCausalLM.from_pretrained(args.run_dir("judge")).eval()
+    merge = MergeForMaskedRefinement.from_pretrained(args.run_dir("merge")).eval()
     test = [s for s in load_corpus("all")["test"]["text"] if 8 <= len(s) <= 64]
     sentences = test[: args.samples]
     drafts, targets = edit_task(test[: args.edit_sentences], tokenizer, args.edit_rate)
@@ -230,9 +202,8 @@ def run(args: argparse.Namespace) -> dict:
         figures[f"ablation/rounds_{rounds}/edit_exact_repair"] = result["exact_repair"]
         figures[f"ablation/rounds_{rounds}/cer_after"] = result["cer_after"]
     if not args.skip_ablations:
-        for name, flags in ABLATIONS.items():
-            train_merge(runs / f"ablation-{name}", args.preset, args.ablation_budget, flags)
-            variant = MergeForMaskedRefinement.from_pretrained(runs / f"ablation-{name}").eval()
+        for name in ABLATIONS:
+            variant = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
             scores = evaluate_merge(variant, tokenizer, judge, ar_b32, sentences[:16], drafts[:64], targets[:64], 1)
             scores["gen_ppl_ratio"] = scores.pop("gen_ppl") / ar_ppl
             figures.update({f"ablation/{name}/{k}": v for k, v in scores.items()})
@@ -242,6 +213,8 @@ def run(args: argparse.Namespace) -> dict:
         config={"preset": args.preset, "runs": str(runs), "new_tokens": NEW_TOKENS, "repeats": args.repeats,
                 "edit_sentences": len(drafts), "edit_rate": args.edit_rate, "samples": len(sentences),
                 "edit_max_rounds": 3, "sampling": "greedy (both models); prompts = first 2 characters",
+                "ar_run": str(args.run_dir("ar")), "merge_run": str(args.run_dir("merge")),
+                "judge_run": str(args.run_dir("judge")),
                 "merge_variants": merge_manifest["variants"], "ablations": ABLATIONS},
         budget={"train_seconds_each": args.budget, "ar_steps": ar_manifest["steps"],
                 "merge_steps": merge_manifest["steps"], "judge_seconds": args.judge_budget,
@@ -255,16 +228,4 @@ def run(args: argparse.Namespace) -> dict:
                  "edit_exact_repair": target(figures["edit_exact_repair"], "≥", 0.7)},
     )
     print("\n".join(f"{k}: {v:.4g}" for k, v in result["figures"].items()))
-    if args.json:
-        print(f"[genlab] model card: {write_merge_card(runs / f'merge-{args.preset}', args.json)}")
     return result
-
-
-def write_merge_card(run_dir: Path, bench_json: str | Path) -> Path:
-    """The trained MERGE checkpoint's card (SPEC H5): this benchmark's JSON as its ``bench.json``, MERGE's snippet."""
-    shutil.copyfile(bench_json, run_dir / "bench.json")
-    manifest = read_manifest(run_dir)
-    if "usage_snippet" not in manifest:  # runs trained before the manifest carried it
-        manifest["usage_snippet"] = merge_trainer.usage_snippet(str(run_dir))
-        write_manifest(run_dir, manifest)
-    return write_card(run_dir)

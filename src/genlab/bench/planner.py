@@ -16,119 +16,52 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs:
   the executor's size with an equally long prompt, loaded the same way (batch 1; ``_b16`` too), target ≥ 0.95;
   the two are timed back to back and the ratio is the median of the per-pair ratios.
 
-The monitor curves of the planner run (P6) are plotted beside the JSON as ``<json stem>_monitors.png``
-(``planner_monitors.png`` for ``planner.json``).
+The monitor curves of the planner run (P6) are plotted by ``genlab.report.plot_planner_monitors``;
+`genlab bench planner` puts them beside the JSON as ``<json stem>_monitors.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import tempfile
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, set_seed
+from transformers import Qwen2ForCausalLM
 
 from ..data import load_corpus
-from ..hub import write_card
 from ..modeling_planner import PlannerExecutorModel
-from ..probe import concept_drop
-from ..runs import export_run, is_complete, prepare_run_dir, read_manifest
-from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer, resolve_tokenizer
-from ..trainers.common import TimeBudgetCallback, training_arguments
-from ..trainers.planner import TRAINER_LOG, RareCharacterProposer, build_pairs, collate, estep
+from ..runs import read_manifest
+from ..timing import paired_seconds
+from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer
+from ..trainers.planner_baseline import ar_collate
+from ..trainers.planner_data import build_pairs, collate
+from ..trainers.planner_estep import RareCharacterProposer, estep
 from ..trainers.planner_monitors import corrupt_concepts
-from . import paired_seconds, target, write_result
+from . import target, write_result
+from .probe import concept_drop
 
 NEW_TOKENS = 64
-MONITOR_KEYS = ("delta_nll_shuffle", "top1_margin", "flip_rate", "staleness_gap", "planner_entropy",
-                "planner_max_prob", "soft_hard_cosine", "planner_grad_norm")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
-    parser.add_argument("--run-dir", default="runs/bench/planner")
-    parser.add_argument("--ar-run-dir", default="runs/bench/planner-ar")
-    parser.add_argument("--steps", type=int, default=500, help="optimiser steps for each model")
-    parser.add_argument("--budget", type=float, default=600, help="wall-clock cap of the planner's training (s)")
-    parser.add_argument("--ar-steps", type=int, default=None,
-                        help="AR optimiser steps (default: as many as the planner run did)")
-    parser.add_argument("--ar-budget", type=float, default=600, help="wall-clock cap of the AR training (s)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--warmup-estep", type=int, default=250)
-    parser.add_argument("--prior-weight", type=float, default=1.0, help="β_max of the E-step score (SPEC P4: 1)")
-    parser.add_argument("--max-text-length", type=int, default=48)
-    parser.add_argument("--eval-pairs", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--seed", type=int, default=0)
+@dataclass
+class PlannerBenchConfig:
+    """`genlab bench planner`: what to measure; the planner and its AR baseline are trained first when incomplete."""
 
-
-def ensure_planner(args: argparse.Namespace) -> dict:
-    if not is_complete(args.run_dir):
-        from ..cli import build_parser
-        from ..trainers import planner
-
-        planner.run(build_parser().parse_args([
-            "train", "planner", "--run-dir", args.run_dir, "--max-steps", str(args.steps), "--budget", str(args.budget),
-            "--batch-size", str(args.batch_size), "--warmup-estep", str(args.warmup_estep), "--prior-weight", str(args.prior_weight),
-            "--estep-top-k", "2",
-            "--refresh-steps", "100", "--monitor-steps", "50", "--logging-steps", "25", "--save-steps", "100000",
-            "--max-text-length", str(args.max_text_length), "--seed", str(args.seed), "--report-to", "none"]))
-    return read_manifest(args.run_dir)
-
-
-def ar_pairs(pairs, sep_id: int):
-    """``u <sep> y``: labels only on y (its ``</s>`` included)."""
-    def join(row):
-        ids = row["u_ids"] + [sep_id] + row["y_ids"]
-        return {"input_ids": ids, "labels": [-100] * (len(row["u_ids"]) + 1) + row["y_ids"]}
-
-    return pairs.map(join, remove_columns=pairs.column_names)
-
-
-def ar_collate(features: list[dict]) -> dict[str, torch.Tensor]:
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.zeros(len(features), width, dtype=torch.long)
-    labels = torch.full((len(features), width), -100)
-    mask = torch.zeros(len(features), width, dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def ar_config(model: PlannerExecutorModel, target_params: int) -> Qwen2Config:
-    """The executor's Qwen2 shape with as many layers as bring the AR model to ``target_params``."""
-    stack = model.config.executor
-    per_layer = sum(p.numel() for p in model.executor.layers[0].parameters())
-    base = model.config.vocab_size * stack["hidden_size"] + stack["hidden_size"]  # tied embedding + final norm
-    layers = max(1, round((target_params - base) / per_layer))
-    return Qwen2Config(**{**stack, "num_hidden_layers": layers}, vocab_size=model.config.vocab_size,
-                       tie_word_embeddings=True, max_position_embeddings=512, pad_token_id=model.config.pad_token_id,
-                       bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id)
-
-
-def ensure_ar(args: argparse.Namespace, model: PlannerExecutorModel, target_params: int, steps: int) -> dict:
-    if not is_complete(args.ar_run_dir):
-        tokenizer = resolve_tokenizer(None)
-        pairs = build_pairs(load_corpus("all")["train"], tokenizer, model.config.max_input_length,
-                            model.config.max_text_length)
-        set_seed(args.seed)
-        ar = Qwen2ForCausalLM(ar_config(model, target_params))
-        run_dir = prepare_run_dir(args.ar_run_dir)
-        namespace = argparse.Namespace(max_steps=steps, batch_size=args.batch_size, lr=1e-3, seed=args.seed,
-                                       lr_scheduler="constant_with_warmup", warmup_steps=None, logging_steps=25,
-                                       save_steps=100000, report_to="none")
-        trainer = Trainer(model=ar, args=training_arguments(namespace, run_dir),
-                          train_dataset=ar_pairs(pairs, tokenizer.sep_token_id), data_collator=ar_collate,
-                          callbacks=[TimeBudgetCallback(args.ar_budget)])
-        trainer.train()
-        manifest = {"system": "ar", "role": "planner baseline p(y|u)", "steps": trainer.state.global_step,
-                    "parameters": sum(p.numel() for p in ar.parameters())}
-        export_run(run_dir, lambda tmp: (ar.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), manifest)
-    return read_manifest(args.ar_run_dir)
+    json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
+    run_dir: str = field(default="runs/bench/planner", metadata={"help": "the planner run"})
+    ar_run_dir: str = field(default="runs/bench/planner-ar", metadata={"help": "the AR p(y|u) baseline run"})
+    steps: int = field(default=500, metadata={"help": "optimiser steps for each model"})
+    budget: float = field(default=600, metadata={"help": "wall-clock cap of the planner's training (s)"})
+    ar_steps: int | None = field(default=None, metadata={
+        "help": "AR optimiser steps (default: as many as the planner run did)"})
+    ar_budget: float = field(default=600, metadata={"help": "wall-clock cap of the AR training (s)"})
+    batch_size: int = field(default=16, metadata={"help": "training batch of both models"})
+    warmup_estep: int = field(default=250, metadata={"help": "W of the planner's E-step"})
+    prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
+    max_text_length: int = field(default=48, metadata={"help": "longest y, in tokens"})
+    eval_pairs: int = field(default=256, metadata={"help": "held-out pairs"})
+    repeats: int = field(default=7, metadata={"help": "timed repeats per figure (median)"})
+    seed: int = field(default=0, metadata={"help": "seed of training and evaluation"})
 
 
 @torch.no_grad()
@@ -180,32 +113,11 @@ def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int
     return batch * NEW_TOKENS / executor_s, batch * NEW_TOKENS / plain_s, ratio
 
 
-def plot_monitors(log_history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = ("executor_loss", "planner_loss") + MONITOR_KEYS
-    fig, axes = plt.subplots(2, 5, figsize=(20, 7))
-    for ax, key in zip(axes.flat, keys):
-        points = [(e["step"], e[f"monitor/{key}" if key in MONITOR_KEYS else key]) for e in log_history
-                  if (f"monitor/{key}" if key in MONITOR_KEYS else key) in e]
-        if points:
-            ax.plot(*zip(*points), marker=".")
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    fig.suptitle("planner–executor hard-EM monitors (SPEC P6)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> dict:
-    manifest = ensure_planner(args)
+def run(args: PlannerBenchConfig) -> dict:
+    """Measure the planner run against its AR baseline (both complete: see ``genlab.prepare``)."""
+    manifest, ar_manifest = read_manifest(args.run_dir), read_manifest(args.ar_run_dir)
     model = PlannerExecutorModel.from_pretrained(args.run_dir).eval()
     tokenizer = load_tokenizer(args.run_dir)
-    ar_manifest = ensure_ar(args, model, manifest["parameters"], args.ar_steps or manifest["steps"])
     ar = Qwen2ForCausalLM.from_pretrained(args.ar_run_dir).eval()
 
     pairs = build_pairs(load_corpus("all")["validation"], tokenizer, model.config.max_input_length,
@@ -226,15 +138,12 @@ def run(args: argparse.Namespace) -> dict:
         model, concepts, 16, args.repeats)
     figures["monitor_warnings"] = len(manifest["monitor_warnings"])
 
-    json_path = Path(args.json) if args.json else Path(args.run_dir) / "bench.json"
-    plot = json_path.with_name(f"{json_path.stem}_monitors.png")  # planner.json → planner_monitors.png
-    plot_monitors(json.loads((Path(args.run_dir) / TRAINER_LOG).read_text(encoding="utf-8")), plot)
     result = write_result(
         args.json, "planner",
         config={"run_dir": args.run_dir, "ar_run_dir": args.ar_run_dir, "eval_pairs": len(pairs), "split": "validation",
                 "planner_parameters": manifest["parameters"], "ar_parameters": ar_manifest["parameters"],
                 "ar_layers": ar.config.num_hidden_layers, "planner_config": model.config.to_diff_dict(),
-                "new_tokens": NEW_TOKENS, "repeats": args.repeats, "monitor_plot": str(plot),
+                "new_tokens": NEW_TOKENS, "repeats": args.repeats,
                 "monitor_warning_rules": sorted({w["rule"] for w in manifest["monitor_warnings"]})},
         budget={"planner_max_steps": args.steps, "planner_wall_clock_cap_s": args.budget,
                 "planner_steps_done": manifest["steps"], "ar_max_steps": args.ar_steps or manifest["steps"],
@@ -246,8 +155,5 @@ def run(args: argparse.Namespace) -> dict:
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),
                  "executor_decode_ratio": target(figures["executor_decode_ratio"], "≥", 0.95)},
     )
-    if args.json:  # the card reads RUN_DIR/bench.json (SPEC H5)
-        shutil.copyfile(args.json, Path(args.run_dir) / "bench.json")
-        write_card(args.run_dir)
     print("\n".join(f"{k}: {v:.4g}" for k, v in result["figures"].items()))
     return result

@@ -19,101 +19,41 @@ and one-sentence stopping everywhere:
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import evaluate
 import torch
-import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, LogitsProcessorList, Trainer, default_data_collator, set_seed
+from transformers import AutoModelForCausalLM, LogitsProcessorList, set_seed
 
 from ..data import load_corpus
 from ..generation_speculative import edge_cloud_generate
 from ..logits_process import SingleTemperatureLogitsWarper, TokenClasses, build_cjk_processors, build_sentence_stopping
 from ..metrics import speculative_metric_paths
-from ..runs import export_run, is_complete, prepare_run_dir, read_manifest
-from ..tokenization import load_tokenizer, resolve_tokenizer
+from ..runs import read_manifest
+from ..tokenization import load_tokenizer
 from . import target, write_result
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="where to write the benchmark JSON")
-    parser.add_argument("--cloud-dir", default="runs/speculative-cloud", help="cloud AR run (trained if incomplete)")
-    parser.add_argument("--edge-dir", default="runs/speculative-edge-kd", help="edge run (distilled if incomplete)")
-    parser.add_argument("--cloud-preset", default="tiny")
-    parser.add_argument("--edge-preset", default="nano")
-    parser.add_argument("--cloud-budget", type=float, default=600.0, help="cloud training seconds when trained here")
-    parser.add_argument("--edge-budget", type=float, default=300.0, help="edge distillation seconds when run here")
-    parser.add_argument("--prompts", type=int, default=50)
-    parser.add_argument("--prompt-chars", type=int, default=6)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sweep-k", default="1,2", help="extra draft lengths timed in lossless mode (comma list)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on the shared 2-core CPU, 2 threads ran ~5× slower under contention)")
+@dataclass
+class SpeculativeBenchConfig:
+    """`genlab bench speculative`: what to measure; the cloud and the edge are trained first when incomplete."""
 
-
-def ensure_cloud(args: argparse.Namespace) -> dict:
-    """Reuse a complete cloud run, else train one with the stock AR trainer under ``--cloud-budget``."""
-    if not is_complete(args.cloud_dir):
-        from ..cli import build_parser
-        from ..trainers import ar
-
-        ar.run(build_parser().parse_args(["train", "ar", "--run-dir", args.cloud_dir, "--preset", args.cloud_preset,
-                                          "--max-steps", "800", "--budget", str(args.cloud_budget),
-                                          "--report-to", "none"]))
-    return read_manifest(args.cloud_dir)
-
-
-class DistillationTrainer(Trainer):
-    """Next-token CE + KL(cloud ‖ edge) per token: the edge learns the cloud's choices, which is what acceptance needs."""
-
-    def __init__(self, *args, teacher, kl_weight: float = 0.7, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.teacher, self.kl_weight = teacher.eval(), kl_weight
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher(input_ids=inputs["input_ids"]).logits
-        vocab = outputs.logits.shape[-1]
-        kl = F.kl_div(outputs.logits.reshape(-1, vocab).log_softmax(-1),
-                      teacher_logits.reshape(-1, vocab).log_softmax(-1), log_target=True, reduction="batchmean")
-        loss = (1 - self.kl_weight) * outputs.loss + self.kl_weight * kl
-        return (loss, outputs) if return_outputs else loss
-
-
-def ensure_edge(args: argparse.Namespace) -> dict:
-    """Reuse a complete edge run, else distil one from the cloud under ``--edge-budget``."""
-    if is_complete(args.edge_dir):
-        return read_manifest(args.edge_dir)
-    from ..cli import build_parser
-    from ..trainers.ar import build_model, pack_sentences
-    from ..trainers.common import TimeBudgetCallback, training_arguments
-
-    train_args = build_parser().parse_args(["train", "ar", "--run-dir", args.edge_dir, "--preset", args.edge_preset,
-                                            "--max-steps", "1500", "--lr", "3e-3", "--batch-size", "16",
-                                            "--report-to", "none", "--save-steps", "500"])
-    run_dir = prepare_run_dir(args.edge_dir)
-    tokenizer = resolve_tokenizer(None)
-    blocks = pack_sentences(load_corpus("all")["train"], tokenizer, 128)
-    teacher = AutoModelForCausalLM.from_pretrained(args.cloud_dir)
-    model = build_model(args.edge_preset, tokenizer, args.seed)
-    trainer = DistillationTrainer(model=model, args=training_arguments(train_args, run_dir), train_dataset=blocks,
-                                  data_collator=default_data_collator, callbacks=[TimeBudgetCallback(args.edge_budget)],
-                                  teacher=teacher)
-    result = trainer.train()
-    manifest = {"system": "ar", "preset": args.edge_preset, "distilled_from": str(args.cloud_dir),
-                "steps": trainer.state.global_step, "train_loss": result.training_loss, "seed": args.seed,
-                "parameters": sum(p.numel() for p in model.parameters()), "budget_s": args.edge_budget}
-
-    def save(tmp: Path) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    export_run(run_dir, save, manifest)
-    return manifest
+    json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
+    cloud_dir: str = field(default="runs/speculative-cloud", metadata={"help": "cloud AR run (trained if incomplete)"})
+    edge_dir: str = field(default="runs/speculative-edge-kd", metadata={"help": "edge run (distilled if incomplete)"})
+    cloud_preset: str = field(default="tiny", metadata={"help": "cloud size when it is trained first"})
+    edge_preset: str = field(default="nano", metadata={"help": "edge size when it is distilled first"})
+    cloud_budget: float = field(default=600.0, metadata={"help": "cloud training seconds when trained first"})
+    edge_budget: float = field(default=300.0, metadata={"help": "edge distillation seconds when distilled first"})
+    prompts: int = field(default=50, metadata={"help": "held-out prompts"})
+    prompt_chars: int = field(default=6, metadata={"help": "characters per prompt"})
+    max_new_tokens: int = field(default=32, metadata={"help": "new tokens per prompt"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling (and of the edge when distilled first)"})
+    sweep_k: str = field(default="1,2", metadata={"help": "extra draft lengths timed in lossless mode (comma list)"})
+    threads: int = field(default=1, metadata={
+        "help": "torch threads (1: on the shared 2-core CPU, 2 threads ran ~5× slower under contention)"})
 
 
 def held_out_prompts(n: int, chars: int) -> list[str]:
@@ -138,11 +78,11 @@ def cloud_agreement(cloud, processors: LogitsProcessorList, sequences: torch.Ten
     return int((torch.cat(choices) == sequences[0, prompt_len:]).sum()) if new else 0, new
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: SpeculativeBenchConfig) -> dict:
+    """Measure the cloud/edge pair (both complete: see ``genlab.prepare``)."""
     torch.set_num_threads(args.threads)
     bench_start = time.perf_counter()
-    cloud_manifest, edge_manifest = ensure_cloud(args), ensure_edge(args)
-    train_s = time.perf_counter() - bench_start
+    cloud_manifest, edge_manifest = read_manifest(args.cloud_dir), read_manifest(args.edge_dir)
     cloud = AutoModelForCausalLM.from_pretrained(args.cloud_dir).eval()
     edge = AutoModelForCausalLM.from_pretrained(args.edge_dir).eval()
     tokenizer = load_tokenizer(args.cloud_dir)
@@ -235,12 +175,12 @@ def run(args: argparse.Namespace) -> dict:
         "lossless_equals_cloud": target(figures["lossless_equals_cloud"], "≥", 1.0),
         "punct_density": {"goal": "10–25 %", "met": bool(0.10 <= figures["punct_density"] <= 0.25)},
     }
-    config = {**{k: v for k, v in vars(args).items() if k not in ("handler", "json")},
+    config = {**{k: v for k, v in dataclasses.asdict(args).items() if k != "json"},
               "batch_size": 1, "decoding": "greedy (speed, agreement); sampling T=0.7 (A/B)",
               "processors": "build_cjk_processors defaults (penalty 1.22, 3-gram ban, comma gate 4/8, T 0.7)",
               "stopping": "one sentence, min_new_tokens 16", "cloud_run": cloud_manifest, "edge_run": edge_manifest,
               "entropy_unit": "nats, summed over the k drafted tokens of a block"}
-    budget = {"training_s_this_run": round(train_s, 1), "bench_s": round(time.perf_counter() - bench_start, 1),
+    budget = {"bench_s": round(time.perf_counter() - bench_start, 1),
               "cloud_steps": cloud_manifest.get("steps"), "edge_steps": edge_manifest.get("steps")}
     return write_result(args.json, "speculative", config=config, budget=budget, figures=figures, targets=targets)
 

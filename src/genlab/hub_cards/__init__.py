@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..hub import push_run_dir
 from ..runs import MANIFEST
 from .bench import BenchReport, eval_results, load_bench, results_markdown
 
@@ -127,3 +128,41 @@ def build_model_card(
         body += ["## Training configuration", "", "```json",
                  json.dumps(training, indent=2, ensure_ascii=False, sort_keys=True), "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def find_bench_jsons(run_dir: str | os.PathLike) -> list[Path]:
+    """``bench.json`` and every ``benchmarks/**/*.json`` of a run directory, sorted."""
+    run_dir = Path(run_dir)
+    found = [run_dir / "bench.json"] if (run_dir / "bench.json").is_file() else []
+    if (run_dir / "benchmarks").is_dir():
+        found += sorted((run_dir / "benchmarks").rglob("*.json"))
+    return found
+
+
+def write_card(run_dir: str | os.PathLike, *, repo_id: str | None = None) -> Path:
+    """Write ``RUN_DIR/README.md`` from the manifest and any benchmark JSON found (SPEC H5); returns its path.
+
+    The usage snippet is the manifest's ``usage_snippet`` when it has one, else a generic load-and-generate snippet
+    for ``repo_id`` (default: the manifest's ``repo_id``, else the run directory path).
+    """
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    model_id = repo_id or info.get("repo_id") or str(run_dir)
+    snippet = info.get("usage_snippet") or default_usage_snippet(
+        model_id, info.get("model_config"), has_tokenizer=any((run_dir / f).is_file() for f in _TOKENIZER_FILES))
+    card = build_model_card(info, find_bench_jsons(run_dir), usage_snippet=snippet,
+                            model_name=repo_id.split("/")[-1] if repo_id else None)
+    path = run_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def push_with_card(run_dir: str | os.PathLike, repo_id: str, **push_options) -> str:
+    """``push_run_dir`` after writing the model card when the run directory has none (SPEC H4, H5)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "README.md").is_file() and (run_dir / MANIFEST).is_file():
+        write_card(run_dir, repo_id=repo_id)
+    return push_run_dir(run_dir, repo_id, **push_options)

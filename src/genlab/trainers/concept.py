@@ -13,54 +13,114 @@ adapter + new modules + the concept config (``--save adapter``; ``load_concept_r
 
 from __future__ import annotations
 
-import argparse
+import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import Trainer, default_data_collator, set_seed
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator, set_seed
 
 from ..configuration_concept import Qwen2ConceptCompressionConfig, gumbel_temperature
 from ..data import load_corpus
-from ..distributed import main_process_first, max_across_processes, sum_across_processes
+from ..distributed import main_process_first
 from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
-from ..runs import export_run, prepare_run_dir, read_manifest
+from ..runs import TRAINER_LOG, RunDir, export_model_run, export_run, prepare_run_dir, read_manifest
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .ar import pack_sentences, sample
-from .common import TimeBudgetCallback, add_common_arguments, announce, resume_checkpoint, training_arguments
+from .callbacks import TimeBudgetCallback, WindowedMetrics
+from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
+                     finalize_training_arguments, resume_checkpoint)
 
 NEW_MODULES = ["concept_head", "concept_embedding"]
+TRAINING_DEFAULTS = dict(max_steps=600, learning_rate=1e-3)
+SAVE_MODES = ("merged", "adapter")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_run_dir="runs/concept-tiny", max_steps=600, batch_size=16, lr=1e-3)
-    parser.add_argument("--base", required=True, help="a Qwen2ForCausalLM checkpoint (e.g. a `genlab train ar` run)")
-    parser.add_argument("--layers", default=None, help="shallow,middle,deep layer counts (default: ¼, ½, ¼)")
-    parser.add_argument("--target-ratio", type=float, default=0.25, help="concepts per token, r (C7)")
-    parser.add_argument("--max-null-run", type=int, default=None, help="longest <NULL> run (default 2/r - 1)")
-    parser.add_argument("--concept-vocab", type=int, default=4096)
-    parser.add_argument("--ratio-weight", type=float, default=0.0,
-                        help="weight of the optional (rate - r)² penalty on the soft concept rate (C7; off by default)")
-    parser.add_argument("--anneal-steps", type=int, default=None, help="Gumbel tau annealing steps (default: max-steps)")
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--save", choices=("merged", "adapter"), default="merged")
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--eval-blocks", type=int, default=128)
+@dataclass
+class ConceptTrainConfig(TrainConfig):
+    """`genlab train concept --base RUN_DIR`: the concept model's options besides `TrainingArguments`."""
 
+    run_dir: str = field(default="runs/concept-tiny", metadata={"help": "where the checkpoint and logs go"})
+    base: str | None = field(default=None, metadata={
+        "help": "a Qwen2ForCausalLM checkpoint (e.g. a `genlab train ar` run); required"})
+    layers: str | None = field(default=None, metadata={"help": "shallow,middle,deep layer counts (default: ¼, ½, ¼)"})
+    target_ratio: float = field(default=0.25, metadata={"help": "concepts per token, r (C7)"})
+    max_null_run: int | None = field(default=None, metadata={"help": "longest <NULL> run (default 2/r - 1)"})
+    concept_vocab: int = field(default=4096, metadata={"help": "concept vocabulary size K"})
+    ratio_weight: float = field(default=0.0, metadata={
+        "help": "weight of the optional (rate - r)² penalty on the soft concept rate (C7; off by default)"})
+    anneal_steps: int | None = field(default=None, metadata={"help": "Gumbel tau annealing steps (default: max-steps)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha = 2r)"})
+    save: str = field(default="merged", metadata={"choices": list(SAVE_MODES),
+                                                   "help": "a merged checkpoint or the LoRA adapter + new modules"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})
+    eval_blocks: int = field(default=128, metadata={"help": "validation blocks for perplexity"})
 
-def concept_fields(args: argparse.Namespace) -> dict:
-    """The config fields this run adds to the base (layer split, vocabulary, rate controls, schedule, LoRA)."""
-    fields = dict(concept_vocab_size=args.concept_vocab, target_compression_ratio=args.target_ratio,
-                  max_null_run=args.max_null_run, gumbel_anneal_steps=args.anneal_steps or args.max_steps,
-                  ratio_loss_weight=args.ratio_weight, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
-    if args.layers:
+    def __post_init__(self):
+        super().__post_init__()
+        if self.base is None:
+            raise ValueError("--base is required: a Qwen2ForCausalLM checkpoint directory")
+        check_choice(self, "save", SAVE_MODES)
+        check_positive(self, "concept_vocab", "lora_r", "block_size", "eval_blocks")
+        self.layer_split()  # a bad --layers is refused before any training
+
+    def layer_split(self) -> dict:
+        """``num_shallow/middle/deep_layers`` from ``layers`` ({} for the model's default split)."""
+        if not self.layers:
+            return {}
         try:
-            shallow, middle, deep = (int(n) for n in args.layers.split(","))
+            shallow, middle, deep = (int(n) for n in self.layers.split(","))
         except ValueError:
-            raise ValueError(f"--layers must be three integers 'shallow,middle,deep', got {args.layers!r}") from None
-        fields.update(num_shallow_layers=shallow, num_middle_layers=middle, num_deep_layers=deep)
-    return fields
+            raise ValueError(f"--layers must be three integers 'shallow,middle,deep', got {self.layers!r}") from None
+        return dict(num_shallow_layers=shallow, num_middle_layers=middle, num_deep_layers=deep)
+
+    def concept_fields(self, max_steps: int) -> dict:
+        """The config fields this run adds to the base (layer split, vocabulary, rate controls, schedule, LoRA)."""
+        return dict(concept_vocab_size=self.concept_vocab, target_compression_ratio=self.target_ratio,
+                    max_null_run=self.max_null_run, gumbel_anneal_steps=self.anneal_steps or max_steps,
+                    ratio_loss_weight=self.ratio_weight, lora_r=self.lora_r, lora_alpha=2 * self.lora_r,
+                    **self.layer_split())
+
+
+def base_lora_config() -> LoraConfig:
+    """The LoRA a plain base gets to be compared with a concept model: the concept model's defaults (r = 16,
+    attention + MLP linears)."""
+    defaults = Qwen2ConceptCompressionConfig()
+    return LoraConfig(r=defaults.lora_r, lora_alpha=defaults.lora_alpha, target_modules=list(defaults.lora_target_modules))
+
+
+@dataclass
+class BaseLoraTrainConfig(TrainConfig):
+    """The concept model's comparison: its base fine-tuned with the same LoRA, steps and data (C10)."""
+
+    run_dir: str = field(default="runs/base-lora", metadata={"help": "where the merged fine-tuned base goes"})
+    base: str | None = field(default=None, metadata={"help": "the Qwen2ForCausalLM checkpoint; required"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.base is None:
+            raise ValueError("--base is required: a Qwen2ForCausalLM checkpoint directory")
+
+
+def train_base_lora(config: BaseLoraTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+    """LoRA fine-tuning of the plain base (``base_lora_config``), merged and exported as a causal-LM run."""
+    training = training or default_training_arguments(TRAINING_DEFAULTS)
+    run_dir = prepare_run_dir(config.run_dir)
+    tokenizer = resolve_tokenizer(config.tokenizer or config.base)
+    blocks = pack_sentences(load_corpus(config.data)["train"], tokenizer, config.block_size)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(config.base), base_lora_config())
+    trainer = Trainer(model=model, args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
+                      train_dataset=blocks, data_collator=default_data_collator,
+                      callbacks=[TimeBudgetCallback(config.budget)])
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(config, run_dir))
+    manifest = {"system": "ar", "role": "LoRA-fine-tuned base (concept comparison)", "base_model": str(config.base),
+                "steps": trainer.state.global_step, "train_loss": result.training_loss, "seed": training.seed}
+    export_model_run(run_dir, model.merge_and_unload(), tokenizer, manifest)
+    announce(f"base + LoRA: {trainer.state.global_step} steps → {run_dir}")
+    return RunDir(run_dir, manifest)
 
 
 def add_concept_lora(model: Qwen2ConceptCompressionForCausalLM) -> PeftModel:
@@ -76,10 +136,8 @@ class ConceptCompressionTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._monitor_sums: dict[str, float] = {}
-        self._monitor_max: dict[str, float] = {}
-        self._concept_counts = None
-        self._monitor_batches = 0
+        self.metrics = WindowedMetrics(summaries=lambda t: {"concept_usage_entropy": usage_entropy(t.get("counts"))})
+        self.metrics.install(self)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         config = self.model_config
@@ -96,26 +154,13 @@ class ConceptCompressionTrainer(Trainer):
     def _record(self, outputs, inputs, config) -> None:
         valid = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
         stats = concept_statistics(outputs.is_concept, outputs.concept_ids, valid, config.concept_vocab_size)
-        counts = stats.pop("concept_counts")
-        self._concept_counts = counts if self._concept_counts is None else self._concept_counts + counts
+        self.metrics.accumulate("counts", stats.pop("concept_counts"))
+        self.metrics.maximum("tail_max", stats.pop("tail_max"))
         stats["ce_per_token"] = outputs.loss.detach()
         stats["soft_concept_rate"] = outputs.soft_concept_rate.detach()
         for name, value in stats.items():
-            if name == "tail_max":
-                self._monitor_max[name] = max(self._monitor_max.get(name, 0.0), float(value))
-            else:
-                self._monitor_sums[name] = self._monitor_sums.get(name, 0.0) + float(value)
-        self._monitor_batches += 1
-
-    def log(self, logs: dict, *args, **kwargs) -> None:
-        if self._monitor_batches and "loss" in logs:  # reduced over ranks: the global batch, not rank 0's (H6)
-            sums = sum_across_processes({**self._monitor_sums, "batches": self._monitor_batches})
-            batches = sums.pop("batches")
-            logs.update({name: total / batches for name, total in sums.items()})
-            logs.update(max_across_processes(self._monitor_max))
-            logs["concept_usage_entropy"] = usage_entropy(self.accelerator.reduce(self._concept_counts, "sum"))
-            self._monitor_sums, self._monitor_max, self._concept_counts, self._monitor_batches = {}, {}, None, 0
-        super().log(logs, *args, **kwargs)
+            self.metrics.add(name, value)
+        self.metrics.step_done()
 
 
 def concept_statistics(is_concept: torch.Tensor, concept_ids: torch.Tensor, valid: torch.Tensor,
@@ -170,43 +215,46 @@ def load_concept_run(run_dir: str | Path) -> Qwen2ConceptCompressionForCausalLM:
     return PeftModel.from_pretrained(model, run_dir).merge_and_unload()
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Train (or resume) the concept model on the base, evaluate, export; returns the manifest."""
-    run_dir = prepare_run_dir(args.run_dir)
-    set_seed(args.seed)
+def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+    """Train (or resume) the concept model on the base, evaluate, export."""
+    training = training or default_training_arguments(TRAINING_DEFAULTS)
+    run_dir = prepare_run_dir(config.run_dir)
+    set_seed(training.seed)
     with main_process_first():  # under accelerate/torchrun: prepared once, the other ranks read the caches
-        tokenizer = resolve_tokenizer(args.tokenizer or args.base)
-        corpus = load_corpus(args.data)
-        train_blocks = pack_sentences(corpus["train"], tokenizer, args.block_size)
-        eval_blocks = pack_sentences(corpus["validation"], tokenizer, args.block_size)
-    eval_blocks = eval_blocks.select(range(min(args.eval_blocks, len(eval_blocks))))
+        tokenizer = resolve_tokenizer(config.tokenizer or config.base)
+        corpus = load_corpus(config.data)
+        train_blocks = pack_sentences(corpus["train"], tokenizer, config.block_size)
+        eval_blocks = pack_sentences(corpus["validation"], tokenizer, config.block_size)
+    eval_blocks = eval_blocks.select(range(min(config.eval_blocks, len(eval_blocks))))
 
-    model = add_concept_lora(Qwen2ConceptCompressionForCausalLM.from_base_pretrained(args.base, **concept_fields(args)))
+    fields = config.concept_fields(training.max_steps)
+    model = add_concept_lora(Qwen2ConceptCompressionForCausalLM.from_base_pretrained(config.base, **fields))
     trainer = ConceptCompressionTrainer(
         model=model,
-        args=training_arguments(args, run_dir, remove_unused_columns=False),
+        args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
         train_dataset=train_blocks,
         data_collator=default_data_collator,
-        callbacks=[TimeBudgetCallback(args.budget)],
+        callbacks=[TimeBudgetCallback(config.budget)],
     )
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(args, run_dir))
-    merged = model.merge_and_unload() if args.save == "merged" else None
-    evaluation = evaluate_concepts(merged if merged is not None else model, eval_blocks, args.batch_size)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(config, run_dir))
+    merged = model.merge_and_unload() if config.save == "merged" else None
+    batch_size = training.per_device_train_batch_size
+    evaluation = evaluate_concepts(merged if merged is not None else model, eval_blocks, batch_size)
 
     manifest = {
         "system": "concept",
-        "base_model": str(args.base),
-        "data": args.data,
+        "base_model": str(config.base),
+        "data": config.data,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         **evaluation,
-        "save": args.save,
-        "block_size": args.block_size,
+        "save": config.save,
+        "block_size": config.block_size,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "seed": args.seed,
-        **concept_fields(args),
+        "seed": training.seed,
+        **fields,
     }
-    if args.save == "merged":
+    if config.save == "merged":
         manifest["usage_snippet"] = usage_snippet(str(run_dir))
 
     def save(tmp: Path) -> None:
@@ -216,11 +264,12 @@ def run(args: argparse.Namespace) -> dict:
             model.save_pretrained(tmp)
             model.get_base_model().config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / TRAINER_LOG).write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
 
     export_run(run_dir, save, manifest)
     announce(f"concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
              f"compression ratio {evaluation['val_compression_ratio']:.3f} → {run_dir}")
-    return manifest
+    return RunDir(run_dir, manifest)
 
 
 def usage_snippet(model_id: str) -> str:
@@ -234,9 +283,9 @@ def usage_snippet(model_id: str) -> str:
             "print(out.cache.concept_ids)  # the ConceptHead's choice per token (<NULL> = K)\n")
 
 
-def generate_cli(args: argparse.Namespace) -> list[str]:
+def generate_texts(run_dir: str, prompts: list[str], max_new_tokens: int, greedy: bool) -> list[str]:
     """`genlab generate --model RUN_DIR PROMPT…` for a concept run: prompt + continuation per line."""
-    model = load_concept_run(args.model).eval()
-    tokenizer = load_tokenizer(args.model)
-    outputs = sample(model, tokenizer, args.prompts, args.max_new_tokens, do_sample=not args.greedy)
-    return [prompt + text for prompt, text in zip(args.prompts, outputs)]
+    model = load_concept_run(run_dir).eval()
+    tokenizer = load_tokenizer(run_dir)
+    outputs = sample(model, tokenizer, prompts, max_new_tokens, do_sample=not greedy)
+    return [prompt + text for prompt, text in zip(prompts, outputs)]

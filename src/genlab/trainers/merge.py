@@ -13,57 +13,96 @@ Training (SPEC M7, seed 000 §2 and §5): every schedule is a pure function of `
 - L_train ~ U(1, ``rounds``) per step, unrolled with one backward over all rounds (``bptt_rounds`` keeps the
   graph of only the last k rounds: truncated BPTT);
 - teacher forcing: the next round's input is Y* with probability 1 until ``teacher_forcing_steps``, 0.5 after;
-- τ_gate and τ_del annealed linearly from 2 to 0.2 over ``anneal_steps``.
+- τ_gate and τ_del annealed linearly from the config's ``tau_gate_start``/``tau_del_start`` (2) to
+  ``tau_gate_end``/``tau_del_end`` (0.2) over ``anneal_steps`` — the model config is their one source.
 
 Each M6 loss term and the gate/deletion/insertion statistics are logged through the Trainer.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import datasets
 import torch
-from transformers import Trainer, set_seed
+from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
 from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, MergeConfig
 from ..data import corpus_sources, load_corpus
-from ..distributed import main_process_first, sum_across_processes
+from ..distributed import main_process_first
 from ..generation_refinement import fit_width
 from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
-from ..runs import export_model_run, prepare_run_dir
-from ..tokenization import resolve_tokenizer
-from .common import TimeBudgetCallback, add_common_arguments, announce, positive_int, resume_checkpoint, training_arguments
+from ..runs import RunDir, export_model_run, prepare_run_dir
+from ..timing import steps_for_budget
+from ..tokenization import FIRST_ORDINARY_ID, default_tokenizer, load_tokenizer, resolve_tokenizer
+from .callbacks import TimeBudgetCallback, WindowedMetrics
+from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
+                     finalize_training_arguments, resume_checkpoint)
 
 FILLER_MODULES = ("embed_tokens", "mask_ratio_proj", "encoder", "lm_head")
-FIRST_CHAR_ID = 22  # ids below are specials and reserved markers
+TRAINING_DEFAULTS = dict(max_steps=2000, learning_rate=3e-4)
+
+
+@dataclass
+class MergeTrainConfig(TrainConfig):
+    """`genlab train merge`: MERGE's options besides `TrainingArguments` (schedule fractions of ``max_steps``)."""
+
+    run_dir: str = field(default="runs/merge-tiny", metadata={"help": "where the checkpoint and logs go"})
+    preset: str = field(default="tiny", metadata={"choices": sorted(AR_PRESETS),
+                                                  "help": "width/depth matched to this AR preset"})
+    rounds: int = field(default=3, metadata={"help": "L: unrolled training rounds (U(1, L))"})
+    bptt_rounds: int = field(default=0, metadata={"help": "truncated BPTT: keep the last k rounds' graph"})
+    max_chars: int = field(default=64, metadata={"help": "longest sentence, in characters"})
+    edit_fraction: float = field(default=0.5, metadata={"help": "share of edit pairs (the rest: generation pairs)"})
+    max_corruption: float = field(default=0.2, metadata={"help": "corruption rate ~ U(0.05, this)"})
+    stage1: float = field(default=0.2, metadata={"help": "fraction of max-steps in stage 1 (E alone)"})
+    stage2: float = field(default=0.5, metadata={"help": "fraction of max-steps before the Gate trains"})
+    teacher_forcing: float = field(default=0.4, metadata={"help": "fraction of max-steps fully teacher-forced"})
+    anneal: float = field(default=0.6, metadata={"help": "fraction of max-steps to anneal τ 2 → 0.2"})
+    gate: str = field(default="features", metadata={"choices": list(GATES)})
+    picker: str = field(default="bottomk", metadata={"choices": list(PICKERS)})
+    inserter: str = field(default="multinomial", metadata={"choices": list(INSERTERS)})
+    positions: str = field(default="relative", metadata={"choices": list(POSITIONS)})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self, "preset", AR_PRESETS)
+        check_positive(self, "rounds", "max_chars")
+
+    def variants(self) -> dict[str, str]:
+        """The M9 switches, as ``MergeConfig`` fields."""
+        return dict(gate=self.gate, picker=self.picker, inserter=self.inserter, positions=self.positions)
 
 
 # -- schedules (pure functions of the global step) ---------------------------------------------------------------
 @dataclass(frozen=True)
 class MergeSchedule:
+    """When each stage starts and how teacher forcing and τ move; the τ end points are the model config's."""
+
     rounds: int = 3
     stage1_steps: int = 200
     stage2_steps: int = 500
     teacher_forcing_steps: int = 400
     anneal_steps: int = 1000
-    tau_start: float = 2.0
-    tau_end: float = 0.2
     bptt_rounds: int = 0  # 0: backprop through every round
     seed: int = 0
 
     def stage(self, step: int) -> int:
         return 1 if step < self.stage1_steps else 2 if step < self.stage2_steps else 3
 
-    def tau(self, step: int) -> float:
-        """τ_gate = τ_del, linear tau_start → tau_end over anneal_steps, then constant."""
+    def anneal(self, step: int, start: float, end: float) -> float:
+        """Linear ``start`` → ``end`` over anneal_steps, then constant."""
         frac = min(1.0, step / max(1, self.anneal_steps))
-        return self.tau_start + (self.tau_end - self.tau_start) * frac
+        return start + (end - start) * frac
+
+    def tau_gate(self, step: int, config: MergeConfig) -> float:
+        return self.anneal(step, config.tau_gate_start, config.tau_gate_end)
+
+    def tau_del(self, step: int, config: MergeConfig) -> float:
+        return self.anneal(step, config.tau_del_start, config.tau_del_end)
 
     def teacher_forcing(self, step: int) -> float:
         return 1.0 if step < self.teacher_forcing_steps else 0.5
@@ -100,10 +139,10 @@ def corrupt(ids: list[int], rate: float, rng: random.Random, vocab_size: int) ->
         if op == 0:  # deletion
             i += 1
         elif op == 1:  # insertion
-            out.extend([rng.randrange(FIRST_CHAR_ID, vocab_size), ids[i]])
+            out.extend([rng.randrange(FIRST_ORDINARY_ID, vocab_size), ids[i]])
             i += 1
         elif op == 2:  # substitution
-            out.append(rng.randrange(FIRST_CHAR_ID, vocab_size))
+            out.append(rng.randrange(FIRST_ORDINARY_ID, vocab_size))
             i += 1
         else:  # swap
             out.extend(ids[i:i + 2][::-1])
@@ -169,7 +208,7 @@ def unrolled_loss(model: MergeForMaskedRefinement, inputs: dict, schedule: Merge
     if stage == 1:
         return masked_lm_loss(model, inputs["labels"], generator)
     rounds = schedule.unrolled_rounds(step)
-    tau = schedule.tau(step)
+    tau_gate, tau_del = schedule.tau_gate(step, model.config), schedule.tau_del(step, model.config)
     labels = inputs["labels"]
     target_ids, target_valid = labels.clamp(min=0), labels != -100
     ids, valid = inputs["input_ids"], inputs["attention_mask"].bool()
@@ -180,7 +219,7 @@ def unrolled_loss(model: MergeForMaskedRefinement, inputs: dict, schedule: Merge
         keep_graph = schedule.bptt_rounds == 0 or round_index >= rounds - schedule.bptt_rounds
         with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
             out = model(ids, valid.long(), labels=labels, prev_logits=prev_logits, prev_hidden=prev_hidden,
-                        round_index=round_index, edit=edit, tau_gate=tau, tau_del=tau)
+                        round_index=round_index, edit=edit, tau_gate=tau_gate, tau_del=tau_del)
         for name in ("loss", "loss_recon", "loss_gate", "loss_comp", "loss_ins", "loss_count"):
             value = getattr(out, name)
             logs[name] = logs[name] + (value if keep_graph else value.detach()) / rounds
@@ -219,8 +258,13 @@ class MergeTrainer(Trainer):
     def __init__(self, *args, schedule: MergeSchedule, **kwargs):
         super().__init__(*args, **kwargs)
         self.schedule = schedule
-        self._sums: dict[str, float] = defaultdict(float)
-        self._count = 0
+        self.metrics = WindowedMetrics("merge/", extras=self.schedule_values).install(self)
+
+    def schedule_values(self, step: int) -> dict[str, float]:
+        config = self.accelerator.unwrap_model(self.model).config
+        return {"merge/stage": self.schedule.stage(step), "merge/tau_gate": self.schedule.tau_gate(step, config),
+                "merge/tau_del": self.schedule.tau_del(step, config),
+                "merge/teacher_forcing": self.schedule.teacher_forcing(step)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         step = self.state.global_step
@@ -228,24 +272,13 @@ class MergeTrainer(Trainer):
         apply_freezing(bare, self.schedule.stage(step))
         terms = unrolled_loss(ThroughWrapper(model, bare), inputs, self.schedule, step)
         for name, value in terms.items():
-            self._sums[name] += float(value.detach() if torch.is_tensor(value) else value)
-        self._count += 1
+            if name != "loss":
+                self.metrics.add(name, value.detach() if torch.is_tensor(value) else value)
+        self.metrics.step_done()
         return (terms["loss"], terms) if return_outputs else terms["loss"]
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._count and "loss" in logs:
-            step = self.state.global_step
-            sums = sum_across_processes({**self._sums, "batches": self._count})  # the global batch, not rank 0's
-            batches = sums.pop("batches")
-            logs.update({f"merge/{k}": v / batches for k, v in sums.items() if k != "loss"})
-            logs.update({"merge/stage": self.schedule.stage(step), "merge/tau": self.schedule.tau(step),
-                         "merge/teacher_forcing": self.schedule.teacher_forcing(step)})
-            self._sums.clear()
-            self._count = 0
-        super().log(logs, start_time)
 
-
-# -- command line -----------------------------------------------------------------------------------------------
+# -- the recipe ----------------------------------------------------------------------------------------------------
 def merge_config(preset: str, tokenizer, **variants) -> MergeConfig:
     """A MERGE whose width matches the AR ``preset`` and whose E + gap encoder have the preset's layer count,
     so the parameter count matches the AR model's (+ the small Picker/Inserter/Gate heads)."""
@@ -260,74 +293,75 @@ def merge_config(preset: str, tokenizer, **variants) -> MergeConfig:
                        mask_token_id=tokenizer.mask_token_id, **variants)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_run_dir="runs/merge-tiny", max_steps=2000, batch_size=16, lr=3e-4)
-    parser.add_argument("--preset", default="tiny", choices=sorted(AR_PRESETS),
-                        help="width/depth matched to this AR preset")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="L: unrolled training rounds (U(1, L))")
-    parser.add_argument("--bptt-rounds", type=int, default=0, help="truncated BPTT: keep the last k rounds' graph")
-    parser.add_argument("--max-chars", type=positive_int, default=64)
-    parser.add_argument("--edit-fraction", type=float, default=0.5)
-    parser.add_argument("--max-corruption", type=float, default=0.2, help="corruption rate ~ U(0.05, this)")
-    parser.add_argument("--stage1", type=float, default=0.2, help="fraction of max-steps in stage 1 (E alone)")
-    parser.add_argument("--stage2", type=float, default=0.5, help="fraction of max-steps before the Gate trains")
-    parser.add_argument("--teacher-forcing", type=float, default=0.4, help="fraction of max-steps fully teacher-forced")
-    parser.add_argument("--anneal", type=float, default=0.6, help="fraction of max-steps to anneal τ 2 → 0.2")
-    parser.add_argument("--gate", default="features", choices=GATES)
-    parser.add_argument("--picker", default="bottomk", choices=PICKERS)
-    parser.add_argument("--inserter", default="multinomial", choices=INSERTERS)
-    parser.add_argument("--positions", default="relative", choices=POSITIONS)
+def schedule_for(config: MergeTrainConfig, training: TrainingArguments) -> MergeSchedule:
+    steps = training.max_steps
+    return MergeSchedule(rounds=config.rounds, stage1_steps=round(config.stage1 * steps),
+                         stage2_steps=round(config.stage2 * steps),
+                         teacher_forcing_steps=round(config.teacher_forcing * steps),
+                         anneal_steps=max(1, round(config.anneal * steps)), bptt_rounds=config.bptt_rounds,
+                         seed=training.seed)
 
 
-def schedule_from_args(args: argparse.Namespace) -> MergeSchedule:
-    steps = args.max_steps
-    return MergeSchedule(rounds=args.rounds, stage1_steps=round(args.stage1 * steps),
-                         stage2_steps=round(args.stage2 * steps),
-                         teacher_forcing_steps=round(args.teacher_forcing * steps),
-                         anneal_steps=max(1, round(args.anneal * steps)), bptt_rounds=args.bptt_rounds,
-                         seed=args.seed)
-
-
-def build_trainer(args: argparse.Namespace, run_dir: Path, tokenizer, callbacks=()) -> MergeTrainer:
+def build_trainer(config: MergeTrainConfig, training: TrainingArguments, run_dir, tokenizer,
+                  callbacks=()) -> MergeTrainer:
     """The model, the pairs and the ``MergeTrainer`` of ``genlab train merge`` (tests add callbacks)."""
     with main_process_first():  # under accelerate/torchrun: built once, the other ranks read the cache
-        corpus = load_corpus(args.data)
-        pairs = make_pairs(corpus["train"], tokenizer, max_chars=args.max_chars, edit_fraction=args.edit_fraction,
-                           max_rate=args.max_corruption, seed=args.seed)
-    set_seed(args.seed)
-    model = MergeForMaskedRefinement(merge_config(args.preset, tokenizer, gate=args.gate, picker=args.picker,
-                                                  inserter=args.inserter, positions=args.positions))
+        corpus = load_corpus(config.data)
+        pairs = make_pairs(corpus["train"], tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
+                           max_rate=config.max_corruption, seed=training.seed)
+    set_seed(training.seed)
+    model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants()))
     # Under DDP: frozen stages and the gate paths leave weights unused in some steps, so DDP must look for
     # them (find_unused_parameters=False and static_graph=True both raise at the first stage change).
-    training = training_arguments(args, run_dir, remove_unused_columns=False, ddp_find_unused_parameters=True)
-    return MergeTrainer(model=model, args=training,
-                        train_dataset=pairs, data_collator=collate,
-                        callbacks=[TimeBudgetCallback(args.budget), *callbacks], schedule=schedule_from_args(args))
+    arguments = finalize_training_arguments(training, run_dir, remove_unused_columns=False,
+                                            ddp_find_unused_parameters=True)
+    return MergeTrainer(model=model, args=arguments, train_dataset=pairs, data_collator=collate,
+                        callbacks=[TimeBudgetCallback(config.budget), *callbacks],
+                        schedule=schedule_for(config, training))
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Train (or resume) MERGE, export the run directory; returns the manifest."""
-    run_dir = prepare_run_dir(args.run_dir)
-    tokenizer = resolve_tokenizer(args.tokenizer)
-    trainer = build_trainer(args, run_dir, tokenizer)
+def steps_for_merge_budget(budget: float, config: MergeTrainConfig, batch_size: int = 16) -> int:
+    """Steps that fit ``budget``: one timed stage-3 step (forward over the unrolled rounds, backward, AdamW)."""
+    tokenizer = default_tokenizer()
+    model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants()))
+    sentences = load_corpus("all")["train"].select(range(256))
+    pairs = make_pairs(sentences, tokenizer, max_chars=config.max_chars, edit_fraction=0.5, max_rate=0.2, seed=0)
+    batch = collate([pairs[i] for i in range(batch_size)])
+    schedule = MergeSchedule(rounds=config.rounds, stage1_steps=0, stage2_steps=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        unrolled_loss(model, batch, schedule, 0)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return steps_for_budget(step, budget)
+
+
+def train_merge(config: MergeTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+    """Train (or resume) MERGE, export the run directory."""
+    training = training or default_training_arguments(TRAINING_DEFAULTS)
+    run_dir = prepare_run_dir(config.run_dir)
+    tokenizer = resolve_tokenizer(config.tokenizer)
+    trainer = build_trainer(config, training, run_dir, tokenizer)
     model, schedule = trainer.model, trainer.schedule
-    resumed_from = resume_checkpoint(args, run_dir)
+    resumed_from = resume_checkpoint(config, run_dir)
     result = trainer.train(resume_from_checkpoint=resumed_from)
     for param in model.parameters():
         param.requires_grad_(True)
     manifest = {
-        "system": "merge", "preset": args.preset, "data": args.data, "steps": trainer.state.global_step,
+        "system": "merge", "preset": config.preset, "data": config.data, "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "parameters": sum(p.numel() for p in model.parameters()),
-        "schedule": asdict(schedule), "max_chars": args.max_chars, "seed": args.seed, "resumed_from": resumed_from,
-        "variants": {k: getattr(model.config, k) for k in ("gate", "picker", "inserter", "positions")},
-        "datasets": corpus_sources(args.data),
+        "schedule": asdict(schedule), "max_chars": config.max_chars, "seed": training.seed,
+        "resumed_from": resumed_from, "variants": {k: getattr(model.config, k) for k in config.variants()},
+        "datasets": corpus_sources(config.data),
         "pipeline_tag": "text-generation", "tags": ["non-autoregressive", "text-editing", "masked-refinement"],
         "usage_snippet": usage_snippet(str(run_dir)),
     }
 
     export_model_run(run_dir, trainer.model, tokenizer, manifest)
-    announce(f"merge/{args.preset}: {trainer.state.global_step} steps → {run_dir}")
-    return manifest
+    announce(f"merge/{config.preset}: {trainer.state.global_step} steps → {run_dir}")
+    return RunDir(run_dir, manifest)
 
 
 def usage_snippet(model_id: str) -> str:
@@ -344,10 +378,6 @@ def usage_snippet(model_id: str) -> str:
 
 
 def _load(run_dir: str):
-    from transformers import AutoModel
-
-    from ..tokenization import load_tokenizer
-
     return AutoModel.from_pretrained(run_dir).eval(), load_tokenizer(run_dir)
 
 
@@ -359,15 +389,14 @@ def refine_texts(model, tokenizer, texts: list[str], **generate_kwargs) -> list[
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def generate_cli(args: argparse.Namespace) -> list[str]:
+def generate_texts(run_dir: str, prompts: list[str], max_new_tokens: int, greedy: bool) -> list[str]:
     """`genlab generate --model RUN_DIR PROMPT…`: gen mode from each prompt (empty: unconditional)."""
-    model, tokenizer = _load(args.model)
-    return refine_texts(model, tokenizer, args.prompts, mode="gen", max_new_tokens=args.max_new_tokens)
+    model, tokenizer = _load(run_dir)
+    return refine_texts(model, tokenizer, prompts, mode="gen", max_new_tokens=max_new_tokens)
 
 
-def edit_cli(args: argparse.Namespace) -> None:
-    """`genlab edit --model RUN_DIR TEXT…`: edit mode; prints one repaired text per line."""
-    model, tokenizer = _load(args.model)
-    kwargs = {"max_rounds": args.rounds} if args.rounds else {}
-    for text in refine_texts(model, tokenizer, args.texts, mode="edit", **kwargs):
-        print(text)
+def edit_texts(run_dir: str, texts: list[str], rounds: int | None = None) -> list[str]:
+    """`genlab edit --model RUN_DIR TEXT…`: edit mode; one repaired text per input."""
+    model, tokenizer = _load(run_dir)
+    kwargs = {"max_rounds": rounds} if rounds else {}
+    return refine_texts(model, tokenizer, texts, mode="edit", **kwargs)

@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..configuration_planner import CONCEPT_MASK, CONCEPT_PAD, NUM_CONCEPT_SPECIALS
+from ..generation_refinement import levenshtein
 from ..modeling_planner import concept_slot_mask
 
 logger = logging.getLogger("genlab.planner")
@@ -66,22 +67,12 @@ def top1_margin(scores: torch.Tensor) -> torch.Tensor:
 def edit_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Levenshtein distance between the content of two plans, summed over types: (batch, types, L) → (batch,).
 
-    Dynamic programming over positions, vectorised over batch and types.
+    Each type's content is left-packed, so its length is the count of content slots; the batched DP is
+    MERGE's ``levenshtein``, the package's one edit distance.
     """
     la, lb = concept_slot_mask(a).sum(-1), concept_slot_mask(b).sum(-1)  # (batch, types)
-    n, m = a.shape[-1], b.shape[-1]
-    prev = torch.arange(m + 1, device=a.device).expand(*a.shape[:2], m + 1).clone()  # row i = 0
-    rows = [prev]
-    for i in range(1, n + 1):
-        cur = [torch.full_like(la, i)]
-        for j in range(1, m + 1):
-            substitute = prev[..., j - 1] + (a[..., i - 1] != b[..., j - 1]).long()
-            cur.append(torch.minimum(torch.minimum(prev[..., j] + 1, cur[j - 1] + 1), substitute))
-        prev = torch.stack(cur, -1)
-        rows.append(prev)
-    table = torch.stack(rows, -2)  # (batch, types, n + 1, m + 1)
-    picked = table.gather(-2, la[..., None, None].expand(*la.shape, 1, m + 1)).squeeze(-2)
-    return picked.gather(-1, lb[..., None]).squeeze(-1).sum(-1)
+    distance = levenshtein(a.flatten(0, 1), la.flatten(), b.flatten(0, 1), lb.flatten())  # (batch·types,)
+    return distance.view(la.shape).sum(-1)
 
 
 def flip_rate(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

@@ -8,30 +8,44 @@ executor does not really use the concepts.
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 
 import torch
 
+from ..configuration_planner import CONCEPT_PAD
+from ..data import load_corpus
+from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
+from ..runs import read_manifest
+from ..tokenization import load_tokenizer
+from ..trainers.planner_data import build_pairs, collate
+from ..trainers.planner_estep import RareCharacterProposer, estep
 
-def add_parsers(subparsers) -> None:
-    parser = subparsers.add_parser("planner", help="concept-drop experiment on a planner run (P7)",
-                                   description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("--pairs", type=int, default=256, help="held-out pairs to use")
-    parser.add_argument("--split", default="validation", choices=["train", "validation", "test"])
-    parser.add_argument("--drop-rates", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="also write the result here")
-    parser.set_defaults(handler=run_planner)
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class PlannerProbeConfig:
+    """`genlab probe planner RUN_DIR`: the concept-drop experiment's options."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "a planner run directory (or give it as RUN_DIR)"})
+    pairs: int = field(default=256, metadata={"help": "held-out pairs to use"})
+    split: str = field(default="validation", metadata={"choices": list(SPLITS)})
+    drop_rates: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0],
+                                    metadata={"help": "fractions of the concepts to drop"})
+    batch_size: int = field(default=32, metadata={"help": "pairs per batch"})
+    seed: int = field(default=0, metadata={"help": "seed of the pair sample and the drops"})
+    json: str | None = field(default=None, metadata={"help": "also write the result here"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("RUN_DIR is required: the planner run directory to probe")
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {list(SPLITS)}, got {self.split!r}")
 
 
 def drop_concepts(concept_ids: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
     """Delete each content concept with probability ``rate``; survivors move left in order, the rest is ``<pad>``."""
-    from .configuration_planner import CONCEPT_PAD
-    from .modeling_planner import concept_slot_mask
-
     keep = concept_slot_mask(concept_ids) & (torch.rand(concept_ids.shape, generator=generator) >= rate)
     order = torch.sort((~keep).long(), dim=-1, stable=True).indices  # kept slots first, in their order
     return concept_ids.masked_fill(~keep, CONCEPT_PAD).gather(-1, order)
@@ -40,8 +54,6 @@ def drop_concepts(concept_ids: torch.Tensor, rate: float, generator: torch.Gener
 @torch.no_grad()
 def concept_drop(model, proposer, batches: list[dict], rates: list[float], seed: int) -> dict:
     """Mean NLL(y | z*) per token and its rise when concepts are dropped at each rate."""
-    from .trainers.planner import estep
-
     generator = torch.Generator().manual_seed(seed)
     totals = {"nll": 0.0, **{rate: 0.0 for rate in rates}}
     tokens = 0
@@ -59,13 +71,7 @@ def concept_drop(model, proposer, batches: list[dict], rates: list[float], seed:
             "delta_nll": {str(rate): totals[rate] / tokens - base for rate in rates}}
 
 
-def run_planner(args: argparse.Namespace) -> dict:
-    from .data import load_corpus
-    from .modeling_planner import PlannerExecutorModel
-    from .runs import read_manifest
-    from .tokenization import load_tokenizer
-    from .trainers.planner import RareCharacterProposer, build_pairs, collate
-
+def run_planner(args: PlannerProbeConfig) -> dict:
     manifest = read_manifest(args.run_dir)
     if manifest.get("system") != "planner":
         raise ValueError(f"{args.run_dir} is a {manifest.get('system')!r} run; `genlab probe planner` needs a planner run")

@@ -1,0 +1,81 @@
+"""Reuse in the demo: a complete run that loads is reused; a corrupted one is reported, deleted and retrained;
+measurements are cached under a key made of the manifests they were taken on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from transformers import AutoModelForCausalLM
+
+from ..runs import MANIFEST, RunDir, is_complete, last_checkpoint, read_manifest
+
+
+def load_error(run_dir: Path, load: Callable[[Path], object]) -> str | None:
+    """Why the model files of a complete run do not load (``None`` when they do)."""
+    try:
+        load(run_dir)
+    except Exception as error:  # any failure to load means the checkpoint cannot be reused
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
+
+
+def ensure_run(name: str, run_dir: Path, load: Callable[[Path], object], train: Callable[[], RunDir],
+               budget: float) -> dict:
+    """Reuse a complete run that loads; a corrupted one is reported, deleted and retrained; else train."""
+    if is_complete(run_dir):
+        error = load_error(run_dir, load)
+        if error is None:
+            print(f"[genlab demo] {name}: reusing the complete run in {run_dir}")
+            return read_manifest(run_dir)
+        print(f"[genlab demo] {name}: CORRUPTED checkpoint in {run_dir} ({error}) — deleting it and retraining")
+        shutil.rmtree(run_dir)
+    print(f"[genlab demo] {name}: training for at most {budget:.0f} s → {run_dir}")
+    try:
+        manifest = train().manifest
+    except Exception as error:
+        if last_checkpoint(run_dir) is None:
+            raise
+        print(f"[genlab demo] {name}: resuming from {last_checkpoint(run_dir)} failed ({type(error).__name__}: "
+              f"{error}) — starting this model over")
+        shutil.rmtree(run_dir)
+        manifest = train().manifest
+    error = load_error(run_dir, load)
+    if error is not None:
+        raise RuntimeError(f"{name}: the freshly trained run in {run_dir} does not load: {error}")
+    return manifest
+
+
+def cached(path: Path, run_dirs: list[Path], preset: str, compute: Callable[[], dict]) -> dict:
+    """``compute()`` unless ``path`` holds a result taken on the same manifests (same trained models)."""
+    digest = hashlib.sha256(preset.encode())
+    for run_dir in run_dirs:
+        digest.update((run_dir / MANIFEST).read_bytes())
+    key = digest.hexdigest()
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            print(f"[genlab demo] reusing the measurements in {path}")
+            return stored["result"]
+    started = time.monotonic()
+    result = compute()
+    result["measure_s"] = round(time.monotonic() - started, 1)
+    path.write_text(json.dumps({"key": key, "result": result}, ensure_ascii=False, indent=1), encoding="utf-8")
+    return result
+
+
+def training_log(run_dir: Path) -> list[dict]:
+    """The Trainer's ``log_history`` of a run (its last checkpoint's ``trainer_state.json``)."""
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        return []
+    state = Path(checkpoint) / "trainer_state.json"
+    return json.loads(state.read_text(encoding="utf-8"))["log_history"] if state.is_file() else []
+
+
+def load_causal_lm(run_dir: Path):
+    return AutoModelForCausalLM.from_pretrained(run_dir).eval()

@@ -1,0 +1,167 @@
+"""The demo's five stages: each trains its model(s) with the recipes of ``genlab.trainers`` (or reuses them),
+measures them with the benchmarks of ``genlab.bench`` (the same code and figure names as `genlab bench`), and
+adds the examples of ``showcase``. Each returns a JSON-able dict that ``genlab.report`` renders."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen2ForCausalLM
+
+from ..bench import ar as bench_ar
+from ..bench import concept as bench_concept
+from ..bench import merge as bench_merge
+from ..bench import planner as bench_planner
+from ..bench import speculative as bench_speculative
+from ..data import load_corpus
+from ..modeling_merge import MergeForMaskedRefinement
+from ..modeling_planner import PlannerExecutorModel
+from ..tokenization import load_tokenizer
+from ..trainers import ar, concept, edge, merge, planner, planner_baseline
+from ..trainers.common import default_training_arguments
+from .reuse import cached, ensure_run, load_causal_lm
+from .settings import PROMPTS, Demo
+from .showcase import concept_boundaries, merge_trace, planner_examples, side_by_side
+
+
+# -- stage 1: the AR baseline ------------------------------------------------------------------------------------
+def stage_ar(demo: Demo) -> dict:
+    """Train the Qwen2 baseline; ``genlab bench ar`` on it; greedy continuations of the demo prompts."""
+    run_dir, preset = demo.dir("ar"), demo.scale.ar_preset
+    manifest = ensure_run("AR baseline", run_dir, load_causal_lm, lambda: ar.train_ar(
+        ar.ARTrainConfig(run_dir=str(run_dir), preset=preset, budget=demo.budget),
+        default_training_arguments(ar.TRAINING_DEFAULTS, **ar.budget_training(demo.budget, preset),
+                                   **demo.quiet_training())), demo.budget)
+
+    def measure() -> dict:
+        bench = bench_ar.run(bench_ar.ARBenchConfig(run_dir=str(run_dir), preset=preset, repeats=demo.scale.repeats,
+                                                    json=str(run_dir / "bench.json")))
+        model, tokenizer = load_causal_lm(run_dir), load_tokenizer(run_dir)
+        texts = ar.sample(model, tokenizer, PROMPTS[: demo.scale.shown], max_new_tokens=32, do_sample=False)
+        return {"figures": bench["figures"], "samples": [[p, t] for p, t in zip(PROMPTS, texts)]}
+
+    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir], demo.preset, measure)}
+
+
+# -- stage 2: MERGE --------------------------------------------------------------------------------------------------
+def stage_merge(demo: Demo) -> dict:
+    """Train MERGE (steps fitted to the budget); ``genlab bench merge`` against the demo's AR (which is also the
+    judge: stated in the JSON); repairs and generations with their round traces."""
+    run_dir, s = demo.dir("merge"), demo.scale
+
+    def train():
+        config = merge.MergeTrainConfig(run_dir=str(run_dir), preset=s.ar_preset, budget=demo.budget)
+        steps = merge.steps_for_merge_budget(demo.budget, config)
+        return merge.train_merge(config, default_training_arguments(merge.TRAINING_DEFAULTS, max_steps=steps,
+                                                                    **demo.quiet_training()))
+
+    manifest = ensure_run("MERGE", run_dir, MergeForMaskedRefinement.from_pretrained, train, demo.budget)
+
+    def measure() -> dict:
+        config = bench_merge.MergeBenchConfig(
+            json=str(run_dir / "bench.json"), preset=s.ar_preset, ar_run=str(demo.dir("ar")), merge_run=str(run_dir),
+            judge_run=str(demo.dir("ar")), skip_ablations=True, edit_sentences=s.edit_sentences, samples=s.samples,
+            repeats=s.repeats)
+        bench = bench_merge.run(config)
+        return {"figures": bench["figures"], "config": bench["config"], **merge_examples(run_dir, s.shown, config)}
+
+    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, demo.dir("ar")], demo.preset, measure)}
+
+
+@torch.no_grad()
+def merge_examples(run_dir, shown: int, config) -> dict:
+    """Held-out repairs and generations from the demo prompts, each with its round-by-round trace."""
+    model = MergeForMaskedRefinement.from_pretrained(run_dir).eval()
+    tokenizer = load_tokenizer(run_dir)
+    test = [t for t in load_corpus("all")["test"]["text"] if 8 <= len(t) <= 64]
+    drafts, targets = bench_merge.edit_task(test[:shown], tokenizer, config.edit_rate)
+    draft_ids, _ = bench_merge.pad_rows(drafts)
+    edits = {"input_ids": draft_ids, "attention_mask": (draft_ids != tokenizer.pad_token_id).long()}
+    tokenizer.padding_side = "right"
+    prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
+    decode = lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True)  # noqa: E731
+    return {"repairs": [{"target": t, "draft": d, **row} for t, d, row in zip(
+                decode(bench_merge.pad_rows(targets)[0]), decode(draft_ids),
+                merge_trace(model, tokenizer, edits, mode="edit", max_rounds=3))],
+            "generations": [{"prompt": p, **row} for p, row in zip(
+                PROMPTS[:shown], merge_trace(model, tokenizer, prompts, mode="gen", max_new_tokens=24))]}
+
+
+# -- stage 3: concept compression on the AR base ----------------------------------------------------------------
+def stage_concept(demo: Demo) -> dict:
+    """LoRA + ConceptHead on the AR baseline; ``genlab bench concept`` at r = ¼ against the base as trained."""
+    run_dir, base, s = demo.dir("concept"), demo.dir("ar"), demo.scale
+    manifest = ensure_run("concept compression", run_dir, concept.load_concept_run, lambda: concept.train_concept(
+        concept.ConceptTrainConfig(run_dir=str(run_dir), base=str(base), layers=s.concept_layers, concept_vocab=512,
+                                   ratio_weight=5.0, eval_blocks=s.eval_blocks, budget=demo.budget),
+        default_training_arguments(concept.TRAINING_DEFAULTS, max_steps=s.concept_steps,
+                                   per_device_train_batch_size=8, **demo.quiet_training())), demo.budget)
+
+    def measure() -> dict:
+        bench = bench_concept.run(bench_concept.ConceptBenchConfig(
+            json=str(run_dir / "bench.json"), base=str(base), base_lora_run=str(base), concept_run=str(run_dir),
+            ratios=str(bench_concept.HEADLINE_RATIO), layers=s.concept_layers, concept_vocab=512,
+            contexts=s.contexts, new_tokens=s.new_tokens, repeats=s.repeats, eval_blocks=s.eval_blocks,
+            threads=torch.get_num_threads()))
+        model, tokenizer = concept.load_concept_run(run_dir).eval(), load_tokenizer(run_dir)
+        sentences = [t for t in load_corpus("all")["validation"]["text"] if 8 <= len(t) <= 64][: s.shown]
+        return {"figures": bench["figures"], "boundaries": concept_boundaries(model, tokenizer, sentences),
+                "continuations": [[p, b, c] for p, b, c in zip(
+                    PROMPTS[: s.shown], ar.sample(load_causal_lm(base), tokenizer, PROMPTS[: s.shown], 32, do_sample=False),
+                    ar.sample(model, tokenizer, PROMPTS[: s.shown], 32, do_sample=False))]}
+
+    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, base], demo.preset, measure)}
+
+
+# -- stage 4: planner–executor ----------------------------------------------------------------------------------
+def stage_planner(demo: Demo) -> dict:
+    """Hard-EM planner–executor and its same-size AR p(y|u) baseline; ``genlab bench planner`` on both."""
+    s = demo.scale
+    run_dir, ar_dir = demo.dir("planner"), demo.dir("planner-ar")
+    manifest = ensure_run("planner–executor", run_dir, PlannerExecutorModel.from_pretrained, lambda: planner.train_planner(
+        planner.PlannerTrainConfig(run_dir=str(run_dir), hidden_size=s.planner_hidden, warmup_estep=s.planner_warmup,
+                                   estep_top_k=2, refresh_steps=100, monitor_steps=max(1, s.planner_steps // 16),
+                                   max_text_length=48, budget=demo.budget),
+        default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=s.planner_steps, **demo.quiet_training())),
+        demo.budget)
+    ensure_run("planner's AR baseline p(y|u)", ar_dir, Qwen2ForCausalLM.from_pretrained,
+               lambda: planner_baseline.train_planner_baseline(  # as many steps as the planner got, same budget
+                   planner_baseline.PlannerBaselineTrainConfig(run_dir=str(ar_dir), planner_run=str(run_dir),
+                                                               budget=demo.budget),
+                   default_training_arguments(planner_baseline.TRAINING_DEFAULTS, max_steps=manifest["steps"],
+                                              report_to="none")), demo.budget)
+    (demo.root / "benchmarks").mkdir(exist_ok=True)
+
+    def measure() -> dict:
+        bench = bench_planner.run(bench_planner.PlannerBenchConfig(
+            json=str(demo.root / "benchmarks" / "planner.json"), run_dir=str(run_dir), ar_run_dir=str(ar_dir),
+            steps=s.planner_steps, budget=demo.budget, ar_budget=demo.budget, warmup_estep=s.planner_warmup,
+            max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats))
+        return {"figures": bench["figures"], "examples": planner_examples(run_dir, s.shown)}
+
+    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, ar_dir], demo.preset, measure)}
+
+
+# -- stage 5: edge/cloud speculative decoding ---------------------------------------------------------------------
+def stage_speculative(demo: Demo) -> dict:
+    """An edge distilled from the AR baseline (the cloud); ``genlab bench speculative``; a side-by-side table."""
+    s = demo.scale
+    edge_dir, cloud_dir = demo.dir("edge"), demo.dir("ar")
+    manifest = ensure_run("edge model (distilled from the AR cloud)", edge_dir, load_causal_lm, lambda: edge.train_edge(
+        edge.EdgeTrainConfig(run_dir=str(edge_dir), cloud=str(cloud_dir), preset=s.edge_preset, budget=demo.budget,
+                             resume=False),
+        default_training_arguments(edge.TRAINING_DEFAULTS, report_to="none")), demo.budget)
+
+    def measure() -> dict:
+        figures = bench_speculative.run(bench_speculative.SpeculativeBenchConfig(
+            json=str(edge_dir / "bench.json"), cloud_dir=str(cloud_dir), edge_dir=str(edge_dir),
+            edge_preset=s.edge_preset, edge_budget=demo.budget, prompts=s.bench_prompts, max_new_tokens=32,
+            sweep_k="", threads=torch.get_num_threads()))["figures"]
+        prompts = bench_speculative.held_out_prompts(s.bench_prompts + s.shown, 6)[-s.shown:]  # not the bench's own
+        return {"figures": figures, **side_by_side(load_causal_lm(cloud_dir), load_causal_lm(edge_dir), cloud_dir,
+                                                   prompts)}
+
+    return {"manifest": manifest, **cached(edge_dir / "demo.json", [edge_dir, cloud_dir], demo.preset, measure)}
+
+
+STAGES = {"ar": stage_ar, "merge": stage_merge, "concept": stage_concept, "planner": stage_planner,
+          "speculative": stage_speculative}

@@ -1,0 +1,111 @@
+"""The trained runs each benchmark measures: reused when complete, else trained with their recipe (apps layer).
+
+`genlab bench SYSTEM` is ``prepare.<system>(config)`` then ``genlab.bench.<system>.run(config)``: the bench
+modules only measure, the recipes in ``genlab.trainers`` only train, and this module says which recipe, with
+which settings, makes each run a benchmark config names. Wall-clock budgets here are the bench's stated
+budgets (each run records the steps it really got in its manifest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .bench.ar import ARBenchConfig
+from .bench.concept import ConceptBenchConfig
+from .bench.merge import ABLATIONS, MergeBenchConfig
+from .bench.planner import PlannerBenchConfig
+from .bench.speculative import SpeculativeBenchConfig
+from .runs import RunDir, is_complete, read_manifest
+from .trainers import ar, concept, edge, merge, planner, planner_baseline
+from .trainers.common import default_training_arguments
+
+QUIET = dict(report_to="none")  # bench runs log to the terminal only
+
+
+def reuse_or_train(run_dir: str | Path, train: Callable[[], RunDir]) -> dict:
+    """The manifest of the complete run in ``run_dir``, training it first when it is incomplete."""
+    return read_manifest(run_dir) if is_complete(run_dir) else train().manifest
+
+
+def ar_run(run_dir: str | Path, preset: str, *, data: str = "all", budget: float | None = None, **training) -> dict:
+    """An AR run; ``training`` overrides the recipe's `TrainingArguments` defaults (e.g. ``max_steps``)."""
+    return reuse_or_train(run_dir, lambda: ar.train_ar(
+        ar.ARTrainConfig(run_dir=str(run_dir), preset=preset, data=data, budget=budget),
+        default_training_arguments(ar.TRAINING_DEFAULTS, **QUIET, **training)))
+
+
+def ar_for_budget(run_dir: str | Path, preset: str, budget: float) -> dict:
+    """An AR run given the steps that fit ``budget`` seconds (``ar.budget_training``), the budget as its cap."""
+    if is_complete(run_dir):
+        return read_manifest(run_dir)
+    return ar_run(run_dir, preset, budget=budget, save_steps=100000, **ar.budget_training(budget, preset))
+
+
+def merge_for_budget(run_dir: Path, preset: str, budget: float, variant: dict) -> dict:
+    """A MERGE run whose step count (and so its stage schedule) fits ``budget`` seconds."""
+    if is_complete(run_dir):
+        return read_manifest(run_dir)
+    config = merge.MergeTrainConfig(run_dir=str(run_dir), preset=preset, budget=budget, **variant)
+    steps = merge.steps_for_merge_budget(budget, config)
+    return merge.train_merge(config, default_training_arguments(merge.TRAINING_DEFAULTS, max_steps=steps,
+                                                                save_steps=100000, **QUIET)).manifest
+
+
+def ar_bench(config: ARBenchConfig) -> None:
+    ar_run(config.run_dir, config.preset, data=config.data, max_steps=config.train_steps)
+
+
+def merge_bench(config: MergeBenchConfig) -> None:
+    """The AR of the same size, MERGE and the base-preset judge under their budgets; the M9 ablations."""
+    ar_for_budget(config.run_dir("ar"), config.preset, config.budget)
+    merge_for_budget(config.run_dir("merge"), config.preset, config.budget, {})
+    ar_for_budget(config.run_dir("judge"), "base", config.judge_budget)
+    if not config.skip_ablations:
+        for name, variant in ABLATIONS.items():
+            merge_for_budget(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_budget, variant)
+
+
+def concept_bench(config: ConceptBenchConfig) -> None:
+    """The AR base, then the same LoRA fine-tuning for the base and for one concept model per ratio."""
+    ar_run(config.base, config.preset, max_steps=config.base_steps)
+    finetune = dict(max_steps=config.finetune_steps, per_device_train_batch_size=config.batch_size,
+                    learning_rate=config.lr, logging_steps=max(1, config.finetune_steps // 4), save_strategy="no",
+                    **QUIET)
+    reuse_or_train(config.base_lora_dir(), lambda: concept.train_base_lora(
+        concept.BaseLoraTrainConfig(run_dir=str(config.base_lora_dir()), base=config.base,
+                                    block_size=config.block_size),
+        default_training_arguments(concept.TRAINING_DEFAULTS, **finetune)))
+    for r in config.ratio_list():
+        reuse_or_train(config.concept_dir(r), lambda r=r: concept.train_concept(
+            concept.ConceptTrainConfig(run_dir=str(config.concept_dir(r)), base=config.base, layers=config.layers,
+                                       concept_vocab=config.concept_vocab, target_ratio=r,
+                                       anneal_steps=config.finetune_steps, ratio_weight=config.ratio_weight,
+                                       block_size=config.block_size, eval_blocks=config.eval_blocks),
+            default_training_arguments(concept.TRAINING_DEFAULTS, **finetune)))
+
+
+def planner_bench(config: PlannerBenchConfig) -> None:
+    """The planner under its step count and cap, then its AR baseline for as many steps as the planner got."""
+    manifest = reuse_or_train(config.run_dir, lambda: planner.train_planner(
+        planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, warmup_estep=config.warmup_estep,
+                                   prior_weight=config.prior_weight, estep_top_k=2, refresh_steps=100,
+                                   monitor_steps=50, max_text_length=config.max_text_length),
+        default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=config.steps, logging_steps=25,
+                                   save_steps=100000, per_device_train_batch_size=config.batch_size,
+                                   seed=config.seed, **QUIET)))
+    reuse_or_train(config.ar_run_dir, lambda: planner_baseline.train_planner_baseline(
+        planner_baseline.PlannerBaselineTrainConfig(run_dir=config.ar_run_dir, planner_run=config.run_dir,
+                                                    budget=config.ar_budget),
+        default_training_arguments(planner_baseline.TRAINING_DEFAULTS,
+                                   max_steps=config.ar_steps or manifest["steps"],
+                                   per_device_train_batch_size=config.batch_size, seed=config.seed, **QUIET)))
+
+
+def speculative_bench(config: SpeculativeBenchConfig) -> None:
+    """The cloud (an AR run) and the edge distilled from it."""
+    ar_run(config.cloud_dir, config.cloud_preset, budget=config.cloud_budget, max_steps=800)
+    reuse_or_train(config.edge_dir, lambda: edge.train_edge(
+        edge.EdgeTrainConfig(run_dir=config.edge_dir, cloud=config.cloud_dir, preset=config.edge_preset,
+                             budget=config.edge_budget, resume=False),
+        default_training_arguments(edge.TRAINING_DEFAULTS, seed=config.seed, **QUIET)))

@@ -1,0 +1,177 @@
+"""The planner's E-step (SPEC P4): the proposer q(z | y), candidate scoring, z* and its per-example store.
+
+For each example, candidates z are scored by S(z) = log p(y|z) + β log p(z|u) and the argmax is kept as z*.
+Candidates: the proposer from y, the planner's greedy plan and ``estep_top_k`` samples, and the stored z*
+itself. The proposer is ``RareCharacterProposer``, a parameter-free extractor, chosen over a learned
+encoder-with-quantiser because it is informative from step 0 (so the executor learns to read z at once instead
+of collapsing to an LM that ignores it, the seed's first "abnormal" case), needs no second model kept in sync
+with the E-step, and still leaves the E-step a real choice: ``estep_top_k`` granularities of keyword plans,
+which trade log p(y|z) against log p(z|u), and the planner's own plans.
+
+- type ``keywords``: the m rarest characters of y (the corpus tokenizer numbers characters by frequency, so
+  the rarest are the highest ids), in text order, hashed to ``3 + id mod V``;
+- type ``shape``: the length of each clause of y (split at ，。！？；：、), bucketed by 4 characters.
+
+z* is stored per example index and searched again once it is ``estep_refresh_steps`` (M) steps old (v3.1);
+the store is saved in every checkpoint (``planner_zcache.pt``) so resuming continues with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from ..configuration_planner import CONCEPT_PAD, NUM_CONCEPT_SPECIALS, PlannerExecutorConfig
+from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
+from ..tokenization import FIRST_ORDINARY_ID
+
+PUNCTUATION = "，。！？；：、,.!?;:"
+CACHE_FILE = "planner_zcache.pt"
+PROPOSER_TYPES = ("keywords", "shape")
+
+
+class RareCharacterProposer:
+    """Parameter-free z from y: keyword plans at several granularities plus the clause-length shape."""
+
+    def __init__(self, config: PlannerExecutorConfig, tokenizer, granularities: int | None = None):
+        unknown = [t for t in config.concept_types if t not in PROPOSER_TYPES]
+        if unknown:
+            raise ValueError(f"the proposer knows the concept types {PROPOSER_TYPES}, got {unknown}")
+        self.config = config
+        ids = tokenizer.convert_tokens_to_ids(list(PUNCTUATION))
+        self.punctuation = torch.tensor([i for i in ids if i != tokenizer.unk_token_id])
+        longest = config.concept_max_lengths[config.concept_types.index("keywords")] if "keywords" in config.concept_types else 1
+        count = granularities or config.estep_top_k
+        self.granularities = sorted({max(1, round(longest * (g + 1) / count)) for g in range(count)})
+
+    def keywords(self, y: torch.Tensor, valid: torch.Tensor, m: int, vocab: int, width: int) -> torch.Tensor:
+        """(batch, width): the m highest-id (rarest) ordinary characters of y in text order, hashed."""
+        ordinary = valid & (y >= FIRST_ORDINARY_ID) & ~torch.isin(y, self.punctuation.to(y.device))
+        score = torch.where(ordinary, y, -1)
+        top = score.topk(min(m, y.shape[1]), dim=1)
+        position = torch.where(top.values >= 0, top.indices, y.shape[1])  # missing ones sort last
+        position = position.sort(dim=1).values
+        chars = torch.cat([y, y.new_full((y.shape[0], 1), -1)], 1).gather(1, position)
+        concepts = torch.where(chars >= 0, NUM_CONCEPT_SPECIALS + chars.clamp(min=0) % vocab, CONCEPT_PAD)
+        return torch.nn.functional.pad(concepts, (0, width - concepts.shape[1]), value=CONCEPT_PAD)
+
+    def shape(self, y: torch.Tensor, valid: torch.Tensor, max_clauses: int, vocab: int, width: int) -> torch.Tensor:
+        """(batch, width): bucketed length (4 characters per bucket) of each clause of y."""
+        is_punct = torch.isin(y, self.punctuation.to(y.device)) & valid
+        clause = is_punct.long().cumsum(1) - is_punct.long()  # a mark belongs to the clause it ends
+        chars = (valid & ~is_punct & (y != self.config.eos_token_id)).long()
+        counts = torch.zeros(y.shape[0], y.shape[1] + 1, dtype=torch.long, device=y.device)
+        counts.scatter_add_(1, clause, chars)
+        counts = counts[:, :max_clauses]
+        ended = (counts == 0).long().cummax(1).values.bool()
+        concepts = torch.where(ended, CONCEPT_PAD, NUM_CONCEPT_SPECIALS + (counts // 4).clamp(max=vocab - 1))
+        return torch.nn.functional.pad(concepts, (0, width - concepts.shape[1]), value=CONCEPT_PAD)
+
+    def __call__(self, y: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, granularities, types, L) candidate plans."""
+        valid, config = y_mask.bool(), self.config
+        width = max(config.concept_max_lengths)
+        plans = []
+        for m in self.granularities:
+            types = []
+            for name, vocab, length in zip(config.concept_types, config.concept_vocab_sizes, config.concept_max_lengths):
+                extract = self.keywords if name == "keywords" else self.shape
+                types.append(extract(y, valid, m if name == "keywords" else length, vocab, width))
+            plans.append(torch.stack(types, 1))
+        return torch.stack(plans, 1)
+
+
+def prior_weight(step: int, warmup: int, final: float = 1.0) -> float:
+    """β of S(z) = log p(y|z) + β log p(z|u): final · step / W during the warm-up, then ``final`` (pure in step)."""
+    return final if warmup <= 0 else final * min(1.0, step / warmup)
+
+
+def score_candidates(model: PlannerExecutorModel, batch: dict, candidates: torch.Tensor,
+                     beta: float = 1.0) -> torch.Tensor:
+    """S(z) = log p(y|z) + β log p(z|u) for (batch, C, types, L) candidates → (batch, C); duplicates get −inf."""
+    b, c = candidates.shape[:2]
+    flat = candidates.flatten(0, 1)
+    repeat = lambda t: t.repeat_interleave(c, 0)  # noqa: E731
+    executor = model.executor_forward(flat, repeat(batch["text_ids"]), repeat(batch["text_attention_mask"]))
+    planner = model.planner_forward(repeat(batch["input_ids"]), repeat(batch["attention_mask"]), flat)
+    scores = (executor.log_prob + beta * planner.log_prob).view(b, c)
+    content = candidates.masked_fill(~concept_slot_mask(candidates), CONCEPT_PAD).flatten(2)  # (batch, C, types·L)
+    same = (content[:, :, None] == content[:, None]).all(-1)  # (batch, C, C)
+    duplicate = (same & torch.ones(c, c, dtype=torch.bool, device=same.device).tril(-1)).any(-1)
+    return scores.masked_fill(duplicate, float("-inf"))
+
+
+@torch.no_grad()
+def estep(model: PlannerExecutorModel, proposer: RareCharacterProposer, batch: dict, step: int,
+          previous: torch.Tensor | None = None, has_previous: torch.Tensor | None = None,
+          generator: torch.Generator | None = None):
+    """z* = argmax over the candidates of S(z). Returns (z* (batch, types, L), scores (batch, C), candidates).
+
+    ``previous`` (batch, types, L) joins the candidates when the config lists it, as column 0, so duplicates of
+    it (masked to −inf) are the later columns and its score is ``scores[:, 0]``; rows where ``has_previous`` is
+    False get −inf there. Before ``estep_warmup_steps`` only the proposer's plans compete.
+    """
+    config = model.config
+    k, warm = config.estep_top_k, step >= config.estep_warmup_steps
+    sources = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous")]
+    width = max(model.config.concept_max_lengths)
+    fit = lambda z: torch.nn.functional.pad(z, (0, width - z.shape[-1]), value=CONCEPT_PAD)  # noqa: E731
+    pools = []
+    if previous is not None and "previous" in sources:
+        pools.append(fit(previous)[:, None])
+    if "proposer" in sources:
+        pools.append(proposer(batch["text_ids"], batch["text_attention_mask"]))
+    u, u_mask = batch["input_ids"], batch["attention_mask"]
+    if "planner_greedy" in sources:
+        pools.append(fit(model.plan(u, u_mask))[:, None])
+    if "planner_sample" in sources:
+        samples = model.plan(u.repeat_interleave(k, 0), u_mask.repeat_interleave(k, 0), do_sample=True,
+                             generator=generator)
+        pools.append(fit(samples).view(u.shape[0], k, samples.shape[1], width))
+    candidates = torch.cat(pools, 1)
+    scores = score_candidates(model, batch, candidates,
+                              prior_weight(step, config.estep_warmup_steps, config.estep_prior_weight))
+    if previous is not None and "previous" in sources and has_previous is not None:
+        scores[:, 0] = scores[:, 0].masked_fill(~has_previous, float("-inf"))
+    best = scores.argmax(1)
+    return candidates[torch.arange(len(best)), best], scores, candidates
+
+
+class ZStarStore:
+    """z* per example index with the step of its last search (−1: never) (v3.1)."""
+
+    def __init__(self, size: int, types: int, width: int):
+        self.plans = torch.zeros(size, types, width, dtype=torch.long)
+        self.step = torch.full((size,), -1, dtype=torch.long)
+
+    def stale(self, index: torch.Tensor, step: int, every: int) -> torch.Tensor:
+        age = step - self.step[index]
+        return (self.step[index] < 0) | (age >= every)
+
+    def update(self, index: torch.Tensor, plans: torch.Tensor, step: int) -> None:
+        self.plans[index] = plans.cpu()
+        self.step[index] = step
+
+    def save(self, directory: str | Path) -> None:
+        torch.save({"plans": self.plans, "step": self.step}, Path(directory) / CACHE_FILE)
+
+    def load(self, directory: str | Path) -> bool:
+        path = Path(directory) / CACHE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path)
+        self.plans, self.step = state["plans"], state["step"]
+        return True
+
+
+class SaveZStarStore(TrainerCallback):
+    """Write the z* store into each checkpoint directory, so ``resume_from_checkpoint`` continues with it."""
+
+    def __init__(self, store: ZStarStore):
+        self.store = store
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # every rank holds the same store (see ``PlannerExecutorTrainer.share``)
+            self.store.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
