@@ -142,6 +142,28 @@ class MergeGate(nn.Module):
         rounds = self.round_embedding.weight[min(round_index, self.round_embedding.num_embeddings - 1)]
         return self.mlp(torch.cat([feats, rounds.expand_as(feats)], dim=-1)).squeeze(-1)
 
+    def decide(self, config: MergeConfig, edit: torch.Tensor | None, prev_logits, prev_hidden, valid: torch.Tensor,
+               round_index: int, tau_gate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g of the round: (hard g (B,) with ST gradient, σ(logit) (B,), learned (B,) bool: rows whose g came from
+        the Gate). ``edit`` forces g; round 0 and the always_* variants are fixed; training samples Gumbel-sigmoid
+        at ``tau_gate``, inference thresholds σ at edit_threshold_base + step·round."""
+        zeros = valid.new_zeros(valid.shape[0], dtype=torch.float)
+        learned = config.gate in ("features", "pooled") and round_index > 0 and prev_logits is not None
+        if not learned:
+            fixed = zeros + float(config.gate == "always_edit")
+            return (fixed if edit is None else edit.float()), fixed, torch.zeros_like(valid[:, 0])
+        logit = self(prev_logits, prev_hidden, valid, round_index)
+        prob = torch.sigmoid(logit)
+        if self.training:
+            noisy = logit + config.gate_noise_std * torch.randn_like(logit)
+            gate = gumbel_sigmoid_st(noisy, tau_gate)
+        else:
+            threshold = config.edit_threshold_base + config.edit_threshold_step * round_index
+            gate = straight_through((prob > threshold).float(), prob)
+        if edit is None:
+            return gate, prob, torch.ones_like(valid[:, 0])
+        return edit.float(), prob, torch.zeros_like(valid[:, 0])
+
 
 class MaskPicker(nn.Module):
     """M2 per-token deletion score s_i = FFN(h_i) on the encoder states of X_l (low score → delete)."""
@@ -153,6 +175,24 @@ class MaskPicker(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.score(hidden).squeeze(-1)  # (B, L)
+
+    @staticmethod
+    def num_deletions(config: MergeConfig, deletable: torch.Tensor) -> torch.Tensor:
+        """K_del = clamp(round(0.15·L), 1, 30) per row, L = deletable tokens."""
+        return (deletable.sum(-1) * config.delete_ratio).round().long().clamp(config.delete_min, config.delete_max)
+
+    def decide(self, config: MergeConfig, hidden: torch.Tensor, deletable: torch.Tensor, gate: torch.Tensor,
+               num_deletions, tau_del: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which tokens to delete: (hard deletions (B, L) with ST gradient, p_del (B, L)); bottom-K_del scores
+        (``bottomk``) or a Bernoulli per token (``bernoulli``), only where deletable and in rows that edit."""
+        scores = self(hidden)  # (B, L)
+        if config.picker == "bernoulli":
+            deletions = 1.0 - bernoulli_st(logits=scores, noise=self.training)
+        else:
+            k = self.num_deletions(config, deletable) if num_deletions is None else num_deletions
+            deletions = bottomk_st(scores, k, tau_del, valid_mask=deletable)
+        deletions = deletions * deletable * gate[:, None]
+        return deletions, soft_deletion_weights(scores, tau_del)
 
 
 class MaskInserter(nn.Module):
@@ -184,6 +224,38 @@ class MaskInserter(nn.Module):
         else:
             gap_logits = self.gap_head(states).squeeze(-1)
         return gap_logits, self.count_head(pooled)  # (B, S), (B, C + 1)
+
+    @staticmethod
+    def num_insertions(config: MergeConfig, count_logits, skeleton_len, labels_len, num_insertions, min_length,
+                       max_length) -> torch.Tensor:
+        """K_ins per row: given, or |Y*| − |S| with labels (training), or the count predictor; clipped to bounds."""
+        if num_insertions is not None:
+            return num_insertions.to(skeleton_len.device).long()
+        if labels_len is not None:
+            return (labels_len - skeleton_len).clamp(0, config.max_insert_count)
+        total = count_logits.argmax(-1)
+        if min_length is not None:
+            total = torch.maximum(total, min_length - skeleton_len)
+        if max_length is not None:
+            total = torch.minimum(total, max_length - skeleton_len)
+        return total.clamp(min=0)
+
+    def distribute(self, config: MergeConfig, gap_logits: torch.Tensor, total: torch.Tensor,
+                   gap_valid: torch.Tensor) -> torch.Tensor:
+        """Hard masks per gap (B, G) with ST gradient, summing to ``total`` (B,) per row."""
+        if config.inserter == "multinomial":
+            rounds = -(-int(total.max()) // config.insert_sub_round) if total.numel() else 0
+            counts = torch.zeros_like(gap_logits)
+            for sub in range(rounds):  # M3: sub-rounds of ≤ insert_sub_round masks
+                k = (total - sub * config.insert_sub_round).clamp(0, config.insert_sub_round)
+                counts = counts + multinomial_st(gap_logits, k, config.tau_insert, valid_mask=gap_valid,
+                                                 noise=self.training)
+            return counts
+        # top-k / pointer: one mask in each of the top-k gaps; any excess goes to the last gap (continuation).
+        counts = differentiable_topk(gap_logits, total, config.tau_insert, valid_mask=gap_valid)
+        excess = (total - gap_valid.sum(-1)).clamp(min=0)
+        last = (gap_valid.sum(-1) - 1).clamp(min=0)
+        return counts + torch.zeros_like(counts).scatter(1, last[:, None], excess[:, None].to(counts.dtype))
 
 
 class MergePreTrainedModel(PreTrainedModel):
@@ -234,78 +306,6 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         ratio = masked_mean((input_ids == self.config.mask_token_id).float(), valid)
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         return self.fill(self.embed_tokens(input_ids), valid, positions, ratio)
-
-    # -- M1 -----------------------------------------------------------------------------------------------------
-    def decide_gate(self, edit: torch.Tensor | None, prev_logits, prev_hidden, valid, round_index: int,
-                    tau_gate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(hard g (B,) with ST gradient, σ(logit) (B,), learned (B,) bool: rows whose g came from the Gate)."""
-        batch = valid.shape[0]
-        zeros = valid.new_zeros(batch, dtype=torch.float)
-        learned = self.config.gate in ("features", "pooled") and round_index > 0 and prev_logits is not None
-        if not learned:
-            fixed = zeros + float(self.config.gate == "always_edit")
-            return (fixed if edit is None else edit.float()), fixed, torch.zeros_like(valid[:, 0])
-        logit = self.gate(prev_logits, prev_hidden, valid, round_index)
-        prob = torch.sigmoid(logit)
-        if self.training:
-            noisy = logit + self.config.gate_noise_std * torch.randn_like(logit)
-            gate = gumbel_sigmoid_st(noisy, tau_gate)
-        else:
-            threshold = self.config.edit_threshold_base + self.config.edit_threshold_step * round_index
-            gate = straight_through((prob > threshold).float(), prob)
-        if edit is None:
-            return gate, prob, torch.ones_like(valid[:, 0])
-        return edit.float(), prob, torch.zeros_like(valid[:, 0])
-
-    # -- M2 -----------------------------------------------------------------------------------------------------
-    def num_deletions(self, deletable: torch.Tensor) -> torch.Tensor:
-        """K_del = clamp(round(0.15·L), 1, 30) per row, L = deletable tokens."""
-        c = self.config
-        return (deletable.sum(-1) * c.delete_ratio).round().long().clamp(c.delete_min, c.delete_max)
-
-    def pick_deletions(self, hidden, deletable, gate, num_deletions, tau_del):
-        """(hard deletions (B, L) with ST gradient, p_del (B, L) or None)."""
-        if self.picker is None:  # insert-only ablation
-            return torch.zeros_like(deletable, dtype=hidden.dtype), None
-        scores = self.picker(hidden)  # (B, L)
-        if self.config.picker == "bernoulli":
-            deletions = 1.0 - bernoulli_st(logits=scores, noise=self.training)
-        else:
-            k = self.num_deletions(deletable) if num_deletions is None else num_deletions
-            deletions = bottomk_st(scores, k, tau_del, valid_mask=deletable)
-        deletions = deletions * deletable * gate[:, None]
-        return deletions, soft_deletion_weights(scores, tau_del)
-
-    # -- M3 -----------------------------------------------------------------------------------------------------
-    def distribute_masks(self, gap_logits: torch.Tensor, total: torch.Tensor, gap_valid: torch.Tensor) -> torch.Tensor:
-        """Hard masks per gap (B, G) with ST gradient, summing to ``total`` (B,) per row."""
-        c = self.config
-        if c.inserter == "multinomial":
-            rounds = -(-int(total.max()) // c.insert_sub_round) if total.numel() else 0
-            counts = torch.zeros_like(gap_logits)
-            for sub in range(rounds):  # M3: sub-rounds of ≤ insert_sub_round masks
-                k = (total - sub * c.insert_sub_round).clamp(0, c.insert_sub_round)
-                counts = counts + multinomial_st(gap_logits, k, c.tau_insert, valid_mask=gap_valid,
-                                                 noise=self.training)
-            return counts
-        # top-k / pointer: one mask in each of the top-k gaps; any excess goes to the last gap (continuation).
-        counts = differentiable_topk(gap_logits, total, c.tau_insert, valid_mask=gap_valid)
-        excess = (total - gap_valid.sum(-1)).clamp(min=0)
-        last = (gap_valid.sum(-1) - 1).clamp(min=0)
-        return counts + torch.zeros_like(counts).scatter(1, last[:, None], excess[:, None].to(counts.dtype))
-
-    def num_insertions(self, count_logits, skeleton_len, labels_len, num_insertions, min_length, max_length):
-        """K_ins per row: given, or |Y*| − |S| with labels (training), or the count predictor; clipped to bounds."""
-        if num_insertions is not None:
-            return num_insertions.to(skeleton_len.device).long()
-        if labels_len is not None:
-            return (labels_len - skeleton_len).clamp(0, self.config.max_insert_count)
-        total = count_logits.argmax(-1)
-        if min_length is not None:
-            total = torch.maximum(total, min_length - skeleton_len)
-        if max_length is not None:
-            total = torch.minimum(total, max_length - skeleton_len)
-        return total.clamp(min=0)
 
     # -- M4 -----------------------------------------------------------------------------------------------------
     def fuse(self, skeleton_ids, skeleton_embeds, skeleton_valid, skeleton_pos, counts):
@@ -367,7 +367,7 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         valid = (input_ids != c.pad_token_id) if attention_mask is None else attention_mask.bool()
         tau_gate = c.tau_gate_end if tau_gate is None else tau_gate
         tau_del = c.tau_del_end if tau_del is None else tau_del
-        gate, gate_prob, gate_learned = self.decide_gate(edit, prev_logits, prev_hidden, valid, round_index,
+        gate, gate_prob, gate_learned = self.gate.decide(c, edit, prev_logits, prev_hidden, valid, round_index,
                                                          tau_gate)
 
         deletable = valid & (input_ids != c.bos_token_id)
@@ -376,8 +376,8 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         if needs_picker:
             if prev_hidden is None:
                 _, prev_hidden = self.encode_draft(input_ids, valid)
-            deletions, delete_prob = self.pick_deletions(prev_hidden.detach(), deletable, gate, num_deletions,
-                                                         tau_del)
+            deletions, delete_prob = self.picker.decide(c, prev_hidden.detach(), deletable, gate, num_deletions,
+                                                        tau_del)
         else:
             deletions, delete_prob = torch.zeros_like(embeds[..., 0]), None
         # M2 soft deletion at the embedding layer: x̂ = (1 − d)·e(x) + d·e[MASK]
@@ -395,8 +395,9 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
 
         gap_logits, count_logits = self.inserter(skeleton_embeds, skeleton_valid)
         labels_len = (labels != -100).sum(-1) if labels is not None else None
-        total = self.num_insertions(count_logits, skeleton_len, labels_len, num_insertions, min_length, max_length)
-        counts = self.distribute_masks(gap_logits, total, skeleton_valid)
+        total = self.inserter.num_insertions(c, count_logits, skeleton_len, labels_len, num_insertions, min_length,
+                                             max_length)
+        counts = self.inserter.distribute(c, gap_logits, total, skeleton_valid)
 
         fused_ids, fused_embeds, fused_valid, is_mask, positions = self.fuse(
             skeleton_ids, skeleton_embeds, skeleton_valid, skeleton_pos, counts)
@@ -411,14 +412,18 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
             gap_probs=torch.softmax(gap_logits.masked_fill(~skeleton_valid, torch.finfo(gap_logits.dtype).min), -1),
             count_logits=count_logits)
         if labels is not None:
-            self.add_losses(output, labels, prev_logits, gate_learned, deletable, skeleton_valid, skeleton_len,
-                            labels_len)
+            self.add_losses(output, labels, prev_logits=prev_logits, gate_learned=gate_learned, deletable=deletable,
+                            missing=(labels_len - skeleton_len).clamp(0, c.max_insert_count))
         return output
 
     # -- M6 -----------------------------------------------------------------------------------------------------
-    def add_losses(self, out: MergeRoundOutput, labels, prev_logits, gate_learned, deletable, skeleton_valid,
-                   skeleton_len, labels_len) -> None:
-        """Fill ``out.loss*``: L_recon, L_gate, L_comp, L_ins (M6) and the count predictor's CE."""
+    def add_losses(self, out: MergeRoundOutput, labels: torch.Tensor, *, prev_logits: torch.Tensor | None,
+                   gate_learned: torch.Tensor, deletable: torch.Tensor, missing: torch.Tensor) -> None:
+        """Fill ``out.loss*``: L_recon, L_gate, L_comp, L_ins (M6) and the count predictor's CE.
+
+        labels (B, M) Y*; prev_logits (B, L, V) or None; gate_learned (B,) rows whose g the Gate chose;
+        deletable (B, L) tokens the Picker may delete; missing (B,) the count predictor's target |Y*| − |S|.
+        """
         c = self.config
         width = out.fused_ids.shape[1]
         target = F.pad(labels, (0, max(0, width - labels.shape[1])), value=-100)[:, :width]  # (B, N)
@@ -447,7 +452,6 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         z = out.gap_probs.float()
         gap_entropy = -(z * torch.log(z.clamp(min=1e-9))).sum(-1)
         out.loss_ins = c.lambda_ins * gap_entropy.mean()
-        missing = (labels_len - skeleton_len).clamp(0, c.max_insert_count)
         out.loss_count = c.lambda_count * F.cross_entropy(out.count_logits.float(), missing)
         out.loss = out.loss_recon + out.loss_gate + out.loss_comp + out.loss_ins + out.loss_count
 
