@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from genlab.configuration_concept import Qwen2ConceptCompressionConfig, gumbel_temperature
-from genlab.modeling_concept import (Qwen2ConceptCompressionForCausalLM, causal_mask, deep_attention_mask,
-                                     forced_boundaries)
+from genlab.masking import causal_padding_rule, concept_deep_rule, dense_mask
+from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM, forced_boundaries
 
 VOCAB = 100
 
@@ -39,7 +39,7 @@ def make_model(seed=0, eval_rate=0.3, **overrides):
     with torch.no_grad():
         ids = torch.randint(4, VOCAB, (8, 48), generator=torch.Generator().manual_seed(seed + 1))
         hidden = model.run_stage("shallow", model.model.embed_tokens(ids), torch.arange(48).expand(8, 48),
-                                 causal_mask(torch.ones_like(ids, dtype=torch.bool)))
+                                 causal_padding_rule(torch.ones_like(ids, dtype=torch.bool)))
         best = model.concept_head.proj(model.concept_head.norm(hidden))[..., :-1].logsumexp(-1)
         model.concept_head.null_bias.fill_(torch.quantile(best.flatten(), 1 - eval_rate).item())
     return model
@@ -145,11 +145,18 @@ def test_no_run_of_null_is_longer_than_allowed(training):
 
 
 # -- C4 the deep mask ------------------------------------------------------------------------------------------------
+def deep_mask(concept_time, concept_valid, is_concept, token_valid):
+    """The C4 rule as the dense (batch, 1, M + T, M + T) bool mask SDPA gets."""
+    rows = concept_time.shape[1] + is_concept.shape[1]
+    rule = concept_deep_rule(concept_time, concept_valid, is_concept, token_valid)
+    return dense_mask(rule, is_concept.shape[0], rows, rows, is_concept.device)
+
+
 def test_deep_mask_obeys_the_four_rules_on_a_hand_made_pattern():
     # tokens 0..5, concepts at 1 and 4 → rows [c1, c4, t0, t1, t2, t3, t4, t5]
     is_concept = torch.tensor([[False, True, False, False, True, False]])
-    mask = deep_attention_mask(torch.tensor([[1, 4]]), torch.tensor([[True, True]]), is_concept,
-                               torch.ones_like(is_concept))[0, 0].int()
+    mask = deep_mask(torch.tensor([[1, 4]]), torch.tensor([[True, True]]), is_concept,
+                     torch.ones_like(is_concept))[0, 0].int()
     expected = torch.tensor([
         # c1 c4 t0 t1 t2 t3 t4 t5
         [1, 0, 0, 0, 0, 0, 0, 0],  # c1: concept→concept causal, never tokens
@@ -168,7 +175,7 @@ def test_deep_mask_hides_padding_keys():
     # rows [c2, padded concept slot, t0 (left padding), t1, t2 (compressed), t3]
     is_concept = torch.tensor([[False, False, True, False]])
     valid = torch.tensor([[False, True, True, True]])
-    mask = deep_attention_mask(torch.tensor([[2, 0]]), torch.tensor([[True, False]]), is_concept, valid)[0, 0]
+    mask = deep_mask(torch.tensor([[2, 0]]), torch.tensor([[True, False]]), is_concept, valid)[0, 0]
     assert mask[:, 1].nonzero().flatten().tolist() == [1]  # the padded concept slot: seen by itself only
     assert mask[:, 2].nonzero().flatten().tolist() == [2]  # the padding token: seen by itself only
     assert mask[5].nonzero().flatten().tolist() == [0, 5]  # t3: concept c2 and itself
@@ -181,18 +188,18 @@ def per_position_reference(model, ids):
     positions = torch.arange(length).unsqueeze(0)
     ones = torch.ones(1, length, dtype=torch.bool)
     out = model(ids)
-    hidden = model.run_stage("shallow", model.model.embed_tokens(ids), positions, causal_mask(ones))
+    hidden = model.run_stage("shallow", model.model.embed_tokens(ids), positions, causal_padding_rule(ones))
     times = out.is_concept[0].nonzero().flatten()
     choice = F.one_hot(out.concept_ids[0, times], model.config.concept_vocab_size + 1).float()[None]
     concepts = model.concept_embedding(choice)
-    concepts = model.run_stage("middle", concepts, times[None], causal_mask(torch.ones(1, len(times), dtype=torch.bool)))
+    concepts = model.run_stage("middle", concepts, times[None], causal_padding_rule(torch.ones(1, len(times), dtype=torch.bool)))
     rows = []
     for t in range(length):
         last = int(times[times <= t].max()) if (times <= t).any() else -1
         tail = [i for i in range(last + 1, t)] + [t]
         z = torch.cat([concepts[:, times <= t], hidden[:, tail]], 1)
         z_pos = torch.cat([times[times <= t], torch.tensor(tail)])[None]
-        rows.append(model.run_stage("deep", z, z_pos, causal_mask(torch.ones(1, z.shape[1], dtype=torch.bool)))[:, -1])
+        rows.append(model.run_stage("deep", z, z_pos, causal_padding_rule(torch.ones(1, z.shape[1], dtype=torch.bool)))[:, -1])
     return model.lm_head(model.model.norm(torch.stack(rows, 1))), out
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from genlab.convert_smollm2 import convert_llama_to_qwen2, load_smollm2_llama
-from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM, causal_mask
+from genlab.masking import causal_padding_rule
+from genlab.modeling_concept import Qwen2ConceptCompressionForCausalLM
 
 from test_concept import one_torch_thread  # noqa: F401,E402 (autouse fixture)
 
@@ -41,7 +42,7 @@ def test_wrapped_smollm2_keeps_the_base_weights_and_shallow_states(llama_and_qwe
     ids = torch.randint(0, qwen2.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     shallow = qwen2(ids, output_hidden_states=True).hidden_states[8]
     ones = torch.ones_like(ids, dtype=torch.bool)
-    mine = model.run_stage("shallow", model.model.embed_tokens(ids), torch.arange(40)[None], causal_mask(ones))
+    mine = model.run_stage("shallow", model.model.embed_tokens(ids), torch.arange(40)[None], causal_padding_rule(ones))
     torch.testing.assert_close(mine, shallow, atol=1e-4, rtol=1e-4)
     out = model(ids, labels=ids)
     assert torch.isfinite(out.loss) and out.is_concept.any()

@@ -70,3 +70,14 @@ def test_callable_and_folder_give_the_same_tokens(tmp_path):
     by_folder = cloud.generate(**inputs, **kwargs, custom_generate=str(tmp_path), trust_remote_code=True,
                                tokenizer=tok)
     assert torch.equal(by_callable, by_folder)
+
+
+def test_custom_generate_requirements_pin_what_genlab_itself_requires(tmp_path):
+    """The folder's pin is the package's own transformers range (the loop needs 5.24's ``cache=`` keyword)."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    required = next(d for d in pyproject["project"]["dependencies"] if d.startswith("transformers"))
+    written = (write_custom_generate_dir(tmp_path) / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    assert required in written

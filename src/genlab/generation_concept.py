@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .masking import cache_step_rule
+
 
 class RaggedKVCache:
     """Keys/values of one stage: per layer ``(batch, kv_heads, capacity, head_dim)`` and one length per row.
@@ -121,16 +123,6 @@ class ConceptCache:
         return self.shallow.nbytes() + self.middle.nbytes() + self.deep.nbytes()
 
 
-def step_mask(write_at: Tensor, span: int, include_new: Tensor | None = None) -> Tensor:
-    """(b, 1, 1, span) bool: a one-token query sees the row's old entries, and itself where ``include_new``."""
-    slots = torch.arange(span, device=write_at.device)
-    visible = slots < write_at.unsqueeze(1)  # (b, span)
-    own = slots == write_at.unsqueeze(1)
-    if include_new is not None:
-        own = own & include_new.unsqueeze(1)
-    return (visible | own)[:, None, None, :]
-
-
 def decode_step(model, input_ids: Tensor, cache: ConceptCache) -> Tensor:
     """One new token per row (input_ids (batch, 1)) through all three stages; returns logits (batch, 1, vocab)."""
     config = model.config
@@ -138,7 +130,8 @@ def decode_step(model, input_ids: Tensor, cache: ConceptCache) -> Tensor:
     hidden = model.model.embed_tokens(input_ids)  # (batch, 1, hidden)
 
     span = cache.shallow.begin(None, cache.shallow.lengths, 1)
-    hidden = model.run_stage("shallow", hidden, position_ids, step_mask(cache.shallow.lengths, span), cache.shallow)
+    hidden = model.run_stage("shallow", hidden, position_ids, cache_step_rule(cache.shallow.lengths), cache.shallow,
+                             span)
     cache.shallow.set_lengths(None, cache.shallow.lengths + 1)
 
     choice, head_logits = model.concept_head(hidden, config.gumbel_tau_end, noise=False)  # (batch, 1, K + 1)
@@ -152,7 +145,7 @@ def decode_step(model, input_ids: Tensor, cache: ConceptCache) -> Tensor:
         _append_concepts(model, cache, choice, fired.nonzero().squeeze(1), position_ids)
 
     span = cache.deep.begin(None, cache.deep.lengths, 1)
-    hidden = model.run_stage("deep", hidden, position_ids, step_mask(cache.deep.lengths, span), cache.deep)
+    hidden = model.run_stage("deep", hidden, position_ids, cache_step_rule(cache.deep.lengths), cache.deep, span)
     cache.deep.set_lengths(None, cache.deep.lengths + (~fired).long())  # a compressed token leaves no tail
     cache.next_position = cache.next_position + 1
     cache.seen_tokens += 1
@@ -166,10 +159,10 @@ def _append_concepts(model, cache: ConceptCache, choice: Tensor, rows: Tensor, p
     if model.config.num_middle_layers > 0:
         write_at = cache.middle.lengths[rows]
         span = cache.middle.begin(rows, write_at, 1)
-        concept = model.run_stage("middle", concept, positions, step_mask(write_at, span), cache.middle)
+        concept = model.run_stage("middle", concept, positions, cache_step_rule(write_at), cache.middle, span)
         cache.middle.set_lengths(rows, write_at + 1)
     write_at = cache.n_concepts[rows]  # the tail is dropped: the concept goes right after the prefix
     span = cache.deep.begin(rows, write_at, 1)
-    model.run_stage("deep", concept, positions, step_mask(write_at, span), cache.deep)
+    model.run_stage("deep", concept, positions, cache_step_rule(write_at), cache.deep, span)
     cache.n_concepts[rows] = write_at + 1
     cache.deep.set_lengths(rows, write_at + 1)

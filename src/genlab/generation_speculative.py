@@ -378,6 +378,10 @@ def generate(model, *args, **kwargs):
 '''
 
 
+# The loop passes the cache as ``cache=`` (transformers 5.24's name; 5.23 silently ignored it): pin what it needs.
+CUSTOM_GENERATE_REQUIREMENTS = "transformers>=5.24,<6\ntorch>=2.4\n"
+
+
 def write_custom_generate_dir(repo_dir: str | os.PathLike) -> Path:
     """Write ``REPO/custom_generate/`` (``generate.py`` + this module + ``logits_process.py`` + requirements)
     so a checkpoint or Hub repo carries the decoding: ``model.generate(**inputs, custom_generate=REPO,
@@ -387,5 +391,5 @@ def write_custom_generate_dir(repo_dir: str | os.PathLike) -> Path:
     (folder / "generate.py").write_text(CUSTOM_GENERATE_ENTRY, encoding="utf-8")
     for sibling in ("generation_speculative.py", "logits_process.py"):
         shutil.copyfile(Path(__file__).with_name(sibling), folder / sibling)
-    (folder / "requirements.txt").write_text("transformers>=4.56\ntorch\n", encoding="utf-8")
+    (folder / "requirements.txt").write_text(CUSTOM_GENERATE_REQUIREMENTS, encoding="utf-8")
     return folder

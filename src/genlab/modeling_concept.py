@@ -34,6 +34,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Model, Qwen2RMSNorm
 
 from .configuration_concept import Qwen2ConceptCompressionConfig
 from .generation_concept import ConceptCache, RaggedKVCache, decode_step
+from .masking import MaskFunction, attention_mask, causal_padding_rule, concept_deep_rule
 from .straight_through import gumbel_softmax_st, straight_through
 
 _NOT_COPIED_FROM_BASE = ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype")
@@ -118,47 +119,6 @@ def forced_boundaries(natural: Tensor, valid: Tensor, max_null_run: int) -> Tens
     return valid & ~natural & ((offset + 1) % (max_null_run + 1) == 0)
 
 
-def causal_mask(valid: Tensor) -> Tensor:
-    """(batch, 1, n, n) bool: causal over the n rows, padding keys hidden, every row sees itself."""
-    n = valid.shape[1]
-    rows = torch.arange(n, device=valid.device)
-    allowed = (rows[None, :, None] >= rows[None, None, :]) & valid[:, None, :]
-    return (allowed | torch.eye(n, dtype=torch.bool, device=valid.device))[:, None]
-
-
-def attention_mask_is_trivial(valid: Tensor) -> bool:
-    """True when no row is padded (then plain causal attention is the shallow mask)."""
-    return bool(valid.all())
-
-
-def deep_attention_mask(concept_time: Tensor, concept_valid: Tensor, is_concept: Tensor, token_valid: Tensor) -> Tensor:
-    """C4 from 1-D ids: (batch, 1, M + T, M + T) bool over [concept rows (M) ; token rows (T)].
-
-    seg = cumsum(is_concept) is a token query's segment; a token key's is seg − is_concept, so token j
-    sees token i iff i ≤ j and no concept lies in [i, j] (the tail τ(j) < i ≤ j). Concept keys are seen
-    by any row at a later or equal time; concept queries never see tokens. Every row sees itself.
-    """
-    batch, length = is_concept.shape
-    device = is_concept.device
-    width = concept_time.shape[1]
-    time = torch.cat([concept_time, torch.arange(length, device=device).expand(batch, length)], 1)  # (batch, M + T)
-    row_is_concept = torch.cat([torch.ones_like(concept_valid), torch.zeros_like(token_valid)], 1)
-    valid = torch.cat([concept_valid, token_valid], 1)
-    seg = is_concept.long().cumsum(1)
-    query_seg = torch.cat([seg.new_full((batch, width), -1), seg], 1)
-    key_seg = torch.cat([seg.new_full((batch, width), -2), seg - is_concept.long()], 1)
-
-    def q(x):
-        return x[:, :, None]
-
-    def k(x):
-        return x[:, None, :]
-
-    same_tail = ~q(row_is_concept) & (k(key_seg) == q(query_seg))
-    allowed = (k(time) <= q(time)) & k(valid) & (k(row_is_concept) | same_tail)
-    return (allowed | torch.eye(width + length, dtype=torch.bool, device=device))[:, None]
-
-
 class Qwen2ConceptPreTrainedModel(PreTrainedModel):
     config_class = Qwen2ConceptCompressionConfig
     config: Qwen2ConceptCompressionConfig
@@ -166,7 +126,7 @@ class Qwen2ConceptPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Qwen2DecoderLayer"]
     _supports_sdpa = True  # the C4 mask is a boolean SDPA mask (eager gets it as an additive bias)
     _supports_flash_attn = False
-    _supports_flex_attn = False
+    _supports_flex_attn = True  # every mask is a genlab.masking rule, so flex gets a BlockMask of it
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -199,18 +159,21 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         start, stop = bounds[stage]
         return self.model.layers[start:stop]
 
-    def run_stage(self, stage: str, hidden: Tensor, position_ids: Tensor, mask: Tensor | None, cache=None) -> Tensor:
+    def run_stage(self, stage: str, hidden: Tensor, position_ids: Tensor, rule: MaskFunction | None, cache=None,
+                  kv_len: int | None = None) -> Tensor:
         """Run ``stage``'s layers on hidden (b, q, hidden) with RoPE at position_ids (b, q).
 
-        mask: bool (b, 1, q, k), or None for plain causal attention over the q rows (SDPA's is_causal
-        kernel, much faster than an explicit mask; eager gets the explicit one).
+        rule: the stage's mask function (``genlab.masking``) over ``kv_len`` keys (default q: no cache), or None
+        for plain causal attention over the q rows (SDPA's is_causal kernel, much faster than an explicit mask;
+        the other backends get the causal rule).
         """
         position_embeddings = self.model.rotary_emb(hidden, position_ids)  # layers need (cos, sin), not ids
-        if mask is None and self.config._attn_implementation != "sdpa":
-            mask = causal_mask(torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
-        if mask is not None and self.config._attn_implementation != "sdpa":
-            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(hidden.dtype).min)
+        batch, q_len = hidden.shape[:2]
+        implementation = self.config._attn_implementation
+        if rule is None and implementation != "sdpa":
+            rule = causal_padding_rule(torch.ones(batch, q_len, dtype=torch.bool, device=hidden.device))
+        mask = None if rule is None else attention_mask(rule, batch, q_len, kv_len or q_len, implementation=implementation,
+                                                        dtype=hidden.dtype, device=hidden.device)
         for layer in self.stage_layers(stage):
             hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, cache=cache)
         return hidden
@@ -257,8 +220,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         """Shallow → ConceptHead → middle on gathered concept rows → one deep pass; returns token rows' states."""
         position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)  # (batch, seq), left padding aware
         hidden = self.model.embed_tokens(input_ids)  # (batch, seq, hidden)
-        shallow_mask = None if attention_mask_is_trivial(valid) else causal_mask(valid)
-        hidden = self.run_stage("shallow", hidden, position_ids, shallow_mask, self._begin(caches, 0, hidden))
+        shallow_rule = None if bool(valid.all()) else causal_padding_rule(valid)  # unpadded: SDPA's causal kernel
+        hidden = self.run_stage("shallow", hidden, position_ids, shallow_rule, self._begin(caches, 0, hidden))
 
         choice, head_logits = self.concept_head(hidden, tau, noise=self.training)  # (batch, seq, K + 1)
         natural = (choice.argmax(-1) != self.config.null_id) & valid
@@ -278,8 +241,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
 
         deep_in = torch.cat([concepts, hidden], 1)  # (batch, M + seq, hidden)
         deep_pos = torch.cat([concept_pos, position_ids], 1)
-        mask = deep_attention_mask(concept_time, concept_valid, is_concept, valid)
-        out = self.run_stage("deep", deep_in, deep_pos, mask, self._begin(caches, 2, deep_in))[:, width:]
+        rule = concept_deep_rule(concept_time, concept_valid, is_concept, valid)  # C4
+        out = self.run_stage("deep", deep_in, deep_pos, rule, self._begin(caches, 2, deep_in))[:, width:]
 
         soft = torch.softmax(head_logits.float(), -1)[..., self.config.null_id]
         stats = {
@@ -378,4 +341,4 @@ Qwen2ConceptCompressionForCausalLM.register_for_auto_class("AutoModelForCausalLM
 Qwen2ConceptCompressionConfig.register_for_auto_class()
 
 __all__ = ["ConceptCausalLMOutput", "ConceptEmbedding", "ConceptHead", "Qwen2ConceptCompressionForCausalLM",
-           "Qwen2ConceptPreTrainedModel", "deep_attention_mask", "forced_boundaries"]
+           "Qwen2ConceptPreTrainedModel", "forced_boundaries"]

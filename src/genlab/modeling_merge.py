@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_merge import MergeConfig
 from .generation_refinement import MergeGenerationMixin, default_refinement_config
+from .masking import attention_mask, bidirectional_padding_rule
 from .straight_through import (bernoulli_st, bottomk_st, differentiable_topk, gumbel_sigmoid_st,
                                multinomial_st, soft_deletion_weights, straight_through)
 
@@ -61,12 +62,6 @@ class MergeRoundOutput(ModelOutput):
     count_logits: torch.FloatTensor | None = None  # (B, max_insert_count + 1)
 
 
-def additive_padding_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, N) key validity → (B, 1, 1, N) additive mask: bidirectional attention over real tokens."""
-    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
-        ~valid, torch.finfo(dtype).min)[:, None, None, :]
-
-
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """(..., V) → (...) entropy in nats."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -93,9 +88,14 @@ class BidirectionalEncoder(nn.Module):
             layer.self_attn.is_causal = False
         self.rotary_emb = Qwen2RotaryEmbedding(qwen2)
         self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.layer_config, self.model_config = qwen2, config
 
     def forward(self, embeds: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        mask = additive_padding_mask(valid, embeds.dtype)  # (B, 1, 1, N)
+        # the layers attend with the model's current backend (``set_attn_implementation`` changes the MergeConfig's)
+        implementation = self.layer_config._attn_implementation = self.model_config._attn_implementation
+        batch, n = valid.shape
+        mask = attention_mask(bidirectional_padding_rule(valid), batch, n, n, device=valid.device,
+                              implementation=implementation, dtype=embeds.dtype)  # M5
         position_embeddings = self.rotary_emb(embeds, position_ids)
         hidden = embeds
         for layer in self.layers:
@@ -264,6 +264,7 @@ class MergePreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["Qwen2DecoderLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = True  # the M5 mask is a genlab.masking rule, so flex gets a BlockMask of it
     # _init_weights: PreTrainedModel's default covers Linear, Embedding, the norms and the RoPE buffers.
 
 

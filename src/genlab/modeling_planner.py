@@ -36,6 +36,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_planner import CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, PlannerExecutorConfig
 from .generation_planner import PlannerExecutorGenerationMixin
+from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
 from .straight_through import straight_through
 
 TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
@@ -85,33 +86,6 @@ class PlannerExecutorOutput(ModelOutput):
     soft_hard_cosine: torch.FloatTensor | None = None  # mean cos(e_soft, e_hard) over concept slots (P6)
 
 
-def attention_mask_4d(allowed: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """(batch, q, k) booleans → the ``{"full_attention": (batch, 1, q, k)}`` additive mask Qwen2Model takes."""
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return {"full_attention": mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]}
-
-
-def causal_allowed(key_valid: torch.Tensor, num_queries: int) -> torch.Tensor:
-    """(batch, kv) validity → (batch, q, kv): key valid and not after the query (queries = the last q keys)."""
-    kv = key_valid.shape[1]
-    query_index = torch.arange(kv - num_queries, kv, device=key_valid.device)
-    causal = torch.arange(kv, device=key_valid.device)[None, :] <= query_index[:, None]  # (q, kv)
-    return key_valid[:, None, :] & causal[None]
-
-
-def planner_allowed(key_valid: torch.Tensor, key_type: torch.Tensor, query_type: torch.Tensor) -> torch.Tensor:
-    """Planner attention (P1, v3.1 parallel types): u causal; a segment sees u and the earlier tokens of its type.
-
-    key_valid (batch, kv), key_type (kv,), query_type (q,): the queries are the last q keys.
-    """
-    kv, q = key_type.shape[0], query_type.shape[0]
-    query_index = torch.arange(kv - q, kv, device=key_type.device)
-    not_after = torch.arange(kv, device=key_type.device)[None, :] <= query_index[:, None]  # (q, kv)
-    same_type = key_type[None, :] == query_type[:, None]
-    sees_u = (key_type[None, :] == TEXT_TYPE) & (query_type[:, None] != TEXT_TYPE)
-    return key_valid[:, None, :] & ((same_type & not_after) | sees_u)[None]
-
-
 def concept_slot_mask(concept_ids: torch.Tensor) -> torch.Tensor:
     """(batch, types, L) → True on the content slots: before the first ``<pad>``/``<eos>`` of each type."""
     content = (concept_ids != CONCEPT_PAD) & (concept_ids != CONCEPT_EOS)
@@ -124,6 +98,17 @@ class PlannerExecutorPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["Qwen2DecoderLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = True  # every mask is a genlab.masking rule, so flex gets a BlockMask of it
+
+    @staticmethod
+    def attention_masks(stack, rule: MaskFunction, embeds: torch.Tensor, kv_len: int,
+                        q_len: int | None = None) -> dict:
+        """``rule`` over ``kv_len`` keys for the queries in ``embeds`` (batch, q, hidden), in the form the stack's
+        attention backend takes, as the ``{"full_attention": …}`` mapping Qwen2Model accepts."""
+        batch, queries = embeds.shape[:2]
+        return {"full_attention": attention_mask(rule, batch, q_len or queries, kv_len, device=embeds.device,
+                                                 implementation=stack.config._attn_implementation,
+                                                 dtype=embeds.dtype)}
 
 
 class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTrainedModel):
@@ -198,7 +183,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         embeds = self.planner.embed_tokens(input_ids) + self.planner_type_embed.weight[TEXT_TYPE]
         key_type = torch.full((input_ids.shape[1],), TEXT_TYPE, device=input_ids.device)
-        mask = attention_mask_4d(planner_allowed(valid, key_type, key_type), embeds.dtype)
+        mask = self.attention_masks(self.planner, planner_rule(valid, key_type, TEXT_TYPE), embeds,
+                                    valid.shape[1])
         cache = cache if cache is not None else DynamicCache(config=self.planner.config)
         self.planner(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         return cache, valid, valid.sum(1)
@@ -216,7 +202,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         positions = (input_length[:, None, None] + offsets[None, None, :]).expand(b, k, n).reshape(b, -1)
         all_valid = torch.cat([key_valid, key_valid.new_ones(b, k * n)], 1)
         all_type = torch.cat([key_type, query_type])
-        mask = attention_mask_4d(planner_allowed(all_valid, all_type, query_type), embeds.dtype)
+        mask = self.attention_masks(self.planner, planner_rule(all_valid, all_type, TEXT_TYPE), embeds,
+                                    all_valid.shape[1], q_len=query_type.shape[0])
         hidden = self.planner(inputs_embeds=embeds.reshape(b, k * n, -1), attention_mask=mask, position_ids=positions,
                               cache=cache, use_cache=True).last_hidden_state
         return hidden.view(b, k, n, -1)
@@ -295,7 +282,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         if key_valid is None and embeds.shape[1] != 1:
             raise ValueError(f"key_valid=None is only for one new token, got {embeds.shape[1]}")
         mask = ({"full_attention": None} if key_valid is None
-                else attention_mask_4d(causal_allowed(key_valid, embeds.shape[1]), embeds.dtype))
+                else self.attention_masks(self.executor, causal_padding_rule(key_valid), embeds, key_valid.shape[1]))
         return self.executor(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              cache=cache, use_cache=True).last_hidden_state
 

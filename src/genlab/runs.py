@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from transformers.trainer_utils import get_last_checkpoint
+
 from .distributed import is_main_process, wait_for_everyone
 
 MANIFEST = "genlab_run.json"
@@ -117,7 +119,5 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
 
 def last_checkpoint(run_dir: str | os.PathLike) -> str | None:
     """The newest Trainer checkpoint under ``RUN_DIR/checkpoints`` (for ``resume_from_checkpoint``)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     ckpt_dir = Path(run_dir) / CHECKPOINTS
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None

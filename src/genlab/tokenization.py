@@ -21,6 +21,8 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .data import load_corpus
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
                   "mask_token": "<mask>", "sep_token": "<sep>"}
 RESERVED_TOKENS = [f"<|reserved_{i}|>" for i in range(16)]
@@ -83,8 +85,6 @@ def default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokeniz
     """The corpus tokenizer, trained once on the default corpus's train split and cached."""
     path = cache_dir() / f"corpus-char-{vocab_size}"
     if not all((path / name).is_file() for name in TOKENIZER_FILES):
-        from .data import load_corpus
-
         train = load_corpus("all")["train"]
         save_atomically(train_char_tokenizer(train["text"], vocab_size), path)
     return load_tokenizer(path)

@@ -29,7 +29,7 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from ..data import load_corpus
-from ..modeling_planner import PlannerExecutorModel
+from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..timing import paired_seconds
 from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer
@@ -82,7 +82,7 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
         sums["nll_planner_z"] += nll(model.plan(batch["input_ids"], batch["attention_mask"]))
         for kind in ("shuffle", "mask", "random"):
             sums[f"delta_nll_{kind}"] += nll(corrupt_concepts(z_star, kind, model.config.concept_vocab_sizes, generator)) - base
-        sums["zstar_concepts"] += float((z_star >= 3).sum())
+        sums["zstar_concepts"] += float(concept_slot_mask(z_star).sum())
         joined = ar_collate([{"input_ids": u[um.bool()].tolist() + [tokenizer.sep_token_id] + t[tm.bool()].tolist(),
                               "labels": [-100] * (int(um.sum()) + 1) + t[tm.bool()].tolist()}
                              for u, um, t, tm in zip(batch["input_ids"], batch["attention_mask"], y, y_mask)])

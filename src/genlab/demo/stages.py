@@ -129,11 +129,10 @@ def stage_planner(demo: Demo) -> dict:
                                                                budget=demo.budget),
                    default_training_arguments(planner_baseline.TRAINING_DEFAULTS, max_steps=manifest["steps"],
                                               report_to="none")), demo.budget)
-    (demo.root / "benchmarks").mkdir(exist_ok=True)
 
     def measure() -> dict:
         bench = bench_planner.run(bench_planner.PlannerBenchConfig(
-            json=str(demo.root / "benchmarks" / "planner.json"), run_dir=str(run_dir), ar_run_dir=str(ar_dir),
+            json=str(run_dir / "bench.json"), run_dir=str(run_dir), ar_run_dir=str(ar_dir),
             steps=s.planner_steps, budget=demo.budget, ar_budget=demo.budget, warmup_estep=s.planner_warmup,
             max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats))
         return {"figures": bench["figures"], "examples": planner_examples(run_dir, s.shown)}

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
 
 from ..distributed import is_main_process
@@ -93,6 +94,4 @@ def announce(message: str) -> None:
 
 
 def _has_accelerator() -> bool:
-    import torch
-
     return torch.cuda.is_available()
