@@ -103,13 +103,49 @@ def test_gumbel_temperature_is_a_function_of_the_step():
 
 # -- C7 rate controls -------------------------------------------------------------------------------------------------
 def test_null_decision_is_calibrated_to_the_target_rate():
-    """At init P(<NULL>) = 1 - r (SPEC Pitfalls: not 1/4097); sampled training decisions follow it."""
+    """``sampled`` firing (the ablation): at init P(<NULL>) = 1 - r (SPEC Pitfalls: not 1/4097) and the sampled
+    training decisions follow it."""
     torch.manual_seed(0)
-    model = Qwen2ConceptCompressionForCausalLM(tiny_config(concept_vocab_size=4096, max_null_run=1000)).train()
+    model = Qwen2ConceptCompressionForCausalLM(tiny_config(concept_vocab_size=4096, max_null_run=1000,
+                                                           firing="sampled")).train()
     ids = random_ids(8, 64)
     out = model(ids)
     assert out.soft_concept_rate.item() == pytest.approx(0.25, abs=0.03)
     assert out.is_concept.float().mean().item() == pytest.approx(0.25, abs=0.05)
+
+
+def test_threshold_firing_starts_on_the_decision_boundary():
+    """``threshold`` firing starts at P(concept) = ½, so about half the tokens fire and the rate loss has hard
+    decisions on both sides to move (started at P = r < ½ nothing would fire)."""
+    torch.manual_seed(0)
+    model = Qwen2ConceptCompressionForCausalLM(tiny_config(concept_vocab_size=4096, max_null_run=1000)).eval()
+    out = model(random_ids(8, 64))
+    assert out.soft_concept_rate.item() == pytest.approx(0.5, abs=0.03)
+    assert 0.2 < out.is_concept.float().mean().item() < 0.8
+
+
+def test_threshold_firing_makes_the_same_decisions_in_train_and_eval_mode():
+    """One rule (issue 13): the noise of training only picks WHICH concept fires, never whether a token fires."""
+    torch.manual_seed(0)
+    model = Qwen2ConceptCompressionForCausalLM(tiny_config(concept_vocab_size=64, max_null_run=1000))
+    ids = random_ids(4, 48)
+    trained_mode, eval_mode = model.train()(ids), model.eval()(ids)
+    assert torch.equal(trained_mode.is_concept, eval_mode.is_concept) and trained_mode.is_concept.any()
+    model.config.firing = "sampled"  # the ablation: training samples the decision itself
+    assert not torch.equal(model.train()(ids).is_concept, eval_mode.is_concept)
+
+
+def test_rate_loss_is_smallest_where_the_hard_and_soft_rates_meet_the_target():
+    model = make_model()  # r = 1/4
+    loss = lambda f, g: float(model.rate_loss(torch.tensor(g), torch.tensor(f)))  # noqa: E731
+    assert loss(0.25, 0.25) == pytest.approx(1.0)
+    assert loss(0.5, 0.5) > 1.0 and loss(0.1, 0.1) > 1.0  # both rates too high, both too low
+    soft = torch.tensor(0.25, requires_grad=True)
+    model.rate_loss(soft, torch.tensor(0.25)).backward()
+    assert soft.grad.abs().item() < 1e-6  # stationary at F = G = r
+    soft = torch.tensor(0.25, requires_grad=True)
+    model.rate_loss(soft, torch.tensor(0.5)).backward()
+    assert soft.grad.item() > 0  # too many hard fires: the soft rate is pushed down
 
 
 def test_noise_free_choice_fires_when_p_concept_exceeds_half():
@@ -211,7 +247,7 @@ def test_one_pass_equals_per_position_reference():
     assert 3 <= int(out.is_concept.sum()) <= 20
     torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=1e-5)
     labels = ids.clone()
-    loss = model(ids, labels=labels).loss
+    loss = model(ids, labels=labels).ce_loss
     expected = F.cross_entropy(reference[0, :-1], ids[0, 1:])
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
@@ -274,7 +310,8 @@ def test_loss_is_cross_entropy_per_normal_token():
     with torch.no_grad():
         out = model(ids, labels=labels)
     expected = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.ce_loss, expected)
+    torch.testing.assert_close(out.loss, expected + model.config.ratio_loss_weight * out.rate_loss)
 
 
 @torch.no_grad()
@@ -351,3 +388,24 @@ def test_eager_attention_gives_the_sdpa_logits():
     valid = mask.bool()
     torch.testing.assert_close(eager[valid], sdpa[valid], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model(ids[1:]).logits, sdpa[1:], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_beam_search_reorders_the_three_caches():
+    """generate(num_beams=…) with the ConceptCache gives the beams of the uncached full forward (rows fire at
+    different times, one row left-padded)."""
+    model = make_model(eos_token_id=2)
+    ids = random_ids(2, 10, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, :3], ids[1, :3] = 0, 0
+    cached = model.generate(ids, attention_mask=mask, num_beams=3, max_new_tokens=8, do_sample=False)
+    uncached = model.generate(ids, attention_mask=mask, num_beams=3, max_new_tokens=8, do_sample=False,
+                              use_cache=False)
+    assert torch.equal(cached, uncached) and cached.shape[1] == 18
+
+
+@pytest.mark.parametrize("argument", [{"position_ids": torch.arange(6)[None]}, {"output_hidden_states": True},
+                                      {"output_attentions": True}, {"inputs_embeds": torch.zeros(1, 6, 64)}])
+def test_forward_refuses_what_it_cannot_honour(argument):
+    with pytest.raises(ValueError, match=next(iter(argument))):
+        make_model()(random_ids(1, 6), **argument)

@@ -14,9 +14,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
 
 CONCEPT_FIELDS = ("num_shallow_layers", "num_middle_layers", "num_deep_layers", "concept_vocab_size",
-                  "target_compression_ratio", "max_null_run", "gumbel_tau_start", "gumbel_tau_end",
+                  "target_compression_ratio", "max_null_run", "firing", "gumbel_tau_start", "gumbel_tau_end",
                   "gumbel_anneal_steps", "ratio_loss_weight", "lora_r", "lora_alpha", "lora_dropout",
                   "lora_target_modules")
+FIRING_RULES = ("threshold", "sampled")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -32,9 +33,16 @@ class Qwen2ConceptCompressionConfig(Qwen2Config):
             ``<NULL>`` bias of the ConceptHead is initialised so that P(concept) = r (C7).
         max_null_run: the longest allowed run of consecutive ``<NULL>``; the next token is forced to be a
             concept (a forced boundary bounds the tail, C7). ``None``: ``round(2 / r) - 1``.
+        firing: how a token becomes a concept, the same rule in training, evaluation and decoding.
+            ``"threshold"`` (default): fire iff P(not ``<NULL>``) > ½, with a straight-through gradient; Gumbel
+            noise (training only) picks only WHICH concept id fires; the rate loss acts on the hard decisions.
+            ``"sampled"`` (ablation, the first release's rule): training samples fire/no-fire with Gumbel-max
+            over the K + 1 classes, inference fires iff P > ½ — the two regimes fire at different rates.
         gumbel_tau_start / gumbel_tau_end / gumbel_anneal_steps: exponential temperature schedule of the
             Gumbel-softmax (a pure function of the global step, see ``gumbel_temperature``).
-        ratio_loss_weight: weight of the optional (off by default) penalty (rate - r)^2 on the soft rate.
+        ratio_loss_weight: weight of the rate loss (C7). ``threshold``: H-Net's ratio loss on the hard decisions,
+            N/(N−1)·((N−1)·F·G + (1−F)·(1−G)) with N = 1/r, F the fraction of tokens that became concepts and G
+            the mean P(not ``<NULL>``) (its minimum is at F = G = r). ``sampled``: (G − r)².
         lora_r / lora_alpha / lora_dropout / lora_target_modules: peft LoRA on the frozen backbone (C6).
     """
 
@@ -46,10 +54,11 @@ class Qwen2ConceptCompressionConfig(Qwen2Config):
     concept_vocab_size: int = 4096
     target_compression_ratio: float = 0.25
     max_null_run: int | None = None
+    firing: str = "threshold"
     gumbel_tau_start: float = 1.0
     gumbel_tau_end: float = 0.1
     gumbel_anneal_steps: int = 2000
-    ratio_loss_weight: float = 0.0
+    ratio_loss_weight: float = 1.0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -64,6 +73,8 @@ class Qwen2ConceptCompressionConfig(Qwen2Config):
             self.max_null_run = max(0, round(2 / self.target_compression_ratio) - 1)
         if self.max_null_run < 0:
             raise ValueError(f"max_null_run must be >= 0, got {self.max_null_run}")
+        if self.firing not in FIRING_RULES:
+            raise ValueError(f"firing must be one of {list(FIRING_RULES)}, got {self.firing!r}")
         if self.concept_vocab_size < 1:
             raise ValueError(f"concept_vocab_size must be >= 1, got {self.concept_vocab_size}")
         if not (self.gumbel_tau_start > 0 and self.gumbel_tau_end > 0):
@@ -97,12 +108,15 @@ class Qwen2ConceptCompressionConfig(Qwen2Config):
         return self.concept_vocab_size
 
     def null_bias(self, logit_variance: float = 0.0) -> float:
-        """``<NULL>`` logit that makes P(concept) = r at init (C7 calibration; SPEC Pitfalls).
+        """``<NULL>`` logit at init (C7 calibration; SPEC Pitfalls).
 
         With K concept logits ~ N(0, s²), E[sum_k exp(l_k)] = K·exp(s²/2), so P(<NULL>) = 1 - r needs
-        b = log K + s²/2 + log((1 - r) / r). r = 1 (every token a concept) gives a very low bias.
+        b = log K + s²/2 + log((1 - r) / r). ``sampled`` firing starts at P(concept) = r. ``threshold`` firing
+        starts at P(concept) = ½, on the decision boundary, so about half the tokens fire at first and the rate
+        loss moves the boundary to r (started at P = r < ½ nothing would fire and the loss would crawl).
+        r = 1 (every token a concept) gives a very low bias.
         """
-        r = self.target_compression_ratio
+        r = 0.5 if self.firing == "threshold" else self.target_compression_ratio
         if r >= 1:
             return -30.0
         return math.log(self.concept_vocab_size) + logit_variance / 2 + math.log1p(-r) - math.log(r)
@@ -114,4 +128,4 @@ def gumbel_temperature(config: Qwen2ConceptCompressionConfig, step: int) -> floa
     return config.gumbel_tau_start * (config.gumbel_tau_end / config.gumbel_tau_start) ** progress
 
 
-__all__ = ["Qwen2ConceptCompressionConfig", "gumbel_temperature"]
+__all__ = ["FIRING_RULES", "Qwen2ConceptCompressionConfig", "gumbel_temperature"]

@@ -86,6 +86,13 @@ class RaggedKVCache:
             for layer_idx, stored in store.items():
                 store[layer_idx] = stored.gather(2, index.expand(-1, stored.shape[1], -1, stored.shape[3]))
 
+    def reorder(self, beam_idx: Tensor) -> None:
+        """Beam search: row i takes row ``beam_idx[i]``'s entries and length."""
+        self.lengths = self.lengths[beam_idx]
+        for store in (self.keys, self.values):
+            for layer_idx, stored in store.items():
+                store[layer_idx] = stored[beam_idx.to(stored.device)]
+
     def nbytes(self) -> int:
         """Bytes of the live entries (sum over rows of lengths) — what a tight cache would hold."""
         per_entry = sum(k[:1, :, :1].numel() * k.element_size() for k in self.keys.values()) * 2
@@ -117,6 +124,15 @@ class ConceptCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Beam search (``generate(num_beams=…)`` calls it): every row of the three caches and of the per-row
+        counters follows the beam it continues."""
+        for stage in (self.shallow, self.middle, self.deep):
+            stage.reorder(beam_idx)
+        self.next_position, self.null_run = self.next_position[beam_idx], self.null_run[beam_idx]
+        self.n_concepts = self.n_concepts[beam_idx]
+        self.history = [step[beam_idx] for step in self.history]
 
     def nbytes(self) -> int:
         """KV bytes held by the three caches (live entries only)."""

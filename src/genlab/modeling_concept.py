@@ -42,15 +42,20 @@ _NOT_COPIED_FROM_BASE = ("model_type", "architectures", "transformers_version", 
 
 @dataclass
 class ConceptCausalLMOutput(ModelOutput):
-    """loss: CE per normal token (C5) [+ the optional rate penalty]; logits: (batch, seq, vocab) on token rows;
+    """loss: CE per normal token (C5) + ratio_loss_weight · rate_loss (C7); ce_loss and rate_loss apart (for logging
+    and perplexity); logits: (batch, seq, vocab) on token rows;
     concept_ids: (batch, seq) ConceptHead decision per token, ``<NULL>`` = K; is_concept: (batch, seq) bool;
+    is_forced: (batch, seq) bool, the concepts forced by ``max_null_run`` (not chosen by the head);
     soft_concept_rate: mean P(not <NULL>) over real tokens (differentiable); cache: ConceptCache."""
 
     loss: Tensor | None = None
+    ce_loss: Tensor | None = None
+    rate_loss: Tensor | None = None
     logits: Tensor | None = None
     cache: ConceptCache | None = None
     concept_ids: Tensor | None = None
     is_concept: Tensor | None = None
+    is_forced: Tensor | None = None
     soft_concept_rate: Tensor | None = None
 
 
@@ -67,22 +72,29 @@ class ConceptHead(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.proj(self.norm(hidden)) + F.pad(self.null_bias, (self.concept_vocab_size, 0))
 
-    def forward(self, hidden: Tensor, tau: float, noise: bool) -> tuple[Tensor, Tensor]:
+    def forward(self, hidden: Tensor, tau: float, noise: bool, firing: str = "threshold") -> tuple[Tensor, Tensor]:
         """(…, hidden) → (ST one-hot (…, K + 1), logits (…, K + 1)).
 
-        noise=True (training): Gumbel-max over the K + 1 classes, so a token fires with P(not <NULL>).
-        noise=False (inference): the mode of that fire/no-fire decision — fire iff P(not <NULL>) > 1/2 —
-        then the most likely concept id. (A plain argmax over K + 1 classes would almost never fire:
-        P(<NULL>) = 0.3 still beats each of K ids sharing the other 0.7.)
+        ``threshold`` firing (C7, the same rule with or without noise): fire iff P(not <NULL>) > ½, i.e.
+        logsumexp(concept logits) > the <NULL> logit; the id is the argmax of the concept logits, Gumbel-perturbed
+        when ``noise`` (training), so noise chooses only WHICH concept fires. The gradient is that of the
+        softmax over the K + 1 (perturbed) logits at temperature ``tau``. ``sampled`` firing with ``noise``
+        (the ablation): Gumbel-max over all K + 1 classes, so a token fires with P(not <NULL>); without noise
+        it is the threshold rule.
         """
         logits = self.logits(hidden)
-        if noise:
-            return gumbel_softmax_st(logits, tau, noise=True), logits
         null = self.concept_vocab_size
-        fire = torch.logsumexp(logits[..., :null], -1) > logits[..., null]
-        hard_id = torch.where(fire, logits[..., :null].argmax(-1), null)
+        if noise and firing == "sampled":
+            return gumbel_softmax_st(logits, tau, noise=True), logits
+        concept_logits = logits[..., :null]
+        if noise:
+            uniform = torch.rand_like(concept_logits).clamp(1e-10, 1 - 1e-10)
+            concept_logits = concept_logits - torch.log(-torch.log(uniform))
+        fire = torch.logsumexp(logits[..., :null], -1) > logits[..., null]  # the noise never decides firing
+        hard_id = torch.where(fire, concept_logits.argmax(-1), null)
         hard = F.one_hot(hard_id, null + 1).to(logits.dtype)
-        return straight_through(hard, torch.softmax(logits / tau, -1)), logits
+        soft = torch.softmax(torch.cat([concept_logits, logits[..., null:]], -1).float() / tau, -1)
+        return straight_through(hard, soft.to(logits.dtype)), logits
 
     def force_concept(self, choice: Tensor, logits: Tensor, forced: Tensor) -> Tensor:
         """C7 forced boundary: where ``forced`` (…), the hard choice becomes the best concept id; gradient unchanged."""
@@ -192,13 +204,26 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         cache: ConceptCache | None = None,
         use_cache: bool | None = None,
         gumbel_tau: float | None = None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        position_ids: Tensor | None = None,
         **kwargs,
     ) -> ConceptCausalLMOutput:
         """Full forward (training, scoring, prefill with ``use_cache=True``) or cached decoding steps.
 
         input_ids (batch, seq); attention_mask (batch, seq) with LEFT padding; labels (batch, seq) with -100
-        ignored (shifted inside); gumbel_tau: the temperature (the trainer passes the scheduled value).
+        ignored (shifted inside); gumbel_tau: the temperature (the trainer passes the scheduled value). What the
+        model cannot honour is refused, never dropped: positions always follow ``attention_mask``, and attention
+        weights / per-layer hidden states do not exist for the rows the middle blocks skip.
         """
+        refused = {"position_ids": position_ids is not None, "output_attentions": bool(output_attentions),
+                   "output_hidden_states": bool(output_hidden_states), "return_dict=False": return_dict is False}
+        refused.update({name: True for name in kwargs})
+        if any(refused.values()):
+            raise ValueError(f"Qwen2ConceptCompressionForCausalLM.forward does not take {sorted(k for k, v in refused.items() if v)}; "
+                             "it takes input_ids, attention_mask (left padding; positions follow it), labels, cache, "
+                             "use_cache and gumbel_tau, and returns a ConceptCausalLMOutput")
         if cache is not None:
             return self._decode(input_ids, cache)
         self._check_length(input_ids.shape[1])
@@ -207,12 +232,18 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         caches = self._new_caches(input_ids) if use_cache else None
         hidden, concepts = self._compress_and_run(input_ids, valid, tau, caches)
         logits = self.lm_head(self.model.norm(hidden))
+        ce = rate = loss = None
+        if labels is not None:
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            rate = self.rate_loss(concepts["soft_rate"], concepts["hard_rate"])
+            loss = ce + self.config.ratio_loss_weight * rate if self.config.ratio_loss_weight > 0 else ce
         return ConceptCausalLMOutput(
-            loss=self._loss(logits, labels, concepts["soft_rate"]) if labels is not None else None,
+            loss=loss, ce_loss=ce, rate_loss=rate,
             logits=logits,
             cache=self._finish_prefill(caches, concepts, valid) if use_cache else None,
             concept_ids=concepts["ids"],
             is_concept=concepts["is_concept"],
+            is_forced=concepts["is_forced"],
             soft_concept_rate=concepts["soft_rate"],
         )
 
@@ -223,7 +254,7 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         shallow_rule = None if bool(valid.all()) else causal_padding_rule(valid)  # unpadded: SDPA's causal kernel
         hidden = self.run_stage("shallow", hidden, position_ids, shallow_rule, self._begin(caches, 0, hidden))
 
-        choice, head_logits = self.concept_head(hidden, tau, noise=self.training)  # (batch, seq, K + 1)
+        choice, head_logits = self.concept_head(hidden, tau, noise=self.training, firing=self.config.firing)
         natural = (choice.argmax(-1) != self.config.null_id) & valid
         forced = forced_boundaries(natural, valid, self.config.max_null_run)
         choice = self.concept_head.force_concept(choice, head_logits, forced)
@@ -248,17 +279,23 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         stats = {
             "ids": choice.argmax(-1).masked_fill(~valid, self.config.null_id),
             "is_concept": is_concept,
+            "is_forced": forced,
             "soft_rate": ((1 - soft) * valid).sum() / valid.sum().clamp(min=1),
+            "hard_rate": (is_concept & valid).sum() / valid.sum().clamp(min=1),
             "time": concept_time, "valid": concept_valid, "positions": position_ids,
         }
         return out, stats
 
-    def _loss(self, logits: Tensor, labels: Tensor, soft_rate: Tensor) -> Tensor:
-        """C5: CE(logits_t, x[t+1]) averaged over the normal (non -100) target tokens; plus the optional C7 penalty."""
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        if self.config.ratio_loss_weight > 0:
-            loss = loss + self.config.ratio_loss_weight * (soft_rate - self.config.target_compression_ratio) ** 2
-        return loss
+    def rate_loss(self, soft_rate: Tensor, hard_rate: Tensor) -> Tensor:
+        """C7. ``threshold``: H-Net's ratio loss N/(N−1)·((N−1)·F·G + (1−F)·(1−G)), N = 1/r, on the hard rate F (no
+        gradient) and the soft rate G; its minimum is at F = G = r. ``sampled``: (G − r)²."""
+        r = self.config.target_compression_ratio
+        if self.config.firing == "sampled":
+            return (soft_rate - r) ** 2
+        if r >= 1:
+            return soft_rate.new_zeros(())
+        n, f = 1 / r, hard_rate.detach()
+        return n / (n - 1) * ((n - 1) * f * soft_rate + (1 - f) * (1 - soft_rate))
 
     # -- cached decoding (C8) -------------------------------------------------------------------------------------
     def _new_caches(self, input_ids: Tensor) -> list[RaggedKVCache]:

@@ -92,7 +92,7 @@ def stage_concept(demo: Demo) -> dict:
     run_dir, base, s = demo.dir("concept"), demo.dir("ar"), demo.scale
     manifest = ensure_run("concept compression", run_dir, concept.load_concept_run, lambda: concept.train_concept(
         concept.ConceptTrainConfig(run_dir=str(run_dir), base=str(base), layers=s.concept_layers, concept_vocab=512,
-                                   ratio_weight=5.0, eval_blocks=s.eval_blocks, budget=demo.budget),
+                                   eval_blocks=s.eval_blocks, budget=demo.budget),
         default_training_arguments(concept.TRAINING_DEFAULTS, max_steps=s.concept_steps,
                                    per_device_train_batch_size=8, **demo.quiet_training())), demo.budget)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator, set_seed
 
-from ..configuration_concept import Qwen2ConceptCompressionConfig, gumbel_temperature
+from ..configuration_concept import FIRING_RULES, Qwen2ConceptCompressionConfig, gumbel_temperature
 from ..data import load_corpus
 from ..distributed import main_process_first
-from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
+from ..modeling_concept import ConceptEmbedding, Qwen2ConceptCompressionForCausalLM
 from ..runs import TRAINER_LOG, RunDir, export_model_run, export_run, prepare_run_dir, read_manifest
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .ar import pack_sentences, sample
@@ -49,8 +50,10 @@ class ConceptTrainConfig(TrainConfig):
     target_ratio: float = field(default=0.25, metadata={"help": "concepts per token, r (C7)"})
     max_null_run: int | None = field(default=None, metadata={"help": "longest <NULL> run (default 2/r - 1)"})
     concept_vocab: int = field(default=4096, metadata={"help": "concept vocabulary size K"})
-    ratio_weight: float = field(default=0.0, metadata={
-        "help": "weight of the optional (rate - r)² penalty on the soft concept rate (C7; off by default)"})
+    firing: str = field(default="threshold", metadata={
+        "choices": list(FIRING_RULES), "help": "threshold: one rule everywhere (P > ½); sampled: the ablation"})
+    ratio_weight: float = field(default=1.0, metadata={
+        "help": "weight of the C7 rate loss (H-Net's on the hard decisions; (G - r)² for sampled firing)"})
     anneal_steps: int | None = field(default=None, metadata={"help": "Gumbel tau annealing steps (default: max-steps)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha = 2r)"})
     save: str = field(default="merged", metadata={"choices": list(SAVE_MODES),
@@ -63,6 +66,7 @@ class ConceptTrainConfig(TrainConfig):
         if self.base is None:
             raise ValueError("--base is required: a Qwen2ForCausalLM checkpoint directory")
         check_choice(self, "save", SAVE_MODES)
+        check_choice(self, "firing", FIRING_RULES)
         check_positive(self, "concept_vocab", "lora_r", "block_size", "eval_blocks")
         self.layer_split()  # a bad --layers is refused before any training
 
@@ -79,7 +83,7 @@ class ConceptTrainConfig(TrainConfig):
     def concept_fields(self, max_steps: int) -> dict:
         """The config fields this run adds to the base (layer split, vocabulary, rate controls, schedule, LoRA)."""
         return dict(concept_vocab_size=self.concept_vocab, target_compression_ratio=self.target_ratio,
-                    max_null_run=self.max_null_run, gumbel_anneal_steps=self.anneal_steps or max_steps,
+                    max_null_run=self.max_null_run, firing=self.firing, gumbel_anneal_steps=self.anneal_steps or max_steps,
                     ratio_loss_weight=self.ratio_weight, lora_r=self.lora_r, lora_alpha=2 * self.lora_r,
                     **self.layer_split())
 
@@ -156,7 +160,8 @@ class ConceptCompressionTrainer(Trainer):
         stats = concept_statistics(outputs.is_concept, outputs.concept_ids, valid, config.concept_vocab_size)
         self.metrics.accumulate("counts", stats.pop("concept_counts"))
         self.metrics.maximum("tail_max", stats.pop("tail_max"))
-        stats["ce_per_token"] = outputs.loss.detach()
+        stats["ce_per_token"] = outputs.ce_loss.detach()
+        stats["rate_loss"] = outputs.rate_loss.detach()
         stats["soft_concept_rate"] = outputs.soft_concept_rate.detach()
         for name, value in stats.items():
             self.metrics.add(name, value)
@@ -167,8 +172,8 @@ def concept_statistics(is_concept: torch.Tensor, concept_ids: torch.Tensor, vali
                        concept_vocab_size: int) -> dict:
     """C7 monitors of one batch: compression ratio, <NULL> rate, mean/max tail length, concept id counts."""
     tokens = valid.sum().clamp(min=1)
-    index = torch.arange(is_concept.shape[1], device=is_concept.device).expand_as(is_concept)
-    last = torch.where(is_concept, index, -1).cummax(1).values
+    index = valid.long().cumsum(1) - 1  # index among real tokens: left padding is not part of any tail
+    last = torch.where(is_concept & valid, index, -1).cummax(1).values
     tail = torch.where(valid, index - last, 0)  # tokens in the tail a token reads (0 when it is compressed)
     ratio = (is_concept & valid).sum() / tokens
     ids = concept_ids[is_concept & valid]
@@ -189,20 +194,56 @@ def usage_entropy(counts: torch.Tensor | None) -> float:
     return float(-(p[p > 0] * p[p > 0].log()).sum())
 
 
+@contextmanager
+def concept_intervention(model, kind: str, generator: torch.Generator | None = None):
+    """Within the block, every concept vector the ConceptEmbedding produces is ``"zeroed"`` or ``"permuted"`` across
+    the batch's concept positions (padding slots untouched): what the model loses then is what concepts carry."""
+    if kind not in ("permuted", "zeroed"):
+        raise ValueError(f"kind must be 'permuted' or 'zeroed', got {kind!r}")
+
+    def hook(module, inputs, output):
+        valid = inputs[0][..., : module.concept_vocab_size].sum(-1) > 0.5  # (batch, M): real concept rows
+        if kind == "zeroed":
+            return output.masked_fill(valid[..., None], 0.0)
+        rows = output[valid]  # (n, hidden)
+        order = torch.randperm(rows.shape[0], generator=generator).to(rows.device)
+        changed = output.clone()
+        changed[valid] = rows[order]
+        return changed
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ConceptEmbedding)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
-def evaluate_concepts(model, blocks, batch_size: int = 16) -> dict:
-    """Validation perplexity (per normal token) and compression statistics with noise-free decisions."""
+def evaluate_concepts(model, blocks, batch_size: int = 16, seed: int = 0) -> dict:
+    """On validation blocks, with noise-free decisions: perplexity per normal token (CE only, no rate loss), the
+    concept rate, the share of concepts the head chose (not forced), and ΔNLL per token when the concept vectors
+    are permuted across positions or zeroed (C10: concepts that can be destroyed at no cost carry nothing)."""
     model.eval()
-    total_nll, total_tokens, concepts, tokens = 0.0, 0, 0, 0
+    generator = torch.Generator().manual_seed(seed)
+    nll = dict.fromkeys(("plain", "permuted", "zeroed"), 0.0)
+    total_tokens, concepts, forced, tokens = 0, 0, 0, 0
     for start in range(0, len(blocks), batch_size):
         ids = torch.tensor(blocks[start : start + batch_size]["input_ids"], device=model.device)
         out = model(input_ids=ids, labels=ids)
-        n = ids[:, 1:].numel()
-        total_nll += float(out.loss) * n
-        total_tokens += n
+        for kind in ("permuted", "zeroed"):
+            with concept_intervention(model, kind, generator):
+                nll[kind] += float(model(input_ids=ids, labels=ids).ce_loss) * ids[:, 1:].numel()
+        nll["plain"] += float(out.ce_loss) * ids[:, 1:].numel()
+        total_tokens += ids[:, 1:].numel()
         concepts += int(out.is_concept.sum())
+        forced += int(out.is_forced.sum())
         tokens += ids.numel()
-    return {"val_ppl": math.exp(total_nll / max(1, total_tokens)), "val_compression_ratio": concepts / max(1, tokens)}
+    per_token = {kind: value / max(1, total_tokens) for kind, value in nll.items()}
+    return {"val_ppl": math.exp(per_token["plain"]), "val_compression_ratio": concepts / max(1, tokens),
+            "natural_fire_fraction": 1 - forced / max(1, concepts),
+            "delta_nll_concepts_permuted": per_token["permuted"] - per_token["plain"],
+            "delta_nll_concepts_zeroed": per_token["zeroed"] - per_token["plain"]}
 
 
 def load_concept_run(run_dir: str | Path) -> Qwen2ConceptCompressionForCausalLM:
