@@ -153,3 +153,19 @@ def test_concept_interventions_zero_or_permute_only_the_concept_vectors():
         else:
             assert sorted(rows[real].sum(-1).tolist()) == sorted(original[real].sum(-1).tolist())
     assert torch.allclose(model(ids).logits, plain)  # the hooks are gone after the block
+
+
+def test_probe_concept_shows_boundaries_and_what_frequent_ids_stand_for(merged_run, tmp_path, capsys):
+    from genlab.cli import main
+
+    run_dir, _ = merged_run
+    out = tmp_path / "probe.json"
+    assert main(["probe", "concept", str(run_dir), "--text", "新华社北京一月一日电", "今天天气很好",
+                 "--top", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["texts"] == 2 and 0 < result["rate"] <= 1 and len(result["shown"]) == 2
+    assert result["shown"][0].replace("|", "").replace("¦", "").endswith("一月一日电")  # the text, marked
+    fires = sum(entry["fires"] for entry in result["concepts"])
+    assert 0 < fires <= round(result["rate"] * sum(len(t) + 1 for t in ("新华社北京一月一日电", "今天天气很好")))
+    assert "concepts per token" in capsys.readouterr().out
+    assert main(["probe", "concept", str(tmp_path / "missing")]) == 2

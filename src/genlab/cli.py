@@ -26,7 +26,7 @@ from .bench import merge as bench_merge
 from .bench import planner as bench_planner
 from .bench import speculative as bench_speculative
 from .bench import update_readme
-from .bench.probe import PlannerProbeConfig, run_planner
+from .bench.probe import ConceptProbeConfig, PlannerProbeConfig, run_concept, run_planner
 from .hub_cards import push_with_card, write_card
 from .runs import TRAINER_LOG, read_manifest
 from .trainers import ar, concept, edge, merge, planner
@@ -51,6 +51,8 @@ BENCH = {
 # system → the function behind `genlab generate --model RUN_DIR` for that system's runs
 GENERATE = {"ar": ar.generate_texts, "merge": merge.generate_texts, "concept": concept.generate_texts,
             "planner": planner.generate_texts}
+PROBES = [("planner", PlannerProbeConfig, run_planner, "concept-drop experiment on a planner run (P7)"),
+          ("concept", ConceptProbeConfig, run_concept, "where concepts fire and what each frequent id stands for")]
 SHORT_FLAGS = {  # earlier releases' spellings of TrainingArguments fields
     "--lr": dict(dest="learning_rate", type=float, help="alias of --learning-rate"),
     "--batch-size": dict(dest="per_device_train_batch_size", type=int, help="alias of --per-device-train-batch-size"),
@@ -121,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(handler=lambda args: print(push_with_card(args.run_dir, args.repo_id, endpoint=args.endpoint,
                                                               private=args.private)))
 
-    probe = commands.add_parser("probe", help="diagnostic experiments on a trained run (planner: concept drop)")
-    probe_planner = _dataclass_parser(probe.add_subparsers(dest="system", required=True, parser_class=HfArgumentParser),
-                                      "planner",
-                                      (PlannerProbeConfig,), "concept-drop experiment on a planner run (P7)",
-                                      sys.modules[run_planner.__module__].__doc__.splitlines()[0])
-    probe_planner.add_argument("run_dir_positional", nargs="?", metavar="RUN_DIR", help="the planner run")
-    probe_planner.set_defaults(handler=lambda args: run_planner(_config(args)))
+    probe = commands.add_parser("probe", help="diagnostic experiments on a trained run (planner, concept)")
+    probe_systems = probe.add_subparsers(dest="system", required=True, parser_class=HfArgumentParser)
+    for system, config_type, run, help_text in PROBES:
+        probe_parser = _dataclass_parser(probe_systems, system, (config_type,), help_text,
+                                         sys.modules[run.__module__].__doc__.splitlines()[0])
+        probe_parser.add_argument("run_dir_positional", nargs="?", metavar="RUN_DIR", help=f"the {system} run")
+        probe_parser.set_defaults(handler=lambda args, run=run: run(_config(args)))
 
     demo_parser = _dataclass_parser(commands, "demo", (demo.DemoConfig,), "the main job on the embedded corpus (see README)",
                                     demo.__doc__.splitlines()[0])

