@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LogitsProcessorList, TemperatureLogitsWarper
+from transformers import AutoTokenizer, TemperatureLogitsWarper
 
 from genlab.logits_process import (CJKAdjacentRepeatLogitsProcessor, CJKNoRepeatNGramLogitsProcessor,
                                    CJKPunctuationGateLogitsProcessor, CJKRepetitionPenaltyLogitsProcessor,
-                                   SentenceStoppingCriteria, SingleTemperatureLogitsWarper, TokenClasses,
-                                   build_cjk_processors, single_temperature)
+                                   SentenceStoppingCriteria, TokenClasses,
+                                   build_cjk_processors)
 from genlab.tokenization import default_tokenizer
 
 NEG_INF = -float("inf")
@@ -64,6 +64,31 @@ def test_adjacent_identical_cjk_character_is_banned(tok):
     # a mark after a mark and a Latin letter after itself are not CJK content: untouched
     assert torch.equal(proc(char_ids(tokenizer, "好，"), scores.clone()), scores)
     assert torch.equal(proc(char_ids(tokenizer, "ab"), scores.clone()), scores)
+
+
+def test_ngram_ban_includes_the_last_ngram_written(tok):
+    """今天好！好！好！ + 好: the stripped history 今天好好好 already holds 好好好, so 好 is banned (it was allowed)."""
+    tokenizer, classes = tok
+    out = CJKNoRepeatNGramLogitsProcessor(classes, 3)(char_ids(tokenizer, "今天好！好！好！"), random_scores(classes))
+    assert out[0, one_id(tokenizer, "好")] == NEG_INF
+
+
+@pytest.mark.parametrize("ngram_size", [2, 3])
+def test_ngram_ban_agrees_with_transformers_on_cjk_histories(ngram_size):
+    """HF's NoRepeatNGramLogitsProcessor is the oracle wherever the history is all CJK content (nothing to strip):
+    2,000 random histories over a 4-character alphabet, so repeats are frequent."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    tokenizer = default_tokenizer()
+    classes = TokenClasses.from_tokenizer(tokenizer)
+    alphabet = char_ids(tokenizer, "好天今人")[0]
+    ours, oracle = CJKNoRepeatNGramLogitsProcessor(classes, ngram_size), NoRepeatNGramLogitsProcessor(ngram_size)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        length = int(torch.randint(1, 9, (), generator=generator))
+        history = alphabet[torch.randint(0, 4, (1, length), generator=generator)]
+        scores = torch.zeros(1, len(tokenizer))
+        assert torch.equal(ours(history, scores.clone()).isinf(), oracle(history, scores.clone()).isinf()), history
 
 
 @pytest.mark.parametrize("ngram_size", [2, 3])
@@ -132,17 +157,31 @@ def test_processors_are_batched_and_padding_invariant(tok):
         assert torch.equal(together[i : i + 1], stack(row, scores[i : i + 1].clone()))
 
 
-def test_temperature_is_applied_exactly_once(tok):
-    _, classes = tok
-    stack = build_cjk_processors(classes, temperature=0.5)
-    as_generate_builds_it = LogitsProcessorList([TemperatureLogitsWarper(0.5), *stack])
-    guarded = single_temperature(as_generate_builds_it)
-    assert sum(isinstance(p, (TemperatureLogitsWarper, SingleTemperatureLogitsWarper)) for p in guarded) == 1
-    ids, scores = torch.tensor([[0]]), random_scores(classes)
-    assert torch.allclose(guarded(ids, scores.clone()), stack(ids, scores.clone()))
-    assert torch.allclose(SingleTemperatureLogitsWarper(0.5)(ids, scores.clone()), scores * 2)
-    with pytest.raises(ValueError, match="SingleTemperatureLogitsWarper"):
-        single_temperature(LogitsProcessorList([SingleTemperatureLogitsWarper(0.7), SingleTemperatureLogitsWarper(0.7)]))
+@pytest.mark.parametrize("assistant", [False, True])
+def test_generate_applies_the_stacks_temperature_exactly_once(monkeypatch, assistant):
+    """Seed 004's bug A, outside edge/cloud decoding: ``generate(do_sample=True, temperature=0.7,
+    logits_processor=build_cjk_processors(tok))`` (with or without an assistant) divides by the temperature once per
+    scored position: the stack holds no temperature of its own."""
+    from genlab.trainers.ar import build_model
+
+    tokenizer = default_tokenizer()
+    model = build_model("nano", tokenizer, seed=0).eval()
+    calls = []
+    original = TemperatureLogitsWarper.__call__
+    monkeypatch.setattr(TemperatureLogitsWarper, "__call__",
+                        lambda self, ids, scores: calls.append(self.temperature) or original(self, ids, scores))
+    prompt = tokenizer("今天", return_tensors="pt")
+    extra = {"assistant_model": build_model("nano", tokenizer, seed=1).eval(), "num_assistant_tokens": 2} if assistant else {}
+    torch.manual_seed(0)
+    out = model.generate(**prompt, do_sample=True, temperature=0.7, max_new_tokens=3, min_new_tokens=3,
+                         logits_processor=build_cjk_processors(tokenizer), **extra)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 3
+    assert calls and set(calls) == {0.7}
+    rules = (CJKRepetitionPenaltyLogitsProcessor, CJKAdjacentRepeatLogitsProcessor, CJKNoRepeatNGramLogitsProcessor,
+             CJKPunctuationGateLogitsProcessor)
+    assert all(isinstance(p, rules) for p in build_cjk_processors(tokenizer))  # no temperature of its own
+    if not assistant:
+        assert len(calls) == 3  # one scored position per step, each divided once
 
 
 def test_sentence_stopping_waits_for_min_new_tokens(tok):
@@ -160,7 +199,7 @@ def test_bad_processor_arguments_raise():
     classes = TokenClasses.from_texts(["", "a", "中", "，"])
     with pytest.raises(ValueError, match="ngram_size"):
         CJKNoRepeatNGramLogitsProcessor(classes, 4)
-    with pytest.raises(ValueError, match="temperature"):
-        SingleTemperatureLogitsWarper(0.0)
+    with pytest.raises(ValueError, match="penalty"):
+        build_cjk_processors(classes, repetition_penalty=0.0)
     with pytest.raises(ValueError, match="n_sentences"):
         SentenceStoppingCriteria(classes, 0, 16, 0)

@@ -36,7 +36,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
-from .logits_process import TokenClasses, single_temperature
+from .logits_process import TokenClasses
 
 PUNCTUATION_DENSITY_LIMIT = 0.4  # S4: a draft denser than this always goes to the cloud
 
@@ -279,7 +279,7 @@ def edge_cloud_generate(
     """
     _check_inputs(model, edge_model, input_ids, generation_config, streamer)
     settings = resolve_preset(preset, num_draft_tokens, entropy_threshold)
-    processors = single_temperature(logits_processor)  # S3: GenerationConfig.temperature must not apply twice
+    processors = logits_processor  # generate's list: the CJK stack, then its one temperature warper (S3)
     classes = _token_classes(processors, token_classes)
     if settings.entropy_threshold is not None and classes is None:
         raise ValueError(f"preset {preset!r} gates on punctuation density (S4): pass token_classes="

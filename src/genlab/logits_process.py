@@ -13,8 +13,7 @@ each rule uses the set of ids whose decoded text contains the mark.
 The recommended stack (:func:`build_cjk_processors`, seed 004 TL;DR 1, 3–5) in order: CJK-only repetition
 penalty 1.22 → adjacent identical CJK character ban → CJK 3-gram ban over the punctuation-stripped history →
 comma gating (``，、：:`` only after ≥ 4 CJK content characters since the last punctuation; ``。`` −8 before 8)
-→ temperature ONCE. :func:`single_temperature` is the guard that removes a second temperature coming from
-``GenerationConfig.temperature``.
+→ temperature ONCE: the stack holds none, ``generate(temperature=…)`` applies it after every custom processor.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteria,
-                          StoppingCriteriaList, TemperatureLogitsWarper)
+                          StoppingCriteriaList)
 
 PUNCTUATION_MARKS = "，。、：:；！？"  # seed 004 §D: the marks whose character density is watched
 COMMA_LIKE_MARKS = "，、：:"  # gated until 4 CJK content characters
@@ -139,30 +138,6 @@ class TokenClasses:
         return self.lookup("n_punct_chars", token_ids).sum(1) / chars.clamp(min=1)
 
 
-class SingleTemperatureLogitsWarper(LogitsProcessor):
-    """Divide by ``temperature`` once, after every penalty (seed 004 §A; S3). See :func:`single_temperature`."""
-
-    def __init__(self, temperature: float):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores / self.temperature
-
-
-def single_temperature(processors: LogitsProcessorList) -> LogitsProcessorList:
-    """Guard: with a :class:`SingleTemperatureLogitsWarper` in the stack, drop the ``TemperatureLogitsWarper``
-    that ``generate`` adds from ``GenerationConfig.temperature``, so temperature is applied exactly once (S3).
-    Two genlab temperature warpers are an error."""
-    ours = [p for p in processors if isinstance(p, SingleTemperatureLogitsWarper)]
-    if len(ours) > 1:
-        raise ValueError(f"logits_processor holds {len(ours)} SingleTemperatureLogitsWarper; allowed: at most one")
-    if not ours:
-        return processors
-    return LogitsProcessorList([p for p in processors if not isinstance(p, TemperatureLogitsWarper)])
-
-
 class _CJKProcessor(LogitsProcessor):
     """Shares one :class:`TokenClasses` between the processors built for a tokenizer."""
 
@@ -223,11 +198,12 @@ class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
         history = input_ids.gather(1, order)  # (batch, seq)
         valid = torch.arange(seq, device=input_ids.device)[None, :] >= seq - content.sum(1, keepdim=True)
         windows, valid_windows = history.unfold(1, n, 1), valid.unfold(1, n, 1)  # (batch, seq-n+1, n)
-        # An earlier window whose first n-1 tokens equal the last n-1 tokens bans its last token.
+        # Every n-gram written so far — the last one included, as in HF's NoRepeatNGram — whose first n-1 tokens
+        # equal the last n-1 tokens bans its last token.
         prefix = history[:, seq - n + 1 :]  # (batch, n-1)
-        match = (windows[:, :-1, :-1] == prefix[:, None, :]).all(-1) & valid_windows[:, :-1].all(-1)
+        match = (windows[:, :, :-1] == prefix[:, None, :]).all(-1) & valid_windows.all(-1)
         match &= valid[:, seq - n + 1 :].all(-1, keepdim=True)
-        banned_ids = torch.where(match, windows[:, :-1, -1], scores.shape[1])  # vocab = "no ban" column
+        banned_ids = torch.where(match, windows[:, :, -1], scores.shape[1])  # vocab = "no ban" column
         banned = torch.zeros(scores.shape[0], scores.shape[1] + 1, dtype=torch.bool, device=scores.device)
         banned.scatter_(1, banned_ids, True)
         return scores.masked_fill(banned[:, :-1], -float("inf"))
@@ -273,17 +249,21 @@ class SentenceStoppingCriteria(StoppingCriteria):
         return ends[:, -1] & (ends.sum(1) >= self.n_sentences)
 
 
-def build_cjk_processors(tokenizer_or_classes: PreTrainedTokenizerBase | TokenClasses, *, temperature: float = 0.7,
+def build_cjk_processors(tokenizer_or_classes: PreTrainedTokenizerBase | TokenClasses, *,
                          repetition_penalty: float = 1.22, ngram_size: int = 3, min_comma: int = 4,
                          min_period: int = 8, period_penalty: float = -8.0) -> LogitsProcessorList:
-    """The seed's recommended stack (seed 004 TL;DR 1, 3–5; S3), temperature applied once and last."""
+    """The seed's recommended stack (seed 004 TL;DR 1, 3–5; S3), without a temperature.
+
+    Temperature comes from ``generate`` alone (``temperature=0.7``, the seed's value, or ``GenerationConfig``):
+    transformers appends its ``TemperatureLogitsWarper`` after every custom processor, so the logits are divided
+    exactly once and after the penalties — with or without ``assistant_model`` and in ``edge_cloud_generate``. A
+    temperature inside the stack would be applied a second time (seed 004's bug A)."""
     classes = _classes(tokenizer_or_classes)
     return LogitsProcessorList([
         CJKRepetitionPenaltyLogitsProcessor(classes, repetition_penalty),
         CJKAdjacentRepeatLogitsProcessor(classes),
         CJKNoRepeatNGramLogitsProcessor(classes, ngram_size),
         CJKPunctuationGateLogitsProcessor(classes, min_comma, min_period, period_penalty),
-        SingleTemperatureLogitsWarper(temperature),
     ])
 
 

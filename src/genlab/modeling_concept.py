@@ -254,7 +254,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         shallow_rule = None if bool(valid.all()) else causal_padding_rule(valid)  # unpadded: SDPA's causal kernel
         hidden = self.run_stage("shallow", hidden, position_ids, shallow_rule, self._begin(caches, 0, hidden))
 
-        choice, head_logits = self.concept_head(hidden, tau, noise=self.training, firing=self.config.firing)
+        noise = self.training and caches is None  # a prefill for decoding is noise-free like every decode step
+        choice, head_logits = self.concept_head(hidden, tau, noise=noise, firing=self.config.firing)
         natural = (choice.argmax(-1) != self.config.null_id) & valid
         forced = forced_boundaries(natural, valid, self.config.max_null_run)
         choice = self.concept_head.force_concept(choice, head_logits, forced)
