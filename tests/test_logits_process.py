@@ -195,6 +195,18 @@ def test_sentence_stopping_waits_for_min_new_tokens(tok):
     assert stop(torch.cat([done, not_end])).tolist() == [True, False]
 
 
+def test_a_decimal_point_does_not_end_the_sentence(tok):
+    """…增长了1032.5万元。: the ``.`` after a digit is a decimal point; the ``。`` ends the sentence."""
+    tokenizer, classes = tok
+    prompt = char_ids(tokenizer, "今天")
+    stop = SentenceStoppingCriteria(classes, prompt.shape[1], min_new_tokens=1)
+    text = "增长了1032."
+    ids = torch.cat([prompt, torch.tensor([tokenizer.encode(text, add_special_tokens=False)])], 1)
+    assert stop(ids).tolist() == [False]
+    ended = torch.cat([prompt, torch.tensor([tokenizer.encode("增长了很多.", add_special_tokens=False)])], 1)
+    assert stop(ended).tolist() == [True]
+
+
 def test_bad_processor_arguments_raise():
     classes = TokenClasses.from_texts(["", "a", "中", "，"])
     with pytest.raises(ValueError, match="ngram_size"):

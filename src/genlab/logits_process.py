@@ -51,7 +51,9 @@ class TokenClasses:
     :data:`PUNCTUATION_MARKS` character; ``comma`` / ``period`` / ``sentence_end``: contains such a mark;
     ``cjk_tail``: CJK characters after the last mark in the token (all its CJK characters when it has no mark);
     ``first_char`` / ``last_char``: code point of the first / last character when it is CJK, else −1;
-    ``n_chars`` / ``n_punct_chars``: decoded characters and mark characters (character-level density, S4).
+    ``n_chars`` / ``n_punct_chars``: decoded characters and mark characters (character-level density, S4);
+    ``point_only``: ends a sentence with ``.`` only (no ``。``), so a digit right before it makes it a decimal
+    point; ``digit_end`` / ``digit_point``: the text ends with a digit / with a digit and ``.``.
     """
 
     cjk: torch.Tensor
@@ -64,6 +66,9 @@ class TokenClasses:
     last_char: torch.Tensor
     n_chars: torch.Tensor
     n_punct_chars: torch.Tensor
+    point_only: torch.Tensor
+    digit_end: torch.Tensor
+    digit_point: torch.Tensor
     _fitted: dict = field(default_factory=dict, compare=False, repr=False)  # (name, vocab, device) -> tensor
 
     @classmethod
@@ -100,6 +105,10 @@ class TokenClasses:
             last_char=torch.tensor([edge_char(t, -1) for t in texts], dtype=torch.long),
             n_chars=torch.tensor([len(t) for t in texts], dtype=torch.long),
             n_punct_chars=torch.tensor([sum(c in PUNCTUATION_MARKS for c in t) for t in texts], dtype=torch.long),
+            point_only=contains(".") & ~contains("。"),
+            digit_end=torch.tensor([t[-1:].isascii() and t[-1:].isdigit() for t in texts], dtype=torch.bool),
+            digit_point=torch.tensor([len(t) > 1 and t.endswith(".") and t[-2].isdigit() for t in texts],
+                                     dtype=torch.bool),
         )
 
     def fit(self, name: str, vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -131,6 +140,13 @@ class TokenClasses:
         last = _last_index(self.lookup("punct", input_ids)).clamp(min=0)  # (batch,)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return torch.where(positions[None, :] >= last[:, None], self.lookup("cjk_tail", input_ids), 0).sum(1)
+
+    def sentence_ends(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) bool: the token ends a sentence (``。`` or ``.``), unless its ``.`` follows a digit — a
+        decimal point (``1032.5``) — in the token itself or in the previous one."""
+        after_digit = torch.nn.functional.pad(self.lookup("digit_end", input_ids)[:, :-1], (1, 0), value=False)
+        decimal = self.lookup("point_only", input_ids) & (after_digit | self.lookup("digit_point", input_ids))
+        return self.lookup("sentence_end", input_ids) & ~decimal
 
     def punctuation_density(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(batch,) character-level punctuation density of ``token_ids`` (batch, block) decoded (S4)."""
@@ -228,7 +244,8 @@ class CJKPunctuationGateLogitsProcessor(_CJKProcessor):
 
 
 class SentenceStoppingCriteria(StoppingCriteria):
-    """Stop after ``n_sentences`` sentence ends (``。`` or ``.``) once ``min_new_tokens`` are written (seed 004 §F; S5).
+    """Stop after ``n_sentences`` sentence ends (``。`` or ``.``, not a decimal point) once ``min_new_tokens`` are
+    written (seed 004 §F; S5).
 
     A row is done when its last token ends a sentence, it has ≥ ``min_new_tokens`` new tokens and its new
     tokens hold ≥ ``n_sentences`` sentence ends. ``prompt_length`` is the (padded) prompt width.
@@ -243,7 +260,7 @@ class SentenceStoppingCriteria(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_length :]
-        ends = self.classes.lookup("sentence_end", new)  # (batch, new)
+        ends = self.classes.sentence_ends(input_ids)[:, self.prompt_length :]  # (batch, new)
         if new.shape[1] < max(self.min_new_tokens, 1):
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         return ends[:, -1] & (ends.sum(1) >= self.n_sentences)
