@@ -409,3 +409,13 @@ def test_beam_search_reorders_the_three_caches():
 def test_forward_refuses_what_it_cannot_honour(argument):
     with pytest.raises(ValueError, match=next(iter(argument))):
         make_model()(random_ids(1, 6), **argument)
+
+
+@torch.no_grad()
+def test_logits_to_keep_gives_the_last_positions_logits():
+    model = make_model()
+    ids = random_ids(2, 12, seed=5)
+    full, last = model(ids).logits, model(ids, logits_to_keep=1).logits
+    assert last.shape == (2, 1, VOCAB) and torch.allclose(last, full[:, -1:])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, labels=ids, logits_to_keep=1)

@@ -166,7 +166,8 @@ def _bench(args: argparse.Namespace) -> dict:
 
 
 def _after_bench(system: str, config) -> None:
-    """What the apps add to a bench JSON: the planner's monitor plot beside it; the measured run's model card."""
+    """What the apps add to a bench JSON: the planner's monitor plot beside it; the measured run's model card (the
+    planner, MERGE, and the headline-ratio concept run)."""
     if config.json is None:
         return
     if system == "planner":
@@ -175,8 +176,8 @@ def _after_bench(system: str, config) -> None:
         report.plot_planner_monitors(history, json_path.with_name(f"{json_path.stem}_monitors.png"))
         shutil.copyfile(config.json, Path(config.run_dir) / "bench.json")  # the card reads RUN_DIR/bench.json (H5)
         write_card(config.run_dir)
-    if system == "merge":
-        run_dir = config.run_dir("merge")
+    if system in ("merge", "concept"):
+        run_dir = config.run_dir("merge") if system == "merge" else config.concept_dir(bench_concept.HEADLINE_RATIO)
         shutil.copyfile(config.json, run_dir / "bench.json")
         print(f"[genlab] model card: {write_card(run_dir)}")
 

@@ -204,6 +204,7 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         cache: ConceptCache | None = None,
         use_cache: bool | None = None,
         gumbel_tau: float | None = None,
+        logits_to_keep: int = 0,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -213,13 +214,16 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         """Full forward (training, scoring, prefill with ``use_cache=True``) or cached decoding steps.
 
         input_ids (batch, seq); attention_mask (batch, seq) with LEFT padding; labels (batch, seq) with -100
-        ignored (shifted inside); gumbel_tau: the temperature (the trainer passes the scheduled value). What the
+        ignored (shifted inside); gumbel_tau: the temperature (the trainer passes the scheduled value);
+        logits_to_keep: the LM head runs on the last k positions only (0: all; ``generate``'s prefill keeps 1, which
+        spares a (batch, seq, vocab) tensor). What the
         model cannot honour is refused, never dropped: positions always follow ``attention_mask``, and attention
         weights / per-layer hidden states do not exist for the rows the middle blocks skip.
         """
         refused = {"position_ids": position_ids is not None, "output_attentions": bool(output_attentions),
                    "output_hidden_states": bool(output_hidden_states), "return_dict=False": return_dict is False}
         refused.update({name: True for name in kwargs})
+        refused["logits_to_keep with labels"] = bool(logits_to_keep) and labels is not None
         if any(refused.values()):
             raise ValueError(f"Qwen2ConceptCompressionForCausalLM.forward does not take {sorted(k for k, v in refused.items() if v)}; "
                              "it takes input_ids, attention_mask (left padding; positions follow it), labels, cache, "
@@ -231,7 +235,7 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         tau = self.config.gumbel_tau_start if gumbel_tau is None else gumbel_tau
         caches = self._new_caches(input_ids) if use_cache else None
         hidden, concepts = self._compress_and_run(input_ids, valid, tau, caches)
-        logits = self.lm_head(self.model.norm(hidden))
+        logits = self.lm_head(self.model.norm(hidden[:, -logits_to_keep:]))  # -0: every position
         ce = rate = loss = None
         if labels is not None:
             ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -347,7 +351,8 @@ class Qwen2ConceptCompressionForCausalLM(Qwen2ConceptPreTrainedModel, Generation
         """The whole (left-padded) prompt at prefill, then only the tokens the cache has not seen."""
         if cache is not None:
             input_ids = input_ids[:, cache.seen_tokens :]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache,
+                "logits_to_keep": kwargs.get("logits_to_keep", 0)}
 
     # -- base weights (C1) -------------------------------------------------------------------------------------------
     @classmethod

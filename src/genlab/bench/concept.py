@@ -146,7 +146,7 @@ def decode_fn(model, prompt: torch.Tensor, new_tokens: int):
     state = {}
 
     def prepare():
-        out = model(input_ids=prompt, attention_mask=ones, use_cache=True)
+        out = model(input_ids=prompt, attention_mask=ones, use_cache=True, logits_to_keep=1)  # as generate's prefill
         state.update(cache=out.cache, token=out.logits[:, -1:].argmax(-1))
 
     def decode():
