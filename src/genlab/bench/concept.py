@@ -135,20 +135,23 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-@torch.no_grad()
 def decode_fn(model, prompt: torch.Tensor, new_tokens: int):
     """A greedy decoding loop of ``new_tokens`` cached steps after an untimed prefill (fresh cache each call).
 
     Both models go through their own forward with their own cache (DynamicCache / ConceptCache); the
-    prefill is done in ``prepare`` so only the decode steps are timed.
+    prefill is done in ``prepare`` so only the decode steps are timed. Both closures run without autograd (a
+    decorator on this factory would not reach them: the first release timed decoding with the graph recorded,
+    and a SmolLM2 prefill of 8 × 2048 tokens then held ~10 GB of activations).
     """
     ones = torch.ones_like(prompt)
     state = {}
 
+    @torch.no_grad()
     def prepare():
         out = model(input_ids=prompt, attention_mask=ones, use_cache=True, logits_to_keep=1)  # as generate's prefill
         state.update(cache=out.cache, token=out.logits[:, -1:].argmax(-1))
 
+    @torch.no_grad()
     def decode():
         cache, token, mask = state["cache"], state["token"], ones
         for _ in range(new_tokens):
