@@ -211,8 +211,8 @@ def test_concept_lora_trains_in_sync_under_ddp(tmp_path, reviews, tiny_qwen2_bas
     checksums = rank_checksums(output)
     assert checksums.keys() == {0, 1} and checksums[0] == checksums[1]
     history = [e for e in log_history(tmp_path / "concept", 6) if "loss" in e]
-    # the monitors are reduced over both ranks: CE per token is the (all-gathered) loss itself
-    assert all(e["ce_per_token"] == pytest.approx(e["loss"], rel=1e-5) for e in history)
+    # the monitors are reduced over both ranks: CE per token + the rate loss (weight 1) is the (all-gathered) loss
+    assert all(e["ce_per_token"] + e["rate_loss"] == pytest.approx(e["loss"], rel=1e-5) for e in history)
     assert output.count("[genlab] concept: 6 steps") == 1
 
 
