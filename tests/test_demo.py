@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from genlab import demo
 from genlab.demo import reuse, settings, stages
 from genlab.cli import main
-from genlab.runs import MANIFEST, RunDir, write_manifest
+from genlab.runs import RunDir, write_manifest
 
 
 # -- bad input ----------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 LAYERS = ("models", "io", "trainers", "bench", "apps")
