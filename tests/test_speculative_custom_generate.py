@@ -20,9 +20,10 @@ def test_custom_generate_folder_runs_without_genlab(tmp_path):
     cloud, edge = build_model("nano", tok, seed=0), build_model("nano", tok, seed=1)
     cloud.save_pretrained(tmp_path / "cloud")
     tok.save_pretrained(tmp_path / "cloud")
+    edge.config.draft_vocab_ids = list(range(0, len(tok), 3))  # a trimmed-vocabulary edge (FR-Spec)
     edge.save_pretrained(tmp_path / "edge")
     folder = write_custom_generate_dir(tmp_path / "cloud")
-    assert sorted(p.name for p in folder.iterdir()) == ["generate.py", "generation_speculative.py",
+    assert sorted(p.name for p in folder.iterdir()) == ["cjk_text.py", "generate.py", "generation_speculative.py",
                                                          "logits_process.py", "requirements.txt"]
     script = textwrap.dedent(f"""
         import json, sys
@@ -42,6 +43,22 @@ def test_custom_generate_folder_runs_without_genlab(tmp_path):
         gated = cloud.generate(**inputs, max_new_tokens=12, do_sample=False, custom_generate=cloud_dir,
                                trust_remote_code=True, edge_model=edge, preset="fluency", tokenizer=tok,
                                return_dict_in_generate=True)
+        from transformers.generation.streamers import BaseStreamer
+
+        class Collect(BaseStreamer):
+            def __init__(self):
+                self.parts, self.ended = [], False
+            def put(self, value):
+                self.parts.append(value.flatten().tolist())
+            def end(self):
+                self.ended = True
+
+        streamer, one = Collect(), tok({PROMPTS[:1]!r}, return_tensors="pt")
+        streamed = cloud.generate(**one, max_new_tokens=12, do_sample=False, custom_generate=cloud_dir,
+                                  trust_remote_code=True, edge_model=edge, preset="lossless", streamer=streamer)
+        assert streamer.ended and sum(streamer.parts, []) == streamed[0].tolist(), (streamer.parts, streamed)
+        assert len(streamer.parts) > 2  # the prompt, then block after block
+        assert edge.config.draft_vocab_ids[:2] == [0, 3]
         print(json.dumps({{"lossless": lossless.tolist(), "reference": reference.tolist(),
                           "gated_blocks": gated.blocks, "gated_shape": list(gated.sequences.shape),
                           "module": type(gated).__module__}}))

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 LAYERS = ("models", "io", "trainers", "bench", "apps")
-IO_MODULES = {"data", "tokenization", "qwen2_tokenizer", "runs", "hub", "hub_server", "distributed", "presets", "timing",
+IO_MODULES = {"clouds", "data", "tokenization", "qwen2_tokenizer", "runs", "hub", "hub_server", "distributed", "presets", "timing",
               "convert_smollm2", "testing", "metrics"}
 APPS_MODULES = {"cli", "demo", "report", "hub_cards", "prepare", "app"}
 BENCH_MODULES = {"bench", "probe"}

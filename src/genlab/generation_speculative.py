@@ -7,11 +7,16 @@
 ``generate`` prepares the inputs, the processors (its own from ``GenerationConfig`` merged with yours) and the
 stopping criteria, then calls :func:`edge_cloud_generate` with the CLOUD as ``model``. One round (a "block"):
 
-1. the edge drafts ``k`` tokens incrementally with its KV cache, passing explicit ``position_ids`` and the full
-   past+new attention mask (never a 1×1 mask — S2, seed 004 §B), running the processor stack on each step;
+1. the edge drafts up to ``k`` tokens incrementally with its KV cache, passing explicit ``position_ids`` and the
+   full past+new attention mask (never a 1×1 mask — S2, seed 004 §B), running the processor stack once per
+   slot; with ``draft_confidence`` it stops early when its top probability falls below it (HF's assistant
+   rule). An edge whose config has ``draft_vocab_ids`` (FR-Spec's frequency-trimmed vocabulary, written by
+   ``genlab train edge``) scores only those rows of its head; the other tokens get −inf, so it never drafts
+   them, and the cloud still verifies over the full vocabulary (lossless stays exact);
 2. gate (S1, S4): the block goes to the cloud when its entropy exceeds the preset's threshold — the entropy is
-   in NATS, SUMMED over the block's k tokens, of the edge's processed next-token distributions — or when its
-   character-level punctuation density exceeds 0.4; ``preset="lossless"`` sends every block;
+   the MEAN over the drafted tokens, in nats per token, of the edge's processed next-token distributions — or
+   when its character-level punctuation density exceeds 0.4; ``preset="lossless"`` sends every block,
+   ``preset="edge"`` none (the edge alone, for latency baselines);
 3. the cloud scores the block in ONE forward pass; the same processor stack runs on every verification slot
    (slot j sees prompt + committed + draft[:j]), so both models are compared on PROCESSED distributions;
    greedy accepts while draft == argmax, sampling accepts draft t with probability min(1, p(t)/q(t)) and
@@ -22,7 +27,13 @@ stopping criteria, then calls :func:`edge_cloud_generate` with the CLOUD as ``mo
 Rows of a batch commit in lockstep: a round commits, for every row, the shortest accepted length of the rows
 still running (+ the cloud token); a row that accepted more re-drafts the rest next round. This stays exact
 (every committed token is one the cloud accepted or sampled given the committed prefix) and keeps one
-rectangular cache per model. Rows that finished pad like ``generate`` does when an EOS criterion is present.
+rectangular cache per model; ``accepted`` counts only committed acceptances. Rows that finished pad like
+``generate`` does when an EOS criterion is present. Both caches record their past before the first forward
+(``activate_past_recording``), so sliding-window models (Gemma 2/3, Mistral) roll back like full-attention ones.
+
+Streaming: ``generate`` keeps its ``streamer`` argument for its own loops, so pass ``edge_cloud_streamer=`` (the
+``custom_generate`` folder's entry point maps ``streamer=`` to it); the prompt, then every committed block, is
+put to it (batch 1, as HF's streamers require).
 """
 
 from __future__ import annotations
@@ -39,20 +50,27 @@ from transformers.utils import ModelOutput
 from .logits_process import TokenClasses
 
 PUNCTUATION_DENSITY_LIMIT = 0.4  # S4: a draft denser than this always goes to the cloud
+# Gate thresholds in nats per drafted token, re-derived on the real SmolLM2 pair (validation prompts; the curve
+# is ``gate_curve`` in benchmarks/results/speculative-smollm2.json): seed 004's 5.75 / 3.25 were block sums.
+FLUENCY_THRESHOLD = 1.0
+QUALITY_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
 class SpeculativePreset:
-    """``num_draft_tokens`` k per block; ``entropy_threshold`` in nats summed over the block (None: verify all)."""
+    """``num_draft_tokens`` k per block; ``entropy_threshold`` in nats per drafted token; ``cloud``: when blocks go
+    to the cloud — ``"always"`` (lossless), ``"gate"`` (entropy or punctuation density), ``"never"`` (edge only)."""
 
     num_draft_tokens: int
     entropy_threshold: float | None
+    cloud: str = "gate"
 
 
 PRESETS = {
-    "fluency": SpeculativePreset(num_draft_tokens=4, entropy_threshold=5.75),  # seed 004 §G: thr 5.5–6.0, k 4
-    "quality": SpeculativePreset(num_draft_tokens=6, entropy_threshold=3.25),  # seed 004 §G: thr 3.0–3.5, k 6
-    "lossless": SpeculativePreset(num_draft_tokens=4, entropy_threshold=None),  # S1: every block verified
+    "fluency": SpeculativePreset(num_draft_tokens=4, entropy_threshold=FLUENCY_THRESHOLD),
+    "quality": SpeculativePreset(num_draft_tokens=6, entropy_threshold=QUALITY_THRESHOLD),
+    "lossless": SpeculativePreset(num_draft_tokens=4, entropy_threshold=None, cloud="always"),  # S1: all verified
+    "edge": SpeculativePreset(num_draft_tokens=4, entropy_threshold=None, cloud="never"),  # the edge alone
 }
 
 
@@ -61,8 +79,8 @@ class EdgeCloudOutput(ModelOutput):
     """``sequences`` (batch, seq) plus the decoding statistics (S1), counted over rows still running.
 
     ``drafted``: tokens the edge proposed; ``verified``: drafted tokens the cloud checked; ``accepted``: verified
-    tokens it accepted; ``cloud_calls`` / ``blocks``: cloud forwards / rounds; ``block_entropies``: (blocks, batch)
-    summed edge entropy per block in nats.
+    tokens it accepted and that were committed; ``cloud_calls`` / ``blocks``: cloud forwards / rounds;
+    ``block_entropies``: (blocks, batch) the edge's mean entropy per block, in nats per drafted token.
     """
 
     sequences: torch.LongTensor | None = None
@@ -92,23 +110,44 @@ def resolve_preset(preset: str, num_draft_tokens: int | None = None,
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"num_draft_tokens must be an int ≥ 1, got {k!r}")
     threshold = base.entropy_threshold if entropy_threshold is None else float(entropy_threshold)
-    return SpeculativePreset(k, None if preset == "lossless" else threshold)
+    return SpeculativePreset(k, threshold if base.cloud == "gate" else None, base.cloud)
+
+
+def trimmed_logits(hidden: torch.Tensor, head: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """(..., hidden) @ (draft_vocab, hidden).T → (..., draft_vocab) logits, soft-capped as the model's head does."""
+    logits = hidden @ head.T
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
 class _IncrementalModel:
-    """One model and its KV cache; :meth:`extend` feeds the slots of ``ids`` the cache does not hold yet."""
+    """One model and its KV cache; :meth:`extend` feeds the slots of ``ids`` the cache does not hold yet.
 
-    def __init__(self, model):
-        self.model, self.cache, self.length = model, DynamicCache(config=model.config), 0
+    ``vocab_size`` is the cloud's: logits come back over exactly those ids (rows an edge padded its embedding
+    with are dropped; an edge with ``config.draft_vocab_ids`` scores only those rows and fills the rest with −inf).
+    """
+
+    def __init__(self, model, vocab_size: int):
+        self.model, self.vocab_size, self.length = model, vocab_size, 0
+        self.cache = DynamicCache(config=model.config)
+        self.cache.activate_past_recording()  # sliding-window layers keep what a rollback needs (as HF does)
+        draft_ids = getattr(model.config, "draft_vocab_ids", None)
+        self.draft_ids = None if draft_ids is None else torch.tensor(draft_ids, device=model.device)
+        if self.draft_ids is not None:  # FR-Spec: the trimmed head, (draft_vocab, hidden)
+            self.head = model.get_output_embeddings().weight.detach()[self.draft_ids]
+            self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
 
     def extend(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
                logits_to_keep: int) -> torch.Tensor:
         """(batch, logits_to_keep, vocab) float logits for the last slots of ``ids`` (explicit positions, S2)."""
-        out = self.model(input_ids=ids[:, self.length :], position_ids=positions[:, self.length :],
-                         attention_mask=mask, cache=self.cache, use_cache=True,
-                         logits_to_keep=logits_to_keep)
+        inputs = dict(input_ids=ids[:, self.length :], position_ids=positions[:, self.length :],
+                      attention_mask=mask, cache=self.cache, use_cache=True)
         self.length = ids.shape[1]
-        return out.logits.float()
+        if self.draft_ids is None:
+            return self.model(**inputs, logits_to_keep=logits_to_keep).logits[..., : self.vocab_size].float()
+        hidden = self.model.get_decoder()(**inputs).last_hidden_state[:, -logits_to_keep:]
+        draft = trimmed_logits(hidden, self.head, self.softcap).float()  # (batch, keep, draft_vocab)
+        logits = draft.new_full((*draft.shape[:2], self.vocab_size), float("-inf"))
+        return logits.index_copy_(2, self.draft_ids, draft)
 
     def crop(self, length: int) -> None:
         """Roll the cache back to its first ``length`` slots."""
@@ -143,7 +182,7 @@ class _Sequence:
 class _Draft:
     tokens: torch.LongTensor  # (batch, k)
     probs: torch.FloatTensor | None  # (batch, k, vocab) processed edge distributions q, sampling only
-    entropy: torch.FloatTensor  # (batch,) nats summed over the block
+    entropy: torch.FloatTensor  # (batch,) mean nats per drafted token
     sequence: _Sequence  # committed + drafted
 
 
@@ -162,8 +201,12 @@ def _select(scores: torch.Tensor, do_sample: bool) -> tuple[torch.Tensor, torch.
 
 
 def draft_block(edge: _IncrementalModel, seq: _Sequence, processors: LogitsProcessorList, k: int,
-                do_sample: bool, frozen: torch.Tensor, pad_token_id: int) -> _Draft:
-    """The edge drafts ``k`` tokens, one cached step each; ``frozen`` rows (finished, padding) draft padding."""
+                do_sample: bool, frozen: torch.Tensor, pad_token_id: int,
+                confidence: float | None = None) -> _Draft:
+    """The edge drafts up to ``k`` tokens, one cached step each; ``frozen`` rows (finished, padding) draft padding.
+
+    With ``confidence``, drafting stops after a step where a running row's top probability is below it.
+    """
     tokens, probs, entropy = [], [], 0.0
     for _ in range(k):
         logits = edge.extend(seq.ids, seq.attention_mask, seq.positions, logits_to_keep=1)[:, -1]
@@ -174,14 +217,16 @@ def draft_block(edge: _IncrementalModel, seq: _Sequence, processors: LogitsProce
         tokens.append(token)
         probs.append(q)
         seq = seq.append(token[:, None])
-    return _Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if do_sample else None, entropy, seq)
+        if confidence is not None and bool((q.max(-1).values[~frozen] < confidence).any()):
+            break
+    return _Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if do_sample else None, entropy / len(tokens), seq)
 
 
 def needs_cloud(draft: _Draft, settings: SpeculativePreset, classes: TokenClasses | None,
                 running: torch.Tensor) -> torch.Tensor:
     """(batch,) gate: entropy above the threshold or punctuation density above 0.4 (S1, S4)."""
-    if settings.entropy_threshold is None:
-        return running
+    if settings.cloud != "gate":
+        return running & (settings.cloud == "always")
     dense = classes.punctuation_density(draft.tokens) > PUNCTUATION_DENSITY_LIMIT
     return running & ((draft.entropy > settings.entropy_threshold) | dense)
 
@@ -228,23 +273,44 @@ def _first_stops(stopping_criteria: StoppingCriteriaList, seq: _Sequence, start:
 
 
 def _check_inputs(model, edge_model, input_ids: torch.Tensor, generation_config: GenerationConfig,
-                  streamer) -> None:
+                  tokenizer, edge_tokenizer) -> None:
     if edge_model is None or not hasattr(edge_model, "get_output_embeddings"):
         raise ValueError("edge_model must be a causal LM (PreTrainedModel with an LM head), got "
                          f"{type(edge_model).__name__}")
     if model.config.is_encoder_decoder or edge_model.config.is_encoder_decoder:
         raise ValueError("edge and cloud must be decoder-only causal LMs, got an encoder-decoder model")
-    cloud_vocab = model.get_output_embeddings().weight.shape[0]
-    edge_vocab = edge_model.get_output_embeddings().weight.shape[0]
-    if cloud_vocab != edge_vocab:
-        raise ValueError(f"edge and cloud vocabularies differ ({edge_vocab} vs {cloud_vocab}): "
-                         "they must share one tokenizer")
+    check_same_tokenizer(model, edge_model, tokenizer, edge_tokenizer)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, seq) prompt, got shape {tuple(input_ids.shape)}")
     if generation_config.num_beams != 1:
         raise ValueError(f"num_beams must be 1 for edge/cloud decoding, got {generation_config.num_beams}")
-    if streamer is not None:
-        raise ValueError("streamer must be None: edge/cloud decoding commits blocks, not single tokens")
+
+
+def check_same_tokenizer(cloud, edge, tokenizer=None, edge_tokenizer=None) -> None:
+    """Edge and cloud must share one tokenizer (``ValueError`` otherwise).
+
+    With both tokenizers given, their vocabularies must be equal. Without them, every id the edge can draft must
+    be a cloud id and the special tokens must agree; an edge whose embedding is padded past the tokenizer
+    (rows the tokenizer never produces) is accepted.
+    """
+    if tokenizer is not None and edge_tokenizer is not None:
+        if tokenizer.get_vocab() != edge_tokenizer.get_vocab():
+            raise ValueError("edge_tokenizer and cloud_tokenizer differ: edge and cloud must share one tokenizer")
+        return
+    cloud_vocab = cloud.get_output_embeddings().weight.shape[0]
+    draft_ids = getattr(edge.config, "draft_vocab_ids", None)
+    edge_vocab = max(draft_ids) + 1 if draft_ids else edge.get_output_embeddings().weight.shape[0]
+    tokenizer_size = len(tokenizer) if tokenizer is not None else cloud_vocab
+    if draft_ids is None and edge_vocab < tokenizer_size:
+        raise ValueError(f"the edge scores {edge_vocab} tokens but the tokenizer has {tokenizer_size}: "
+                         "they must share one tokenizer")
+    if draft_ids is not None and edge_vocab > cloud_vocab:
+        raise ValueError(f"draft_vocab_ids reach id {edge_vocab - 1}, past the cloud's {cloud_vocab} tokens")
+    for name in ("bos_token_id", "eos_token_id"):
+        cloud_id, edge_id = (getattr(m.config.get_text_config(), name, None) for m in (cloud, edge))
+        if None not in (cloud_id, edge_id) and cloud_id != edge_id:
+            raise ValueError(f"edge and cloud disagree on {name} ({edge_id} vs {cloud_id}): "
+                             "they must share one tokenizer")
 
 
 def _token_classes(processors: LogitsProcessorList, token_classes: TokenClasses | None) -> TokenClasses | None:
@@ -264,24 +330,31 @@ def edge_cloud_generate(
     preset: str = "fluency",
     num_draft_tokens: int | None = None,
     entropy_threshold: float | None = None,
+    draft_confidence: float | None = None,
     token_classes: TokenClasses | None = None,
     return_stats: bool = False,
+    edge_cloud_streamer=None,
+    edge_tokenizer=None,
+    cloud_tokenizer=None,
     synced_gpus: bool = False,
-    streamer=None,
     **model_kwargs,
 ) -> EdgeCloudOutput | torch.LongTensor:
     """The ``custom_generate`` decoding loop (S1): ``model`` is the cloud, ``edge_model`` the draft model.
 
-    ``preset``: ``"fluency"`` | ``"quality"`` | ``"lossless"`` (see :data:`PRESETS`; ``num_draft_tokens`` and
-    ``entropy_threshold`` override). Greedy or sampling follows ``generation_config.do_sample``. Returns the
-    sequences, or an :class:`EdgeCloudOutput` with the statistics when ``return_stats`` or
-    ``return_dict_in_generate``.
+    ``preset``: ``"fluency"`` | ``"quality"`` | ``"lossless"`` | ``"edge"`` (see :data:`PRESETS`; ``num_draft_tokens`` and
+    ``entropy_threshold`` override). ``draft_confidence``: stop drafting a block early when the edge's top
+    probability falls below it (dynamic draft length; None: always ``k``). Greedy or sampling follows
+    ``generation_config.do_sample``. ``edge_tokenizer`` + ``cloud_tokenizer``: checked equal
+    (``generate`` keeps ``tokenizer=`` for itself). Returns the sequences, or
+    an :class:`EdgeCloudOutput` with the statistics when ``return_stats`` or ``return_dict_in_generate``.
     """
-    _check_inputs(model, edge_model, input_ids, generation_config, streamer)
+    _check_inputs(model, edge_model, input_ids, generation_config, cloud_tokenizer, edge_tokenizer)
+    if draft_confidence is not None and not 0 < draft_confidence < 1:
+        raise ValueError(f"draft_confidence must be in (0, 1) or None, got {draft_confidence!r}")
     settings = resolve_preset(preset, num_draft_tokens, entropy_threshold)
     processors = logits_processor  # generate's list: the CJK stack, then its one temperature warper (S3)
     classes = _token_classes(processors, token_classes)
-    if settings.entropy_threshold is not None and classes is None:
+    if settings.cloud == "gate" and classes is None:
         raise ValueError(f"preset {preset!r} gates on punctuation density (S4): pass token_classes="
                          "TokenClasses.from_tokenizer(tokenizer) or logits_processor=build_cjk_processors(tokenizer)")
     do_sample = bool(generation_config.do_sample)
@@ -292,7 +365,13 @@ def edge_cloud_generate(
     mask = model_kwargs.get("attention_mask")
     mask = torch.ones_like(input_ids) if mask is None else mask.long()
     seq = _Sequence(input_ids, mask, (mask.cumsum(1) - 1).clamp(min=0), padded=bool((mask == 0).any()))
-    edge, cloud = _IncrementalModel(edge_model), _IncrementalModel(model)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    edge, cloud = _IncrementalModel(edge_model, vocab_size), _IncrementalModel(model, vocab_size)
+    streamer = edge_cloud_streamer
+    if streamer is not None:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"edge_cloud_streamer needs batch size 1, got {input_ids.shape[0]}")
+        streamer.put(input_ids.cpu())
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     counts = dict(drafted=0, verified=0, accepted=0, cloud_calls=0, blocks=0)
     entropies = []
@@ -301,7 +380,8 @@ def edge_cloud_generate(
         frozen = finished & pad_finished  # finished rows that pad; the others keep decoding, as in generate
         running = ~frozen
         k = min(settings.num_draft_tokens, max_length - seq.ids.shape[1])
-        draft = draft_block(edge, seq, processors, k, do_sample, frozen, pad_token_id)
+        draft = draft_block(edge, seq, processors, k, do_sample, frozen, pad_token_id, draft_confidence)
+        k = draft.tokens.shape[1]
         entropies.append(draft.entropy)
         counts["blocks"] += 1
         counts["drafted"] += k * int(running.sum())
@@ -309,11 +389,11 @@ def edge_cloud_generate(
             accepted, cloud_token = verify_block(cloud, draft, processors, do_sample)
             counts["cloud_calls"] += 1
             counts["verified"] += k * int(running.sum())
-            counts["accepted"] += int(accepted[running].sum())
             # row stream: accepted drafts, then the cloud's token at slot `accepted`
             candidates = torch.cat([draft.tokens, draft.tokens[:, :1]], 1)
             candidates = candidates.scatter(1, accepted[:, None], cloud_token[:, None])  # (batch, k+1)
             commit = int(torch.where(running, accepted + 1, k + 1).min())  # lockstep: shortest running row
+            counts["accepted"] += int(accepted[running].clamp(max=commit).sum())  # committed acceptances only
         else:
             candidates, commit = draft.tokens, k
         commit = min(commit, max_length - seq.ids.shape[1])
@@ -322,7 +402,11 @@ def edge_cloud_generate(
         seq, finished = _stop_inside_block(stopping_criteria, seq, start, finished, pad_finished, pad_token_id)
         edge.crop(seq.ids.shape[1] - 1)  # roll back rejected slots; the last committed token is fed next
         cloud.crop(seq.ids.shape[1] - 1)
+        if streamer is not None:
+            streamer.put(seq.ids[0, start:].cpu())
 
+    if streamer is not None:
+        streamer.end()
     if not (return_stats or generation_config.return_dict_in_generate):
         return seq.ids
     return EdgeCloudOutput(sequences=seq.ids, block_entropies=torch.stack(entropies) if entropies else None,
@@ -370,10 +454,14 @@ from .logits_process import TokenClasses
 def generate(model, *args, **kwargs):
     """Run the standard input preparation of `generate`, then the edge/cloud loop with `model` as the cloud.
 
-    Pass `tokenizer=` to let the gated presets measure punctuation density without genlab installed.
+    Pass `tokenizer=` to let the gated presets measure punctuation density without genlab installed; a
+    `streamer=` receives the prompt and every committed block.
     """
-    if kwargs.get("tokenizer") is not None and kwargs.get("token_classes") is None:
-        kwargs["token_classes"] = TokenClasses.from_tokenizer(kwargs["tokenizer"])
+    if kwargs.get("tokenizer") is not None:
+        kwargs.setdefault("cloud_tokenizer", kwargs["tokenizer"])
+        if kwargs.get("token_classes") is None:
+            kwargs["token_classes"] = TokenClasses.from_tokenizer(kwargs["tokenizer"])
+    kwargs["edge_cloud_streamer"] = kwargs.pop("streamer", None)  # generate would keep it for its own loops
     return GenerationMixin.generate(model, *args, custom_generate=edge_cloud_generate, **kwargs)
 '''
 
@@ -389,7 +477,7 @@ def write_custom_generate_dir(repo_dir: str | os.PathLike) -> Path:
     folder = Path(repo_dir) / "custom_generate"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "generate.py").write_text(CUSTOM_GENERATE_ENTRY, encoding="utf-8")
-    for sibling in ("generation_speculative.py", "logits_process.py"):
+    for sibling in ("generation_speculative.py", "logits_process.py", "cjk_text.py"):
         shutil.copyfile(Path(__file__).with_name(sibling), folder / sibling)
     (folder / "requirements.txt").write_text(CUSTOM_GENERATE_REQUIREMENTS, encoding="utf-8")
     return folder

@@ -3,155 +3,40 @@
 Every processor has the standard ``LogitsProcessor`` signature ``(input_ids (batch, seq), scores (batch, vocab))
 -> scores`` and is a PURE function of ``input_ids``: it keeps no state between calls, so the same stack runs on
 the edge's draft steps, on the cloud's verification slots and again after a rollback (seed 004 §C–E), and in any
-ordinary ``model.generate(logits_processor=...)`` call. Nothing loops over the batch: per-token facts are
-precomputed once per tokenizer as vocabulary tensors (:class:`TokenClasses`) and the rules are tensor ops.
+ordinary ``model.generate(logits_processor=...)`` call. Nothing loops over the batch or the vocabulary: per-id
+facts are precomputed once per tokenizer and the rules are tensor ops (``cjk_text``).
 
-Mark ids are DERIVED from the tokenizer by decoding every id: with the character-level corpus tokenizer one
-mark is one id, with the real Qwen2 tokenizer a mark lives in many ids (``，`` ``，\\n`` ``”，`` ``，并`` …), and
-each rule uses the set of ids whose decoded text contains the mark.
+The rules are about CHARACTERS, whatever the tokenizer spells them with (``cjk_text``): the history is the
+decoded text (a character split over byte-fragment ids counts once, a character inside ``，并`` counts), and a
+candidate id is judged by the characters it would add (leading spaces skipped, a fragment judged by the
+character it completes, ids that spell 哈哈 or ``::`` by themselves caught).
 
 The recommended stack (:func:`build_cjk_processors`, seed 004 TL;DR 1, 3–5) in order: CJK-only repetition
 penalty 1.22 → adjacent identical CJK character ban → CJK 3-gram ban over the punctuation-stripped history →
 comma gating (``，、：:`` only after ≥ 4 CJK content characters since the last punctuation; ``。`` −8 before 8)
 → temperature ONCE: the stack holds none, ``generate(temperature=…)`` applies it after every custom processor.
+It also holds a neutral ``RepetitionPenaltyLogitsProcessor(1.0)``: ``generate`` replaces its own repetition
+penalty with a user processor of the same class, so a ``repetition_penalty`` in the ``GenerationConfig`` can
+never push punctuation down (the CJK penalty is the stack's ``repetition_penalty``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
-from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteria,
-                          StoppingCriteriaList)
+from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase,
+                          RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList)
 
-PUNCTUATION_MARKS = "，。、：:；！？"  # seed 004 §D: the marks whose character density is watched
-COMMA_LIKE_MARKS = "，、：:"  # gated until 4 CJK content characters
-PERIOD_MARKS = "。"  # penalised until 8 CJK content characters
-SENTENCE_END_MARKS = "。."  # one sentence ends at either (seed 004 §F)
-CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF))  # unified, extension A, compatibility
+from .cjk_text import (COMMA_LIKE_MARKS, HASH_BASE, PERIOD_MARKS, PUNCTUATION_MARKS, History,  # noqa: F401
+                       TokenClasses, is_cjk_char, is_cjk_code)
 
 
-def is_cjk_char(char: str) -> bool:
-    """True for a CJK unified ideograph (content character), False for marks, Latin, digits, spaces."""
-    code = ord(char)
-    return any(low <= code <= high for low, high in CJK_RANGES)
-
-
-def _last_index(flags: torch.Tensor) -> torch.Tensor:
-    """(batch, seq) bool -> (batch,) index of the last True per row, -1 where there is none."""
-    positions = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
-    return torch.where(flags, positions, -1).amax(dim=1)
-
-
-@dataclass(frozen=True)
-class TokenClasses:
-    """What each vocabulary id decodes to, as (vocab,) tensors; built once per tokenizer by :meth:`from_tokenizer`.
-
-    ``cjk``: content token (decodes to ≥ 1 CJK character and no punctuation mark); ``punct``: contains a
-    :data:`PUNCTUATION_MARKS` character; ``comma`` / ``period`` / ``sentence_end``: contains such a mark;
-    ``cjk_tail``: CJK characters after the last mark in the token (all its CJK characters when it has no mark);
-    ``first_char`` / ``last_char``: code point of the first / last character when it is CJK, else −1;
-    ``n_chars`` / ``n_punct_chars``: decoded characters and mark characters (character-level density, S4);
-    ``point_only``: ends a sentence with ``.`` only (no ``。``), so a digit right before it makes it a decimal
-    point; ``digit_end`` / ``digit_point``: the text ends with a digit / with a digit and ``.``.
-    """
-
-    cjk: torch.Tensor
-    punct: torch.Tensor
-    comma: torch.Tensor
-    period: torch.Tensor
-    sentence_end: torch.Tensor
-    cjk_tail: torch.Tensor
-    first_char: torch.Tensor
-    last_char: torch.Tensor
-    n_chars: torch.Tensor
-    n_punct_chars: torch.Tensor
-    point_only: torch.Tensor
-    digit_end: torch.Tensor
-    digit_point: torch.Tensor
-    _fitted: dict = field(default_factory=dict, compare=False, repr=False)  # (name, vocab, device) -> tensor
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> "TokenClasses":
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
-        special = set(tokenizer.all_special_ids)
-        texts = ["" if i in special else text for i, text in enumerate(texts)]
-        return cls.from_texts(texts)
-
-    @classmethod
-    def from_texts(cls, texts: list[str]) -> "TokenClasses":
-        """Classes from each id's decoded text (``texts[i]`` is what id ``i`` decodes to)."""
-
-        def contains(marks: str) -> torch.Tensor:
-            return torch.tensor([any(c in marks for c in t) for t in texts], dtype=torch.bool)
-
-        def edge_char(t: str, index: int) -> int:
-            return ord(t[index]) if t and is_cjk_char(t[index]) else -1
-
-        def cjk_after_last_mark(t: str) -> int:
-            cut = max(t.rfind(mark) for mark in PUNCTUATION_MARKS)
-            return sum(is_cjk_char(c) for c in t[cut + 1 :])
-
-        punct = contains(PUNCTUATION_MARKS)
-        has_cjk = torch.tensor([any(is_cjk_char(c) for c in t) for t in texts], dtype=torch.bool)
-        return cls(
-            cjk=has_cjk & ~punct,
-            punct=punct,
-            comma=contains(COMMA_LIKE_MARKS),
-            period=contains(PERIOD_MARKS),
-            sentence_end=contains(SENTENCE_END_MARKS),
-            cjk_tail=torch.tensor([cjk_after_last_mark(t) for t in texts], dtype=torch.long),
-            first_char=torch.tensor([edge_char(t, 0) for t in texts], dtype=torch.long),
-            last_char=torch.tensor([edge_char(t, -1) for t in texts], dtype=torch.long),
-            n_chars=torch.tensor([len(t) for t in texts], dtype=torch.long),
-            n_punct_chars=torch.tensor([sum(c in PUNCTUATION_MARKS for c in t) for t in texts], dtype=torch.long),
-            point_only=contains(".") & ~contains("。"),
-            digit_end=torch.tensor([t[-1:].isascii() and t[-1:].isdigit() for t in texts], dtype=torch.bool),
-            digit_point=torch.tensor([len(t) > 1 and t.endswith(".") and t[-2].isdigit() for t in texts],
-                                     dtype=torch.bool),
-        )
-
-    def fit(self, name: str, vocab_size: int, device: torch.device) -> torch.Tensor:
-        """Field ``name`` padded (False / 0 / −1) to the model's ``vocab_size`` (models often pad the vocabulary).
-
-        Cached per (name, vocab_size, device): processors call this on every decoding step.
-        """
-        key = (name, vocab_size, str(device))
-        if key not in self._fitted:
-            values = getattr(self, name).to(device)
-            if vocab_size < values.shape[0]:
-                raise ValueError(f"scores have {vocab_size} columns but the tokenizer has {values.shape[0]} ids")
-            fill = -1 if name in ("first_char", "last_char") else 0
-            self._fitted[key] = torch.nn.functional.pad(values, (0, vocab_size - values.shape[0]), value=fill)
-        return self._fitted[key]
-
-    def lookup(self, name: str, input_ids: torch.Tensor) -> torch.Tensor:
-        """Field ``name`` at each id of ``input_ids`` (ids beyond the tokenizer read as False / 0 / −1)."""
-        values = getattr(self, name).to(input_ids.device)
-        inside = input_ids < values.shape[0]
-        fill = -1 if name in ("first_char", "last_char") else 0
-        return torch.where(inside, values[input_ids.clamp(max=values.shape[0] - 1)], fill).to(values.dtype)
-
-    def cjk_since_punctuation(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch,) CJK characters written since the last punctuation mark (over the whole history if none).
-
-        The last mark's own token counts the CJK characters after its mark (``cjk_tail``), later tokens all theirs.
-        """
-        last = _last_index(self.lookup("punct", input_ids)).clamp(min=0)  # (batch,)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return torch.where(positions[None, :] >= last[:, None], self.lookup("cjk_tail", input_ids), 0).sum(1)
-
-    def sentence_ends(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) bool: the token ends a sentence (``。`` or ``.``), unless its ``.`` follows a digit — a
-        decimal point (``1032.5``) — in the token itself or in the previous one."""
-        after_digit = torch.nn.functional.pad(self.lookup("digit_end", input_ids)[:, :-1], (1, 0), value=False)
-        decimal = self.lookup("point_only", input_ids) & (after_digit | self.lookup("digit_point", input_ids))
-        return self.lookup("sentence_end", input_ids) & ~decimal
-
-    def punctuation_density(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(batch,) character-level punctuation density of ``token_ids`` (batch, block) decoded (S4)."""
-        chars = self.lookup("n_chars", token_ids).sum(1)
-        return self.lookup("n_punct_chars", token_ids).sum(1) / chars.clamp(min=1)
+def _member(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(batch, m) bool: ``values`` (batch, m) found in the row's ``table`` (batch, n)."""
+    if table.shape[1] == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    table = table.sort(1).values
+    index = torch.searchsorted(table, values).clamp(max=table.shape[1] - 1)
+    return table.gather(1, index) == values
 
 
 class _CJKProcessor(LogitsProcessor):
@@ -162,10 +47,11 @@ class _CJKProcessor(LogitsProcessor):
 
 
 class CJKRepetitionPenaltyLogitsProcessor(_CJKProcessor):
-    """Repetition penalty on CJK content tokens only; punctuation is never pushed (seed 004 §E; S3).
+    """Repetition penalty on CJK text only; punctuation is never pushed (seed 004 §E; S3).
 
-    Like ``RepetitionPenaltyLogitsProcessor`` (positive scores divided, negative multiplied) for every CJK
-    content id already in ``input_ids``.
+    Like ``RepetitionPenaltyLogitsProcessor`` (positive scores divided, negative multiplied), for every id whose
+    CJK characters (its first four) already occur, in that order, in the decoded history — so ``，并`` after 并,
+    and 并 after ``，并``. Ids without a CJK character (marks, Latin, digits) are never touched.
     """
 
     def __init__(self, classes: TokenClasses, penalty: float = 1.22):
@@ -175,27 +61,39 @@ class CJKRepetitionPenaltyLogitsProcessor(_CJKProcessor):
         self.penalty = float(penalty)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, input_ids, True)  # (batch, vocab)
-        target = seen & self.classes.fit("cjk", scores.shape[1], scores.device)
+        history = self.classes.history(input_ids)
+        vocab, device = scores.shape[1], scores.device
+        count = self.classes.fit("cjk_count", vocab, device)
+        written = torch.cat([history.ngram_hashes(n) for n in range(1, 5)], 1)  # (batch, windows)
+        candidate = self.classes.fit("cjk_hash", vocab, device)[None, :].expand(scores.shape[0], -1)
+        target = _member(candidate.contiguous(), written) & (count > 0)[None, :]
         penalised = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
         return torch.where(target, penalised, scores)
 
 
 class CJKAdjacentRepeatLogitsProcessor(_CJKProcessor):
-    """Ban a token whose first character repeats the CJK character just written ("真真", seed 004 §C; S3)."""
+    """Ban an id that would put two identical CJK characters side by side ("真真", seed 004 §C; S3): its first
+    character (spaces skipped, or the character a byte fragment completes) repeats the last one written, or it
+    spells such a pair itself (哈哈)."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        last_char = self.classes.lookup("last_char", input_ids[:, -1:])  # (batch, 1), −1 when not CJK
-        first_char = self.classes.fit("first_char", scores.shape[1], scores.device)  # (vocab,)
-        banned = (first_char[None, :] == last_char) & (last_char >= 0)
+        history = self.classes.history(input_ids)
+        first = self.classes.completed_first_char(history, scores.shape[1])  # (batch, vocab)
+        fragment = self.classes.fit("lead_cont", scores.shape[1], scores.device)[None, :] > 0
+        # a completing fragment sits right after the last complete character; an ordinary id does too, unless an
+        # unfinished character is pending (then it breaks that character and no identical pair can form)
+        before = torch.where(fragment | (history.pending_missing[:, None] == 0), history.last_char[:, None], -2)
+        banned = (first == before) & is_cjk_code(first)
+        banned |= self.classes.fit("inner_repeat", scores.shape[1], scores.device)[None, :]
         return scores.masked_fill(banned, -float("inf"))
 
 
 class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
-    """Ban the CJK token that would repeat an n-gram of the punctuation-stripped CJK history (seed 004 §C; S3).
+    """Ban an id that would repeat a CJK character n-gram of the punctuation-stripped history (seed 004 §C; S3).
 
-    The history keeps only CJK content tokens (marks, Latin, padding dropped), so "员在，员在" is caught.
-    ``ngram_size`` is 2 or 3; the seed's mild default is 3.
+    The history keeps only CJK characters (marks, Latin, spaces dropped), so "员在，员在" is caught. An id is
+    banned when its first CJK character completes an n-gram already written (the last one included, as in HF's
+    ``NoRepeatNGramLogitsProcessor``), or its first two do. ``ngram_size`` is 2 or 3; the seed's default is 3.
     """
 
     def __init__(self, classes: TokenClasses, ngram_size: int = 3):
@@ -205,42 +103,62 @@ class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
         self.ngram_size = ngram_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        n, seq = self.ngram_size, input_ids.shape[1]
-        if seq < n:
-            return scores
-        content = self.classes.lookup("cjk", input_ids)  # (batch, seq)
-        # Stable sort moves the content tokens to the right end, in order: the stripped history, right-aligned.
-        order = torch.sort(content.to(torch.int8), dim=1, stable=True).indices
-        history = input_ids.gather(1, order)  # (batch, seq)
-        valid = torch.arange(seq, device=input_ids.device)[None, :] >= seq - content.sum(1, keepdim=True)
-        windows, valid_windows = history.unfold(1, n, 1), valid.unfold(1, n, 1)  # (batch, seq-n+1, n)
-        # Every n-gram written so far — the last one included, as in HF's NoRepeatNGram — whose first n-1 tokens
-        # equal the last n-1 tokens bans its last token.
-        prefix = history[:, seq - n + 1 :]  # (batch, n-1)
-        match = (windows[:, :, :-1] == prefix[:, None, :]).all(-1) & valid_windows.all(-1)
-        match &= valid[:, seq - n + 1 :].all(-1, keepdim=True)
-        banned_ids = torch.where(match, windows[:, :, -1], scores.shape[1])  # vocab = "no ban" column
-        banned = torch.zeros(scores.shape[0], scores.shape[1] + 1, dtype=torch.bool, device=scores.device)
-        banned.scatter_(1, banned_ids, True)
-        return scores.masked_fill(banned[:, :-1], -float("inf"))
+        n, vocab, device = self.ngram_size, scores.shape[1], scores.device
+        history = self.classes.history(input_ids)
+        written = history.ngram_hashes(n)  # (batch, windows)
+        first = self.classes.completed_first_char(history, vocab)
+        own_first = self.classes.fit("cjk_first", vocab, device)[None, :]
+        first = torch.where(is_cjk_code(first), first, own_first)  # marks before the first CJK character are stripped
+        second = torch.where(first == own_first, self.classes.fit("cjk_second", vocab, device)[None, :], own_first)
+        tail = history.cjk[:, -(n - 1):]  # (batch, n-1) the last CJK characters, −1 where fewer
+        banned = self._repeats(written, [*tail.unbind(1), first]) & (first >= 0)
+        banned |= self._repeats(written, [*tail[:, 1:].unbind(1), first, second]) & (first >= 0) & (second >= 0)
+        return scores.masked_fill(banned, -float("inf"))
+
+    def _repeats(self, written: torch.Tensor, gram: list[torch.Tensor]) -> torch.Tensor:
+        """(batch, vocab): the n-gram ``gram`` (n tensors, each (batch,) or (batch, vocab)) is among ``written``."""
+        value = torch.full((), len(gram), dtype=torch.long, device=written.device)
+        valid = torch.ones((), dtype=torch.bool, device=written.device)
+        for part in gram:
+            part = part if part.ndim == 2 else part[:, None]
+            value, valid = value * HASH_BASE + part, valid & (part >= 0)
+        return _member(value.expand(written.shape[0], -1).contiguous(), written) & valid
 
 
 class CJKPunctuationGateLogitsProcessor(_CJKProcessor):
-    """Comma gating (seed 004 §D; S3): ``，、：:`` banned until ``min_comma`` CJK content characters have been
-    written since the last punctuation mark; ``。`` gets ``period_penalty`` (−8) until ``min_period`` (8)."""
+    """Comma gating (seed 004 §D; S3): an id that writes ``，、：:`` is banned unless ``min_comma`` CJK characters
+    stand between the mark and the previous punctuation — the history's and its own before the mark — and an id
+    that writes two marks closer than that (``::``, ``、、``) is always banned; ``。`` gets ``period_penalty``
+    (−8) until ``min_period`` (8)."""
 
     def __init__(self, classes: TokenClasses, min_comma: int = 4, min_period: int = 8, period_penalty: float = -8.0):
         super().__init__(classes)
         if min_comma < 0 or min_period < 0:
             raise ValueError(f"min_comma and min_period must be ≥ 0, got {min_comma}, {min_period}")
         self.min_comma, self.min_period, self.period_penalty = min_comma, min_period, float(period_penalty)
+        self.crowded = torch.tensor([_crowded_commas(t, min_comma) for t in classes.texts], dtype=torch.bool)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        since = self.classes.cjk_since_punctuation(input_ids)[:, None]  # (batch, 1)
-        comma = self.classes.fit("comma", scores.shape[1], scores.device)[None, :]
-        period = self.classes.fit("period", scores.shape[1], scores.device)[None, :]
-        scores = scores.masked_fill(comma & (since < self.min_comma), -float("inf"))
+        vocab, device = scores.shape[1], scores.device
+        since = self.classes.history(input_ids).cjk_since_mark[:, None] + self.classes.fit("cjk_lead", vocab, device)
+        comma = self.classes.fit("comma", vocab, device)[None, :]
+        period = self.classes.fit("period", vocab, device)[None, :]
+        crowded = torch.nn.functional.pad(self.crowded.to(device), (0, vocab - self.crowded.shape[0]))[None, :]
+        scores = scores.masked_fill(comma & ((since < self.min_comma) | crowded), -float("inf"))
         return scores + (period & (since < self.min_period)) * self.period_penalty
+
+
+def _crowded_commas(text: str, min_comma: int) -> bool:
+    """The id writes a comma-like mark fewer than ``min_comma`` CJK characters after another mark of its own."""
+    seen_mark, since = False, 0
+    for char in text:
+        if char in PUNCTUATION_MARKS:
+            if seen_mark and char in COMMA_LIKE_MARKS and since < min_comma:
+                return True
+            seen_mark, since = True, 0
+        elif is_cjk_char(char):
+            since += 1
+    return False
 
 
 class SentenceStoppingCriteria(StoppingCriteria):
@@ -274,9 +192,13 @@ def build_cjk_processors(tokenizer_or_classes: PreTrainedTokenizerBase | TokenCl
     Temperature comes from ``generate`` alone (``temperature=0.7``, the seed's value, or ``GenerationConfig``):
     transformers appends its ``TemperatureLogitsWarper`` after every custom processor, so the logits are divided
     exactly once and after the penalties — with or without ``assistant_model`` and in ``edge_cloud_generate``. A
-    temperature inside the stack would be applied a second time (seed 004's bug A)."""
+    temperature inside the stack would be applied a second time (seed 004's bug A). The neutral
+    ``RepetitionPenaltyLogitsProcessor(1.0)`` takes the place of any ``repetition_penalty`` given to ``generate``
+    (transformers keeps a user processor of the same class instead of its own), so punctuation is never penalised;
+    the CJK penalty is ``repetition_penalty`` here."""
     classes = _classes(tokenizer_or_classes)
     return LogitsProcessorList([
+        RepetitionPenaltyLogitsProcessor(1.0),  # replaces generate's own: punctuation is never penalised
         CJKRepetitionPenaltyLogitsProcessor(classes, repetition_penalty),
         CJKAdjacentRepeatLogitsProcessor(classes),
         CJKNoRepeatNGramLogitsProcessor(classes, ngram_size),

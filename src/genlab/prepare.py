@@ -123,9 +123,11 @@ def planner_bench(config: PlannerBenchConfig) -> None:
 
 
 def speculative_bench(config: SpeculativeBenchConfig) -> None:
-    """The cloud (an AR run) and the edge distilled from it."""
-    ar_run(config.cloud_dir, config.cloud_preset, budget=config.cloud_budget, max_steps=800)
+    """The cloud (a tiny AR run trained here, or a registry model loaded at bench time) and the edge distilled
+    from it for a fixed number of steps."""
+    if config.cloud == "tiny":
+        ar_run(config.cloud_dir, "tiny", max_steps=800)
     reuse_or_train(config.edge_dir, lambda: edge.train_edge(
-        edge.EdgeTrainConfig(run_dir=config.edge_dir, cloud=config.cloud_dir, preset=config.edge_preset,
-                             budget=config.edge_budget, resume=False),
-        default_training_arguments(edge.TRAINING_DEFAULTS, seed=config.seed, **QUIET)))
+        edge.EdgeTrainConfig(run_dir=config.edge_dir, cloud=config.cloud_source(), data=config.corpus,
+                             num_layers=config.edge_layers, draft_vocab_size=config.draft_vocab_size, resume=False),
+        default_training_arguments(edge.TRAINING_DEFAULTS, max_steps=config.edge_steps, seed=config.seed, **QUIET)))

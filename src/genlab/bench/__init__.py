@@ -27,8 +27,8 @@ REQUIRED_FIGURES = {
                 "inference_rate_ratio", "natural_fire_fraction", "delta_nll_concepts_permuted", "flops_fraction_pred",
                 "train_steps"),
     "planner": ("delta_nll_shuffle", "nll_ratio_vs_ar", "executor_decode_ratio"),
-    "speculative": ("lossless_speedup_vs_cloud", "speedup_vs_hf_assisted", "acceptance_rate",
-                    "gated_cloud_call_rate", "gated_agreement", "punct_density"),
+    "speculative": ("lossless_equals_cloud", "acceptance_rate", "edge_cost_ratio", "lossless_speedup_vs_cloud",
+                    "speedup_vs_hf_assisted", "gated_cloud_call_rate", "gated_agreement", "gated_latency_ratio_50ms"),
 }
 SYSTEMS = tuple(REQUIRED_FIGURES)
 
@@ -57,15 +57,16 @@ def target(value: float, op: str, goal: float) -> dict:
 
 
 def write_result(path: str | os.PathLike | None, system: str, *, config: dict, budget: dict, figures: dict,
-                 targets: dict) -> dict:
-    """Assemble, check (required figure names, finite numbers) and write one benchmark JSON."""
+                 targets: dict, extra: dict | None = None) -> dict:
+    """Assemble, check (required figure names, finite numbers) and write one benchmark JSON; ``extra`` holds
+    what is not a single number (curves), beside the figures."""
     if system not in REQUIRED_FIGURES:
         raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}")
     missing = [name for name in REQUIRED_FIGURES[system] if name not in figures]
     if missing:
         raise ValueError(f"{system} benchmark is missing figures {missing}")
     result = {"system": system, "machine": machine_info(), "config": config, "budget": budget,
-              "figures": {k: float(v) for k, v in figures.items()}, "targets": targets}
+              "figures": {k: float(v) for k, v in figures.items()}, "targets": targets, **(extra or {})}
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ class Scale:
     """Model sizes and evaluation sizes of one demo preset (``tiny``: the demo; ``nano``: smoke tests)."""
 
     ar_preset: str
-    edge_preset: str
+    edge_layers: int  # the edge: the cloud's first layers
     concept_layers: str  # shallow,middle,deep of the AR base
     concept_steps: int  # the Gumbel/LoRA schedule length; the budget usually stops earlier
     planner_hidden: int
@@ -33,11 +33,11 @@ class Scale:
 
 
 SCALES = {
-    "tiny": Scale(ar_preset="tiny", edge_preset="nano", concept_layers="2,3,1", concept_steps=300, planner_hidden=128,
+    "tiny": Scale(ar_preset="tiny", edge_layers=1, concept_layers="2,3,1", concept_steps=300, planner_hidden=128,
                   planner_steps=400, planner_warmup=100, logging_steps=5, eval_blocks=32, eval_pairs=128,
                   edit_sentences=64, samples=16, bench_prompts=16, shown=4, repeats=3, contexts="512,2048",
                   new_tokens=32),
-    "nano": Scale(ar_preset="nano", edge_preset="nano", concept_layers="1,0,1", concept_steps=20, planner_hidden=32,
+    "nano": Scale(ar_preset="nano", edge_layers=1, concept_layers="1,0,1", concept_steps=20, planner_hidden=32,
                   planner_steps=20, planner_warmup=5, logging_steps=1, eval_blocks=4, eval_pairs=8,
                   edit_sentences=4, samples=2, bench_prompts=2, shown=2, repeats=1, contexts="2048",
                   new_tokens=4),

@@ -146,14 +146,14 @@ def stage_speculative(demo: Demo) -> dict:
     s = demo.scale
     edge_dir, cloud_dir = demo.dir("edge"), demo.dir("ar")
     manifest = ensure_run("edge model (distilled from the AR cloud)", edge_dir, load_causal_lm, lambda: edge.train_edge(
-        edge.EdgeTrainConfig(run_dir=str(edge_dir), cloud=str(cloud_dir), preset=s.edge_preset, budget=demo.budget,
-                             resume=False),
+        edge.EdgeTrainConfig(run_dir=str(edge_dir), cloud=str(cloud_dir), num_layers=s.edge_layers,
+                             budget=demo.budget, resume=False),
         default_training_arguments(edge.TRAINING_DEFAULTS, report_to="none")), demo.budget)
 
     def measure() -> dict:
         figures = bench_speculative.run(bench_speculative.SpeculativeBenchConfig(
             json=str(edge_dir / "bench.json"), cloud_dir=str(cloud_dir), edge_dir=str(edge_dir),
-            edge_preset=s.edge_preset, edge_budget=demo.budget, prompts=s.bench_prompts, max_new_tokens=32,
+            prompts=s.bench_prompts, max_new_tokens=32,
             sweep_k="", threads=torch.get_num_threads()))["figures"]
         prompts = bench_speculative.held_out_prompts(s.bench_prompts + s.shown, 6)[-s.shown:]  # not the bench's own
         return {"figures": figures, **side_by_side(load_causal_lm(cloud_dir), load_causal_lm(edge_dir), cloud_dir,

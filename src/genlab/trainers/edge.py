@@ -1,28 +1,39 @@
-"""`genlab train edge --cloud RUN_DIR`: an edge model distilled from its cloud (SPEC S1, S3).
+"""`genlab train edge --cloud CLOUD`: a standalone edge distilled from its cloud (SPEC S1, S3; issue 15).
 
-The edge is a small ``Qwen2ForCausalLM`` (``--preset``, default ``nano``) on the cloud's tokenizer, trained on the
-corpus with next-token CE + KL(cloud ‖ edge) per token: the edge learns the cloud's choices, which is what the
-acceptance of speculative decoding needs. The run directory is a plain causal-LM checkpoint.
+The edge runs on its own device, so it never reads the cloud's hidden states (an EAGLE head is not an edge). It
+is the cloud's own architecture cut to its first ``num_layers`` decoder layers, initialised from them, with the
+cloud's embeddings and final norm, and an FR-Spec output vocabulary: ``config.draft_vocab_ids`` lists the
+``draft_vocab_size`` most frequent token ids of the training corpus, and only those rows of the (tied) head are
+scored when it drafts (``generation_speculative``). The cloud still verifies over its full vocabulary, so
+lossless decoding stays exact whatever the edge drafts.
+
+Training: KL(cloud ‖ edge) per token over the draft vocabulary (both distributions renormalised over it; the
+cloud's logits there come from its last hidden state and the same head rows, so its full head is never
+computed), on packed corpus blocks. Embeddings and head are frozen (they are the cloud's); the layers and the
+final norm learn. The distillation targets are the cloud's raw distributions: the CJK processors shift both
+models' scores the same way at decoding time. The run directory is an ordinary ``AutoModelForCausalLM``
+checkpoint of the cloud's class (it loads without genlab; the map rides in ``config.json``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainingArguments, default_data_collator
 
+from ..clouds import load_cloud
 from ..data import load_corpus
-from ..presets import AR_PRESETS
+from ..generation_speculative import trimmed_logits
 from ..runs import RunDir, export_model_run, prepare_run_dir
-from ..tokenization import resolve_tokenizer
-from .ar import build_model, pack_sentences
+from .ar import pack_sentences
 from .callbacks import TimeBudgetCallback
-from .common import (TrainConfig, announce, check_choice, default_training_arguments, finalize_training_arguments,
+from .common import (TrainConfig, announce, check_positive, default_training_arguments, finalize_training_arguments,
                      resume_checkpoint)
 
-TRAINING_DEFAULTS = dict(max_steps=1500, learning_rate=3e-3, save_steps=500)
+TRAINING_DEFAULTS = dict(max_steps=300, learning_rate=1e-3, per_device_train_batch_size=8, save_steps=100)
 
 
 @dataclass
@@ -30,54 +41,96 @@ class EdgeTrainConfig(TrainConfig):
     """`genlab train edge`: the edge's options besides `TrainingArguments`."""
 
     run_dir: str = field(default="runs/speculative-edge-kd", metadata={"help": "where the checkpoint and logs go"})
-    cloud: str | None = field(default=None, metadata={"help": "the cloud's run directory (the teacher); required"})
-    preset: str = field(default="nano", metadata={"choices": sorted(AR_PRESETS), "help": "edge size"})
-    kl_weight: float = field(default=0.7, metadata={"help": "loss = (1 - w)·CE + w·KL(cloud ‖ edge)"})
+    cloud: str | None = field(default=None, metadata={
+        "help": "the teacher: 'smollm2', 'gemma3' (registry packages) or a cloud run directory; required"})
+    num_layers: int = field(default=2, metadata={"help": "decoder layers of the edge (the cloud's first ones)"})
+    draft_vocab_size: int = field(default=8192, metadata={
+        "help": "FR-Spec: the edge drafts only the N most frequent corpus tokens (0: the full vocabulary)"})
     block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.cloud is None:
-            raise ValueError("--cloud is required: the run directory of the cloud model to distil from")
-        check_choice(self, "preset", AR_PRESETS)
-        if not 0 <= self.kl_weight <= 1:
-            raise ValueError(f"--kl-weight must be in [0, 1], got {self.kl_weight}")
+            raise ValueError("--cloud is required: 'smollm2', 'gemma3' or the run directory of the cloud model")
+        check_positive(self, "num_layers")
+        check_positive(self, "block_size")
+        if self.draft_vocab_size < 0:
+            raise ValueError(f"--draft-vocab-size must be ≥ 0 (0: full vocabulary), got {self.draft_vocab_size}")
+
+
+def frequent_token_ids(blocks, tokenizer, size: int) -> list[int]:
+    """The ``size`` most frequent ids of the packed ``blocks`` plus the special tokens, sorted (FR-Spec)."""
+    counts = Counter(token for row in blocks["input_ids"] for token in row)
+    keep = {token for token, _ in counts.most_common(size)} | set(tokenizer.all_special_ids)
+    return sorted(keep)
+
+
+def edge_from_cloud(cloud, num_layers: int, draft_vocab_ids: list[int] | None):
+    """The cloud's class with its first ``num_layers`` layers, embeddings and norm copied; ``draft_vocab_ids`` in
+    its config (``ValueError`` when the cloud has fewer layers)."""
+    config = cloud.config.__class__.from_dict(cloud.config.to_dict())
+    if num_layers > config.num_hidden_layers:
+        raise ValueError(f"--num-layers must be ≤ the cloud's {config.num_hidden_layers} layers, got {num_layers}")
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:num_layers]
+    for name in ("quantization_config", "auto_map"):  # a GGUF cloud's loader settings are not the edge's
+        if hasattr(config, name):
+            delattr(config, name)
+    config.draft_vocab_ids = draft_vocab_ids
+    edge = type(cloud)(config)
+    missing, unexpected = edge.load_state_dict(cloud.state_dict(), strict=False)
+    if missing:
+        raise ValueError(f"the edge's weights are not all in the cloud: {missing[:5]}")
+    edge.generation_config = cloud.generation_config
+    return edge
 
 
 class DistillationTrainer(Trainer):
-    """Next-token CE + KL(cloud ‖ edge) per token: the edge learns the cloud's choices, which is what acceptance needs."""
+    """KL(cloud ‖ edge) per token over the draft vocabulary, renormalised: what acceptance needs."""
 
-    def __init__(self, *args, teacher, kl_weight: float = 0.7, **kwargs):
+    def __init__(self, *args, teacher, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher, self.kl_weight = teacher.eval(), kl_weight
+        self.teacher = teacher.eval()
+        draft_ids = self.model.config.draft_vocab_ids
+        head = self.model.get_output_embeddings().weight
+        self.draft_ids = torch.arange(head.shape[0]) if draft_ids is None else torch.tensor(draft_ids)
+        self.softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+
+    def _draft_logits(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state  # (batch, seq, hidden)
+        head = model.get_output_embeddings().weight[self.draft_ids.to(hidden.device)]
+        return trimmed_logits(hidden, head, self.softcap)  # (batch, seq, draft_vocab)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        student = self._draft_logits(model, inputs["input_ids"])
         with torch.no_grad():
-            teacher_logits = self.teacher(input_ids=inputs["input_ids"]).logits
-        vocab = outputs.logits.shape[-1]
-        kl = F.kl_div(outputs.logits.reshape(-1, vocab).log_softmax(-1),
-                      teacher_logits.reshape(-1, vocab).log_softmax(-1), log_target=True, reduction="batchmean")
-        loss = (1 - self.kl_weight) * outputs.loss + self.kl_weight * kl
-        return (loss, outputs) if return_outputs else loss
+            teacher = self._draft_logits(self.teacher, inputs["input_ids"])
+        vocab = student.shape[-1]
+        loss = F.kl_div(student.reshape(-1, vocab).log_softmax(-1), teacher.reshape(-1, vocab).log_softmax(-1),
+                        log_target=True, reduction="batchmean")
+        return (loss, {"logits": student}) if return_outputs else loss
 
 
 def train_edge(config: EdgeTrainConfig, training: TrainingArguments | None = None) -> RunDir:
-    """Distil (or resume distilling) an edge from ``config.cloud``; export it as a plain causal-LM run."""
+    """Distil (or resume distilling) an edge from ``config.cloud``; export it as an ordinary causal-LM run."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
-    tokenizer = resolve_tokenizer(config.tokenizer)
+    teacher, tokenizer = load_cloud(config.cloud)
     blocks = pack_sentences(load_corpus(config.data)["train"], tokenizer, config.block_size)
-    teacher = AutoModelForCausalLM.from_pretrained(config.cloud)
-    model = build_model(config.preset, tokenizer, training.seed)
+    draft_ids = frequent_token_ids(blocks, tokenizer, config.draft_vocab_size) if config.draft_vocab_size else None
+    model = edge_from_cloud(teacher, config.num_layers, draft_ids)
+    for parameter in (*model.get_input_embeddings().parameters(), *model.get_output_embeddings().parameters()):
+        parameter.requires_grad_(False)  # the cloud's embeddings and head: frozen
     trainer = DistillationTrainer(model=model, args=finalize_training_arguments(training, run_dir),
                                   train_dataset=blocks, data_collator=default_data_collator,
-                                  callbacks=[TimeBudgetCallback(config.budget)], teacher=teacher,
-                                  kl_weight=config.kl_weight)
+                                  callbacks=[TimeBudgetCallback(config.budget)], teacher=teacher)
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(config, run_dir))
-    manifest = {"system": "ar", "preset": config.preset, "distilled_from": str(config.cloud),
+    manifest = {"system": "edge", "cloud": str(config.cloud), "num_layers": config.num_layers,
+                "draft_vocab_size": len(draft_ids) if draft_ids else None, "data": config.data,
                 "steps": trainer.state.global_step, "train_loss": result.training_loss, "seed": training.seed,
                 "parameters": sum(p.numel() for p in model.parameters()), "budget_s": config.budget}
     export_model_run(run_dir, trainer.model, tokenizer, manifest)
-    announce(f"edge/{config.preset}: {trainer.state.global_step} steps distilled from {config.cloud} → {run_dir}")
+    announce(f"edge: {config.num_layers} layers of {config.cloud}, {manifest['draft_vocab_size'] or 'full'} draft "
+             f"tokens, {trainer.state.global_step} steps → {run_dir}")
     return RunDir(run_dir, manifest)
