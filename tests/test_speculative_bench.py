@@ -26,16 +26,21 @@ def test_cloud_agreement_is_one_on_cloud_greedy_output_and_drops_on_a_foreign_to
     assert total == 8 and agree < 8
 
 
-def test_distillation_loss_is_ce_only_when_the_edge_equals_the_cloud(tmp_path):
+def test_distillation_loss_is_zero_when_the_edge_equals_the_cloud_and_reaches_only_the_edge(tmp_path):
+    """KL(cloud ‖ edge) over the draft vocabulary: 0 for an exact copy, > 0 once a layer moves; gradients reach the
+    edge's layers and never the teacher."""
     tok = default_tokenizer()
     teacher = build_model("nano", tok, seed=0)
     student = copy.deepcopy(teacher)
+    student.config.draft_vocab_ids = list(range(0, len(tok), 2))
     trainer = DistillationTrainer(model=student, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
-                                  teacher=teacher, kl_weight=0.7)
+                                  teacher=teacher)
     ids = tok(["我爱北京天安门"], return_tensors="pt")["input_ids"]
-    loss = trainer.compute_loss(student, {"input_ids": ids, "labels": ids})
-    ce = student(input_ids=ids, labels=ids).loss
-    assert torch.allclose(loss, 0.3 * ce, atol=1e-5)
+    assert trainer.compute_loss(student, {"input_ids": ids}).abs() < 1e-6
+    with torch.no_grad():
+        student.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    loss = trainer.compute_loss(student, {"input_ids": ids})
+    assert loss > 1e-4
     loss.backward()
-    assert student.model.embed_tokens.weight.grad is not None
-    assert teacher.model.embed_tokens.weight.grad is None
+    assert student.model.layers[0].mlp.down_proj.weight.grad is not None
+    assert teacher.model.layers[0].mlp.down_proj.weight.grad is None

@@ -156,7 +156,9 @@ class TokenClasses:
     continuation bytes it starts with and their bits; ``cjk_first`` / ``cjk_second`` its first two CJK
     characters; ``cjk_hash`` / ``cjk_count`` the hash and length of its CJK string (first 4 characters);
     ``inner_repeat`` it spells two identical CJK characters in a row (哈哈); ``cjk_lead`` CJK characters before
-    its first mark (all of them when it has none). ``texts``: what each id decodes to.
+    its first mark (all of them when it has none). Sparse index lists, so a rule touches only the ids it can
+    concern: ``fragment_ids`` (start inside a character), ``cjk_ids`` (spell a CJK character), ``pair_ids``
+    (spell two). ``texts``: what each id decodes to.
     """
 
     texts: tuple[str, ...]
@@ -172,6 +174,7 @@ class TokenClasses:
     digit_point: torch.Tensor
     bytes: torch.Tensor
     first_char: torch.Tensor
+    first_is_cjk: torch.Tensor
     lead_cont: torch.Tensor
     cont_bits: torch.Tensor
     cjk_first: torch.Tensor
@@ -180,6 +183,9 @@ class TokenClasses:
     cjk_count: torch.Tensor
     inner_repeat: torch.Tensor
     cjk_lead: torch.Tensor
+    fragment_ids: torch.Tensor
+    cjk_ids: torch.Tensor
+    pair_ids: torch.Tensor
     _fitted: dict = field(default_factory=dict, compare=False, repr=False)  # (name, vocab, device) -> tensor
     _last: list = field(default_factory=list, compare=False, repr=False)  # [(input_ids copy, History)]
 
@@ -210,6 +216,7 @@ class TokenClasses:
             cut = piece[:MAX_TOKEN_BYTES]
             padded[i, : len(cut)] = torch.tensor(list(cut), dtype=torch.int16)
         lead_cont = [_leading_continuations(p) for p in pieces]
+        nonzero = lambda flags: torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long)  # noqa: E731
         return cls(
             texts=tuple(texts),
             cjk=flags(lambda t: any(is_cjk_char(c) for c in t)) & ~punct,
@@ -225,6 +232,8 @@ class TokenClasses:
             bytes=padded,
             first_char=longs(-1 if n else next((ord(c) for c in chars if not c.isspace()), -1)
                              for n, chars in zip(lead_cont, own)),
+            first_is_cjk=torch.tensor([n == 0 and bool(chars.strip()) and is_cjk_char(chars.strip()[0])
+                                       for n, chars in zip(lead_cont, own)], dtype=torch.bool),
             lead_cont=longs(lead_cont),
             cont_bits=longs(_continuation_bits(p, n) for p, n in zip(pieces, lead_cont)),
             cjk_first=longs(s[0] if s else -1 for s in cjk_strings),
@@ -233,6 +242,9 @@ class TokenClasses:
             cjk_count=longs(min(len(s), 4) for s in cjk_strings),
             inner_repeat=torch.tensor([_has_adjacent_repeat(chars) for chars in own], dtype=torch.bool),
             cjk_lead=longs(_cjk_before_first_mark(t) for t in texts),
+            fragment_ids=nonzero(n > 0 for n in lead_cont),
+            cjk_ids=nonzero(len(c) > 0 for c in cjk_strings),
+            pair_ids=nonzero(len(c) > 1 for c in cjk_strings),
         )
 
     def fit(self, name: str, vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -281,14 +293,13 @@ class TokenClasses:
         self._last[:] = [(input_ids.clone(), result)]
         return result
 
-    def completed_first_char(self, history: History, vocab_size: int) -> torch.Tensor:
-        """(batch, vocab) the first character each id would add: its own, or — for an id that starts with
-        continuation bytes — the character it completes with the history's pending fragment (−1 if it cannot)."""
-        lead = self.fit("lead_cont", vocab_size, history.chars.device)[None, :]
-        completes = (lead > 0) & (lead == history.pending_missing[:, None])
-        completed = history.pending_prefix[:, None] | self.fit("cont_bits", vocab_size, history.chars.device)[None, :]
-        first = self.fit("first_char", vocab_size, history.chars.device)[None, :]
-        return torch.where(lead == 0, first, torch.where(completes, completed, -1))
+    def fragment_first_chars(self, history: History) -> torch.Tensor:
+        """(batch, fragments) the character each of :attr:`fragment_ids` completes with the history's pending
+        fragment (−1 where it does not fit)."""
+        device = history.chars.device
+        lead = self.lead_cont[self.fragment_ids].to(device)[None, :]
+        completed = history.pending_prefix[:, None] | self.cont_bits[self.fragment_ids].to(device)[None, :]
+        return torch.where(lead == history.pending_missing[:, None], completed, -1)
 
     def cjk_since_punctuation(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch,) CJK characters written since the last punctuation mark (over the whole history if none)."""

@@ -26,8 +26,7 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase,
                           RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList)
 
-from .cjk_text import (COMMA_LIKE_MARKS, HASH_BASE, PERIOD_MARKS, PUNCTUATION_MARKS, History,  # noqa: F401
-                       TokenClasses, is_cjk_char, is_cjk_code)
+from .cjk_text import COMMA_LIKE_MARKS, PUNCTUATION_MARKS, TokenClasses, is_cjk_char, is_cjk_code
 
 
 def _member(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -39,11 +38,35 @@ def _member(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return table.gather(1, index) == values
 
 
+def _matches(values: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """(batch, m) bool: ``values`` ((m,) or (batch, m)) equals one of the row's few ``wanted`` (batch, w) values."""
+    values = values if values.ndim == 2 else values[None, :]
+    return (values[:, None, :] == wanted[:, :, None]).any(1)
+
+
+def _few(values: torch.Tensor, keep: torch.Tensor, fill: int = -3) -> torch.Tensor:
+    """The kept entries of each row of ``values`` (batch, n, ...) packed to (batch, max kept, ...), ``fill`` padded."""
+    width = int(keep.sum(1).max()) if keep.numel() else 0
+    order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+    picked = values.gather(1, order.view(*order.shape, *[1] * (values.ndim - 2)).expand(-1, -1, *values.shape[2:]))
+    kept = keep.gather(1, order).view(*order.shape, *[1] * (values.ndim - 2))
+    return torch.where(kept, picked, fill)
+
+
 class _CJKProcessor(LogitsProcessor):
     """Shares one :class:`TokenClasses` between the processors built for a tokenizer."""
 
     def __init__(self, classes: TokenClasses):
         self.classes = classes
+
+    def _scatter(self, mask: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``mask`` (batch, vocab) with ``values`` (batch, len(ids)) OR-ed in at ``ids``."""
+        if ids.numel() == 0:
+            return mask
+        ids = ids.to(mask.device)
+        mask = mask.clone()
+        mask[:, ids] |= values
+        return mask
 
 
 class CJKRepetitionPenaltyLogitsProcessor(_CJKProcessor):
@@ -62,11 +85,10 @@ class CJKRepetitionPenaltyLogitsProcessor(_CJKProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         history = self.classes.history(input_ids)
-        vocab, device = scores.shape[1], scores.device
-        count = self.classes.fit("cjk_count", vocab, device)
         written = torch.cat([history.ngram_hashes(n) for n in range(1, 5)], 1)  # (batch, windows)
-        candidate = self.classes.fit("cjk_hash", vocab, device)[None, :].expand(scores.shape[0], -1)
-        target = _member(candidate.contiguous(), written) & (count > 0)[None, :]
+        ids = self.classes.cjk_ids.to(scores.device)
+        candidate = self.classes.cjk_hash.to(scores.device)[ids][None, :].expand(scores.shape[0], -1).contiguous()
+        target = self._scatter(torch.zeros_like(scores, dtype=torch.bool), ids, _member(candidate, written))
         penalised = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
         return torch.where(target, penalised, scores)
 
@@ -78,14 +100,15 @@ class CJKAdjacentRepeatLogitsProcessor(_CJKProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         history = self.classes.history(input_ids)
-        first = self.classes.completed_first_char(history, scores.shape[1])  # (batch, vocab)
-        fragment = self.classes.fit("lead_cont", scores.shape[1], scores.device)[None, :] > 0
-        # a completing fragment sits right after the last complete character; an ordinary id does too, unless an
-        # unfinished character is pending (then it breaks that character and no identical pair can form)
-        before = torch.where(fragment | (history.pending_missing[:, None] == 0), history.last_char[:, None], -2)
-        banned = (first == before) & is_cjk_code(first)
-        banned |= self.classes.fit("inner_repeat", scores.shape[1], scores.device)[None, :]
-        return scores.masked_fill(banned, -float("inf"))
+        vocab, device = scores.shape[1], scores.device
+        # an ordinary id follows the last complete character, unless an unfinished one is pending (it breaks it)
+        last = torch.where(history.pending_missing == 0, history.last_char, -2)[:, None]
+        banned = (self.classes.fit("first_char", vocab, device)[None, :] == last)
+        banned &= self.classes.fit("first_is_cjk", vocab, device)[None, :]
+        banned |= self.classes.fit("inner_repeat", vocab, device)[None, :]
+        completed = self.classes.fragment_first_chars(history)  # a completing fragment follows the last complete one
+        repeat = (completed == history.last_char[:, None]) & is_cjk_code(completed)
+        return scores.masked_fill(self._scatter(banned, self.classes.fragment_ids, repeat), -float("inf"))
 
 
 class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
@@ -104,25 +127,29 @@ class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         n, vocab, device = self.ngram_size, scores.shape[1], scores.device
+        cjk = self.classes.history(input_ids).cjk  # (batch, chars) right-aligned, −1 padded
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        if cjk.shape[1] < n - 1:
+            return scores
+        windows = cjk.unfold(1, n, 1) if cjk.shape[1] >= n else cjk[:, :0, None].expand(-1, -1, n)
+        windows = torch.where((windows >= 0).all(-1, keepdim=True), windows, -3)  # (batch, W, n) written n-grams
+        tail = cjk[:, cjk.shape[1] - (n - 1):]  # (batch, n-1) the last characters written
+        # first CJK character completes an n-gram: (tail, c1) written
+        c1 = _few(windows[..., -1], (windows[..., :-1] == tail[:, None, :]).all(-1) & (tail >= 0).all(-1, keepdim=True))
+        first = self.classes.fit("cjk_first", vocab, device)
+        banned |= _matches(first, c1) & (first >= 0)[None, :]
         history = self.classes.history(input_ids)
-        written = history.ngram_hashes(n)  # (batch, windows)
-        first = self.classes.completed_first_char(history, vocab)
-        own_first = self.classes.fit("cjk_first", vocab, device)[None, :]
-        first = torch.where(is_cjk_code(first), first, own_first)  # marks before the first CJK character are stripped
-        second = torch.where(first == own_first, self.classes.fit("cjk_second", vocab, device)[None, :], own_first)
-        tail = history.cjk[:, -(n - 1):]  # (batch, n-1) the last CJK characters, −1 where fewer
-        banned = self._repeats(written, [*tail.unbind(1), first]) & (first >= 0)
-        banned |= self._repeats(written, [*tail[:, 1:].unbind(1), first, second]) & (first >= 0) & (second >= 0)
+        completed = self.classes.fragment_first_chars(history)  # fragments: judged by the character they complete
+        fragment_first = torch.where(is_cjk_code(completed), completed, first[self.classes.fragment_ids.to(device)])
+        banned = self._scatter(banned, self.classes.fragment_ids, _matches(fragment_first, c1) & (fragment_first >= 0))
+        # first two CJK characters complete one: (tail[1:], c1, c2) written
+        ids = self.classes.pair_ids.to(device)
+        pairs = _few(windows[..., -2:], (windows[..., :-2] == tail[:, None, 1:]).all(-1) & (tail >= 0).all(-1, keepdim=True))
+        if pairs.shape[1]:
+            c1s, c2s = first[ids][None, None, :], self.classes.fit("cjk_second", vocab, device)[ids][None, None, :]
+            hit = ((c1s == pairs[..., :1]) & (c2s == pairs[..., 1:])).any(1)
+            banned = self._scatter(banned, ids, hit)
         return scores.masked_fill(banned, -float("inf"))
-
-    def _repeats(self, written: torch.Tensor, gram: list[torch.Tensor]) -> torch.Tensor:
-        """(batch, vocab): the n-gram ``gram`` (n tensors, each (batch,) or (batch, vocab)) is among ``written``."""
-        value = torch.full((), len(gram), dtype=torch.long, device=written.device)
-        valid = torch.ones((), dtype=torch.bool, device=written.device)
-        for part in gram:
-            part = part if part.ndim == 2 else part[:, None]
-            value, valid = value * HASH_BASE + part, valid & (part >= 0)
-        return _member(value.expand(written.shape[0], -1).contiguous(), written) & valid
 
 
 class CJKPunctuationGateLogitsProcessor(_CJKProcessor):

@@ -13,8 +13,9 @@ Every decoder gets the same pair, the CJK processor stack, one-sentence stopping
   tokens per block.
 - **Edge cost ratio**: one cached decoding step of the edge (trimmed head) over one of the cloud, median paired.
 - **Gate curve** on VALIDATION prompts: cloud-call rate and agreement (share of generated tokens equal to the
-  cloud's processed greedy choice given the same prefix) per threshold in nats/token; the presets in
-  ``generation_speculative`` were read off it, and the test prompts report them.
+  cloud's processed greedy choice given the same prefix) per threshold in nats/token. The fluency threshold is
+  the largest with agreement ≥ 0.95 there, the quality one the largest with ≥ 0.98; the test prompts report
+  them (``gated_*``, ``quality_*``), and the library presets were set from the SmolLM2 curve.
 - **Latency under a simulated network**: every cloud call pays a round trip plus the uplink of the tokens it
   sends (4 bytes each) at ``uplink_mbps``; cloud-only decoding is one call per token (the device holds the
   context, as in U-HLM's setting). Per-token latency = measured compute + simulated network, for edge-only,
@@ -109,6 +110,7 @@ class Decoder:
         self.processors = build_cjk_processors(self.classes)
 
     def __call__(self, prompts: list[str], method: str, sample: bool = False, processors=None, **overrides):
+        """Decode ``prompts`` with ``method``: cloud | hf_dynamic | hf_same_k | lossless_dynamic | a preset."""
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
         common = dict(max_new_tokens=self.args.max_new_tokens, do_sample=sample,
                       logits_processor=self.processors if processors is None else processors,
@@ -179,6 +181,12 @@ def gate_curve(decode: Decoder, prompts: list[str], thresholds: list[float]) -> 
     return curve
 
 
+def pick_threshold(curve: list[dict], min_agreement: float) -> float:
+    """The largest threshold whose validation agreement reaches ``min_agreement`` (the smallest one if none)."""
+    passing = [point["threshold"] for point in curve if point["agreement"] >= min_agreement]
+    return max(passing) if passing else min(point["threshold"] for point in curve)
+
+
 def simulated_latency(seconds: float, tokens: int, calls: int, uplink_tokens: int, rtt_ms: float,
                       uplink_mbps: float) -> float:
     """Seconds per generated token: compute + one round trip per cloud call + the uplink of the tokens sent."""
@@ -203,6 +211,9 @@ def run(args: SpeculativeBenchConfig) -> dict:
     for prompt in prompts[:3]:  # warm-up
         for method in ("cloud", "hf_dynamic", "lossless"):
             decode([prompt], method)
+    thresholds = [float(t) for t in args.gate_thresholds.split(",") if t]
+    curve = gate_curve(decode, held_out_prompts(args.gate_prompts, args.corpus, "validation"), thresholds)
+    chosen = {"fluency": pick_threshold(curve, 0.95), "quality": pick_threshold(curve, 0.98)}
 
     methods = ("cloud", "lossless", "lossless_dynamic", "hf_dynamic", "hf_same_k", "edge", "fluency", "quality")
     seconds = dict.fromkeys(methods, 0.0)
@@ -214,7 +225,8 @@ def run(args: SpeculativeBenchConfig) -> dict:
         prompt_len = decode.prompt_length(prompt)
         outputs = {}
         for method in methods:
-            outputs[method], elapsed = _timed(lambda: decode([prompt], method))
+            threshold = {"entropy_threshold": chosen[method]} if method in chosen else {}
+            outputs[method], elapsed = _timed(lambda: decode([prompt], method, **threshold))
             seconds[method] += elapsed
             tokens[method] += _sequences(outputs[method]).shape[1] - prompt_len
         reference = outputs["cloud"]
@@ -229,8 +241,6 @@ def run(args: SpeculativeBenchConfig) -> dict:
                 record["agree"] += cloud_agreement(cloud, decode.processors, out.sequences, prompt_len)[0]
 
     batch = batch_speed(decode, prompts, args.batch_size)
-    thresholds = [float(t) for t in args.gate_thresholds.split(",") if t]
-    curve = gate_curve(decode, held_out_prompts(args.gate_prompts, args.corpus, "validation"), thresholds)
     cost = edge_cost_ratio(cloud, edge, tokenizer, prompts[0])
     figures = {
         "lossless_equals_cloud": equal["lossless"] / len(prompts),
@@ -254,10 +264,12 @@ def run(args: SpeculativeBenchConfig) -> dict:
         "quality_agreement": stats["quality"]["agree"] / max(tokens["quality"], 1),
         "edge_only_agreement": stats["edge"]["agree"] / max(tokens["edge"], 1),
         "generated_tokens": tokens["cloud"],
+        "fluency_threshold": chosen["fluency"],
+        "quality_threshold": chosen["quality"],
     }
     figures.update(latency_figures(args, seconds, tokens, stats))
     if args.corpus != "pydocs":
-        figures.update(ab_test(prompts, decode))
+        figures.update(ab_test(prompts, decode, chosen["fluency"]))
     return write_result(args.json, "speculative", config=bench_config(args, edge_manifest, thresholds),
                         budget={"bench_s": round(time.perf_counter() - bench_start, 1),
                                 "edge_steps": edge_manifest.get("steps")},
@@ -325,14 +337,14 @@ def targets_of(figures: dict, args: SpeculativeBenchConfig) -> dict:
     return targets
 
 
-def ab_test(prompts: list[str], decode: Decoder) -> dict:
+def ab_test(prompts: list[str], decode: Decoder, threshold: float) -> dict:
     """S6 / seed 004's A/B: sampled fluency-preset outputs with the CJK processors on vs off (T 0.7 in both)."""
     metrics = {name: evaluate.load(path) for name, path in speculative_metric_paths().items()}
     figures = {}
     for arm, suffix in ((None, ""), (LogitsProcessorList(), "_off")):  # temperature comes from generate in both
         texts = []
         for prompt in prompts:
-            out = decode([prompt], "fluency", sample=True, processors=arm)
+            out = decode([prompt], "fluency", sample=True, processors=arm, entropy_threshold=threshold)
             texts.append(decode.tokenizer.decode(out.sequences[0, decode.prompt_length(prompt):],
                                                  skip_special_tokens=True))
         figures[f"punct_density{suffix}"] = metrics["punctuation_density"].compute(predictions=texts)["punct_density"]

@@ -147,15 +147,15 @@ def stage_speculative(demo: Demo) -> dict:
     edge_dir, cloud_dir = demo.dir("edge"), demo.dir("ar")
     manifest = ensure_run("edge model (distilled from the AR cloud)", edge_dir, load_causal_lm, lambda: edge.train_edge(
         edge.EdgeTrainConfig(run_dir=str(edge_dir), cloud=str(cloud_dir), num_layers=s.edge_layers,
-                             budget=demo.budget, resume=False),
+                             cloud_continuations=16 * s.bench_prompts, budget=demo.budget, resume=False),
         default_training_arguments(edge.TRAINING_DEFAULTS, report_to="none")), demo.budget)
 
     def measure() -> dict:
         figures = bench_speculative.run(bench_speculative.SpeculativeBenchConfig(
-            json=str(edge_dir / "bench.json"), cloud_dir=str(cloud_dir), edge_dir=str(edge_dir),
-            prompts=s.bench_prompts, max_new_tokens=32,
-            sweep_k="", threads=torch.get_num_threads()))["figures"]
-        prompts = bench_speculative.held_out_prompts(s.bench_prompts + s.shown, 6)[-s.shown:]  # not the bench's own
+            json=str(edge_dir / "bench.json"), cloud="tiny", cloud_dir=str(cloud_dir), edge_dir=str(edge_dir),
+            prompts=s.bench_prompts, gate_prompts=max(2, s.bench_prompts // 4), gate_thresholds="0.5,1,2",
+            batch_size=2, max_new_tokens=32, threads=torch.get_num_threads()))["figures"]
+        prompts = bench_speculative.held_out_prompts(s.bench_prompts + s.shown)[-s.shown:]  # not the bench's own
         return {"figures": figures, **side_by_side(load_causal_lm(cloud_dir), load_causal_lm(edge_dir), cloud_dir,
                                                    prompts)}
 

@@ -9,7 +9,7 @@ of 2-/3-grams that already occurred earlier in the same text ("员在员在"), p
 import datasets
 import evaluate
 
-from genlab.logits_process import is_cjk_char
+from genlab.cjk_text import is_cjk_char
 
 _KWARGS_DESCRIPTION = """
 Args:

@@ -7,7 +7,7 @@ the "字字逗" failure. Returns the mean over texts (``punct_density``) and the
 import datasets
 import evaluate
 
-from genlab.logits_process import PUNCTUATION_MARKS
+from genlab.cjk_text import PUNCTUATION_MARKS
 
 _KWARGS_DESCRIPTION = """
 Args:
