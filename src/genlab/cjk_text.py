@@ -23,7 +23,7 @@ COMMA_LIKE_MARKS = "，、：:"  # gated until 4 CJK content characters
 PERIOD_MARKS = "。"  # penalised until 8 CJK content characters
 SENTENCE_END_MARKS = "。."  # one sentence ends at either (seed 004 §F)
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF))  # unified, extension A, compatibility
-MAX_TOKEN_BYTES = 48  # longer ids (runs of spaces, long Latin words) are cut; no CJK rule needs their tail
+MAX_TOKEN_BYTES = 24  # longer ids (runs of spaces, long Latin words) are cut; 8 CJK characters fit
 HASH_BASE = 1_000_003  # rolling hash of character strings (int64 arithmetic wraps)
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 

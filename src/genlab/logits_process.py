@@ -87,10 +87,14 @@ class CJKRepetitionPenaltyLogitsProcessor(_CJKProcessor):
         history = self.classes.history(input_ids)
         written = torch.cat([history.ngram_hashes(n) for n in range(1, 5)], 1)  # (batch, windows)
         ids = self.classes.cjk_ids.to(scores.device)
+        if ids.numel() == 0 or ids[-1] >= scores.shape[1]:
+            ids = ids[ids < scores.shape[1]]
         candidate = self.classes.cjk_hash.to(scores.device)[ids][None, :].expand(scores.shape[0], -1).contiguous()
-        target = self._scatter(torch.zeros_like(scores, dtype=torch.bool), ids, _member(candidate, written))
-        penalised = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
-        return torch.where(target, penalised, scores)
+        hit = _member(candidate, written)  # (batch, cjk ids): only ids that spell CJK can be penalised
+        old = scores[:, ids]
+        scores = scores.clone()
+        scores[:, ids] = torch.where(hit, torch.where(old > 0, old / self.penalty, old * self.penalty), old)
+        return scores
 
 
 class CJKAdjacentRepeatLogitsProcessor(_CJKProcessor):

@@ -129,5 +129,6 @@ def speculative_bench(config: SpeculativeBenchConfig) -> None:
         ar_run(config.cloud_dir, "tiny", max_steps=800)
     reuse_or_train(config.edge_dir, lambda: edge.train_edge(
         edge.EdgeTrainConfig(run_dir=config.edge_dir, cloud=config.cloud_source(), data=config.corpus,
-                             num_layers=config.edge_layers, draft_vocab_size=config.draft_vocab_size, resume=False),
+                             num_layers=config.edge_layers, draft_vocab_size=config.draft_vocab_size,
+                             cloud_continuations=config.edge_continuations, resume=False),
         default_training_arguments(edge.TRAINING_DEFAULTS, max_steps=config.edge_steps, seed=config.seed, **QUIET)))

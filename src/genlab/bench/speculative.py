@@ -58,6 +58,8 @@ class SpeculativeBenchConfig:
     edge_layers: int = field(default=2, metadata={"help": "edge layers when it is distilled first"})
     draft_vocab_size: int = field(default=8192, metadata={"help": "edge draft vocabulary when distilled first"})
     edge_steps: int = field(default=400, metadata={"help": "distillation steps when the edge is distilled first"})
+    edge_continuations: int = field(default=1024, metadata={
+        "help": "cloud continuations in the edge's distillation text when it is distilled first"})
     prompts: int = field(default=50, metadata={"help": "held-out test prompts"})
     max_new_tokens: int = field(default=32, metadata={"help": "new tokens per prompt"})
     num_draft_tokens: int = field(default=4, metadata={"help": "k of the fixed-length modes (genlab and HF)"})
