@@ -13,6 +13,7 @@ pending fragment that the next id may complete.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,25 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
         else:
             out.append(text.encode("utf-8"))
     return out
+
+
+class ContentMemo:
+    """A small LRU keyed by the CONTENT of ``input_ids`` (and extra hashable parts): a pure function of the ids
+    is computed once per distinct history. Speculative decoding asks for the same prefixes twice — the edge's
+    draft step j and the cloud's verification slot j see committed + draft[:j] — so the second is a lookup."""
+
+    def __init__(self, size: int = 32):
+        self.size, self.entries = size, OrderedDict()
+
+    def get(self, input_ids: torch.Tensor, extra: tuple, compute):
+        key = (tuple(input_ids.shape), str(input_ids.device), *extra, input_ids.cpu().numpy().tobytes())
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        value = self.entries[key] = compute()
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value
 
 
 def _string_hash(codes: list[int]) -> int:
@@ -187,7 +207,7 @@ class TokenClasses:
     cjk_ids: torch.Tensor
     pair_ids: torch.Tensor
     _fitted: dict = field(default_factory=dict, compare=False, repr=False)  # (name, vocab, device) -> tensor
-    _last: list = field(default_factory=list, compare=False, repr=False)  # [(input_ids copy, History)]
+    _histories: ContentMemo = field(default_factory=ContentMemo, compare=False, repr=False)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> "TokenClasses":
@@ -271,10 +291,11 @@ class TokenClasses:
         return torch.where(inside, picked, -1 if name == "bytes" else 0).to(values.dtype)
 
     def history(self, input_ids: torch.Tensor) -> History:
-        """The decoded history of ``input_ids`` (batch, seq); the last one is kept, as every processor of a stack
-        asks for the same ``input_ids`` in turn."""
-        if self._last and self._last[0][0].shape == input_ids.shape and torch.equal(self._last[0][0], input_ids):
-            return self._last[0][1]
+        """The decoded history of ``input_ids`` (batch, seq), memoised by content (:class:`ContentMemo`): every
+        processor of a stack asks for it in turn, and the verification slots ask again for the draft's."""
+        return self._histories.get(input_ids, (), lambda: self._decode_history(input_ids))
+
+    def _decode_history(self, input_ids: torch.Tensor) -> History:
         stream = self.lookup("bytes", input_ids).long().flatten(1)  # (batch, seq · MAX_TOKEN_BYTES)
         chars, prefix, missing = utf8_decode(_compact(stream, stream >= 0))
         marks = torch.zeros_like(chars, dtype=torch.bool)
@@ -287,11 +308,9 @@ class TokenClasses:
         pending_cjk = (missing > 0) & is_cjk_code(prefix) & is_cjk_code(prefix + (1 << (6 * missing)) - 1)
         spaces = (chars == ord(" ")) | (chars == ord("\n")) | (chars == ord("\t")) | (chars == 0x3000)
         visible = _compact(chars, (chars >= 0) & ~spaces)
-        result = History(chars=chars, cjk=_compact(chars, cjk_flags), last_char=visible[:, -1],
-                         pending_prefix=prefix, pending_missing=missing,
-                         cjk_since_mark=(cjk_flags & (positions > last_mark)).sum(1) + pending_cjk.long())
-        self._last[:] = [(input_ids.clone(), result)]
-        return result
+        return History(chars=chars, cjk=_compact(chars, cjk_flags), last_char=visible[:, -1],
+                       pending_prefix=prefix, pending_missing=missing,
+                       cjk_since_mark=(cjk_flags & (positions > last_mark)).sum(1) + pending_cjk.long())
 
     def fragment_first_chars(self, history: History) -> torch.Tensor:
         """(batch, fragments) the character each of :attr:`fragment_ids` completes with the history's pending

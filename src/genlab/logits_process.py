@@ -26,7 +26,7 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase,
                           RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList)
 
-from .cjk_text import COMMA_LIKE_MARKS, PUNCTUATION_MARKS, TokenClasses, is_cjk_char, is_cjk_code
+from .cjk_text import COMMA_LIKE_MARKS, PUNCTUATION_MARKS, ContentMemo, TokenClasses, is_cjk_char, is_cjk_code
 
 
 def _member(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -54,10 +54,24 @@ def _few(values: torch.Tensor, keep: torch.Tensor, fill: int = -3) -> torch.Tens
 
 
 class _CJKProcessor(LogitsProcessor):
-    """Shares one :class:`TokenClasses` between the processors built for a tokenizer."""
+    """Shares one :class:`TokenClasses` between the processors built for a tokenizer. A rule is a pure function
+    of ``input_ids``: :meth:`rule` computes what it does to the scores, memoised by the ids' content, and
+    ``__call__`` applies it — so a verification slot reuses the draft step's work on the same prefix."""
 
     def __init__(self, classes: TokenClasses):
-        self.classes = classes
+        self.classes, self._rules = classes, ContentMemo()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rule = self._rules.get(input_ids, (scores.shape[1], str(scores.device)),
+                               lambda: self.rule(input_ids, scores.shape[1], scores.device))
+        return self.apply(rule, scores)
+
+    def rule(self, input_ids: torch.LongTensor, vocab: int, device: torch.device):
+        raise NotImplementedError
+
+    def apply(self, rule, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Default: ``rule`` is a (batch, vocab) mask of banned ids."""
+        return scores.masked_fill(rule, -float("inf"))
 
     def _scatter(self, mask: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``mask`` (batch, vocab) with ``values`` (batch, len(ids)) OR-ed in at ``ids``."""
@@ -83,14 +97,16 @@ class CJKRepetitionPenaltyLogitsProcessor(_CJKProcessor):
             raise ValueError(f"penalty must be > 0, got {penalty}")
         self.penalty = float(penalty)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        history = self.classes.history(input_ids)
-        written = torch.cat([history.ngram_hashes(n) for n in range(1, 5)], 1)  # (batch, windows)
-        ids = self.classes.cjk_ids.to(scores.device)
-        if ids.numel() == 0 or ids[-1] >= scores.shape[1]:
-            ids = ids[ids < scores.shape[1]]
-        candidate = self.classes.cjk_hash.to(scores.device)[ids][None, :].expand(scores.shape[0], -1).contiguous()
-        hit = _member(candidate, written)  # (batch, cjk ids): only ids that spell CJK can be penalised
+    def rule(self, input_ids, vocab, device):
+        """(ids that spell CJK, (batch, len(ids)) whether each was written)."""
+        written = torch.cat([self.classes.history(input_ids).ngram_hashes(n) for n in range(1, 5)], 1)
+        ids = self.classes.cjk_ids.to(device)
+        ids = ids[ids < vocab]
+        candidate = self.classes.cjk_hash.to(device)[ids][None, :].expand(input_ids.shape[0], -1).contiguous()
+        return ids, _member(candidate, written)
+
+    def apply(self, rule, scores):
+        ids, hit = rule
         old = scores[:, ids]
         scores = scores.clone()
         scores[:, ids] = torch.where(hit, torch.where(old > 0, old / self.penalty, old * self.penalty), old)
@@ -102,9 +118,8 @@ class CJKAdjacentRepeatLogitsProcessor(_CJKProcessor):
     character (spaces skipped, or the character a byte fragment completes) repeats the last one written, or it
     spells such a pair itself (哈哈)."""
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def rule(self, input_ids, vocab, device):
         history = self.classes.history(input_ids)
-        vocab, device = scores.shape[1], scores.device
         # an ordinary id follows the last complete character, unless an unfinished one is pending (it breaks it)
         last = torch.where(history.pending_missing == 0, history.last_char, -2)[:, None]
         banned = (self.classes.fit("first_char", vocab, device)[None, :] == last)
@@ -112,7 +127,7 @@ class CJKAdjacentRepeatLogitsProcessor(_CJKProcessor):
         banned |= self.classes.fit("inner_repeat", vocab, device)[None, :]
         completed = self.classes.fragment_first_chars(history)  # a completing fragment follows the last complete one
         repeat = (completed == history.last_char[:, None]) & is_cjk_code(completed)
-        return scores.masked_fill(self._scatter(banned, self.classes.fragment_ids, repeat), -float("inf"))
+        return self._scatter(banned, self.classes.fragment_ids, repeat)
 
 
 class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
@@ -129,12 +144,12 @@ class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
             raise ValueError(f"ngram_size must be 2 or 3, got {ngram_size}")
         self.ngram_size = ngram_size
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        n, vocab, device = self.ngram_size, scores.shape[1], scores.device
+    def rule(self, input_ids, vocab, device):
+        n = self.ngram_size
         cjk = self.classes.history(input_ids).cjk  # (batch, chars) right-aligned, −1 padded
-        banned = torch.zeros_like(scores, dtype=torch.bool)
+        banned = torch.zeros(input_ids.shape[0], vocab, dtype=torch.bool, device=device)
         if cjk.shape[1] < n - 1:
-            return scores
+            return banned
         windows = cjk.unfold(1, n, 1) if cjk.shape[1] >= n else cjk[:, :0, None].expand(-1, -1, n)
         windows = torch.where((windows >= 0).all(-1, keepdim=True), windows, -3)  # (batch, W, n) written n-grams
         tail = cjk[:, cjk.shape[1] - (n - 1):]  # (batch, n-1) the last characters written
@@ -153,7 +168,7 @@ class CJKNoRepeatNGramLogitsProcessor(_CJKProcessor):
             c1s, c2s = first[ids][None, None, :], self.classes.fit("cjk_second", vocab, device)[ids][None, None, :]
             hit = ((c1s == pairs[..., :1]) & (c2s == pairs[..., 1:])).any(1)
             banned = self._scatter(banned, ids, hit)
-        return scores.masked_fill(banned, -float("inf"))
+        return banned
 
 
 class CJKPunctuationGateLogitsProcessor(_CJKProcessor):
@@ -169,14 +184,17 @@ class CJKPunctuationGateLogitsProcessor(_CJKProcessor):
         self.min_comma, self.min_period, self.period_penalty = min_comma, min_period, float(period_penalty)
         self.crowded = torch.tensor([_crowded_commas(t, min_comma) for t in classes.texts], dtype=torch.bool)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        vocab, device = scores.shape[1], scores.device
+    def rule(self, input_ids, vocab, device):
+        """((batch, vocab) banned commas, (batch, vocab) penalised periods)."""
         since = self.classes.history(input_ids).cjk_since_mark[:, None] + self.classes.fit("cjk_lead", vocab, device)
         comma = self.classes.fit("comma", vocab, device)[None, :]
         period = self.classes.fit("period", vocab, device)[None, :]
         crowded = torch.nn.functional.pad(self.crowded.to(device), (0, vocab - self.crowded.shape[0]))[None, :]
-        scores = scores.masked_fill(comma & ((since < self.min_comma) | crowded), -float("inf"))
-        return scores + (period & (since < self.min_period)) * self.period_penalty
+        return comma & ((since < self.min_comma) | crowded), period & (since < self.min_period)
+
+    def apply(self, rule, scores):
+        banned, early_period = rule
+        return scores.masked_fill(banned, -float("inf")) + early_period * self.period_penalty
 
 
 def _crowded_commas(text: str, min_comma: int) -> bool:
