@@ -99,10 +99,10 @@ def _sliding_qwen2(tok, seed):
     return Qwen2ForCausalLM(config).eval()
 
 
-def _gemma3(vocab, seed, layers=2):
-    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+def _gemma3(vocab, seed):
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=5,
-                              layer_types=["sliding_attention", "full_attention"][:layers])
+                              layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=30.0)
     torch.manual_seed(seed)
     return Gemma3ForCausalLM(config).eval()
 
@@ -113,8 +113,9 @@ def test_sliding_window_models_roll_back_past_the_window(tok, family):
     rollback works and the output is still the cloud's own (it crashed at the first rollback before)."""
     if family == "qwen2":
         cloud, edge = _sliding_qwen2(tok, 0), _sliding_qwen2(tok, 1)
-    else:
-        cloud, edge = _gemma3(len(tok), 0), _gemma3(len(tok), 1, layers=1)
+    else:  # Gemma 3: sliding + full layers, soft-capped logits; the edge is the recipe's trimmed 1-layer cut
+        cloud = _gemma3(len(tok), 0)
+        edge = edge_from_cloud(cloud, 1, list(range(0, len(tok), 2))).eval()
     inputs = tok(["新华社北京一月一日电记者"], return_tensors="pt")
     out = lossless(cloud, edge, inputs)
     assert out.accepted < out.verified  # there were rollbacks
