@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig, Qwen2Config
 
+RECIPES = ("aligned", "straight_through")
 GATES = ("features", "pooled", "always_edit", "always_generate")
-PICKERS = ("bottomk", "bernoulli", "none")
-INSERTERS = ("multinomial", "pointer", "topk")
+PICKERS = ("threshold", "bottomk", "bernoulli", "none")
+INSERTERS = ("gap_count", "multinomial", "pointer", "topk")
 POSITIONS = ("relative", "absolute")
+ALIGNED_INSERTERS = ("gap_count",)  # the aligned recipe supervises a count per gap
+ST_INSERTERS = ("multinomial", "pointer", "topk")  # the seeds' recipe distributes a total over the gaps
 
 
 class MergeConfig(PretrainedConfig):
@@ -22,9 +25,16 @@ class MergeConfig(PretrainedConfig):
     ``num_key_value_heads``, RoPE ``rope_theta``; the gap encoder of the Mask-Inserter (M3) has
     ``num_gap_layers`` layers of the same width.
 
-    Rounds (M8): ``max_rounds`` = L_max 6; stop when the mean fill confidence > ``confidence_stop`` (0.9) or
-    Levenshtein(X_new, X) < ``levenshtein_stop`` (2); auto-mode edit threshold
-    τ_edit(l) = ``edit_threshold_base`` + ``edit_threshold_step``·l = 0.4 + 0.1·l.
+    Recipe (issue 12): ``aligned`` (default) trains every decision on labels read off an edit script of draft →
+    target (``genlab.edits``): the Picker as a deletion detector (BCE, ``lambda_detect``), a count per gap
+    (LevT's placeholder classifier, CE ``lambda_count``), the filler on masks aligned with Y*, the Gate on "this
+    row needs an edit" (BCE, ``lambda_gate_label``), with the gold decisions in the forward pass (one round per
+    step). At inference the Picker deletes where P(wrong) > ``delete_threshold``. ``straight_through`` is the
+    seeds' end-to-end recipe (Bottom-K ST, Multinomial ST, the L_comp/L_ins priors), kept as an ablation.
+
+    Rounds (M8): ``max_rounds`` = L_max 6; stop when the mean confidence of the filled masks >
+    ``confidence_stop`` (0.9) or Levenshtein(X_new, X) < ``levenshtein_stop`` (1: the round edited nothing);
+    auto-mode edit threshold τ_edit(l) = ``edit_threshold_base`` + ``edit_threshold_step``·l = 0.4 + 0.1·l.
 
     Gate (M1): features (mean entropy, mean top-1/top-2 margin, ratio of tokens with entropy >
     ``entropy_threshold`` = τ_H 1.5 nats, self-perplexity, round embedding) → 2-layer MLP of
@@ -35,15 +45,19 @@ class MergeConfig(PretrainedConfig):
     clamp(round(0.15·L), 1, 30); τ_del annealed ``tau_del_start`` 2 → ``tau_del_end`` 0.2; the compression
     prior of L_comp is Ber(``deletion_target_rate``).
 
-    Mask-Inserter (M3): Multinomial ST over the gaps at temperature ``tau_insert``, drawn in sub-rounds of at
-    most ``insert_sub_round`` (8) masks; the count predictor classifies the number of missing tokens in
+    Mask-Inserter (M3): the gap encoder sees each skeleton token's original position (RoPE) and how many tokens
+    were deleted after it. ``gap_count``: a 0..``max_insert_count`` classifier per gap. ST inserters:
+    Multinomial ST over the gaps at temperature ``tau_insert``, drawn in sub-rounds of at most
+    ``insert_sub_round`` (8) masks; the count predictor classifies the number of missing tokens in
     0..``max_insert_count``.
 
     Losses (M6): λ_s ``lambda_sparsity`` 0.1, λ_c ``lambda_reward`` 0.2, λ_comp ``lambda_comp`` 0.05,
     λ_ins ``lambda_ins`` 0.01, and the count predictor's CE weight ``lambda_count`` 1.0.
 
-    Ablations (M9): ``gate`` in ``features|pooled|always_edit|always_generate``, ``picker`` in
-    ``bottomk|bernoulli|none`` (none = insert-only), ``inserter`` in ``multinomial|pointer|topk``,
+    Ablations (M9): ``recipe`` in ``aligned|straight_through``, ``gate`` in
+    ``features|pooled|always_edit|always_generate``, ``picker`` in
+    ``threshold|bottomk|bernoulli|none`` (bottomk = the fixed K_del 15 %; none = insert-only), ``inserter`` in
+    ``gap_count`` (aligned) or ``multinomial|pointer|topk`` (straight_through),
     ``positions`` in ``relative|absolute`` (M4: relative = pos_orig(i) + masks inserted left of i).
     """
 
@@ -68,7 +82,7 @@ class MergeConfig(PretrainedConfig):
         mask_token_id: int = 4,
         max_rounds: int = 6,
         confidence_stop: float = 0.9,
-        levenshtein_stop: int = 2,
+        levenshtein_stop: int = 1,
         edit_threshold_base: float = 0.4,
         edit_threshold_step: float = 0.1,
         entropy_threshold: float = 1.5,
@@ -76,6 +90,7 @@ class MergeConfig(PretrainedConfig):
         gate_noise_std: float = 0.05,
         tau_gate_start: float = 2.0,
         tau_gate_end: float = 0.2,
+        delete_threshold: float = 0.5,
         delete_ratio: float = 0.15,
         delete_min: int = 1,
         delete_max: int = 30,
@@ -90,9 +105,12 @@ class MergeConfig(PretrainedConfig):
         lambda_comp: float = 0.05,
         lambda_ins: float = 0.01,
         lambda_count: float = 1.0,
+        lambda_detect: float = 1.0,
+        lambda_gate_label: float = 0.1,
+        recipe: str = "aligned",
         gate: str = "features",
-        picker: str = "bottomk",
-        inserter: str = "multinomial",
+        picker: str = "threshold",
+        inserter: str = "gap_count",
         positions: str = "relative",
         tie_word_embeddings: bool = True,
         **kwargs,
@@ -119,6 +137,7 @@ class MergeConfig(PretrainedConfig):
         self.gate_noise_std = gate_noise_std
         self.tau_gate_start = tau_gate_start
         self.tau_gate_end = tau_gate_end
+        self.delete_threshold = delete_threshold
         self.delete_ratio = delete_ratio
         self.delete_min = delete_min
         self.delete_max = delete_max
@@ -133,6 +152,9 @@ class MergeConfig(PretrainedConfig):
         self.lambda_comp = lambda_comp
         self.lambda_ins = lambda_ins
         self.lambda_count = lambda_count
+        self.lambda_detect = lambda_detect
+        self.lambda_gate_label = lambda_gate_label
+        self.recipe = recipe
         self.gate = gate
         self.picker = picker
         self.inserter = inserter
@@ -142,7 +164,7 @@ class MergeConfig(PretrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
-        for field, allowed in (("gate", GATES), ("picker", PICKERS), ("inserter", INSERTERS),
+        for field, allowed in (("recipe", RECIPES), ("gate", GATES), ("picker", PICKERS), ("inserter", INSERTERS),
                                ("positions", POSITIONS)):
             value = getattr(self, field)
             if value not in allowed:
@@ -151,9 +173,13 @@ class MergeConfig(PretrainedConfig):
                       "max_insert_count", "max_position_embeddings", "delete_min"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        inserters = ALIGNED_INSERTERS if self.recipe == "aligned" else ST_INSERTERS
+        if self.inserter not in inserters:
+            raise ValueError(f"inserter must be one of {', '.join(repr(a) for a in inserters)} with recipe="
+                             f"{self.recipe!r}, got {self.inserter!r}")
         if self.delete_max < self.delete_min:
             raise ValueError(f"delete_max must be >= delete_min ({self.delete_min}), got {self.delete_max}")
-        for field in ("delete_ratio", "deletion_target_rate"):
+        for field in ("delete_ratio", "deletion_target_rate", "delete_threshold"):
             if not 0.0 < getattr(self, field) < 1.0:
                 raise ValueError(f"{field} must be in (0, 1), got {getattr(self, field)}")
         if not 0.0 < self.confidence_stop <= 1.0:

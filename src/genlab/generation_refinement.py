@@ -1,9 +1,14 @@
-"""MERGE decoding (SPEC M8): rounds of delete bottom-K → insert counted masks → fill → stop.
+"""MERGE decoding (SPEC M8): rounds of delete → insert counted masks → fill → stop.
 
 ``model.generate(input_ids, mode="edit"|"gen"|"auto")`` overrides ``GenerationMixin.generate`` and reads its
 settings from ``GenerationConfig`` (saved as ``generation_config.json``): ``mode``, ``max_rounds`` (L_max 6),
-``confidence_stop`` (0.9), ``levenshtein_stop`` (2), ``max_new_tokens`` / ``min_new_tokens`` (bounds on the
-net growth of each sequence), ``num_deletions`` (K_del override) and ``return_dict_in_generate``.
+``confidence_stop`` (0.9, over the masks a round filled), ``levenshtein_stop`` (1: stop when a round edits
+nothing), ``max_new_tokens`` / ``min_new_tokens`` (bounds on the net growth of each sequence), ``num_deletions``
+(K_del override for the bottom-K Picker) and ``return_dict_in_generate``.
+
+Gen mode is Mask-Predict after round 0 (issue 12): round 0 inserts the masks and fills them; round r ≥ 1 keeps
+the length, re-masks the ⌊K·(R − r)/R⌋ least confident of the K generated tokens (R = ``max_rounds``) and
+fills them again, so later rounds can repair what round 0 got wrong.
 
 Every row is processed by the same batched tensor ops; rows that have stopped are frozen, so a sequence's
 result depends neither on the other rows nor on padding (inputs may be left- or right-padded; outputs are
@@ -106,6 +111,8 @@ class RefinementState:
     prev_hidden: torch.Tensor | None
     done: torch.BoolTensor
     rounds: torch.LongTensor
+    generated: torch.BoolTensor  # (B, L) tokens a round filled (gen mode re-masks among them)
+    token_prob: torch.Tensor  # (B, L) probability each filled token had when it was filled (1 elsewhere)
 
 
 class MergeGenerationMixin(GenerationMixin):
@@ -142,10 +149,12 @@ class MergeGenerationMixin(GenerationMixin):
                 settings.num_deletions < 1 or bool((deletable < settings.num_deletions).any())):
             raise ValueError(f"num_deletions must be between 1 and the shortest input's length "
                              f"({int(deletable.min())}), got {settings.num_deletions}")
-        batch = ids.shape[0]
-        return RefinementState(ids=ids[:, : int(lengths.max())], valid=valid[:, : int(lengths.max())],
-                               prev_logits=None, prev_hidden=None, done=torch.zeros(batch, dtype=torch.bool,
-                               device=ids.device), rounds=torch.zeros(batch, dtype=torch.long, device=ids.device))
+        batch, width = ids.shape[0], int(lengths.max())
+        return RefinementState(ids=ids[:, :width], valid=valid[:, :width], prev_logits=None, prev_hidden=None,
+                               done=torch.zeros(batch, dtype=torch.bool, device=ids.device),
+                               rounds=torch.zeros(batch, dtype=torch.long, device=ids.device),
+                               generated=torch.zeros_like(valid[:, :width]),
+                               token_prob=torch.ones(batch, width, device=ids.device))
 
     def _length_bounds(self, input_len: torch.Tensor, settings) -> tuple[torch.Tensor | None, torch.Tensor]:
         limit = self.config.max_position_embeddings
@@ -157,20 +166,35 @@ class MergeGenerationMixin(GenerationMixin):
         return min_length, max_length
 
     def refine_round(self, state: RefinementState, round_index: int, settings, min_length, max_length):
-        """One M8 round on every row: (round output, filled ids (B, N), mean confidence (B,))."""
-        forced = {"edit": 1.0, "gen": 0.0}.get(settings.mode)
-        edit = None if forced is None else torch.full(state.done.shape, forced, device=state.ids.device)
-        out = self(input_ids=state.ids, attention_mask=state.valid, prev_logits=state.prev_logits,
-                   prev_hidden=state.prev_hidden, round_index=round_index, edit=edit,
-                   num_deletions=settings.num_deletions, min_length=min_length, max_length=max_length)
+        """One M8 round on every row: (round output, filled ids (B, N), per-token fill probability (B, N),
+        mean confidence of the filled masks (B,); 1 where a row filled none)."""
+        batch = state.done.shape[0]
+        if settings.mode == "gen" and round_index > 0:  # Mask-Predict: same length, re-mask the least confident
+            none = torch.zeros(batch, device=state.ids.device)
+            out = self(input_ids=self._remask(state, round_index, settings), attention_mask=state.valid,
+                       round_index=round_index, edit=none, num_insertions=none.long())
+        else:
+            forced = {"edit": 1.0, "gen": 0.0}.get(settings.mode)
+            edit = None if forced is None else torch.full((batch,), forced, device=state.ids.device)
+            out = self(input_ids=state.ids, attention_mask=state.valid, prev_logits=state.prev_logits,
+                       prev_hidden=state.prev_hidden, round_index=round_index, edit=edit,
+                       num_deletions=settings.num_deletions, min_length=min_length, max_length=max_length)
         logits = out.logits.float()
         logits[..., self._never_filled] = torch.finfo(logits.dtype).min
-        probs, best = torch.softmax(logits, dim=-1).max(-1)  # (B, N)
-        filled = torch.where(out.mask_positions, best, out.fused_ids)
-        token_prob = torch.softmax(logits, dim=-1).gather(-1, filled[..., None]).squeeze(-1)
-        valid = out.attention_mask.bool()
-        confidence = (token_prob * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # mean confidence of X_new
-        return out, filled, confidence
+        prob, best = torch.softmax(logits, dim=-1).max(-1)  # (B, N)
+        masks = out.mask_positions
+        filled = torch.where(masks, best, out.fused_ids)
+        token_prob = torch.where(masks, prob, torch.ones_like(prob))
+        confidence = torch.where(masks.any(-1), (prob * masks).sum(-1) / masks.sum(-1).clamp(min=1), 1.0)  # B4
+        return out, filled, token_prob, confidence
+
+    def _remask(self, state: RefinementState, round_index: int, settings) -> torch.Tensor:
+        """(B, L) ids with the n = ⌊K·(R − r)/R⌋ lowest-probability generated tokens of each row set to [MASK]."""
+        generated = state.generated & state.valid
+        count = generated.sum(-1) * (settings.max_rounds - round_index) // settings.max_rounds  # (B,)
+        prob = state.token_prob.masked_fill(~generated, float("inf"))
+        rank = prob.argsort(dim=-1, stable=True).argsort(dim=-1)  # 0 = least confident
+        return state.ids.masked_fill(rank < count[:, None], self.config.mask_token_id)
 
     @property
     def _never_filled(self) -> list[int]:
@@ -182,8 +206,9 @@ class MergeGenerationMixin(GenerationMixin):
                  generation_config: GenerationConfig | None = None, **kwargs):
         """Refine ``input_ids`` (``<s>`` + text; ``None`` = unconditional) over at most ``max_rounds`` rounds (M8).
 
-        Each round: Gate (or ``mode``) → delete bottom-K → insert counted masks → greedy fill; a row stops when its
-        mean confidence > ``confidence_stop``, or Levenshtein(X_new, X) < ``levenshtein_stop``, or at L_max.
+        Each round: Gate (or ``mode``) → delete (Picker) → insert counted masks → greedy fill (gen mode: Mask-Predict
+        re-masking after round 0); a row stops when the mean confidence of its filled masks > ``confidence_stop``,
+        or Levenshtein(X_new, X) < ``levenshtein_stop``, or at L_max.
         Returns the sequences, or a ``MergeGenerateOutput`` with the trace when ``return_dict_in_generate``.
         """
         settings = self._refinement_settings(generation_config, kwargs)
@@ -192,7 +217,8 @@ class MergeGenerationMixin(GenerationMixin):
         nan = torch.tensor(float("nan"), device=state.ids.device)
         trace = {"gate": [], "inserted": [], "confidence": [], "deleted": [], "sequences": []}
         for round_index in range(settings.max_rounds):
-            out, filled, confidence = self.refine_round(state, round_index, settings, min_length, max_length)
+            out, filled, token_prob, confidence = self.refine_round(state, round_index, settings, min_length,
+                                                                     max_length)
             active = ~state.done
             old_len, new_len = state.valid.sum(-1), out.attention_mask.sum(-1)
             unchanged = changed_less_than(filled, new_len, state.ids, old_len, settings.levenshtein_stop)
@@ -201,7 +227,8 @@ class MergeGenerationMixin(GenerationMixin):
             trace["inserted"].append(torch.where(active, out.insert_counts.sum(-1), nan))
             trace["confidence"].append(torch.where(active, confidence, nan))
             trace["deleted"].append((out.deletions > 0.5) & active[:, None])
-            state = self._advance(state, out, filled, active, stop)
+            state = self._advance(state, out, filled, token_prob, active, stop,
+                                  kept_layout=settings.mode == "gen" and round_index > 0)
             trace["sequences"].append(state.ids.masked_fill(~state.valid, self.config.pad_token_id))
             if bool(state.done.all()):
                 break
@@ -213,15 +240,25 @@ class MergeGenerationMixin(GenerationMixin):
                                    confidence=torch.stack(trace["confidence"], 1), deleted=tuple(trace["deleted"]),
                                    round_sequences=tuple(trace["sequences"]))
 
-    def _advance(self, state: RefinementState, out, filled, active, stop) -> RefinementState:
-        """Take the round's result for active rows, keep stopped rows frozen, trim trailing padding."""
+    def _advance(self, state: RefinementState, out, filled, token_prob, active, stop,
+                 kept_layout: bool) -> RefinementState:
+        """Take the round's result for active rows, keep stopped rows frozen, trim trailing padding. Positions
+        move when a round deletes or inserts, so the generated marks and their probabilities are the round's
+        own, merged with the previous ones only after a re-masking round (``kept_layout``: Mask-Predict)."""
+        pad = self.config.pad_token_id
         new_valid = out.attention_mask.bool()
         width = max(filled.shape[1], state.ids.shape[1])
         take = active[:, None]
-        ids = torch.where(take, pad_to(filled, width, self.config.pad_token_id),
-                          pad_to(state.ids, width, self.config.pad_token_id))
+        generated, prob = out.mask_positions, token_prob
+        if kept_layout:
+            generated = generated | state.generated
+            prob = torch.where(out.mask_positions, token_prob, state.token_prob)
+        ids = torch.where(take, pad_to(filled, width, pad), pad_to(state.ids, width, pad))
         valid = torch.where(take, pad_to(new_valid, width, False), pad_to(state.valid, width, False))
+        generated = torch.where(take, pad_to(generated, width, False), pad_to(state.generated, width, False))
+        prob = torch.where(take, pad_to(prob, width, 1.0), pad_to(state.token_prob, width, 1.0))
         used = int(valid.sum(-1).max())
         return RefinementState(ids=ids[:, :used], valid=valid[:, :used], prev_logits=fit_width(out.logits, used),
                                prev_hidden=fit_width(out.hidden_states, used), done=state.done | stop,
-                               rounds=state.rounds + active.long())
+                               rounds=state.rounds + active.long(), generated=generated[:, :used],
+                               token_prob=prob[:, :used])

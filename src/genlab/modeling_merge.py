@@ -1,20 +1,26 @@
-"""MERGE — Mask-Edit-Refine Gated Encoder (SPEC M1–M6, M9; seed 000 is the design, 001/002 the variants).
+"""MERGE — Mask-Edit-Refine Gated Encoder (SPEC M1–M6, M9; seed 000 is the design, 001/002 the variants,
+issue 12 the aligned recipe).
 
 One ``forward`` is one refinement round on a batch of token sequences X_l (``<s>`` + characters):
 
-1. Gate (M1): features of the previous round's logits → MLP → hard Edit/Generate decision g (ST).
-2. Mask-Picker (M2): scores s_i from the encoder states of X_l; hard Bottom-K deletions (ST), soft
-   deletion p_del mixed with e[MASK] at the embedding layer. Only rows with g = 1 delete.
-3. Mask-Inserter (M3): a gap encoder over the skeleton S gives gap logits; the count predictor gives the
-   number of missing tokens; Multinomial ST counts (sub-rounds of ≤ 8) say how many [MASK]s each gap gets.
+1. Gate (M1): features of E's logits → MLP → hard Edit/Generate decision g (ST). The aligned recipe reads
+   E's logits of X_l itself, so it decides from round 0; the straight-through recipe reads the previous
+   round's and round 0 is Generate.
+2. Mask-Picker (M2): scores s_i from E's states; P(wrong) = σ(−s_i). ``threshold`` deletes the tokens whose
+   P(wrong) exceeds ``delete_threshold``; ``bottomk`` the K_del = 15 % lowest (ST); only rows with g = 1 delete.
+3. Mask-Inserter (M3): a gap encoder over the skeleton S that sees each token's original position and how
+   many tokens were deleted after it; ``gap_count`` classifies 0..C masks per gap (LevT's placeholder
+   classifier), the ST inserters spread a predicted total over the gaps (Multinomial ST, top-k, pointer).
 4. Fuse (M4): the mixed sequence Ŝ — skeleton tokens keep their soft embeddings, inserted positions take
    e[MASK] scaled by the ST count (exactly 1 forward, the count's gradient backward) — by pure indexing;
    relative positions pos'(i) = pos_orig(i) + masks inserted left of i.
 5. Filler E (M5): bidirectional Qwen2 layers with RoPE, conditioned on the mask ratio t, MLM head tied
    to the embeddings.
 
-With ``labels`` (Y*, index-aligned with Ŝ) it returns each loss term of M6 separately. Decoding over
-rounds is in ``generation_refinement.py``; the unrolled training forward is in ``genlab.trainers.merge``.
+With ``labels`` it returns each loss term (M6) separately: aligned recipe (``delete_labels`` and
+``insert_labels``, the edit script of X_l → Y*, are the round's decisions, so every mask's target is known),
+or the seeds' straight-through terms. Decoding over rounds is in ``generation_refinement.py``; the training
+steps are in ``genlab.trainers.merge``.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ class MergeRoundOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     loss_recon: torch.FloatTensor | None = None  # M6 L_recon (t-weighted CE on [MASK] positions)
     loss_gate: torch.FloatTensor | None = None  # M6 λ_s·g + λ_c·g·relu(ΔH̄)
-    loss_comp: torch.FloatTensor | None = None  # M6 λ_comp·KL(p_del ‖ Ber(r_target))
+    loss_comp: torch.FloatTensor | None = None  # M6 λ_comp·KL(p_del ‖ Ber(r_target)); aligned: λ_detect·BCE
     loss_ins: torch.FloatTensor | None = None  # M6 λ_ins·H(z_g)
     loss_count: torch.FloatTensor | None = None  # count predictor CE (needed at inference, M3)
     logits: torch.FloatTensor | None = None  # (B, N, V)
@@ -59,6 +65,7 @@ class MergeRoundOutput(ModelOutput):
     delete_prob: torch.FloatTensor | None = None  # (B, L) p_del
     insert_counts: torch.FloatTensor | None = None  # (B, G) masks per gap, G indexed by skeleton token (ST)
     gap_probs: torch.FloatTensor | None = None  # (B, G) z_g
+    gap_logits: torch.FloatTensor | None = None  # (B, G, max_insert_count + 1) masks per gap (gap_count inserter)
     count_logits: torch.FloatTensor | None = None  # (B, max_insert_count + 1)
 
 
@@ -145,10 +152,13 @@ class MergeGate(nn.Module):
     def decide(self, config: MergeConfig, edit: torch.Tensor | None, prev_logits, prev_hidden, valid: torch.Tensor,
                round_index: int, tau_gate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """g of the round: (hard g (B,) with ST gradient, σ(logit) (B,), learned (B,) bool: rows whose g came from
-        the Gate). ``edit`` forces g; round 0 and the always_* variants are fixed; training samples Gumbel-sigmoid
-        at ``tau_gate``, inference thresholds σ at edit_threshold_base + step·round."""
+        the Gate). ``edit`` forces g; the always_* variants are fixed, and so is round 0 of the straight-through
+        recipe (Generate; the aligned recipe reads the current input's logits, so its Gate decides every round);
+        training samples Gumbel-sigmoid at ``tau_gate``, inference thresholds σ at edit_threshold_base +
+        step·round."""
         zeros = valid.new_zeros(valid.shape[0], dtype=torch.float)
-        learned = config.gate in ("features", "pooled") and round_index > 0 and prev_logits is not None
+        every_round = config.recipe == "aligned" or round_index > 0
+        learned = config.gate in ("features", "pooled") and every_round and prev_logits is not None
         if not learned:
             fixed = zeros + float(config.gate == "always_edit")
             return (fixed if edit is None else edit.float()), fixed, torch.zeros_like(valid[:, 0])
@@ -166,7 +176,7 @@ class MergeGate(nn.Module):
 
 
 class MaskPicker(nn.Module):
-    """M2 per-token deletion score s_i = FFN(h_i) on the encoder states of X_l (low score → delete)."""
+    """M2 per-token keep score s_i = FFN(h_i) on the encoder states of X_l; P(wrong) = σ(−s_i) (low score → delete)."""
 
     def __init__(self, config: MergeConfig):
         super().__init__()
@@ -183,36 +193,52 @@ class MaskPicker(nn.Module):
 
     def decide(self, config: MergeConfig, hidden: torch.Tensor, deletable: torch.Tensor, gate: torch.Tensor,
                num_deletions, tau_del: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Which tokens to delete: (hard deletions (B, L) with ST gradient, p_del (B, L)); bottom-K_del scores
-        (``bottomk``) or a Bernoulli per token (``bernoulli``), only where deletable and in rows that edit."""
+        """Which tokens to delete: (hard deletions (B, L) with ST gradient, p_del (B, L)); the tokens whose
+        P(wrong) = σ(−s) exceeds ``delete_threshold`` (``threshold``), bottom-K_del scores (``bottomk``) or a
+        Bernoulli per token (``bernoulli``), only where deletable and in rows that edit. The aligned recipe's
+        p_del is P(wrong); the straight-through recipe's is its soft Bottom-K weight at ``tau_del``."""
         scores = self(hidden)  # (B, L)
-        if config.picker == "bernoulli":
+        if config.picker == "threshold":
+            wrong = torch.sigmoid(-scores)
+            deletions = straight_through((wrong > config.delete_threshold).float(), wrong)
+        elif config.picker == "bernoulli":
             deletions = 1.0 - bernoulli_st(logits=scores, noise=self.training)
         else:
             k = self.num_deletions(config, deletable) if num_deletions is None else num_deletions
             deletions = bottomk_st(scores, k, tau_del, valid_mask=deletable)
         deletions = deletions * deletable * gate[:, None]
+        if config.recipe == "aligned":
+            return deletions, torch.sigmoid(-scores) * deletable  # 0 on <s> and padding
         return deletions, soft_deletion_weights(scores, tau_del)
 
 
 class MaskInserter(nn.Module):
-    """M3: gap encoder over the skeleton → gap logits α_g (one gap after each skeleton token) and the count
-    predictor (number of missing tokens, 0..max_insert_count). ``pointer`` (seed 001): Bi-GRU + dot attention."""
+    """M3: gap encoder over the skeleton → one gap after each skeleton token. It sees each token's position in
+    X_l (RoPE; ``relative``) and how many tokens were deleted after it (seed 002), so it knows where text went
+    missing. ``gap_count`` (aligned recipe): logits of 0..max_insert_count masks per gap (LevT's placeholder
+    classifier). ST inserters: gap logits α_g and the count predictor of the row's total; ``pointer`` (seed 001):
+    Bi-GRU + dot attention."""
+
+    MAX_GAP_DELETIONS = 15  # deletions after a token are embedded up to this many
 
     def __init__(self, config: MergeConfig):
         super().__init__()
         self.kind = config.inserter
         hidden = config.hidden_size
         self.encoder = BidirectionalEncoder(config, config.num_gap_layers)
+        self.deleted_embedding = nn.Embedding(self.MAX_GAP_DELETIONS + 1, hidden)
         if self.kind == "pointer":
             self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
             self.query = nn.Linear(hidden, hidden)
         else:
-            self.gap_head = nn.Linear(hidden, 1)
+            self.gap_head = nn.Linear(hidden, config.max_insert_count + 1 if self.kind == "gap_count" else 1)
         self.count_head = nn.Linear(hidden, config.max_insert_count + 1)
 
-    def forward(self, embeds: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    def forward(self, embeds: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
+                deleted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeds (B, S, H), valid (B, S), positions (B, S), deleted (B, S) tokens deleted after each → gap logits
+        (B, S) or (B, S, C + 1) for ``gap_count``, and the total-count logits (B, C + 1)."""
+        embeds = embeds + self.deleted_embedding(deleted.clamp(0, self.MAX_GAP_DELETIONS))
         states = self.encoder(embeds, valid, positions)  # (B, S, H)
         pooled = masked_mean(states, valid[..., None].expand_as(states), dim=1)  # (B, H)
         if self.kind == "pointer":
@@ -222,8 +248,24 @@ class MaskInserter(nn.Module):
             gru, _ = nn.utils.rnn.pad_packed_sequence(gru, batch_first=True, total_length=states.shape[1])
             gap_logits = (gru * self.query(pooled)[:, None]).sum(-1) / math.sqrt(states.shape[-1])
         else:
-            gap_logits = self.gap_head(states).squeeze(-1)
-        return gap_logits, self.count_head(pooled)  # (B, S), (B, C + 1)
+            gap_logits = self.gap_head(states)
+            gap_logits = gap_logits if self.kind == "gap_count" else gap_logits.squeeze(-1)
+        return gap_logits, self.count_head(pooled)
+
+    @staticmethod
+    def gap_counts(gap_logits: torch.Tensor, gap_valid: torch.Tensor, lower: torch.Tensor | None,
+                   upper: torch.Tensor | None) -> torch.Tensor:
+        """``gap_count`` at inference: argmax masks per gap (B, S), the row total then held in [lower, upper]
+        (B,) — a shortfall goes to the last gap (the continuation), an excess is trimmed from the right."""
+        counts = gap_logits.argmax(-1) * gap_valid
+        last = (gap_valid.sum(-1) - 1).clamp(min=0)[:, None]
+        if lower is not None:
+            short = (lower - counts.sum(-1)).clamp(min=0)
+            counts = counts.scatter_add(1, last, short[:, None])
+        if upper is not None:
+            room = (upper[:, None] - exclusive_cumsum(counts)).clamp(min=0)
+            counts = torch.minimum(counts, room)
+        return counts.float()
 
     @staticmethod
     def num_insertions(config: MergeConfig, count_logits, skeleton_len, labels_len, num_insertions, min_length,
@@ -348,6 +390,8 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        delete_labels: torch.LongTensor | None = None,
+        insert_labels: torch.LongTensor | None = None,
         prev_logits: torch.Tensor | None = None,
         prev_hidden: torch.Tensor | None = None,
         round_index: int = 0,
@@ -360,27 +404,39 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         tau_del: float | None = None,
         **kwargs,
     ) -> MergeRoundOutput:
-        """One round X_l → Ŝ_l → logits. ``edit`` (B,) forces g (1 edit, 0 generate); None lets the Gate decide
-        (round 0 is always Generate, M1). ``prev_logits``/``prev_hidden`` (B, L, ·) are E's outputs of the
-        previous round, aligned with X_l. ``labels`` (B, M) = Y*, -100 padded; with them K_ins = |Y*| − |S| so
-        Ŝ is index-aligned with Y*, and the M6 losses are returned."""
+        """One round X_l → Ŝ_l → logits. ``edit`` (B,) forces g (1 edit, 0 generate); None lets the Gate decide.
+        ``labels`` (B, M) = Y*, -100 padded, returns the M6 losses.
+
+        Aligned recipe: ``delete_labels`` / ``insert_labels`` (B, L), the edit script of X_l → Y*
+        (``genlab.edits``), are the round's decisions (teacher-forced, LevT-style), so Ŝ is aligned with Y* by
+        construction; the Picker and Gate read E's states of X_l itself. Straight-through recipe:
+        ``prev_logits``/``prev_hidden`` (B, L, ·) are E's outputs of the previous round, and with labels
+        K_ins = |Y*| − |S|."""
         c = self.config
         valid = (input_ids != c.pad_token_id) if attention_mask is None else attention_mask.bool()
         tau_gate = c.tau_gate_end if tau_gate is None else tau_gate
         tau_del = c.tau_del_end if tau_del is None else tau_del
+        deletable = valid & (input_ids != c.bos_token_id)
+        aligned = c.recipe == "aligned"
+        needs_picker = self.picker is not None and not (edit is not None and not bool(edit.any()))
+        gate_learned_possible = c.gate in ("features", "pooled") and edit is None
+        if aligned and (needs_picker or gate_learned_possible or labels is not None):
+            prev_logits, prev_hidden = self.encode_draft(input_ids, valid)  # the states of X_l itself (B5)
         gate, gate_prob, gate_learned = self.gate.decide(c, edit, prev_logits, prev_hidden, valid, round_index,
                                                          tau_gate)
+        if aligned:
+            gate = gate * deletable.any(-1)  # nothing to edit in an empty row
 
-        deletable = valid & (input_ids != c.bos_token_id)
         embeds = self.embed_tokens(input_ids)  # (B, L, H)
-        needs_picker = self.picker is not None and not (edit is not None and not bool(edit.any()))
         if needs_picker:
             if prev_hidden is None:
                 _, prev_hidden = self.encode_draft(input_ids, valid)
-            deletions, delete_prob = self.picker.decide(c, prev_hidden.detach(), deletable, gate, num_deletions,
-                                                        tau_del)
+            picker_states = prev_hidden if aligned else prev_hidden.detach()
+            deletions, delete_prob = self.picker.decide(c, picker_states, deletable, gate, num_deletions, tau_del)
         else:
             deletions, delete_prob = torch.zeros_like(embeds[..., 0]), None
+        if delete_labels is not None:
+            deletions = delete_labels.to(embeds.dtype) * deletable
         # M2 soft deletion at the embedding layer: x̂ = (1 − d)·e(x) + d·e[MASK]
         mask_vec = self.embed_tokens.weight[c.mask_token_id]
         soft_embeds = embeds * (1.0 - deletions[..., None]) + mask_vec * deletions[..., None]
@@ -393,12 +449,29 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         skeleton_embeds = soft_embeds.gather(1, order[..., None].expand_as(soft_embeds))
         skeleton_pos = (valid.long().cumsum(-1) - 1).gather(1, order)  # pos_orig in X_l
         skeleton_len = skeleton_valid.sum(-1)
+        gap_of = (keep.long().cumsum(-1) - 1).clamp(min=0)  # (B, L) skeleton rank of the kept token on the left
+        deleted_after = torch.zeros_like(gap_of).scatter_add(1, gap_of, (valid & ~keep).long())  # (B, S)
 
-        gap_logits, count_logits = self.inserter(skeleton_embeds, skeleton_valid)
-        labels_len = (labels != -100).sum(-1) if labels is not None else None
-        total = self.inserter.num_insertions(c, count_logits, skeleton_len, labels_len, num_insertions, min_length,
-                                             max_length)
-        counts = self.inserter.distribute(c, gap_logits, total, skeleton_valid)
+        inserter_pos = skeleton_pos if c.positions == "relative" else (skeleton_valid.cumsum(-1) - 1).clamp(min=0)
+        gap_logits, count_logits = self.inserter(skeleton_embeds, skeleton_valid, inserter_pos * skeleton_valid,
+                                                 deleted_after)
+        if c.inserter == "gap_count":
+            if insert_labels is not None:
+                counts = insert_labels.gather(1, order).masked_fill(~skeleton_valid, 0).float()
+            elif num_insertions is not None:
+                total = num_insertions.to(skeleton_len.device).long()
+                counts = self.inserter.gap_counts(gap_logits, skeleton_valid, total, total)
+            else:
+                counts = self.inserter.gap_counts(gap_logits, skeleton_valid,
+                                                  None if min_length is None else min_length - skeleton_len,
+                                                  None if max_length is None else max_length - skeleton_len)
+            gap_probs = None
+        else:
+            labels_len = (labels != -100).sum(-1) if labels is not None else None
+            total = self.inserter.num_insertions(c, count_logits, skeleton_len, labels_len, num_insertions,
+                                                 min_length, max_length)
+            counts = self.inserter.distribute(c, gap_logits, total, skeleton_valid)
+            gap_probs = torch.softmax(gap_logits.masked_fill(~skeleton_valid, torch.finfo(gap_logits.dtype).min), -1)
 
         fused_ids, fused_embeds, fused_valid, is_mask, positions = self.fuse(
             skeleton_ids, skeleton_embeds, skeleton_valid, skeleton_pos, counts)
@@ -409,27 +482,62 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         output = MergeRoundOutput(
             logits=logits, hidden_states=hidden, fused_ids=fused_ids, attention_mask=fused_valid.long(),
             position_ids=positions, mask_positions=is_mask, mask_ratio=mask_ratio, gate=gate, gate_prob=gate_prob,
-            deletions=deletions, delete_prob=delete_prob, insert_counts=counts,
-            gap_probs=torch.softmax(gap_logits.masked_fill(~skeleton_valid, torch.finfo(gap_logits.dtype).min), -1),
-            count_logits=count_logits)
-        if labels is not None:
+            deletions=deletions, delete_prob=delete_prob, insert_counts=counts, gap_probs=gap_probs,
+            gap_logits=gap_logits if c.inserter == "gap_count" else None, count_logits=count_logits)
+        if labels is not None and aligned:
+            if delete_labels is None or insert_labels is None:
+                raise ValueError("the aligned recipe trains on delete_labels and insert_labels (genlab.edits."
+                                 "edit_labels of each draft → target) besides labels")
+            self.add_aligned_losses(output, labels, delete_labels=delete_labels, deletable=deletable,
+                                    gate_learned=gate_learned, skeleton_labels=counts.long(),
+                                    skeleton_valid=skeleton_valid)
+        elif labels is not None:
             self.add_losses(output, labels, prev_logits=prev_logits, gate_learned=gate_learned, deletable=deletable,
                             missing=(labels_len - skeleton_len).clamp(0, c.max_insert_count))
         return output
 
     # -- M6 -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def masked_fill_loss(out: MergeRoundOutput, labels: torch.Tensor) -> torch.Tensor:
+        """(B, N) CE of every fused position against Y* at the same index (aligned when Ŝ was built from the
+        edit script) and the positions that count: masks with a target."""
+        width = out.fused_ids.shape[1]
+        target = F.pad(labels, (0, max(0, width - labels.shape[1])), value=-100)[:, :width]  # (B, N)
+        ce = F.cross_entropy(out.logits.float().transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, N)
+        return ce, out.mask_positions & (target != -100)
+
+    def add_aligned_losses(self, out: MergeRoundOutput, labels: torch.Tensor, *, delete_labels: torch.Tensor,
+                           deletable: torch.Tensor, gate_learned: torch.Tensor, skeleton_labels: torch.Tensor,
+                           skeleton_valid: torch.Tensor) -> None:
+        """The aligned recipe's terms: fill CE on the masks (mean over masks), λ_detect·BCE of P(wrong) against
+        the deletion labels, λ_count·CE of each gap's count, λ_gate_label·BCE of g̃ against "row needs an edit"."""
+        c = self.config
+        ce, scored = self.masked_fill_loss(out, labels)
+        out.loss_recon = (ce * scored).sum() / scored.sum().clamp(min=1)
+        if out.delete_prob is not None:
+            p_wrong = out.delete_prob.float().clamp(1e-6, 1 - 1e-6)
+            bce = F.binary_cross_entropy(p_wrong, delete_labels.float(), reduction="none")
+            out.loss_comp = c.lambda_detect * masked_mean(bce.flatten(), deletable.flatten())
+        else:
+            out.loss_comp = out.logits.new_zeros(())
+        count_ce = F.cross_entropy(out.gap_logits.float().transpose(1, 2), skeleton_labels, reduction="none")
+        out.loss_count = c.lambda_count * masked_mean(count_ce.flatten(), skeleton_valid.flatten())
+        needs_edit = (delete_labels.bool() & deletable).any(-1).float()
+        gate_bce = F.binary_cross_entropy(out.gate_prob.float().clamp(1e-6, 1 - 1e-6), needs_edit, reduction="none")
+        out.loss_gate = c.lambda_gate_label * masked_mean(gate_bce, gate_learned)
+        out.loss_ins = out.logits.new_zeros(())
+        out.loss = out.loss_recon + out.loss_comp + out.loss_count + out.loss_gate
+
     def add_losses(self, out: MergeRoundOutput, labels: torch.Tensor, *, prev_logits: torch.Tensor | None,
                    gate_learned: torch.Tensor, deletable: torch.Tensor, missing: torch.Tensor) -> None:
-        """Fill ``out.loss*``: L_recon, L_gate, L_comp, L_ins (M6) and the count predictor's CE.
+        """The straight-through recipe's ``out.loss*``: L_recon, L_gate, L_comp, L_ins (M6) and the count
+        predictor's CE, as the seeds state them (Y* scored at the same index, B1 — kept as the ablation).
 
         labels (B, M) Y*; prev_logits (B, L, V) or None; gate_learned (B,) rows whose g the Gate chose;
         deletable (B, L) tokens the Picker may delete; missing (B,) the count predictor's target |Y*| − |S|.
         """
         c = self.config
-        width = out.fused_ids.shape[1]
-        target = F.pad(labels, (0, max(0, width - labels.shape[1])), value=-100)[:, :width]  # (B, N)
-        scored = out.mask_positions & (target != -100)
-        ce = F.cross_entropy(out.logits.float().transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, N)
+        ce, scored = self.masked_fill_loss(out, labels)
         has_masks = scored.any(-1)
         per_row = out.mask_ratio * masked_mean(ce, scored)  # t_l-weighted
         out.loss_recon = (per_row * has_masks).sum() / has_masks.sum().clamp(min=1)
