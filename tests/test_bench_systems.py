@@ -17,16 +17,21 @@ def read_figures(path):
     return result
 
 
-def test_bench_merge_trains_both_sides_within_budget_and_writes_every_figure(tmp_path):
+def test_bench_merge_trains_every_side_for_the_same_steps_and_writes_every_figure(tmp_path):
     out = tmp_path / "merge.json"
     assert main(["bench", "merge", "--json", str(out), "--runs", str(tmp_path / "runs"), "--preset", "nano",
-                 "--budget", "4", "--judge-budget", "2", "--skip-ablations", "--edit-sentences", "4",
-                 "--samples", "2", "--repeats", "1"]) == 0
+                 "--train-steps", "3", "--judge", str(tmp_path / "runs" / "ar-nano"), "--skip-ablations",
+                 "--validation-sentences", "8", "--sighan-sentences", "12",
+                 "--thresholds", "0.5,0.9", "--samples", "2", "--repeats", "1"]) == 0
     result = read_figures(out)
-    assert result["figures"]["speedup_b1"] > 0 and 1 <= result["figures"]["mean_rounds"] <= 6
-    assert 0 <= result["figures"]["edit_exact_repair"] <= 1
-    ar_manifest = json.loads((tmp_path / "runs" / "ar-nano" / "genlab_run.json").read_text())
-    assert ar_manifest["steps"] >= 1
+    figures = result["figures"]
+    assert figures["speedup_b1"] > 0 and 1 <= figures["mean_rounds"] <= 4
+    assert 0 <= figures["sighan15_correction_f1"] <= 1 and 0 <= figures["sighan15_clean_fpr"] <= 1
+    assert figures["identity_correction_f1"] == 0 and figures["identity_clean_fpr"] == 0  # changes nothing
+    assert figures["delete_threshold"] in (0.5, 0.9)
+    steps = {name: json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())["steps"]
+             for name in ("merge", "baseline", "ar")}
+    assert steps == {"merge": 3, "baseline": 3, "ar": 3} and figures["train_steps"] == 3
 
 
 def test_bench_concept_measures_the_headline_at_2048_and_refuses_other_contexts(tmp_path, capsys):

@@ -1,12 +1,13 @@
-"""MERGE decoding (SPEC M8): modes force the gate, each stop rule fires, batch/padding invariance, bad input."""
+"""MERGE decoding (SPEC M8, issue 12): modes force the gate, auto mode consults it, each stop rule fires,
+confidence over filled masks only, Mask-Predict re-masking in gen mode, batch/padding invariance, bad input."""
 
 import random
 
 import pytest
 import torch
 
-from genlab.generation_refinement import changed_less_than, levenshtein
-from test_merge_model import BOS, PAD, tiny_model
+from genlab.generation_refinement import RefinementState, changed_less_than, levenshtein
+from test_merge_model import BOS, MASK, PAD, tiny_model
 
 ROWS = [[BOS, 10, 11, 12, 13, 14, 15, 16, 17], [BOS, 20, 21, 22], [BOS, 30, 31, 32, 33, 34]]
 
@@ -30,19 +31,28 @@ def model():
 
 
 @pytest.mark.parametrize("mode,expected", [("edit", 1.0), ("gen", 0.0)])
-def test_modes_force_the_gate(model, mode, expected):
-    out = model.generate(right_padded(ROWS), mode=mode, max_new_tokens=4, confidence_stop=1.0, levenshtein_stop=0,
-                         max_rounds=3, return_dict_in_generate=True)
+def test_modes_force_the_gate(mode, expected):
+    bottom_k = tiny_model(seed=1, picker="bottomk").eval()  # K_del = 15 %: every edit round deletes
+    out = bottom_k.generate(right_padded(ROWS), mode=mode, max_new_tokens=4, confidence_stop=1.0,
+                            levenshtein_stop=0, max_rounds=3, return_dict_in_generate=True)
     assert out.gate.eq(expected).all()
     deleted = torch.stack([d.sum(-1) for d in out.deleted], 1)
     assert (deleted > 0).all() if mode == "edit" else (deleted == 0).all()
 
 
-def test_auto_mode_starts_with_generate(model):
-    out = model.generate(right_padded(ROWS), mode="auto", max_new_tokens=4, confidence_stop=1.0, levenshtein_stop=0,
-                         max_rounds=3, return_dict_in_generate=True)
-    assert out.gate[:, 0].eq(0).all() and out.deleted[0].sum() == 0
-    assert torch.isin(out.gate[:, 1:], torch.tensor([0.0, 1.0])).all()
+@pytest.mark.parametrize("threshold,expected", [(0.0, 1.0), (1.0, 0.0)])
+def test_auto_mode_consults_the_gate_from_round_zero(model, threshold, expected):
+    """The aligned Gate reads E's states of the input itself, so it decides round 0 too (issue 12: auto mode
+    used to be the identity); σ > edit_threshold_base + step·round is its decision."""
+    config = model.config
+    saved = config.edit_threshold_base, config.edit_threshold_step
+    config.edit_threshold_base, config.edit_threshold_step = threshold, 0.0
+    try:
+        out = model.generate(right_padded(ROWS), mode="auto", max_new_tokens=4, confidence_stop=1.0,
+                             levenshtein_stop=0, max_rounds=2, return_dict_in_generate=True)
+    finally:
+        config.edit_threshold_base, config.edit_threshold_step = saved
+    assert out.gate.eq(expected).all()
 
 
 def test_confidence_stop_fires(model):
@@ -51,13 +61,43 @@ def test_confidence_stop_fires(model):
     assert out.confidence[:, 0].gt(1e-6).all() and out.confidence[:, 1:].isnan().all()
 
 
+def test_confidence_counts_filled_masks_only():
+    """B4: a round that fills no mask (nothing deleted, nothing inserted) is fully confident, whatever the
+    probabilities of the tokens it kept; <s> no longer drags the mean down."""
+    model = tiny_model(seed=1).eval()
+    with torch.no_grad():  # P(wrong) = σ(−s) ≈ 0 for every token, and every gap's count is 0
+        model.picker.score[-1].weight.zero_()
+        model.picker.score[-1].bias.fill_(20.0)
+        model.inserter.gap_head.weight.zero_()
+        model.inserter.gap_head.bias.zero_()[0] = 10.0
+    out = model.generate(right_padded(ROWS), mode="edit", return_dict_in_generate=True)
+    assert out.inserted[:, 0].eq(0).all() and out.confidence[:, 0].eq(1.0).all()
+    assert out.rounds.tolist() == [1, 1, 1]
+    assert all(strip(row) == r for row, r in zip(out.sequences, ROWS)), "an edit that changes nothing"
+
+
 def test_levenshtein_stop_fires_when_a_round_changes_nothing(model):
-    # gen mode with the length fixed: round 0 fills the masks, round 1 may insert none → no change → stop
     out = model.generate(None, mode="gen", max_new_tokens=12, min_new_tokens=12, confidence_stop=1.0,
                          return_dict_in_generate=True)
-    assert out.rounds.tolist() == [2]
-    assert out.inserted[0].tolist() == [12.0, 0.0]
+    texts = [strip(r[0]) for r in out.round_sequences]
+    unchanged = [r for r in range(1, len(texts)) if texts[r] == texts[r - 1]]
+    assert out.rounds.item() == (unchanged[0] + 1 if unchanged else model.generation_config.max_rounds)
+    assert out.inserted[0, 0] == 12 and out.inserted[0, 1:out.rounds.item()].eq(0).all()  # Mask-Predict keeps L
     assert len(strip(out.sequences[0])) == 13
+
+
+def test_gen_mode_remasks_the_least_confident_generated_tokens(model):
+    """Mask-Predict: round r re-masks ⌊K·(R − r)/R⌋ of the K generated tokens, lowest probability first;
+    prompt tokens are never re-masked."""
+    ids = torch.tensor([[BOS, 10, 11, 12, 13, 14, 15], [BOS, 20, 21, 22, 23, PAD, PAD]])
+    valid = ids != PAD
+    generated = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    prob = torch.tensor([[0.1, 0.05, 0.9, 0.2, 0.8, 0.3, 0.7], [1.0, 0.4, 0.6, 0.1, 0.5, 1.0, 1.0]])
+    state = RefinementState(ids=ids, valid=valid, prev_logits=None, prev_hidden=None, done=torch.zeros(2, dtype=bool),
+                            rounds=torch.zeros(2, dtype=torch.long), generated=generated, token_prob=prob)
+    settings = model._refinement_settings(None, dict(mode="gen", max_rounds=4))
+    masked = model._remask(state, 2, settings) == MASK  # K = 5 and 4 → 2 and 2 re-masked
+    assert masked.nonzero().tolist() == [[0, 3], [0, 5], [1, 1], [1, 3]]
 
 
 def test_max_rounds_stop_fires(model):

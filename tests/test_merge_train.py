@@ -1,5 +1,6 @@
-"""MergeTrainer (SPEC M7, H6): schedules are pure functions of the step, staged freezing, each loss term logged,
-resume continues exactly, and the CLI trains/edits/generates from a run directory."""
+"""MergeTrainer (SPEC M7, H6): schedules are pure functions of the step, staged freezing, each loss term logged
+(both recipes), resume continues exactly, the per-character baseline learns, and the CLI trains/edits/generates
+from a run directory."""
 
 import json
 import random
@@ -11,9 +12,10 @@ from transformers import TrainerCallback
 from genlab.configuration_merge import MergeConfig
 from genlab.cli import _configs, build_parser, main
 from genlab.tokenization import default_tokenizer
-from genlab.trainers.merge import (MergeSchedule, apply_freezing, build_trainer, collate, corrupt, trainable_modules,
+from genlab.trainers.merge import (MergeSchedule, aligned_loss, apply_freezing, build_trainer, trainable_modules,
                                    unrolled_loss)
-from test_merge_model import DRAFTS, TARGETS, tiny_model
+from genlab.trainers.merge_data import collate, corrupt
+from test_merge_model import DRAFTS, TARGETS, st_model, tiny_model
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
@@ -27,12 +29,12 @@ def corpus_file(tmp_path_factory):
     return path
 
 
-def train_args(corpus_file, run_dir, steps=6):
+def train_args(corpus_file, run_dir, steps=6, *extra):
     """(MergeTrainConfig, TrainingArguments) as `genlab train merge` parses them."""
     return _configs(build_parser().parse_args([
         "train", "merge", "--run-dir", str(run_dir), "--data", str(corpus_file), "--preset", "nano",
         "--max-steps", str(steps), "--save-steps", "3", "--batch-size", "4", "--logging-steps", "1",
-        "--report-to", "none", "--rounds", "2"]))
+        "--report-to", "none", "--rounds", "2", *extra]))
 
 
 def test_schedules_are_pure_functions_of_the_step():
@@ -66,16 +68,34 @@ def test_corruption_always_changes_the_draft():
 
 @pytest.mark.parametrize("step", [0, 5, 9])
 def test_unrolled_loss_returns_every_term(step):
-    model = tiny_model().train()
-    schedule = MergeSchedule(rounds=3, stage1_steps=1, stage2_steps=6)
+    model = st_model().train()
+    schedule = MergeSchedule(rounds=3, stage1_steps=1, stage2_steps=6, recipe="straight_through")
     batch = collate([{"draft_ids": [t for t in d.tolist() if t], "labels": [t for t in y.tolist() if t != -100],
                       "is_edit": True} for d, y in zip(DRAFTS, TARGETS)])
     terms = unrolled_loss(model, batch, schedule, step)
     terms["loss"].backward()
-    expected = {"loss", "loss_recon"} if step == 0 else {"loss", "loss_recon", "loss_gate", "loss_comp", "loss_ins",
-                                                        "loss_count", "gate_rate", "deleted_per_row",
-                                                        "inserted_per_row", "rounds"}
+    expected = {"loss", "loss_mlm"} if step == 0 else {"loss", "loss_recon", "loss_gate", "loss_comp", "loss_ins",
+                                                       "loss_count", "gate_rate", "deleted_per_row",
+                                                       "inserted_per_row", "rounds"}
     assert expected <= set(terms) and all(torch.isfinite(torch.as_tensor(v)).all() for v in terms.values())
+
+
+def test_per_character_baseline_learns_to_fix_a_substitution():
+    """The baseline corrector (same filler, every position predicted from the unmasked draft) overfits one
+    same-length pair: its argmax at every position is the target."""
+    model = tiny_model(vocab_size=64).train()
+    draft, target = [2, 10, 11, 40, 13, 14], [2, 10, 11, 12, 13, 14]
+    batch = collate([{"draft_ids": draft, "labels": target, "delete_labels": [0] * 6, "insert_labels": [0] * 6,
+                      "is_edit": True}])
+    schedule = MergeSchedule(stage1_steps=0, recipe="aligned", objective="per_character", pack_width=8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        aligned_loss(model, batch, schedule, step)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        logits = model(batch["input_ids"], edit=torch.zeros(1), num_insertions=torch.tensor([0])).logits
+    assert logits[0, 1:].argmax(-1).tolist() == target[1:]
 
 
 class StopAt(TrainerCallback):
@@ -100,8 +120,18 @@ def test_resume_continues_exactly(corpus_file, tmp_path):
     for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     logged = [entry for entry in straight.state.log_history if "merge/loss_recon" in entry]
-    assert {"merge/loss_gate", "merge/loss_comp", "merge/loss_ins", "merge/loss_count", "merge/gate_rate",
-            "merge/stage", "merge/tau_gate", "merge/tau_del"} <= set(logged[-1])
+    assert {"merge/loss_mlm", "merge/loss_gate", "merge/loss_comp", "merge/loss_count", "merge/detect_precision",
+            "merge/detect_recall", "merge/gate_rate", "merge/stage"} <= set(logged[-1])
+
+
+def test_straight_through_recipe_trains_and_logs_its_terms(corpus_file, tmp_path):
+    trainer = build_trainer(*train_args(corpus_file, tmp_path / "st", 4, "--recipe", "straight_through",
+                                        "--picker", "bottomk", "--inserter", "multinomial"),
+                            tmp_path / "st", default_tokenizer())
+    trainer.train()
+    assert trainer.model.config.recipe == "straight_through"
+    logged = [entry for entry in trainer.state.log_history if "merge/loss_ins" in entry]
+    assert logged and {"merge/tau_gate", "merge/tau_del", "merge/inserted_per_row"} <= set(logged[-1])
 
 
 def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from genlab.configuration_concept import Qwen2ConceptCompressionConfig
 from genlab.configuration_merge import MergeConfig
+from genlab.edits import edit_labels
 from genlab.configuration_planner import PlannerExecutorConfig
 from genlab.generation_speculative import edge_cloud_generate
 from genlab.logits_process import TokenClasses, build_cjk_processors, build_sentence_stopping
@@ -42,8 +43,11 @@ def merge_outputs() -> dict[str, torch.Tensor]:
     draft = torch.cat([torch.ones(3, 1, dtype=torch.long), ids(1, (3, 9))], 1)
     draft[2, 6:] = 0  # a shorter, padded row
     labels = torch.cat([torch.ones(3, 1, dtype=torch.long), ids(2, (3, 10))], 1)
+    scripts = [edit_labels([t for t in d.tolist() if t], y.tolist()) for d, y in zip(draft, labels)]
+    delete, insert = (torch.tensor([getattr(e, f) + [0] * (draft.shape[1] - len(e.delete)) for e in scripts])
+                      for f in ("delete", "insert"))
     torch.manual_seed(1)
-    out = model(draft, (draft != 0).long(), labels=labels, round_index=1, tau_gate=0.5, tau_del=0.5)
+    out = model(draft, (draft != 0).long(), labels=labels, delete_labels=delete, insert_labels=insert)
     edit = model.generate(draft, attention_mask=(draft != 0).long(), mode="edit", max_rounds=3)
     gen = model.generate(torch.ones(2, 1, dtype=torch.long), mode="gen", max_new_tokens=8, min_new_tokens=8)
     return {"merge/loss": out.loss.detach(), "merge/logits": out.logits.detach(), "merge/edit": edit,

@@ -73,7 +73,7 @@ def _add_train_parsers(subparsers) -> None:
                                    sys.modules[recipe.__module__].__doc__.splitlines()[0])
         for flag, kwargs in SHORT_FLAGS.items():
             parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
-        parser.set_defaults(**defaults_for(defaults), handler=_train, recipe=recipe)
+        parser.set_defaults(**defaults_for(defaults), handler=_train, train_fn=recipe)
 
 
 def defaults_for(recipe_defaults: dict) -> dict:
@@ -153,7 +153,7 @@ def _config(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> None:
     config, training = _configs(args)
-    args.recipe(config, training)
+    args.train_fn(config, training)
 
 
 def _bench(args: argparse.Namespace) -> dict:

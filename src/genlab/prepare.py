@@ -36,21 +36,12 @@ def ar_run(run_dir: str | Path, preset: str, *, data: str = "all", budget: float
         default_training_arguments(ar.TRAINING_DEFAULTS, **QUIET, **training)))
 
 
-def ar_for_budget(run_dir: str | Path, preset: str, budget: float) -> dict:
-    """An AR run given the steps that fit ``budget`` seconds (``ar.budget_training``), the budget as its cap."""
-    if is_complete(run_dir):
-        return read_manifest(run_dir)
-    return ar_run(run_dir, preset, budget=budget, save_steps=100000, **ar.budget_training(budget, preset))
-
-
-def merge_for_budget(run_dir: Path, preset: str, budget: float, variant: dict) -> dict:
-    """A MERGE run whose step count (and so its stage schedule) fits ``budget`` seconds."""
-    if is_complete(run_dir):
-        return read_manifest(run_dir)
-    config = merge.MergeTrainConfig(run_dir=str(run_dir), preset=preset, budget=budget, **variant)
-    steps = merge.steps_for_merge_budget(budget, config)
-    return merge.train_merge(config, default_training_arguments(merge.TRAINING_DEFAULTS, max_steps=steps,
-                                                                save_steps=100000, **QUIET)).manifest
+def merge_run(run_dir: Path, preset: str, steps: int, **fields) -> dict:
+    """A MERGE run (or, with ``objective="per_character"``, the baseline corrector) of ``steps`` steps."""
+    return reuse_or_train(run_dir, lambda: merge.train_merge(
+        merge.MergeTrainConfig(run_dir=str(run_dir), preset=preset, **fields),
+        default_training_arguments(merge.TRAINING_DEFAULTS, max_steps=steps, per_device_train_batch_size=32,
+                                   save_steps=200, **QUIET)))
 
 
 def ar_bench(config: ARBenchConfig) -> None:
@@ -58,13 +49,14 @@ def ar_bench(config: ARBenchConfig) -> None:
 
 
 def merge_bench(config: MergeBenchConfig) -> None:
-    """The AR of the same size, MERGE and the base-preset judge under their budgets; the M9 ablations."""
-    ar_for_budget(config.run_dir("ar"), config.preset, config.budget)
-    merge_for_budget(config.run_dir("merge"), config.preset, config.budget, {})
-    ar_for_budget(config.run_dir("judge"), "base", config.judge_budget)
+    """MERGE, the per-character baseline and the same-size AR for the same steps; the trained M9 ablations
+    (the judge is pretrained: ``MergeBenchConfig.judge``)."""
+    merge_run(config.run_dir("merge"), config.preset, config.train_steps)
+    merge_run(config.run_dir("baseline"), config.preset, config.train_steps, objective="per_character")
+    ar_run(config.run_dir("ar"), config.preset, max_steps=config.train_steps)
     if not config.skip_ablations:
         for name, variant in ABLATIONS.items():
-            merge_for_budget(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_budget, variant)
+            merge_run(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_steps, **variant)
 
 
 def smollm2_base(run_dir: str | Path) -> dict:

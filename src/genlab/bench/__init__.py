@@ -22,7 +22,9 @@ from ..timing import median_seconds, paired_seconds, random_ids, steps_for_budge
 
 REQUIRED_FIGURES = {
     "ar": ("gen_tok_s_b1", "gen_tok_s_b32", "train_tok_s", "val_ppl"),
-    "merge": ("speedup_b1", "speedup_b32", "mean_rounds", "gen_ppl_ratio", "edit_exact_repair"),
+    "merge": ("sighan15_correction_f1", "sighan15_detection_f1", "sighan15_clean_fpr", "sighan15_sentences_per_s_b1",
+              "baseline_correction_f1", "speedup_b1", "speedup_b32", "gen_ppl_ratio", "distinct2_ratio",
+              "mean_rounds", "train_steps"),
     "concept": ("compression_ratio", "step_time_ratio", "decode_speedup_2048", "kv_cache_ratio_2048", "ppl_ratio",
                 "inference_rate_ratio", "natural_fire_fraction", "delta_nll_concepts_permuted", "flops_fraction_pred",
                 "train_steps"),

@@ -1,18 +1,24 @@
-"""`genlab bench merge`: MERGE against an AR Qwen2 of the same parameter count (SPEC M10, B; issue 3 benchmark).
+"""`genlab bench merge`: MERGE on real Chinese spelling errors (SIGHAN-15) and as a generator (SPEC M10, B;
+issue 12).
 
-Both models are trained here on the same corpus for the same wall-clock budget (``--budget`` seconds each;
-MERGE's step count is set from a timed pilot step so its stage schedule fits the budget), then measured in the
-same process:
+Every model is trained here for the same fixed number of steps (``--train-steps``) on the same corpus
+(``genlab.prepare.merge_bench``), then measured in one process:
 
-- tokens/s of MERGE ``generate`` (gen mode, 64 tokens) vs the AR model's KV-cached greedy ``generate`` (64 new
-  tokens), at batch 1 and batch 32 — medians after warm-up, reported as ratios (``speedup_b1``, ``speedup_b32``);
-- rounds used (mean and distribution) in gen mode and in edit mode;
-- generative perplexity of both models' samples (greedy, 2-character prompts from held-out sentences, 64 tokens)
-  under a larger AR judge (the ``base`` preset, trained here for ``--judge-budget`` seconds);
-- the edit task: held-out sentences corrupted at ``--edit-rate``, repaired in edit mode within 3 rounds: exact
-  repair rate and character error rate before/after;
-- the M9 ablations, each variant trained for ``--ablation-budget`` seconds (a default-variant model trained for
-  the same short budget is the reference), and rounds 1/2/3/6 as the inference L_max of the main model.
+- **SIGHAN-15** (pycorrector's ``sighan2015_test.tsv``, 707 sentences, 373 with errors): MERGE in edit mode and
+  in auto mode, the per-character corrector of the same size, data and steps (the filler reading the unmasked
+  sentence and predicting every character, MacBERT4CSC's recipe) and the identity. Sentence-level correction
+  precision / recall / F1 as pycorrector scores them (a sentence with errors counts when the output equals the
+  reference; a clean sentence is a false positive when the output changes it), the strict SIGHAN detection
+  F1 (the changed positions equal the erroneous ones), the false-positive rate on the clean sentences, and
+  sentences/s at batch 1 and 32 (one thread, medians). The deletion threshold of the Picker is chosen on
+  typo-noised sentences of the corpus's validation split (half of them clean), never on SIGHAN.
+- **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against the same-size AR trained for
+  the same steps: tokens/s at batch 1 and 32 (64 new tokens, one thread, medians), the judge's perplexity of
+  both sides' samples (``--judge``: by default the pretrained Gemma-3-270M, ``genlab.clouds``, scoring with its
+  own tokenizer), distinct-2, and the rounds used.
+- **Ablations** (M9): at inference, the Picker as bottom-K (K_del = 15 %) instead of the threshold; trained
+  for ``--ablation-steps``, the seeds' straight-through recipe (a reference model with the same short
+  schedule is trained too).
 """
 
 from __future__ import annotations
@@ -20,31 +26,30 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rapidfuzz.distance import Levenshtein
 from transformers import AutoModelForCausalLM
 
+from ..clouds import load_cloud
 from ..data import load_corpus
-from ..generation_refinement import levenshtein
+from ..edits import changed_positions
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
+from ..spelling import TypoNoise, sighan15, typo_noise
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
-from ..trainers.merge import corrupt
+from ..trainers.merge_data import character_vocabulary
 from . import target, write_result
 from .ar import generate_tok_s
 
 NEW_TOKENS = 64
-ABLATIONS = {  # name → the `MergeTrainConfig` variant fields it changes (M9)
+ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
     "reference": {},
-    "gate_always_edit": {"gate": "always_edit"},
-    "gate_always_generate": {"gate": "always_generate"},
-    "insert_only": {"picker": "none"},
-    "inserter_topk": {"inserter": "topk"},
-    "inserter_pointer": {"inserter": "pointer"},
-    "positions_absolute": {"positions": "absolute"},
+    "straight_through": {"recipe": "straight_through", "picker": "bottomk", "inserter": "multinomial"},
 }
 
 
@@ -55,39 +60,167 @@ class MergeBenchConfig:
     json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
     runs: str = field(default="runs/bench/merge", metadata={"help": "where the trained models are (reused if complete)"})
     preset: str = field(default="tiny", metadata={"help": "AR preset; MERGE's width/depth are matched to it"})
-    budget: float = field(default=150.0, metadata={"help": "training seconds for MERGE and for the AR model"})
-    judge_budget: float = field(default=120.0, metadata={"help": "training seconds for the base-preset judge"})
-    ablation_budget: float = field(default=30.0, metadata={"help": "training seconds per ablation variant"})
-    edit_sentences: int = field(default=128, metadata={"help": "held-out sentences of the edit task"})
-    edit_rate: float = field(default=0.1, metadata={"help": "character corruption rate of the edit task"})
-    samples: int = field(default=32, metadata={"help": "samples per model for generative perplexity"})
+    train_steps: int = field(default=1600, metadata={"help": "training steps of MERGE, the baseline and the AR"})
+    judge: str = field(default="gemma3", metadata={"help": "the judge of generated text: a built-in cloud "
+                                                           "(genlab.clouds: gemma3, smollm2) or an AR run dir"})
+    ablation_steps: int = field(default=300, metadata={"help": "training steps per trained ablation"})
+    sighan_sentences: int = field(default=0, metadata={"help": "first N SIGHAN-15 sentences (0: all 707; smoke tests)"})
+    validation_sentences: int = field(default=400, metadata={"help": "noised validation sentences (threshold)"})
+    thresholds: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                            metadata={"help": "deletion thresholds tried on the validation split"})
+    max_fpr: float = field(default=0.1, metadata={"help": "most validation clean-sentence FPR a threshold may have"})
+    edit_rounds: int = field(default=3, metadata={"help": "max_rounds of edit and auto mode"})
+    gen_rounds: int = field(default=4, metadata={"help": "max_rounds of gen mode (Mask-Predict iterations)"})
+    samples: int = field(default=32, metadata={"help": "samples per model for judge perplexity and distinct-2"})
     repeats: int = field(default=3, metadata={"help": "timed repeats per figure (median)"})
-    skip_ablations: bool = field(default=False, metadata={"help": "measure the main model only"})
-    ar_run: str | None = field(default=None, metadata={"help": "the AR run to compare with (default: RUNS/ar-PRESET)"})
+    skip_ablations: bool = field(default=False, metadata={"help": "measure the main models only"})
+    ar_run: str | None = field(default=None, metadata={"help": "the AR run (default: RUNS/ar-PRESET)"})
     merge_run: str | None = field(default=None, metadata={"help": "the MERGE run (default: RUNS/merge-PRESET)"})
-    judge_run: str | None = field(default=None, metadata={"help": "the judge AR run (default: RUNS/judge-base)"})
+    baseline_run: str | None = field(default=None, metadata={"help": "the per-character baseline run"})
 
     def run_dir(self, name: str) -> Path:
-        """``ar``, ``merge``, ``judge`` or ``ablation-<name>``: where that model's run is."""
-        given = {"ar": self.ar_run, "merge": self.merge_run, "judge": self.judge_run}.get(name)
+        """``ar``, ``merge``, ``baseline`` or ``ablation-<name>``: where that model's run is."""
+        given = {"ar": self.ar_run, "merge": self.merge_run, "baseline": self.baseline_run}.get(name)
         if given is not None:
             return Path(given)
-        folder = {"ar": f"ar-{self.preset}", "merge": f"merge-{self.preset}", "judge": "judge-base"}.get(name, name)
-        return Path(self.runs) / folder
+        folder = {"ar": f"ar-{self.preset}", "merge": f"merge-{self.preset}", "baseline": f"baseline-{self.preset}"}
+        return Path(self.runs) / folder.get(name, name)
+
+    def threshold_grid(self) -> list[float]:
+        return [float(t) for t in self.thresholds.split(",")]
 
 
-# -- measurements ----------------------------------------------------------------------------------------------
+# -- correcting sentences --------------------------------------------------------------------------------------
+def restore_text(source: str, source_ids: list[int], output_ids: list[int], tokenizer) -> str:
+    """The output as text, with the source's own characters wherever the output kept the source's tokens (so
+    characters the tokenizer reads as ``<unk>`` survive when the model leaves them alone)."""
+    if len(source_ids) != len(source):  # not one token per character: decode as is
+        return tokenizer.decode(output_ids, skip_special_tokens=True)
+    pieces = []
+    for op, s0, s1, o0, o1 in Levenshtein.opcodes(source_ids, output_ids):
+        pieces.append(source[s0:s1] if op == "equal" else tokenizer.decode(output_ids[o0:o1], skip_special_tokens=True))
+    return "".join(pieces)
+
+
+def batched(texts: list[str], size: int):
+    for start in range(0, len(texts), size):
+        yield texts[start:start + size]
+
+
+def padded(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """``<s>`` + characters, right-padded: ``input_ids`` and ``attention_mask``."""
+    tokenizer.padding_side = "right"
+    return dict(tokenizer(texts, return_tensors="pt", padding=True))
+
+
+@torch.no_grad()
+def merge_correct(model, tokenizer, texts: list[str], batch_size: int = 32, rounds: list | None = None,
+                  **generate_kwargs) -> list[str]:
+    """MERGE ``generate`` (edit or auto mode) over ``texts`` in batches; each row's rounds are appended to
+    ``rounds`` when it is given."""
+    outputs = []
+    for chunk in batched(texts, batch_size):
+        batch = padded(tokenizer, chunk)
+        out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
+                             return_dict_in_generate=True, **generate_kwargs)
+        if rounds is not None:
+            rounds.extend(out.rounds.tolist())
+        for text, ids, row in zip(chunk, batch["input_ids"], out.sequences):
+            source = [t for t in ids.tolist() if t not in (tokenizer.pad_token_id, tokenizer.bos_token_id)]
+            output = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.bos_token_id)]
+            outputs.append(restore_text(text, source, output, tokenizer))
+    return outputs
+
+
+@torch.no_grad()
+def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[str]:
+    """The baseline: one round that deletes and inserts nothing; every character becomes the filler's argmax."""
+    outputs, special = [], torch.tensor(model._never_filled + [tokenizer.unk_token_id])
+    for chunk in batched(texts, batch_size):
+        batch = padded(tokenizer, chunk)
+        none = torch.zeros(len(chunk))
+        out = model(batch["input_ids"], batch["attention_mask"], edit=none, num_insertions=none.long())
+        best = out.logits.float().index_fill(-1, special, float("-inf")).argmax(-1)
+        keep = torch.isin(batch["input_ids"], special)  # <s>, padding and <unk> stay as they are
+        predicted = torch.where(keep, batch["input_ids"], best)
+        for text, ids, row, valid in zip(chunk, batch["input_ids"], predicted, batch["attention_mask"].bool()):
+            source = [t for t in ids[valid].tolist()[1:]]
+            outputs.append(restore_text(text, source, row[valid].tolist()[1:], tokenizer))
+    return outputs
+
+
+# -- scores ------------------------------------------------------------------------------------------------------
+def f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -> dict[str, float]:
+    """Sentence-level CSC scores. ``correction_*``: pycorrector's (``eval_model_batch``): an erroneous sentence is
+    a TP when corrected exactly (else FN), a clean one a FP when changed (else TN). ``detection_*``: SIGHAN's
+    strict detection: a changed sentence is right when its changed positions are exactly the erroneous ones.
+    ``clean_fpr``: share of clean sentences changed."""
+    tp = fp = fn = detected = flagged = 0
+    positives = clean = 0
+    for source, gold, predicted in zip(sources, targets, predictions):
+        erroneous = source != gold
+        positives += erroneous
+        clean += not erroneous
+        if erroneous:
+            tp += predicted == gold
+            fn += predicted != gold
+        else:
+            fp += predicted != source
+        if predicted != source:
+            flagged += 1
+            detected += erroneous and changed_positions(source, predicted) == changed_positions(source, gold)
+    precision = tp / (tp + fp) if tp else 0.0
+    recall = tp / (tp + fn) if tp else 0.0
+    det_precision = detected / flagged if flagged else 0.0
+    det_recall = detected / positives if positives else 0.0
+    return {"correction_precision": precision, "correction_recall": recall, "correction_f1": f1(precision, recall),
+            "detection_precision": det_precision, "detection_recall": det_recall,
+            "detection_f1": f1(det_precision, det_recall), "clean_fpr": fp / clean if clean else 0.0}
+
+
+def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
+    """(draft, sentence) pairs from the corpus's validation split: typo noise as in training, half clean."""
+    rng, vocabulary = random.Random(seed), character_vocabulary(tokenizer)
+    sentences = [s for s in load_corpus("all")["validation"]["text"] if 8 <= len(s) <= 64][:count]
+    noise = TypoNoise(clean_fraction=0.5)
+    return [typo_noise(s, rng, vocabulary, noise) for s in sentences], sentences
+
+
+def choose_threshold(model, tokenizer, grid: list[float], drafts, sentences, max_fpr: float, **kwargs) -> dict:
+    """The Picker's deletion threshold with the best validation correction F1 among those whose clean FPR is at
+    most ``max_fpr`` (the lowest-FPR one when none is); the whole curve is returned too."""
+    curve = []
+    for threshold in grid:
+        model.config.delete_threshold = threshold
+        scores = csc_scores(drafts, sentences, merge_correct(model, tokenizer, drafts, **kwargs))
+        curve.append({"threshold": threshold, **scores})
+    allowed = [row for row in curve if row["clean_fpr"] <= max_fpr]
+    best = max(allowed, key=lambda r: r["correction_f1"]) if allowed else min(curve, key=lambda r: r["clean_fpr"])
+    model.config.delete_threshold = best["threshold"]
+    return {"threshold": best["threshold"], "curve": curve}
+
+
+def sentences_per_s(correct: Callable[[list[str], int], list[str]], texts: list[str], batch_size: int,
+                    repeats: int) -> float:
+    """Sentences/s of ``correct(texts, batch_size)`` (median of ``repeats`` after a warm-up)."""
+    return len(texts) / median_seconds(lambda: correct(texts, batch_size), repeats=repeats)
+
+
+# -- generation --------------------------------------------------------------------------------------------------
 def bos_batch(batch: int, bos: int) -> torch.Tensor:
     return torch.full((batch, 1), bos, dtype=torch.long)
 
 
-def merge_tok_s(model, batch: int, repeats: int) -> tuple[float, torch.Tensor]:
+def merge_tok_s(model, batch: int, repeats: int, rounds: int) -> tuple[float, torch.Tensor]:
     """Gen-mode tokens/s for 64-token outputs from ``<s>``, and the rounds each row used."""
     ids = bos_batch(batch, model.config.bos_token_id)
-    kwargs = dict(mode="gen", max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    kwargs = dict(mode="gen", max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, max_rounds=rounds)
     seconds = median_seconds(lambda: model.generate(ids, **kwargs), repeats=repeats)
-    rounds = model.generate(ids, return_dict_in_generate=True, **kwargs).rounds
-    return batch * NEW_TOKENS / seconds, rounds
+    return batch * NEW_TOKENS / seconds, model.generate(ids, return_dict_in_generate=True, **kwargs).rounds
 
 
 def prompts(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
@@ -95,10 +228,10 @@ def prompts(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
     return tokenizer([s[:2] for s in sentences], return_tensors="pt", padding=True)
 
 
-def merge_samples(model, tokenizer, sentences) -> list[str]:
+def merge_samples(model, tokenizer, sentences, rounds: int) -> list[str]:
     batch = prompts(tokenizer, sentences)
     out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], mode="gen",
-                         max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+                         max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, max_rounds=rounds)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
@@ -111,121 +244,152 @@ def ar_samples(model, tokenizer, sentences) -> list[str]:
 
 @torch.no_grad()
 def judge_perplexity(judge, tokenizer, texts: list[str]) -> float:
-    """exp(mean token NLL) of ``<s> text`` under the judge, over all texts' tokens."""
+    """exp(mean token NLL) of each text (after the judge tokenizer's own start token) under the judge, over
+    all texts' tokens."""
     tokenizer.padding_side = "right"
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    logits = judge(**batch).logits[:, :-1].float()
+    logits = judge(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="sum",
                                             ignore_index=-100)
     return math.exp(float(nll) / int((labels[:, 1:] != -100).sum()))
 
 
-def edit_task(sentences: list[str], tokenizer, rate: float, seed: int = 1234) -> tuple[list[list[int]], list[list[int]]]:
-    rng = random.Random(seed)
-    targets = tokenizer(sentences, add_special_tokens=False)["input_ids"]
-    drafts = [corrupt(t, rate, rng, len(tokenizer)) for t in targets]
-    bos = tokenizer.bos_token_id
-    return [[bos] + d for d in drafts], [[bos] + t for t in targets]
+def distinct2(texts: list[str]) -> float:
+    """Distinct character bigrams / all character bigrams, over all texts."""
+    bigrams = [text[i:i + 2] for text in texts for i in range(len(text) - 1)]
+    return len(set(bigrams)) / max(1, len(bigrams))
 
 
-def pad_rows(rows: list[list[int]], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [value] * (width - len(r)) for r in rows])
-    return ids, torch.tensor([len(r) for r in rows])
+def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: list[str],
+                       args: MergeBenchConfig) -> dict:
+    """MERGE gen mode vs the AR: speed at batch 1 and 32, judge perplexity, distinct-2, rounds."""
+    bos = bos_batch(1, tokenizer.bos_token_id)
+    ar_b1, ar_b32 = generate_tok_s(ar, bos, args.repeats), generate_tok_s(ar, bos.repeat(32, 1), args.repeats)
+    merge_b1, _ = merge_tok_s(merge, 1, args.repeats, args.gen_rounds)
+    merge_b32, rounds = merge_tok_s(merge, 32, args.repeats, args.gen_rounds)
+    merge_texts, ar_texts = merge_samples(merge, tokenizer, sentences, args.gen_rounds), ar_samples(ar, tokenizer,
+                                                                                                  sentences)
+    merge_ppl = judge_perplexity(judge, judge_tokenizer, merge_texts)
+    ar_ppl = judge_perplexity(judge, judge_tokenizer, ar_texts)
+    figures = {"speedup_b1": merge_b1 / ar_b1, "speedup_b32": merge_b32 / ar_b32, "mean_rounds": float(
+        rounds.float().mean()), "gen_ppl_ratio": merge_ppl / ar_ppl, "distinct2_ratio": distinct2(merge_texts) /
+        max(distinct2(ar_texts), 1e-9), "merge_tok_s_b1": merge_b1, "merge_tok_s_b32": merge_b32,
+        "ar_tok_s_b1": ar_b1, "ar_tok_s_b32": ar_b32, "merge_gen_ppl": merge_ppl, "ar_gen_ppl": ar_ppl,
+        "merge_distinct2": distinct2(merge_texts), "ar_distinct2": distinct2(ar_texts)}
+    for r in range(1, args.gen_rounds + 1):
+        figures[f"gen_rounds_frac_{r}"] = float((rounds == r).float().mean())
+    return figures
 
 
-def edit_metrics(model, drafts, targets, *, mode: str = "edit", max_rounds: int = 3) -> dict:
-    """Exact repair rate, CER before/after (Levenshtein / target length, ``<s>`` excluded), rounds used."""
-    draft_ids, draft_len = pad_rows(drafts)
-    target_ids, target_len = pad_rows(targets)
-    out = model.generate(draft_ids, mode=mode, max_rounds=max_rounds, return_dict_in_generate=True)
-    out_len = out.attention_mask.sum(-1)
-    before = levenshtein(draft_ids[:, 1:], draft_len - 1, target_ids[:, 1:], target_len - 1)
-    after = levenshtein(out.sequences[:, 1:], out_len - 1, target_ids[:, 1:], target_len - 1)
-    chars = (target_len - 1).float()
-    return {"exact_repair": float((after == 0).float().mean()), "cer_before": float((before / chars).mean()),
-            "cer_after": float((after / chars).mean()), "rounds": out.rounds.float()}
+# -- the benchmark -----------------------------------------------------------------------------------------------
+def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
+    """SIGHAN-15 figures of MERGE (edit, auto, bottom-K ablation), the baseline and the identity; the
+    threshold choice on the validation split."""
+    pairs = sighan15()[: args.sighan_sentences or None]
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    drafts, sentences = validation_pairs(tokenizer, args.validation_sentences)
+    edit = dict(mode="edit", max_rounds=args.edit_rounds)
+    choice = choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
+    systems = {
+        "sighan15": lambda texts, b=32: merge_correct(merge, tokenizer, texts, b, **edit),
+        "sighan15_auto": lambda texts, b=32: merge_correct(merge, tokenizer, texts, b, mode="auto",
+                                                           max_rounds=args.edit_rounds),
+        "baseline": lambda texts, b=32: per_character_correct(baseline, tokenizer, texts, b),
+        "identity": lambda texts, b=32: list(texts),
+    }
+    figures = {}
+    for name, correct in systems.items():
+        figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, correct(sources)).items()})
+    used: list[int] = []
+    merge_correct(merge, tokenizer, sources, rounds=used, **edit)
+    rounds = torch.tensor(used)
+    for r in range(1, args.edit_rounds + 1):
+        figures[f"edit_rounds_frac_{r}"] = float((rounds == r).float().mean())
+    figures["edit_mean_rounds"] = float(rounds.float().mean())
+    merge.config.picker = "bottomk"  # M9: K_del = 15 % of the tokens, whatever the scores say
+    bottomk = csc_scores(sources, targets, merge_correct(merge, tokenizer, sources, **edit))
+    merge.config.picker = "threshold"
+    figures.update({f"ablation/picker_bottomk/{k}": v for k, v in bottomk.items()})
+    timed = sources[:64]
+    with single_thread():
+        figures["sighan15_sentences_per_s_b1"] = sentences_per_s(systems["sighan15"], timed, 1, args.repeats)
+        figures["sighan15_sentences_per_s_b32"] = sentences_per_s(systems["sighan15"], timed, 32, args.repeats)
+        figures["baseline_sentences_per_s_b1"] = sentences_per_s(systems["baseline"], timed, 1, args.repeats)
+    return figures, choice
 
 
-def evaluate_merge(model, tokenizer, judge, ar_b32: float, sentences, drafts, targets, repeats: int) -> dict:
-    """The per-model figures shared by the main model and the ablations."""
-    tok_s_b32, rounds = merge_tok_s(model, 32, repeats)
-    edit = edit_metrics(model, drafts, targets)
-    return {"speedup_b32": tok_s_b32 / ar_b32, "mean_rounds": float(rounds.float().mean()),
-            "gen_ppl": judge_perplexity(judge, tokenizer, merge_samples(model, tokenizer, sentences)),
-            "edit_exact_repair": edit["exact_repair"], "cer_after": edit["cer_after"],
-            "edit_mean_rounds": float(edit["rounds"].mean())}
+class single_thread:
+    """Time on one thread (the machine's other core stays free for the OS), restoring the count after."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+
+
+def ablation_figures(tokenizer, args: MergeBenchConfig) -> dict:
+    """SIGHAN-15 correction F1 and clean FPR of each trained ablation at its validation-chosen threshold."""
+    pairs = sighan15()[: args.sighan_sentences or None]
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    drafts, sentences = validation_pairs(tokenizer, args.validation_sentences // 2)
+    figures = {}
+    for name in ABLATIONS:
+        model = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
+        edit = dict(mode="edit", max_rounds=args.edit_rounds)
+        if model.config.picker == "threshold":
+            choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
+        scores = csc_scores(sources, targets, merge_correct(model, tokenizer, sources, **edit))
+        figures.update({f"ablation/{name}/{k}": scores[k] for k in ("correction_f1", "detection_f1", "clean_fpr")})
+    return figures
 
 
 def run(args: MergeBenchConfig) -> dict:
     """Measure the trained runs under ``args.runs`` (complete: see ``genlab.prepare``)."""
     start = time.monotonic()
-    runs = Path(args.runs)
-    ar_manifest, merge_manifest = read_manifest(args.run_dir("ar")), read_manifest(args.run_dir("merge"))
-    judge_manifest = read_manifest(args.run_dir("judge"))
-
+    manifests = {name: read_manifest(args.run_dir(name)) for name in ("merge", "baseline", "ar")}
     tokenizer = load_tokenizer(args.run_dir("merge"))
-    ar = AutoModelForCausalLM.from_pretrained(args.run_dir("ar")).eval()
-    judge = AutoModelForCausalLM.from_pretrained(args.run_dir("judge")).eval()
     merge = MergeForMaskedRefinement.from_pretrained(args.run_dir("merge")).eval()
-    test = [s for s in load_corpus("all")["test"]["text"] if 8 <= len(s) <= 64]
-    sentences = test[: args.samples]
-    drafts, targets = edit_task(test[: args.edit_sentences], tokenizer, args.edit_rate)
+    baseline = MergeForMaskedRefinement.from_pretrained(args.run_dir("baseline")).eval()
+    ar = AutoModelForCausalLM.from_pretrained(args.run_dir("ar")).eval()
+    judge, judge_tokenizer = load_cloud(args.judge)
 
-    bos = bos_batch(1, tokenizer.bos_token_id)
-    ar_b1 = generate_tok_s(ar, bos, args.repeats)
-    ar_b32 = generate_tok_s(ar, bos.repeat(32, 1), args.repeats)
-    merge_b1, rounds_b1 = merge_tok_s(merge, 1, args.repeats)
-    main = evaluate_merge(merge, tokenizer, judge, ar_b32, sentences, drafts, targets, args.repeats)
-    ar_ppl = judge_perplexity(judge, tokenizer, ar_samples(ar, tokenizer, sentences))
-    edit = edit_metrics(merge, drafts, targets)
-    auto = edit_metrics(merge, drafts, targets, mode="auto")
-    _, gen_rounds = merge_tok_s(merge, 32, 1)
-
-    figures = {
-        "speedup_b1": merge_b1 / ar_b1, "speedup_b32": main["speedup_b32"], "mean_rounds": main["mean_rounds"],
-        "gen_ppl_ratio": main["gen_ppl"] / ar_ppl, "edit_exact_repair": edit["exact_repair"],
-        "merge_tok_s_b1": merge_b1, "merge_tok_s_b32": main["speedup_b32"] * ar_b32,
-        "ar_tok_s_b1": ar_b1, "ar_tok_s_b32": ar_b32, "merge_gen_ppl": main["gen_ppl"], "ar_gen_ppl": ar_ppl,
-        "judge_val_ppl": judge_manifest["val_ppl"], "ar_val_ppl": ar_manifest["val_ppl"],
-        "edit_cer_before": edit["cer_before"], "edit_cer_after": edit["cer_after"],
-        "edit_mean_rounds": float(edit["rounds"].mean()), "auto_edit_exact_repair": auto["exact_repair"],
-        "auto_edit_cer_after": auto["cer_after"], "auto_edit_mean_rounds": float(auto["rounds"].mean()),
-        "merge_parameters": merge_manifest["parameters"], "ar_parameters": ar_manifest["parameters"],
-    }
-    for r in range(1, 7):
-        figures[f"gen_rounds_frac_{r}"] = float((gen_rounds == r).float().mean())
-        figures[f"edit_rounds_frac_{r}"] = float((edit["rounds"] == r).float().mean())
-    for rounds in (1, 2, 3, 6):  # M9 rounds ablation: inference L_max of the main model
-        result = edit_metrics(merge, drafts, targets, max_rounds=rounds)
-        figures[f"ablation/rounds_{rounds}/edit_exact_repair"] = result["exact_repair"]
-        figures[f"ablation/rounds_{rounds}/cer_after"] = result["cer_after"]
+    figures, choice = sighan_figures(merge, baseline, tokenizer, args)
+    figures["correction_f1_over_baseline"] = figures["sighan15_correction_f1"] - figures["baseline_correction_f1"]
+    test = [s for s in load_corpus("all")["test"]["text"] if 8 <= len(s) <= 64][: args.samples]
+    with single_thread():
+        figures.update(generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, test, args))
+    figures.update({"train_steps": manifests["merge"]["steps"], "delete_threshold": choice["threshold"],
+                    "baseline_train_steps": manifests["baseline"]["steps"], "ar_train_steps": manifests["ar"]["steps"],
+                    "ar_val_ppl": manifests["ar"]["val_ppl"],
+                    "merge_parameters": manifests["merge"]["parameters"],
+                    "ar_parameters": manifests["ar"]["parameters"]})
     if not args.skip_ablations:
-        for name in ABLATIONS:
-            variant = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
-            scores = evaluate_merge(variant, tokenizer, judge, ar_b32, sentences[:16], drafts[:64], targets[:64], 1)
-            scores["gen_ppl_ratio"] = scores.pop("gen_ppl") / ar_ppl
-            figures.update({f"ablation/{name}/{k}": v for k, v in scores.items()})
+        figures.update(ablation_figures(tokenizer, args))
 
     result = write_result(
         args.json, "merge",
-        config={"preset": args.preset, "runs": str(runs), "new_tokens": NEW_TOKENS, "repeats": args.repeats,
-                "edit_sentences": len(drafts), "edit_rate": args.edit_rate, "samples": len(sentences),
-                "edit_max_rounds": 3, "sampling": "greedy (both models); prompts = first 2 characters",
-                "ar_run": str(args.run_dir("ar")), "merge_run": str(args.run_dir("merge")),
-                "judge_run": str(args.run_dir("judge")),
-                "merge_variants": merge_manifest["variants"], "ablations": ABLATIONS},
-        budget={"train_seconds_each": args.budget, "ar_steps": ar_manifest["steps"],
-                "merge_steps": merge_manifest["steps"], "judge_seconds": args.judge_budget,
-                "judge_steps": judge_manifest["steps"], "ablation_seconds_each": args.ablation_budget,
-                "bench_wall_seconds": round(time.monotonic() - start)},
+        config={"preset": args.preset, "runs": args.runs,
+                "sighan15": f"pycorrector data/sighan2015_test.tsv, {args.sighan_sentences or 707} sentences",
+                "validation": f"{args.validation_sentences} corpus validation sentences, typo noise, half clean",
+                "threshold_rule": f"best validation correction F1 with clean FPR <= {args.max_fpr}",
+                "threshold_curve": choice["curve"], "edit_rounds": args.edit_rounds, "gen_rounds": args.gen_rounds,
+                "new_tokens": NEW_TOKENS, "samples": len(test), "repeats": args.repeats, "threads_timed": 1,
+                "sampling": "greedy (both models); prompts = first 2 characters of test sentences",
+                "merge_variants": manifests["merge"]["variants"], "ablations": ABLATIONS,
+                "judge": args.judge, "runs_used": {name: str(args.run_dir(name)) for name in manifests}},
+        budget={"train_steps_each": args.train_steps,
+                "ablation_steps_each": args.ablation_steps, "bench_wall_seconds": round(time.monotonic() - start)},
         figures=figures,
-        targets={"speedup_b1": target(figures["speedup_b1"], "≥", 3.0),
+        targets={"sighan15_correction_f1": target(figures["sighan15_correction_f1"], "≥", 0.31),
+                 "sighan15_clean_fpr": target(figures["sighan15_clean_fpr"], "≤", 0.10),
+                 "correction_f1_over_baseline": target(figures["correction_f1_over_baseline"], ">", 0.0),
+                 "speedup_b1": target(figures["speedup_b1"], "≥", 3.0),
                  "speedup_b32": target(figures["speedup_b32"], "≥", 1.5),
-                 "mean_rounds": target(figures["mean_rounds"], "≤", 2.5),
                  "gen_ppl_ratio": target(figures["gen_ppl_ratio"], "≤", 1.3),
-                 "edit_exact_repair": target(figures["edit_exact_repair"], "≥", 0.7)},
+                 "distinct2_ratio": target(figures["distinct2_ratio"], "≥", 0.9)},
     )
     print("\n".join(f"{k}: {v:.4g}" for k, v in result["figures"].items()))
     return result

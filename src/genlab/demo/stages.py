@@ -15,6 +15,7 @@ from ..bench import speculative as bench_speculative
 from ..data import load_corpus
 from ..modeling_merge import MergeForMaskedRefinement
 from ..modeling_planner import PlannerExecutorModel
+from ..spelling import sighan15
 from ..tokenization import load_tokenizer
 from ..trainers import ar, concept, edge, merge, planner, planner_baseline
 from ..trainers.common import default_training_arguments
@@ -44,44 +45,46 @@ def stage_ar(demo: Demo) -> dict:
 
 # -- stage 2: MERGE --------------------------------------------------------------------------------------------------
 def stage_merge(demo: Demo) -> dict:
-    """Train MERGE (steps fitted to the budget); ``genlab bench merge`` against the demo's AR (which is also the
-    judge: stated in the JSON); repairs and generations with their round traces."""
-    run_dir, s = demo.dir("merge"), demo.scale
+    """Train MERGE (steps fitted to the budget) and the per-character baseline for the same steps;
+    ``genlab bench merge`` on SIGHAN-15 and against the demo's AR (which is also the judge: stated in the
+    JSON); SIGHAN repairs and generations with their round traces."""
+    run_dir, baseline_dir, s = demo.dir("merge"), demo.dir("merge-baseline"), demo.scale
 
-    def train():
-        config = merge.MergeTrainConfig(run_dir=str(run_dir), preset=s.ar_preset, budget=demo.budget)
-        steps = merge.steps_for_merge_budget(demo.budget, config)
+    def train(directory, steps: int | None, **fields):
+        config = merge.MergeTrainConfig(run_dir=str(directory), preset=s.ar_preset, budget=demo.budget, **fields)
+        steps = steps or merge.steps_for_merge_budget(demo.budget, config)
         return merge.train_merge(config, default_training_arguments(merge.TRAINING_DEFAULTS, max_steps=steps,
                                                                     **demo.quiet_training()))
 
-    manifest = ensure_run("MERGE", run_dir, MergeForMaskedRefinement.from_pretrained, train, demo.budget)
+    manifest = ensure_run("MERGE", run_dir, MergeForMaskedRefinement.from_pretrained,
+                          lambda: train(run_dir, None), demo.budget)
+    ensure_run("MERGE's per-character baseline", baseline_dir, MergeForMaskedRefinement.from_pretrained,
+               lambda: train(baseline_dir, manifest["steps"], objective="per_character"), demo.budget)
 
     def measure() -> dict:
         config = bench_merge.MergeBenchConfig(
             json=str(run_dir / "bench.json"), preset=s.ar_preset, ar_run=str(demo.dir("ar")), merge_run=str(run_dir),
-            judge_run=str(demo.dir("ar")), skip_ablations=True, edit_sentences=s.edit_sentences, samples=s.samples,
-            repeats=s.repeats)
+            baseline_run=str(baseline_dir), judge=str(demo.dir("ar")), skip_ablations=True,
+            validation_sentences=s.edit_sentences, samples=s.samples, repeats=s.repeats)
         bench = bench_merge.run(config)
-        return {"figures": bench["figures"], "config": bench["config"], **merge_examples(run_dir, s.shown, config)}
+        return {"figures": bench["figures"], "config": bench["config"], **merge_examples(run_dir, s.shown)}
 
-    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, demo.dir("ar")], demo.preset, measure)}
+    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, baseline_dir, demo.dir("ar")],
+                                           demo.preset, measure)}
 
 
 @torch.no_grad()
-def merge_examples(run_dir, shown: int, config) -> dict:
-    """Held-out repairs and generations from the demo prompts, each with its round-by-round trace."""
+def merge_examples(run_dir, shown: int) -> dict:
+    """SIGHAN-15 sentences with errors, repaired, and generations from the demo prompts, each with its
+    round-by-round trace."""
     model = MergeForMaskedRefinement.from_pretrained(run_dir).eval()
     tokenizer = load_tokenizer(run_dir)
-    test = [t for t in load_corpus("all")["test"]["text"] if 8 <= len(t) <= 64]
-    drafts, targets = bench_merge.edit_task(test[:shown], tokenizer, config.edit_rate)
-    draft_ids, _ = bench_merge.pad_rows(drafts)
-    edits = {"input_ids": draft_ids, "attention_mask": (draft_ids != tokenizer.pad_token_id).long()}
+    pairs = [(source, target) for source, target in sighan15() if source != target][:shown]
+    drafts = bench_merge.padded(tokenizer, [source for source, _ in pairs])
     tokenizer.padding_side = "right"
     prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
-    decode = lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True)  # noqa: E731
-    return {"repairs": [{"target": t, "draft": d, **row} for t, d, row in zip(
-                decode(bench_merge.pad_rows(targets)[0]), decode(draft_ids),
-                merge_trace(model, tokenizer, edits, mode="edit", max_rounds=3))],
+    return {"repairs": [{"target": target, "draft": source, **row} for (source, target), row in zip(
+                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3))],
             "generations": [{"prompt": p, **row} for p, row in zip(
                 PROMPTS[:shown], merge_trace(model, tokenizer, prompts, mode="gen", max_new_tokens=24))]}
 

@@ -1,35 +1,33 @@
-"""`genlab train merge`: MergeTrainer — unrolled MERGE rounds with staged freezing and annealed temperatures (M7).
+"""`genlab train merge`: MergeTrainer — MERGE rounds with staged freezing (M7, issue 12).
 
-Data (from the corpus): edit pairs (a sentence corrupted by character deletions, insertions, substitutions and
-swaps at a sampled rate → the sentence) and generation pairs (empty or a short prompt → the sentence), each
-``<s>`` + characters, at most ``--max-chars`` characters.
+Two recipes (``--recipe``, the model config's ``recipe``):
 
-Training (SPEC M7, seed 000 §2 and §5): every schedule is a pure function of ``state.global_step`` so that
-``resume_from_checkpoint`` continues exactly —
+- ``aligned`` (default): edit pairs are corpus sentences with real Chinese typing errors, generation pairs a
+  short prefix → the sentence (``genlab.trainers.merge_data``); each step is one teacher-forced round whose
+  deletions and per-gap insertions are the pair's edit script (LevT-style), so every label is aligned: fill CE
+  on the masks, the Picker as a delete detector, per-gap counts, the Gate on "needs an edit". Every step also
+  trains the filler as an MLM on the batch's text packed into ``--pack-width`` rows (``--lambda-mlm``); the
+  first ``--stage1`` of the steps are that MLM alone. ``--objective per_character`` trains the baseline of
+  the same size, data and steps instead: the filler reads the unmasked draft and predicts every character.
+- ``straight_through`` (the seeds' recipe, kept as the ablation): random-character noise; stage 1 E as
+  full-mask MLM, stage 2 + Picker/Inserter with the gate forced by the pair, stage 3 + Gate; L_train ~ U(1,
+  ``rounds``) unrolled rounds with one backward (``bptt_rounds``: truncated BPTT); teacher forcing 1 until
+  ``teacher_forcing`` of the steps, 0.5 after; τ_gate and τ_del annealed from the config's start to end values.
 
-- stage 1 (< ``stage1_steps``): E alone as full-mask MLM (a fraction t ~ U(0, 1] of the target masked);
-- stage 2 (< ``stage2_steps``): + Mask-Picker/Mask-Inserter, the gate forced by the pair (edit → 1, gen → 0);
-- stage 3: + Gate (round 0 Generate, then the Gate decides);
-- L_train ~ U(1, ``rounds``) per step, unrolled with one backward over all rounds (``bptt_rounds`` keeps the
-  graph of only the last k rounds: truncated BPTT);
-- teacher forcing: the next round's input is Y* with probability 1 until ``teacher_forcing_steps``, 0.5 after;
-- τ_gate and τ_del annealed linearly from the config's ``tau_gate_start``/``tau_del_start`` (2) to
-  ``tau_gate_end``/``tau_del_end`` (0.2) over ``anneal_steps`` — the model config is their one source.
-
-Each M6 loss term and the gate/deletion/insertion statistics are logged through the Trainer.
+Every schedule is a pure function of ``state.global_step``, so ``resume_from_checkpoint`` continues exactly;
+each loss term and the edit statistics are logged through the Trainer.
 """
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-import datasets
 import torch
+import torch.nn.functional as F
 from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
-from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, MergeConfig
+from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, RECIPES, MergeConfig
 from ..data import corpus_sources, load_corpus
 from ..distributed import main_process_first
 from ..generation_refinement import fit_width
@@ -37,13 +35,15 @@ from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
 from ..runs import RunDir, export_model_run, prepare_run_dir
 from ..timing import steps_for_budget
-from ..tokenization import FIRST_ORDINARY_ID, default_tokenizer, load_tokenizer, resolve_tokenizer
+from ..spelling import TypoNoise
+from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
                      finalize_training_arguments, resume_checkpoint)
+from .merge_data import OBJECTIVES, collate, make_aligned_pairs, make_pairs, pack_rows
 
 FILLER_MODULES = ("embed_tokens", "mask_ratio_proj", "encoder", "lm_head")
-TRAINING_DEFAULTS = dict(max_steps=2000, learning_rate=3e-4)
+TRAINING_DEFAULTS = dict(max_steps=2000, learning_rate=1e-3)
 
 
 @dataclass
@@ -56,25 +56,37 @@ class MergeTrainConfig(TrainConfig):
     rounds: int = field(default=3, metadata={"help": "L: unrolled training rounds (U(1, L))"})
     bptt_rounds: int = field(default=0, metadata={"help": "truncated BPTT: keep the last k rounds' graph"})
     max_chars: int = field(default=64, metadata={"help": "longest sentence, in characters"})
-    edit_fraction: float = field(default=0.5, metadata={"help": "share of edit pairs (the rest: generation pairs)"})
-    max_corruption: float = field(default=0.2, metadata={"help": "corruption rate ~ U(0.05, this)"})
-    stage1: float = field(default=0.2, metadata={"help": "fraction of max-steps in stage 1 (E alone)"})
+    recipe: str = field(default="aligned", metadata={"choices": list(RECIPES),
+                                                     "help": "aligned edit-script labels, or the seeds' ST recipe"})
+    objective: str = field(default="merge", metadata={"choices": list(OBJECTIVES),
+                                                      "help": "MERGE rounds, or the per-character baseline"})
+    edit_fraction: float = field(default=0.7, metadata={"help": "share of edit pairs (the rest: generation pairs)"})
+    clean_fraction: float = field(default=0.25, metadata={"help": "aligned: edit pairs left without typos"})
+    lambda_mlm: float = field(default=1.0, metadata={"help": "aligned: weight of the packed-text MLM term"})
+    pack_width: int = field(default=128, metadata={"help": "aligned: characters per packed MLM row (+ <s>)"})
+    max_corruption: float = field(default=0.2, metadata={"help": "straight-through: noise rate ~ U(0.05, this)"})
+    stage1: float = field(default=0.1, metadata={"help": "fraction of max-steps in stage 1 (E alone, MLM)"})
     stage2: float = field(default=0.5, metadata={"help": "fraction of max-steps before the Gate trains"})
     teacher_forcing: float = field(default=0.4, metadata={"help": "fraction of max-steps fully teacher-forced"})
     anneal: float = field(default=0.6, metadata={"help": "fraction of max-steps to anneal τ 2 → 0.2"})
     gate: str = field(default="features", metadata={"choices": list(GATES)})
-    picker: str = field(default="bottomk", metadata={"choices": list(PICKERS)})
-    inserter: str = field(default="multinomial", metadata={"choices": list(INSERTERS)})
+    picker: str = field(default="threshold", metadata={"choices": list(PICKERS)})
+    inserter: str = field(default="gap_count", metadata={"choices": list(INSERTERS)})
     positions: str = field(default="relative", metadata={"choices": list(POSITIONS)})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice(self, "preset", AR_PRESETS)
-        check_positive(self, "rounds", "max_chars")
+        check_choice(self, "recipe", RECIPES)
+        check_choice(self, "objective", OBJECTIVES)
+        check_positive(self, "rounds", "max_chars", "pack_width")
+        if self.objective == "per_character" and self.recipe != "aligned":
+            raise ValueError("objective='per_character' trains on aligned same-length pairs: use recipe='aligned'")
 
     def variants(self) -> dict[str, str]:
         """The M9 switches, as ``MergeConfig`` fields."""
-        return dict(gate=self.gate, picker=self.picker, inserter=self.inserter, positions=self.positions)
+        return dict(recipe=self.recipe, gate=self.gate, picker=self.picker, inserter=self.inserter,
+                    positions=self.positions)
 
 
 # -- schedules (pure functions of the global step) ---------------------------------------------------------------
@@ -89,6 +101,10 @@ class MergeSchedule:
     anneal_steps: int = 1000
     bptt_rounds: int = 0  # 0: backprop through every round
     seed: int = 0
+    recipe: str = "aligned"  # the model config's recipe: which loss a step computes
+    objective: str = "merge"  # or "per_character" (the baseline corrector)
+    lambda_mlm: float = 1.0  # aligned: the packed-text MLM term's weight after stage 1
+    pack_width: int = 128  # characters + <s> per packed MLM row
 
     def stage(self, step: int) -> int:
         return 1 if step < self.stage1_steps else 2 if step < self.stage2_steps else 3
@@ -126,87 +142,64 @@ def apply_freezing(model: MergeForMaskedRefinement, stage: int) -> None:
         param.requires_grad_(name.split(".")[0] in allowed)
 
 
-# -- data -----------------------------------------------------------------------------------------------------------
-def corrupt(ids: list[int], rate: float, rng: random.Random, vocab_size: int) -> list[int]:
-    """Character noise at ``rate`` per character: deletion, insertion, substitution or swap with the next."""
-    out, i = [], 0
-    while i < len(ids):
-        if rng.random() >= rate:
-            out.append(ids[i])
-            i += 1
-            continue
-        op = rng.randrange(4)
-        if op == 0:  # deletion
-            i += 1
-        elif op == 1:  # insertion
-            out.extend([rng.randrange(FIRST_ORDINARY_ID, vocab_size), ids[i]])
-            i += 1
-        elif op == 2:  # substitution
-            out.append(rng.randrange(FIRST_ORDINARY_ID, vocab_size))
-            i += 1
-        else:  # swap
-            out.extend(ids[i:i + 2][::-1])
-            i += 2
-    return out if out != ids or not ids else out[:-1]  # a draft always differs from its target
-
-
-def make_pairs(split: datasets.Dataset, tokenizer, *, max_chars: int, edit_fraction: float, max_rate: float,
-               seed: int) -> datasets.Dataset:
-    """(draft, target) pairs: ``draft_ids`` and ``labels`` (both ``<s>`` + chars) and ``is_edit``."""
-    vocab_size, bos = len(tokenizer), tokenizer.bos_token_id
-
-    def build(batch, indices):
-        chars = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        drafts, targets, kinds = [], [], []
-        for index, ids in zip(indices, chars):
-            ids = ids[:max_chars]
-            rng = random.Random(seed * 1_000_003 + index)
-            is_edit = rng.random() < edit_fraction and len(ids) >= 2
-            if is_edit:
-                draft = corrupt(ids, rng.uniform(0.05, max_rate), rng, vocab_size)
-            else:
-                draft = ids[: rng.choice([0, 0, rng.randint(1, min(4, len(ids)))])]
-            drafts.append([bos] + draft)
-            targets.append([bos] + ids)
-            kinds.append(is_edit)
-        return {"draft_ids": drafts, "labels": targets, "is_edit": kinds}
-
-    return split.map(build, batched=True, with_indices=True, remove_columns=split.column_names,
-                     desc="edit/generation pairs")
-
-
-def collate(features: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    def pad(rows, value):
-        width = max(map(len, rows))
-        return torch.tensor([row + [value] * (width - len(row)) for row in rows])
-
-    drafts = pad([f["draft_ids"] for f in features], pad_id)
-    return {"input_ids": drafts, "attention_mask": (drafts != pad_id).long(),
-            "labels": pad([f["labels"] for f in features], -100),
-            "is_edit": torch.tensor([f["is_edit"] for f in features], dtype=torch.bool)}
-
-
 # -- the unrolled training forward ---------------------------------------------------------------------------------
-def masked_lm_loss(model: MergeForMaskedRefinement, labels: torch.Tensor, generator: torch.Generator) -> dict:
-    """Stage 1: E as full-mask MLM — a fraction t ~ U(0, 1] of each target's characters replaced by [MASK]."""
+def mlm_loss(model: MergeForMaskedRefinement, labels: torch.Tensor, schedule: MergeSchedule,
+             generator: torch.Generator) -> torch.Tensor:
+    """E as MLM on the batch's text packed into ``pack_width`` rows: a fraction t ~ U(0.05, 1] of each row's
+    characters become [MASK]; mean CE over the masks. It runs as a round that deletes and inserts nothing, so
+    it goes through the (DDP-wrapped) forward like every other term."""
     c = model.config
-    valid = labels != -100
-    maskable = valid & (labels != c.bos_token_id)
-    t = torch.rand(labels.shape[0], 1, generator=generator).clamp(min=0.05)
-    masked = maskable & (torch.rand(labels.shape, generator=generator) < t)
-    ids = torch.where(masked, c.mask_token_id, labels.clamp(min=0)).masked_fill(~valid, c.pad_token_id)
-    out = model(ids.to(model.device), valid.long().to(model.device), labels=labels.to(model.device),
-                edit=torch.zeros(labels.shape[0], device=model.device),
-                num_insertions=torch.zeros(labels.shape[0], dtype=torch.long, device=model.device))
-    return {"loss": out.loss_recon, "loss_recon": out.loss_recon.detach(), "mask_ratio": out.mask_ratio.mean()}
+    rows = pack_rows(labels.cpu(), c.bos_token_id, schedule.pack_width)  # (R, W)
+    valid = rows != -100
+    t = torch.rand(rows.shape[0], 1, generator=generator).clamp(min=0.05)
+    masked = valid & (rows != c.bos_token_id) & (torch.rand(rows.shape, generator=generator) < t)
+    ids = torch.where(masked, c.mask_token_id, rows.clamp(min=0)).masked_fill(~valid, c.pad_token_id)
+    none = torch.zeros(rows.shape[0], device=model.device)
+    out = model(ids.to(model.device), valid.long().to(model.device), edit=none, num_insertions=none.long())
+    width = out.logits.shape[1]  # trailing padding is trimmed when no row fills the width
+    masked, rows = masked[:, :width].to(model.device), rows[:, :width].to(model.device)
+    return F.cross_entropy(out.logits[masked].float(), rows[masked])
+
+
+def per_character_loss(model: MergeForMaskedRefinement, inputs: dict) -> torch.Tensor:
+    """The baseline corrector (MacBERT4CSC recipe): E reads the unmasked draft (same length as its target)
+    and predicts the target character at every position; mean CE over the characters."""
+    valid = inputs["attention_mask"].bool()
+    none = torch.zeros(valid.shape[0], device=valid.device)
+    out = model(inputs["input_ids"], valid.long(), edit=none, num_insertions=none.long())
+    scored = valid & (inputs["input_ids"] != model.config.bos_token_id)
+    return F.cross_entropy(out.logits[scored].float(), inputs["labels"][scored])
+
+
+def aligned_loss(model: MergeForMaskedRefinement, inputs: dict, schedule: MergeSchedule, step: int) -> dict:
+    """The aligned recipe's step: MLM alone in stage 1; then one teacher-forced round on the edit scripts (or
+    the per-character objective) + λ_mlm · MLM."""
+    generator = schedule.generator(step)
+    mlm = mlm_loss(model, inputs["labels"], schedule, generator)
+    if schedule.stage(step) == 1:
+        return {"loss": mlm, "loss_mlm": mlm.detach()}
+    if schedule.objective == "per_character":
+        loss = per_character_loss(model, inputs)
+        return {"loss": loss + schedule.lambda_mlm * mlm, "loss_recon": loss.detach(), "loss_mlm": mlm.detach()}
+    out = model(inputs["input_ids"], inputs["attention_mask"], labels=inputs["labels"],
+                delete_labels=inputs["delete_labels"], insert_labels=inputs["insert_labels"])
+    logs = {name: getattr(out, name).detach() for name in ("loss_recon", "loss_gate", "loss_comp", "loss_count")}
+    deletable = inputs["attention_mask"].bool() & (inputs["input_ids"] != model.config.bos_token_id)
+    predicted = (out.delete_prob > model.config.delete_threshold) & deletable
+    wrong = inputs["delete_labels"].bool() & deletable
+    logs["detect_precision"] = (predicted & wrong).sum() / predicted.sum().clamp(min=1)
+    logs["detect_recall"] = (predicted & wrong).sum() / wrong.sum().clamp(min=1)
+    logs["gate_rate"] = out.gate.detach().mean()
+    return {"loss": out.loss + schedule.lambda_mlm * mlm, "loss_mlm": mlm.detach(), **logs}
 
 
 def unrolled_loss(model: MergeForMaskedRefinement, inputs: dict, schedule: MergeSchedule, step: int) -> dict:
-    """M7: L_train ~ U(1, L) rounds, each M6 term averaged over rounds, one graph over all (or the last k) rounds."""
+    """The straight-through recipe's step (M7): L_train ~ U(1, L) rounds, each M6 term averaged over rounds, one graph over all (or the last k) rounds."""
     generator = schedule.generator(step)
     stage = schedule.stage(step)
     if stage == 1:
-        return masked_lm_loss(model, inputs["labels"], generator)
+        mlm = mlm_loss(model, inputs["labels"], schedule, generator)
+        return {"loss": mlm, "loss_mlm": mlm.detach()}
     rounds = schedule.unrolled_rounds(step)
     tau_gate, tau_del = schedule.tau_gate(step, model.config), schedule.tau_del(step, model.config)
     labels = inputs["labels"]
@@ -262,6 +255,8 @@ class MergeTrainer(Trainer):
 
     def schedule_values(self, step: int) -> dict[str, float]:
         config = self.accelerator.unwrap_model(self.model).config
+        if self.schedule.recipe == "aligned":  # no temperatures, no unrolled rounds: only the stage moves
+            return {"merge/stage": self.schedule.stage(step)}
         return {"merge/stage": self.schedule.stage(step), "merge/tau_gate": self.schedule.tau_gate(step, config),
                 "merge/tau_del": self.schedule.tau_del(step, config),
                 "merge/teacher_forcing": self.schedule.teacher_forcing(step)}
@@ -269,8 +264,13 @@ class MergeTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         step = self.state.global_step
         bare = self.accelerator.unwrap_model(model)
-        apply_freezing(bare, self.schedule.stage(step))
-        terms = unrolled_loss(ThroughWrapper(model, bare), inputs, self.schedule, step)
+        stage = self.schedule.stage(step)
+        if self.schedule.recipe == "aligned":  # supervised heads learn from the start: only stage 1 is staged
+            apply_freezing(bare, 1 if stage == 1 else 3)
+            terms = aligned_loss(ThroughWrapper(model, bare), inputs, self.schedule, step)
+        else:
+            apply_freezing(bare, stage)
+            terms = unrolled_loss(ThroughWrapper(model, bare), inputs, self.schedule, step)
         for name, value in terms.items():
             if name != "loss":
                 self.metrics.add(name, value.detach() if torch.is_tensor(value) else value)
@@ -299,16 +299,25 @@ def schedule_for(config: MergeTrainConfig, training: TrainingArguments) -> Merge
                          stage2_steps=round(config.stage2 * steps),
                          teacher_forcing_steps=round(config.teacher_forcing * steps),
                          anneal_steps=max(1, round(config.anneal * steps)), bptt_rounds=config.bptt_rounds,
-                         seed=training.seed)
+                         seed=training.seed, recipe=config.recipe, objective=config.objective,
+                         lambda_mlm=config.lambda_mlm, pack_width=config.pack_width)
+
+
+def training_pairs(config: MergeTrainConfig, split, tokenizer, seed: int):
+    """The recipe's (draft, target) pairs of ``split``."""
+    if config.recipe == "aligned":
+        return make_aligned_pairs(split, tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
+                                  noise=TypoNoise(clean_fraction=config.clean_fraction), seed=seed,
+                                  objective=config.objective)
+    return make_pairs(split, tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
+                      max_rate=config.max_corruption, seed=seed)
 
 
 def build_trainer(config: MergeTrainConfig, training: TrainingArguments, run_dir, tokenizer,
                   callbacks=()) -> MergeTrainer:
     """The model, the pairs and the ``MergeTrainer`` of ``genlab train merge`` (tests add callbacks)."""
     with main_process_first():  # under accelerate/torchrun: built once, the other ranks read the cache
-        corpus = load_corpus(config.data)
-        pairs = make_pairs(corpus["train"], tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
-                           max_rate=config.max_corruption, seed=training.seed)
+        pairs = training_pairs(config, load_corpus(config.data)["train"], tokenizer, training.seed)
     set_seed(training.seed)
     model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants()))
     # Under DDP: frozen stages and the gate paths leave weights unused in some steps, so DDP must look for
@@ -321,17 +330,19 @@ def build_trainer(config: MergeTrainConfig, training: TrainingArguments, run_dir
 
 
 def steps_for_merge_budget(budget: float, config: MergeTrainConfig, batch_size: int = 16) -> int:
-    """Steps that fit ``budget``: one timed stage-3 step (forward over the unrolled rounds, backward, AdamW)."""
-    tokenizer = default_tokenizer()
+    """Steps that fit ``budget`` (the demo's sizing): one timed post-stage-1 step of the recipe's loss on corpus
+    pairs (forward, backward, AdamW)."""
+    tokenizer = resolve_tokenizer(config.tokenizer)
     model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants()))
-    sentences = load_corpus("all")["train"].select(range(256))
-    pairs = make_pairs(sentences, tokenizer, max_chars=config.max_chars, edit_fraction=0.5, max_rate=0.2, seed=0)
+    pairs = training_pairs(config, load_corpus("all")["train"].select(range(256)), tokenizer, seed=0)
     batch = collate([pairs[i] for i in range(batch_size)])
-    schedule = MergeSchedule(rounds=config.rounds, stage1_steps=0, stage2_steps=0)
+    schedule = MergeSchedule(rounds=config.rounds, stage1_steps=0, stage2_steps=0, recipe=config.recipe,
+                             objective=config.objective, pack_width=config.pack_width)
+    loss = aligned_loss if config.recipe == "aligned" else unrolled_loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        unrolled_loss(model, batch, schedule, 0)["loss"].backward()
+        loss(model, batch, schedule, 0)["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

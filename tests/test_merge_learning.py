@@ -1,0 +1,182 @@
+"""MERGE's aligned recipe learns what it exists for (issue 12): edit scripts on hand-made examples, aligned
+fill targets, gradients into every head, and a tiny model that overfits a few (draft, target) pairs repairs
+them exactly, leaves a clean sentence alone and ranks the planted wrong character first."""
+
+import random
+
+import pytest
+import torch
+
+from genlab.bench.merge import csc_scores
+from genlab.edits import apply_edit_labels, changed_positions, edit_labels
+from genlab.spelling import TypoNoise, confusion_sets, sighan15, typo_noise
+from genlab.trainers.merge import MergeSchedule, aligned_loss
+from genlab.trainers.merge_data import collate, pack_rows
+from test_merge_model import BOS, MASK, PAD, grad_norm, tiny_model
+
+# -- edit scripts -----------------------------------------------------------------------------------------------------
+SCRIPTS = [  # (draft, target, delete, insert): <s> = 2
+    ([2, 10, 11, 40, 13], [2, 10, 11, 12, 13], [0, 0, 0, 1, 0], [0, 0, 1, 0, 0]),  # substitution: delete + refill
+    ([2, 20, 41, 21], [2, 20, 21], [0, 0, 1, 0], [0, 0, 0, 0]),  # a stray character
+    ([2, 30, 32], [2, 30, 31, 32], [0, 0, 0], [0, 1, 0]),  # a missing one
+    ([2, 33], [2, 50, 51, 33], [0, 0], [2, 0]),  # missing at the start: the gap after <s>
+    ([2, 60, 61], [2, 60, 61], [0, 0, 0], [0, 0, 0]),  # clean
+    ([2], [2, 70, 71, 72], [0], [3]),  # generation from <s>
+]
+
+
+@pytest.mark.parametrize("draft,target,delete,insert", SCRIPTS)
+def test_edit_labels_on_hand_made_scripts(draft, target, delete, insert):
+    labels = edit_labels(draft, target)
+    assert (labels.delete, labels.insert) == (delete, insert)
+    assert apply_edit_labels(draft, labels) == target
+    with_masks = apply_edit_labels(draft, labels, mask_id=MASK)
+    assert len(with_masks) == len(target) and with_masks.count(MASK) == sum(insert)
+    assert [t for m, t in zip(with_masks, target) if m == MASK] == labels.fill  # each mask's own target
+
+
+def test_edit_labels_need_a_shared_first_token():
+    with pytest.raises(ValueError, match="bos"):
+        edit_labels([10, 11], [2, 11])
+
+
+def test_changed_positions_are_the_source_indices_an_output_edits():
+    assert changed_positions(list("今天天汽很好"), list("今天天气很好")) == {3}
+    assert changed_positions(list("abc"), list("abc")) == set()
+    assert changed_positions(list("abc"), list("ac")) == {1}
+
+
+def pairs_batch(pairs):
+    features = []
+    for draft, target in pairs:
+        script = edit_labels(draft, target)
+        features.append({"draft_ids": draft, "labels": target, "delete_labels": script.delete,
+                         "insert_labels": script.insert, "is_edit": True})
+    return collate(features)
+
+
+def test_aligned_round_scores_each_mask_against_its_own_target():
+    """B1: with the edit script as the round's decisions, Ŝ holds the kept tokens and one mask per missing
+    target token, so Y* at the same index IS each mask's target — and the kept tokens equal Y* too."""
+    model = tiny_model().train()
+    batch = pairs_batch([(d, t) for d, t, _, _ in SCRIPTS[:4]])
+    out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                delete_labels=batch["delete_labels"], insert_labels=batch["insert_labels"])
+    valid = out.attention_mask.bool()
+    target = torch.nn.functional.pad(batch["labels"], (0, out.fused_ids.shape[1] - batch["labels"].shape[1]),
+                                     value=-100)
+    assert torch.equal(valid, target != -100)
+    assert torch.equal(out.fused_ids[valid & ~out.mask_positions], target[valid & ~out.mask_positions])
+    assert out.mask_positions.sum().item() == batch["insert_labels"].sum().item()
+
+
+def test_aligned_losses_reach_picker_inserter_gate_and_filler():
+    model = tiny_model().train()
+    batch = pairs_batch([(d, t) for d, t, _, _ in SCRIPTS[:4]])
+    out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                delete_labels=batch["delete_labels"], insert_labels=batch["insert_labels"])
+    assert torch.allclose(out.loss, out.loss_recon + out.loss_comp + out.loss_count + out.loss_gate)
+    out.loss.backward()
+    for name in ("picker.score.0.weight", "inserter.gap_head.weight", "inserter.deleted_embedding.weight",
+                 "inserter.encoder.layers.0.self_attn.q_proj.weight", "gate.mlp.0.weight",
+                 "encoder.layers.0.mlp.up_proj.weight", "mask_ratio_proj.weight"):
+        assert grad_norm(model, name) > 0, name
+
+
+def test_aligned_training_needs_the_edit_script():
+    model = tiny_model().train()
+    batch = pairs_batch([(d, t) for d, t, _, _ in SCRIPTS[:2]])
+    with pytest.raises(ValueError, match="delete_labels and insert_labels"):
+        model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+
+
+# -- learning ---------------------------------------------------------------------------------------------------------
+TRAIN = [([BOS, 10, 11, 40, 13, 14], [BOS, 10, 11, 12, 13, 14]),  # a wrong character
+         ([BOS, 20, 21, 22, 41, 23, 24], [BOS, 20, 21, 22, 23, 24]),  # a stray one
+         ([BOS, 30, 31, 33, 34], [BOS, 30, 31, 32, 33, 34]),  # a missing one
+         ([BOS, 50, 51, 52, 53], [BOS, 50, 51, 52, 53])]  # clean
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    """A tiny MERGE trained for a fixed 300 aligned steps on TRAIN (packed MLM + one teacher-forced round)."""
+    model = tiny_model(vocab_size=64).train()
+    batch = pairs_batch(TRAIN)
+    schedule = MergeSchedule(stage1_steps=0, recipe="aligned", pack_width=16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(300):
+        aligned_loss(model, batch, schedule, step)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), batch
+
+
+@pytest.mark.parametrize("mode", ["edit", "auto"])
+def test_overfit_model_repairs_its_training_pairs_exactly(overfit, mode):
+    model, batch = overfit
+    out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], mode=mode, max_rounds=3)
+    assert [row[row != PAD].tolist() for row in out] == [target for _, target in TRAIN]
+
+
+def test_overfit_model_leaves_a_clean_sentence_unchanged(overfit):
+    model, _ = overfit
+    clean = torch.tensor([TRAIN[3][1]])
+    out = model.generate(clean, mode="auto", max_rounds=3, return_dict_in_generate=True)
+    assert out.sequences[0].tolist() == TRAIN[3][1] and out.rounds.item() == 1
+    assert out.deleted[0].sum() == 0 and out.inserted[0, 0] == 0
+
+
+def test_picker_ranks_the_planted_wrong_character_first(overfit):
+    model, batch = overfit
+    with torch.no_grad():
+        out = model(batch["input_ids"][:2], batch["attention_mask"][:2], edit=torch.ones(2))
+    planted = [3, 4]  # 40 in row 0, 41 in row 1
+    assert out.delete_prob.argmax(-1).tolist() == planted
+    assert (out.delete_prob[[0, 1], planted] > model.config.delete_threshold).all()
+
+
+def test_untrained_model_does_not_already_repair(overfit):
+    """The repair above is learned: the same architecture before training does not do it."""
+    _, batch = overfit
+    model = tiny_model(vocab_size=64).eval()
+    out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], mode="edit", max_rounds=3)
+    assert [row[row != PAD].tolist() for row in out] != [target for _, target in TRAIN]
+
+
+# -- data ---------------------------------------------------------------------------------------------------------------
+def test_pack_rows_lays_the_batch_text_end_to_end():
+    labels = torch.tensor([[2, 10, 11, 12, -100], [2, 20, 21, 22, 23]])
+    assert pack_rows(labels, bos_id=2, width=4).tolist() == [[2, 10, 11, 12], [2, 20, 21, 22], [2, 23, -100, -100]]
+
+
+def test_typo_noise_uses_confusion_sets_and_leaves_clean_rows():
+    table = confusion_sets()
+    assert "气" in table["汽"] or "汽" in table["气"]
+    sentence = "我们今天下午去公园散步，天气很好。"
+    vocabulary = set(sentence) | {c for similar in table.values() for c in similar}
+    rng = random.Random(0)
+    drafts = [typo_noise(sentence, rng, vocabulary, TypoNoise(clean_fraction=0.25)) for _ in range(400)]
+    clean = sum(d == sentence for d in drafts) / len(drafts)
+    assert 0.15 < clean < 0.4
+    substituted = [d for d in drafts if len(d) == len(sentence) and d != sentence]
+    assert len(substituted) > 0.5 * len(drafts)
+    for draft in substituted[:50]:
+        for wrong, right in zip(draft, sentence):
+            # a substitute is confusable with the character it replaced (or a transposition of neighbours)
+            assert wrong == right or wrong in table.get(right, ()) or wrong in sentence
+
+
+def test_sighan15_is_the_published_test_set():
+    pairs = sighan15()
+    assert len(pairs) == 707 and sum(s != t for s, t in pairs) == 373
+
+
+def test_csc_scores_on_hand_made_outputs():
+    sources = ["今天天汽很好", "我很高兴", "他门来了"]
+    targets = ["今天天气很好", "我很高兴", "他们来了"]
+    predictions = ["今天天气很好", "我很高心", "他门来了"]  # one fixed, one clean broken, one missed
+    scores = csc_scores(sources, targets, predictions)
+    assert scores["correction_precision"] == 0.5 and scores["correction_recall"] == 0.5  # TP 1, FP 1, FN 1
+    assert scores["clean_fpr"] == 1.0
+    assert scores["detection_precision"] == 0.5 and scores["detection_recall"] == 0.5
+    assert csc_scores(sources, targets, sources)["correction_f1"] == 0.0  # the identity corrects nothing
