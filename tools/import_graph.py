@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 LAYERS = ("models", "io", "trainers", "bench", "apps")
-IO_MODULES = {"clouds", "data", "tokenization", "qwen2_tokenizer", "runs", "hub", "hub_server", "distributed", "presets", "timing",
-              "convert_smollm2", "testing", "metrics"}
+IO_MODULES = {"clouds", "data", "tokenization", "qwen2_tokenizer", "runs", "hub", "hub_server", "distributed", "presets",
+              "timing", "convert_smollm2", "testing", "metrics", "edits", "spelling"}
 APPS_MODULES = {"cli", "demo", "report", "hub_cards", "prepare", "app"}
 BENCH_MODULES = {"bench", "probe"}
 LONG_FILE_LINES = 500

@@ -192,14 +192,16 @@ def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str]
 
 def choose_threshold(model, tokenizer, grid: list[float], drafts, sentences, max_fpr: float, **kwargs) -> dict:
     """The Picker's deletion threshold with the best validation correction F1 among those whose clean FPR is at
-    most ``max_fpr`` (the lowest-FPR one when none is); the whole curve is returned too."""
+    most ``max_fpr`` (ties: the lower FPR; the lowest-FPR one when none qualifies); the whole curve is returned
+    too."""
     curve = []
     for threshold in grid:
         model.config.delete_threshold = threshold
         scores = csc_scores(drafts, sentences, merge_correct(model, tokenizer, drafts, **kwargs))
         curve.append({"threshold": threshold, **scores})
     allowed = [row for row in curve if row["clean_fpr"] <= max_fpr]
-    best = max(allowed, key=lambda r: r["correction_f1"]) if allowed else min(curve, key=lambda r: r["clean_fpr"])
+    best = (max(allowed, key=lambda r: (r["correction_f1"], -r["clean_fpr"])) if allowed
+            else min(curve, key=lambda r: r["clean_fpr"]))  # ties: the fewer clean sentences changed
     model.config.delete_threshold = best["threshold"]
     return {"threshold": best["threshold"], "curve": curve}
 

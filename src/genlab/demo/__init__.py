@@ -6,7 +6,8 @@ with ``genlab.bench``, and returns a JSON-able dict that ``genlab.report`` rende
 ``report.html`` and PNG plots:
 
 - ``ar``          the Qwen2 baseline (also the cloud of speculative decoding and the judge/base elsewhere);
-- ``merge``       MERGE repairing corrupted sentences and generating, round by round (M8), against the AR;
+- ``merge``       MERGE (and its per-character baseline) correcting SIGHAN-15 sentences and generating, round
+                  by round (M8), against the AR;
 - ``concept``     concept compression on the AR base: achieved ratio, step time and decode speed vs the base;
 - ``planner``     the planner's concepts next to the executor's text, and the text from shuffled concepts;
 - ``speculative`` an edge distilled from the AR (cloud): speed-up, acceptance and cloud-call rates with and

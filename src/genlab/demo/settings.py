@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_BUDGET_S = 90.0  # per model; 6 models (AR, MERGE, concept, planner + its AR baseline, edge) ≈ 9 min
+DEFAULT_BUDGET_S = 90.0  # per model; AR, MERGE (+ its baseline, same steps), concept, planner + its AR, edge ≈ 10 min
 PROMPTS = ["新华社北京", "这本书", "中国经济", "今天"]
 
 
@@ -23,7 +23,8 @@ class Scale:
     logging_steps: int
     eval_blocks: int
     eval_pairs: int
-    edit_sentences: int
+    edit_sentences: int  # noised validation sentences MERGE's deletion threshold is chosen on
+    sighan_sentences: int  # SIGHAN-15 sentences scored (0: all 707)
     samples: int  # MERGE/AR samples for generative perplexity
     bench_prompts: int  # speculative bench prompts
     shown: int  # examples printed per stage
@@ -35,12 +36,12 @@ class Scale:
 SCALES = {
     "tiny": Scale(ar_preset="tiny", edge_layers=1, concept_layers="2,3,1", concept_steps=300, planner_hidden=128,
                   planner_steps=400, planner_warmup=100, logging_steps=5, eval_blocks=32, eval_pairs=128,
-                  edit_sentences=64, samples=16, bench_prompts=16, shown=4, repeats=3, contexts="512,2048",
-                  new_tokens=32),
+                  edit_sentences=64, sighan_sentences=0, samples=16, bench_prompts=16, shown=4, repeats=3,
+                  contexts="512,2048", new_tokens=32),
     "nano": Scale(ar_preset="nano", edge_layers=1, concept_layers="1,0,1", concept_steps=20, planner_hidden=32,
                   planner_steps=20, planner_warmup=5, logging_steps=1, eval_blocks=4, eval_pairs=8,
-                  edit_sentences=4, samples=2, bench_prompts=2, shown=2, repeats=1, contexts="2048",
-                  new_tokens=4),
+                  edit_sentences=4, sighan_sentences=8, samples=2, bench_prompts=2, shown=2, repeats=1,
+                  contexts="2048", new_tokens=4),
 }
 
 

@@ -65,7 +65,8 @@ def stage_merge(demo: Demo) -> dict:
         config = bench_merge.MergeBenchConfig(
             json=str(run_dir / "bench.json"), preset=s.ar_preset, ar_run=str(demo.dir("ar")), merge_run=str(run_dir),
             baseline_run=str(baseline_dir), judge=str(demo.dir("ar")), skip_ablations=True,
-            validation_sentences=s.edit_sentences, samples=s.samples, repeats=s.repeats)
+            validation_sentences=s.edit_sentences, sighan_sentences=s.sighan_sentences, samples=s.samples,
+            repeats=s.repeats)
         bench = bench_merge.run(config)
         return {"figures": bench["figures"], "config": bench["config"], **merge_examples(run_dir, s.shown)}
 
