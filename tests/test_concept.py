@@ -416,6 +416,7 @@ def test_logits_to_keep_gives_the_last_positions_logits():
     model = make_model()
     ids = random_ids(2, 12, seed=5)
     full, last = model(ids).logits, model(ids, logits_to_keep=1).logits
-    assert last.shape == (2, 1, VOCAB) and torch.allclose(last, full[:, -1:])
+    assert last.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(last, full[:, -1:])  # float32 rounding: one row through the head vs twelve
     with pytest.raises(ValueError, match="logits_to_keep"):
         model(ids, labels=ids, logits_to_keep=1)

@@ -60,9 +60,9 @@ def run(config: DemoConfig) -> dict:
     """Train/reuse, measure and show every stage; write cards, the report and the plots; optionally push."""
     root = prepare_run_dir(config.run_dir)
     demo = Demo(root=root, budget=config.budget, scale=SCALES[config.preset], preset=config.preset)
-    print(f"[genlab demo] preset {config.preset}: {config.budget:g} s of training per model (AR baseline, MERGE, "
-          f"concept compression, planner–executor + its AR baseline, edge) → at most {6 * config.budget / 60:.1f} min "
-          f"of training, plus measuring; everything goes to {root}")
+    print(f"[genlab demo] preset {config.preset}: {config.budget:g} s of training per model (AR baseline, MERGE + "
+          f"its per-character baseline, concept compression, planner–executor + its AR baseline, edge) → at most "
+          f"{7 * config.budget / 60:.1f} min of training, plus measuring; everything goes to {root}")
     started = time.monotonic()
     results = {}
     for name, stage in STAGES.items():

@@ -51,7 +51,7 @@ class DemoConfig:
 
     run_dir: str = field(default="runs/demo", metadata={"help": "where every model, the report and the plots go"})
     budget: float = field(default=DEFAULT_BUDGET_S, metadata={
-        "help": f"training seconds per model (default {DEFAULT_BUDGET_S:g}; 6 models are trained)"})
+        "help": f"training seconds per model (default {DEFAULT_BUDGET_S:g}; 7 models are trained)"})
     preset: str = field(default="tiny", metadata={
         "choices": sorted(SCALES), "help": "model/evaluation sizes: 'tiny' (the demo) or 'nano' (seconds, for smoke tests)"})
     push: str | None = field(default=None, metadata={

@@ -4,6 +4,8 @@ adds the examples of ``showcase``. Each returns a JSON-able dict that ``genlab.r
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 from transformers import Qwen2ForCausalLM
 
@@ -15,6 +17,7 @@ from ..bench import speculative as bench_speculative
 from ..data import load_corpus
 from ..modeling_merge import MergeForMaskedRefinement
 from ..modeling_planner import PlannerExecutorModel
+from ..runs import is_complete, read_manifest
 from ..spelling import sighan15
 from ..tokenization import load_tokenizer
 from ..trainers import ar, concept, edge, merge, planner, planner_baseline
@@ -58,6 +61,8 @@ def stage_merge(demo: Demo) -> dict:
 
     manifest = ensure_run("MERGE", run_dir, MergeForMaskedRefinement.from_pretrained,
                           lambda: train(run_dir, None), demo.budget)
+    if is_complete(baseline_dir) and read_manifest(baseline_dir)["steps"] != manifest["steps"]:
+        shutil.rmtree(baseline_dir)  # trained beside another MERGE run: the comparison needs the same steps
     ensure_run("MERGE's per-character baseline", baseline_dir, MergeForMaskedRefinement.from_pretrained,
                lambda: train(baseline_dir, manifest["steps"], objective="per_character"), demo.budget)
 
