@@ -144,7 +144,7 @@ def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 
         keep = torch.isin(batch["input_ids"], special)  # <s>, padding and <unk> stay as they are
         predicted = torch.where(keep, batch["input_ids"], best)
         for text, ids, row, valid in zip(chunk, batch["input_ids"], predicted, batch["attention_mask"].bool()):
-            source = [t for t in ids[valid].tolist()[1:]]
+            source = ids[valid].tolist()[1:]
             outputs.append(restore_text(text, source, row[valid].tolist()[1:], tokenizer))
     return outputs
 
