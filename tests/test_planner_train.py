@@ -59,7 +59,7 @@ def test_proposer_keeps_the_rarest_characters_in_order_and_clause_lengths(tokeni
     proposer = te.RareCharacterProposer(model.config, tokenizer)
     text = "我们去公园散步，看见很多孩子。"
     y = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
-    plans = proposer(y, torch.ones_like(y))  # (1, granularities, types, L)
+    plans = proposer({"text_ids": y, "text_attention_mask": torch.ones_like(y)})  # (1, granularities, types, L)
     assert plans.shape[1:] == (len(proposer.granularities), 2, 4)
     ids = y[0, :-1]
     ordinary = ids[ids >= te.FIRST_ORDINARY_ID]
@@ -67,6 +67,72 @@ def test_proposer_keeps_the_rarest_characters_in_order_and_clause_lengths(tokeni
     expected = [3 + int(i) % 64 for i in ids if int(i) in rarest]
     assert plans[0, -1, 0].tolist() == expected
     assert plans[0, -1, 1].tolist() == [3 + 6 // 4, 3 + 6 // 4, CONCEPT_PAD, CONCEPT_PAD]  # two clauses of 6 chars
+
+
+def keyword_planner(tokenizer, **overrides):
+    stack = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+    fields = dict(vocab_size=len(tokenizer), concept_types=["keywords"], concept_vocab_sizes=[len(tokenizer)],
+                  concept_max_lengths=[6], text_concept_types=["keywords"], proposer="keywords",
+                  max_input_length=48, max_text_length=48, planner=stack, executor=stack, estep_top_k=2,
+                  estep_warmup_steps=0)
+    return make_model(**{**fields, **overrides})
+
+
+def test_keyword_proposer_plans_the_characters_y_shares_with_u_in_u_order(tokenizer):
+    model = keyword_planner(tokenizer)
+    proposer = te.KeywordProposer(model.config, tokenizer)
+    u = "孩子、公园、散步、汽车、公园"  # 汽车 is a distractor, 公园 comes twice
+    y = "孩子们在公园里散步。"
+    batch = batch_of(tokenizer, [u], [y])
+    plans = proposer(batch)  # (1, granularities [3, 6], 1 type, 6)
+    assert proposer.granularities == [3, 6]
+    chars = lambda plan: "".join(tokenizer.convert_ids_to_tokens([i - 3 for i in plan if i >= 3]))  # noqa: E731
+    assert chars(plans[0, 1, 0].tolist()) == "孩子公园散步"
+    assert chars(plans[0, 0, 0].tolist()) == "孩子公"
+    assert plans[0, 0, 0, 3:].tolist() == [CONCEPT_PAD] * 3
+
+
+def test_text_concepts_are_the_text_embeddings_and_store_no_rows_of_their_own(tokenizer):
+    model = keyword_planner(tokenizer)
+    hidden = model.config.executor["hidden_size"]
+    assert model.executor_prefix_embed.weight.shape == (1 + 1 + 3, hidden)  # BOS, SEP, 3 specials
+    assert model.planner_head.weight.shape == (3, hidden)
+    token = tokenizer.convert_tokens_to_ids("园")
+    z = torch.tensor([[[3 + token, 1, 0, 0, 0, 0]]])
+    prefix = model.executor_prefix(z)
+    slot = model.executor_type_embed.weight[1]
+    torch.testing.assert_close(prefix.embeds[0, -1], model.executor.embed_tokens.weight[token] + slot)
+    u = torch.tensor([tokenizer("公园", add_special_tokens=False)["input_ids"]])
+    out = model.planner_forward(u, None, z)
+    out.loss.backward()  # the planner's score of a text concept reaches its own text embedding of that token
+    assert model.planner.embed_tokens.weight.grad[token].abs().sum() > 0
+    with pytest.raises(ValueError, match="concept_vocab_sizes = vocab_size"):
+        keyword_planner(tokenizer, concept_vocab_sizes=[64])
+
+
+def test_shared_text_embeddings_are_one_table_after_save_and_load(tokenizer, tmp_path):
+    model = keyword_planner(tokenizer, share_text_embeddings=True)
+    assert model.planner.embed_tokens.weight is model.executor.embed_tokens.weight
+    separate = sum(p.numel() for p in keyword_planner(tokenizer).parameters())
+    assert separate - sum(p.numel() for p in model.parameters()) == model.executor.embed_tokens.weight.numel()
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.planner.embed_tokens.weight is loaded.executor.embed_tokens.weight
+    torch.testing.assert_close(loaded.planner.embed_tokens.weight, model.planner.embed_tokens.weight)
+
+
+def test_likelihood_selection_never_trades_the_executor_evidence_for_the_prior(tokenizer):
+    config = keyword_planner(tokenizer, estep_selection="likelihood").config
+    scores = torch.tensor([[-10.0, -3.0, float("-inf")], [-5.0, -5.0, -9.0]])
+    likelihood = torch.tensor([[-2.0, -3.0, -1.0], [-4.0, -4.0, -1.0]])
+    # row 0: the duplicate (−inf) cannot win; column 0 has the best likelihood though column 1 the best S
+    # row 1: the best likelihood (column 2) wins over better S; a tie would be broken by S
+    assert te.select(config, scores, likelihood).tolist() == [0, 2]
+    config.estep_selection = "joint"
+    assert te.select(config, scores, likelihood).tolist() == [1, 0]
+    tie = torch.tensor([[-4.0, -4.0, -6.0]])
+    config.estep_selection = "likelihood"
+    assert te.select(config, torch.tensor([[-9.0, -5.0, -1.0]]), tie).tolist() == [1]
 
 
 def test_curriculum_is_a_pure_function_of_step_and_sampler_respects_it():
@@ -93,10 +159,11 @@ def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
     model = planner_for(tokenizer, estep_prior_weight=beta)
     us, ys = td.pair_texts(corpus_split())
     batch = batch_of(tokenizer, us, ys)
-    best, scores, candidates = te.estep(model, te.RareCharacterProposer(model.config, tokenizer),
-                                        {k: v for k, v in batch.items() if k != "index"}, step=10,
-                                        generator=torch.Generator().manual_seed(0))
+    best, scores, candidates, sources, _ = te.estep(model, te.RareCharacterProposer(model.config, tokenizer),
+                                                    {k: v for k, v in batch.items() if k != "index"}, step=10,
+                                                    generator=torch.Generator().manual_seed(0))
     assert candidates.shape[1] == 2 + 1 + 2  # proposer granularities, greedy plan, samples
+    assert sources == ["proposer"] * 2 + ["planner_greedy"] + ["planner_sample"] * 2
     for row in range(len(ys)):  # recompute S(z) one candidate at a time (no grad: scores only)
         one = {k: v[row : row + 1] for k, v in batch.items()}
         s = [float(model.executor_forward(z[None], one["text_ids"], one["text_attention_mask"]).log_prob

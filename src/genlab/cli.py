@@ -45,6 +45,7 @@ BENCH = {
     "ar": (bench_ar.ARBenchConfig, prepare.ar_bench, bench_ar.run),
     "speculative": (bench_speculative.SpeculativeBenchConfig, prepare.speculative_bench, bench_speculative.run),
     "planner": (bench_planner.PlannerBenchConfig, prepare.planner_bench, bench_planner.run),
+    "planner-keywords": (bench_planner.KeywordsBenchConfig, prepare.planner_bench, bench_planner.run),
     "merge": (bench_merge.MergeBenchConfig, prepare.merge_bench, bench_merge.run),
     "concept": (bench_concept.ConceptBenchConfig, prepare.concept_bench, bench_concept.run),
 }
@@ -170,7 +171,7 @@ def _after_bench(system: str, config) -> None:
     planner, MERGE, and the headline-ratio concept run)."""
     if config.json is None:
         return
-    if system == "planner":
+    if system.startswith("planner"):
         json_path = Path(config.json)
         history = json.loads((Path(config.run_dir) / TRAINER_LOG).read_text(encoding="utf-8"))
         report.plot_planner_monitors(history, json_path.with_name(f"{json_path.stem}_monitors.png"))

@@ -15,6 +15,8 @@ CONCEPT_PAD, CONCEPT_EOS, CONCEPT_MASK = 0, 1, 2
 NUM_CONCEPT_SPECIALS = 3
 CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
 ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
+PROPOSERS = ("rare_characters", "keywords")
+ESTEP_SELECTIONS = ("joint", "likelihood")
 
 DEFAULT_STACK = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                      intermediate_size=352)
@@ -44,6 +46,16 @@ class PlannerExecutorConfig(PretrainedConfig):
             planner's log p(z|u) would otherwise make the empty plan win before the executor has learnt to read z.
         estep_prior_weight: β_max, 1 as in P4. Below 1 the E-step trusts the executor's evidence more than the
             planner's prior, a guard against z* collapsing onto the planner's own plans (``bench planner`` notes).
+        estep_selection: ``joint`` keeps argmax S(z); ``likelihood`` keeps argmax log p(y|z) with S(z) only as
+            the tie-break, so a cheap plan the executor cannot use never beats an informative one on its prior.
+        proposer: the q(z | y) of the E-step: ``rare_characters`` (y's rarest characters hashed into the
+            keyword vocabulary, plus clause shapes) or ``keywords`` (the characters y shares with u, un-hashed,
+            in u's order: concept = text token).
+        text_concept_types: types whose content concepts ARE text tokens (concept 3 + t stands for token t;
+            their vocabulary size must equal ``vocab_size``): their rows are the planner's and the executor's
+            text embeddings, and the planner scores them with its own text embeddings (tied, P1/P2).
+        share_text_embeddings: one text embedding table for the planner's u and the executor's text (and so for
+            every text concept), instead of one per stack.
         monitor_steps: N, steps between monitor readings (P6); monitor_batch_size: examples they use.
         position_buckets: left edges of the NLL-by-position buckets (P6 item 8).
     """
@@ -61,6 +73,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                  estep_sources: list[str] | tuple[str, ...] = ("proposer", "planner_greedy", "planner_sample",
                                                                 "previous"),
                  estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
+                 estep_selection: str = "joint", proposer: str = "rare_characters",
+                 text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
@@ -81,6 +95,10 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.estep_refresh_steps = estep_refresh_steps
         self.estep_warmup_steps = estep_warmup_steps
         self.estep_prior_weight = float(estep_prior_weight)
+        self.estep_selection = estep_selection
+        self.proposer = proposer
+        self.text_concept_types = list(text_concept_types)
+        self.share_text_embeddings = bool(share_text_embeddings)
         self.monitor_steps = monitor_steps
         self.monitor_batch_size = monitor_batch_size
         self.position_buckets = [int(b) for b in position_buckets]
@@ -101,6 +119,17 @@ class PlannerExecutorConfig(PretrainedConfig):
         unknown = [s for s in self.estep_sources if s not in ESTEP_SOURCES]
         if unknown or not self.estep_sources:
             raise ValueError(f"estep_sources must be a non-empty subset of {ESTEP_SOURCES}, got {self.estep_sources}")
+        if self.estep_selection not in ESTEP_SELECTIONS:
+            raise ValueError(f"estep_selection must be one of {ESTEP_SELECTIONS}, got {self.estep_selection!r}")
+        if self.proposer not in PROPOSERS:
+            raise ValueError(f"proposer must be one of {PROPOSERS}, got {self.proposer!r}")
+        for name in self.text_concept_types:
+            if name not in self.concept_types:
+                raise ValueError(f"text_concept_types must name types of concept_types {self.concept_types}, "
+                                 f"got {name!r}")
+            if self.concept_vocab_sizes[self.concept_types.index(name)] != self.vocab_size:
+                raise ValueError(f"text concept type {name!r} needs concept_vocab_sizes = vocab_size "
+                                 f"({self.vocab_size}), got {self.concept_vocab_sizes[self.concept_types.index(name)]}")
         for stack in ("planner", "executor"):
             extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
             if extra:

@@ -34,7 +34,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 from transformers.utils import ModelOutput
 
-from .configuration_planner import CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, PlannerExecutorConfig
+from .configuration_planner import (CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, NUM_CONCEPT_SPECIALS,
+                                    PlannerExecutorConfig)
 from .generation_planner import PlannerExecutorGenerationMixin
 from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
 from .straight_through import straight_through
@@ -123,16 +124,53 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         max_concepts = max(config.concept_max_lengths) + 1
         self.planner = Qwen2Model(config.stack_config("planner", config.max_input_length + max_concepts))
         self.executor = Qwen2Model(config.stack_config("executor", max(config.max_text_length, max_concepts) + 1))
-        # Planner side: SEP_i rows, then one block of max_type_vocab rows per type.
-        self.planner_concept_embed = nn.Embedding(k + k * self.max_type_vocab, hidden)
+        # Planner side: SEP_i rows, then one block of max_type_vocab rows per type (``concept_table``; a text
+        # concept type stores only its specials). Executor side: BOS, SEP_i rows, then the same blocks.
+        stored = self.stored_rows()
+        self.planner_concept_embed = nn.Embedding(k + stored, hidden)
         self.planner_type_embed = nn.Embedding(k + 1, hidden)
-        self.planner_head = nn.Linear(hidden, k * self.max_type_vocab, bias=False)
+        self.planner_head = nn.Linear(hidden, stored, bias=False)
         self.mtp_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config.planner_mtp_heads))
-        # Executor side: BOS, SEP_i rows, then one block per type (same layout).
-        self.executor_prefix_embed = nn.Embedding(1 + k + k * self.max_type_vocab, hidden)
+        self.executor_prefix_embed = nn.Embedding(1 + k + stored, hidden)
         self.executor_type_embed = nn.Embedding(k + 1, hidden)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        if config.share_text_embeddings:  # one table for u, the text and the text concepts (tied on load too)
+            self._tied_weights_keys = {**self._tied_weights_keys,
+                                       "planner.embed_tokens.weight": "executor.embed_tokens.weight"}
         self.post_init()
+
+    def stored_rows(self) -> int:
+        """Rows one table keeps for its type blocks: a text concept type keeps only its 3 specials (its content
+        rows are the text embeddings), any other type a full block of ``max_type_vocab``."""
+        text = set(self.config.text_concept_types)
+        return sum(NUM_CONCEPT_SPECIALS if name in text else self.max_type_vocab for name in self.config.concept_types)
+
+    def concept_table(self, table: torch.Tensor, text: torch.Tensor, first: int) -> torch.Tensor:
+        """The full (first + types · max_type_vocab, hidden) table from ``table``'s stored rows, every text concept
+        type's block being its 3 specials then ``text`` (vocab, hidden): concept 3 + t IS token t (tied)."""
+        if not self.config.text_concept_types:
+            return table
+        pieces, row = [table[:first]], first
+        for name in self.config.concept_types:
+            if name in self.config.text_concept_types:
+                block = [table[row : row + NUM_CONCEPT_SPECIALS], text]
+                row += NUM_CONCEPT_SPECIALS
+                pad = self.max_type_vocab - NUM_CONCEPT_SPECIALS - text.shape[0]  # never predictable
+                pieces += block + [text.new_zeros(pad, text.shape[1])] if pad else block
+            else:
+                pieces.append(table[row : row + self.max_type_vocab])
+                row += self.max_type_vocab
+        return torch.cat(pieces)
+
+    def planner_table(self) -> torch.Tensor:
+        """Rows of the planner's concept inputs: SEP_i, then one block per type (text types tied to u's table)."""
+        return self.concept_table(self.planner_concept_embed.weight, self.planner.embed_tokens.weight,
+                                  self.config.num_concept_types)
+
+    def executor_table(self) -> torch.Tensor:
+        """Rows of the executor's prefix: BOS, SEP_i, then one block per type (text types tied to the text's)."""
+        return self.concept_table(self.executor_prefix_embed.weight, self.executor.embed_tokens.weight,
+                                  1 + self.config.num_concept_types)
 
     def type_vocab_sizes(self, device: torch.device) -> torch.Tensor:
         """(types,) ids per type, specials included (built from the config: from_pretrained keeps no buffers)."""
@@ -198,7 +236,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         b, k, n = segment_ids.shape
         types = torch.arange(1, k + 1, device=segment_ids.device)
         query_type = types[:, None].expand(k, n).reshape(-1)
-        embeds = self.planner_concept_embed(segment_ids) + self.planner_type_embed(types)[None, :, None]
+        embeds = F.embedding(segment_ids, self.planner_table()) + self.planner_type_embed(types)[None, :, None]
         positions = (input_length[:, None, None] + offsets[None, None, :]).expand(b, k, n).reshape(b, -1)
         all_valid = torch.cat([key_valid, key_valid.new_ones(b, k * n)], 1)
         all_type = torch.cat([key_type, query_type])
@@ -211,7 +249,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
     def planner_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, types, n, hidden) → (batch, types, n, max type vocab); ids a type cannot emit get -inf."""
         k = self.config.num_concept_types
-        weight = self.planner_head.weight.view(k, self.max_type_vocab, -1)
+        weight = self.concept_table(self.planner_head.weight, self.planner.embed_tokens.weight, 0)
+        weight = weight.view(k, self.max_type_vocab, -1)
         logits = torch.einsum("bknh,kvh->bknv", hidden, weight)
         return logits.masked_fill(~self.predictable(logits.device)[None, :, None, :], torch.finfo(logits.dtype).min)
 
@@ -258,9 +297,10 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         content = concept_ids.masked_fill(~slots, CONCEPT_PAD)
         sep_rows = 1 + torch.arange(k, device=device)[None, :, None].expand(b, k, 1)
         slot_rows = 1 + self.planner_concept_ids(content)  # same block layout, shifted by the BOS row
-        slot_embeds = self.executor_prefix_embed(slot_rows) if concept_embeds is None else concept_embeds
-        segments = torch.cat([self.executor_prefix_embed(sep_rows), slot_embeds], 2)  # (batch, types, L + 1, h)
-        bos = self.executor_prefix_embed.weight[0].expand(b, 1, -1)
+        table = self.executor_table()
+        slot_embeds = F.embedding(slot_rows, table) if concept_embeds is None else concept_embeds
+        segments = torch.cat([F.embedding(sep_rows, table), slot_embeds], 2)  # (batch, types, L + 1, h)
+        bos = table[0].expand(b, 1, -1)
         embeds = torch.cat([bos, segments.flatten(1, 2)], 1)  # (batch, F = 1 + types·(L + 1), hidden)
         types = torch.arange(k + 1, device=device).repeat_interleave(torch.tensor([1] + [length + 1] * k, device=device))
         embeds = embeds + self.executor_type_embed(types)[None]
@@ -314,7 +354,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
     def soft_concept_embeds(self, planner_logits: torch.Tensor, length: int) -> torch.Tensor:
         """e_soft: the planner's distribution of each slot times the executor's concept table (batch, k, L, h)."""
         k = self.config.num_concept_types
-        table = self.executor_prefix_embed.weight[1 + k :].view(k, self.max_type_vocab, -1)
+        table = self.executor_table()[1 + k :].view(k, self.max_type_vocab, -1)
         probs = planner_logits[:, :, :length].softmax(-1)
         return torch.einsum("bklv,kvh->bklh", probs, table)
 
@@ -334,7 +374,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
             planner_out = self.planner_forward(input_ids, attention_mask, concept_ids)
             length = concept_ids.shape[2]
             e_soft = self.soft_concept_embeds(planner_out.logits, length)
-            e_hard = self.executor_prefix_embed(1 + self.planner_concept_ids(concept_ids.clamp(min=0)))
+            e_hard = F.embedding(1 + self.planner_concept_ids(concept_ids.clamp(min=0)), self.executor_table())
             slots = concept_slot_mask(concept_ids)
             cosine = F.cosine_similarity(e_soft.detach(), e_hard.detach(), dim=-1)[slots].mean()
             if self.config.concept_gradient == "straight_through":

@@ -98,19 +98,20 @@ def concept_bench(config: ConceptBenchConfig) -> None:
 
 
 def planner_bench(config: PlannerBenchConfig) -> None:
-    """The planner under its step count and cap, then its AR baseline for as many steps as the planner got."""
-    manifest = reuse_or_train(config.run_dir, lambda: planner.train_planner(
-        planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, warmup_estep=config.warmup_estep,
-                                   prior_weight=config.prior_weight, estep_top_k=2, refresh_steps=100,
-                                   monitor_steps=50, max_text_length=config.max_text_length),
+    """The planner on the bench's task for its fixed step count, then its AR baseline for the same steps."""
+    reuse_or_train(config.run_dir, lambda: planner.train_planner(
+        planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, task=config.task,
+                                   proposer=config.proposer, estep_selection=config.estep_selection,
+                                   warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,
+                                   estep_top_k=2, refresh_steps=100, monitor_steps=50,
+                                   max_text_length=config.max_text_length),
         default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=config.steps, logging_steps=25,
                                    save_steps=100000, per_device_train_batch_size=config.batch_size,
                                    seed=config.seed, **QUIET)))
     reuse_or_train(config.ar_run_dir, lambda: planner_baseline.train_planner_baseline(
         planner_baseline.PlannerBaselineTrainConfig(run_dir=config.ar_run_dir, planner_run=config.run_dir,
-                                                    budget=config.ar_budget),
-        default_training_arguments(planner_baseline.TRAINING_DEFAULTS,
-                                   max_steps=config.ar_steps or manifest["steps"],
+                                                    budget=config.budget),
+        default_training_arguments(planner_baseline.TRAINING_DEFAULTS, max_steps=config.steps,
                                    per_device_train_batch_size=config.batch_size, seed=config.seed, **QUIET)))
 
 

@@ -28,7 +28,10 @@ REQUIRED_FIGURES = {
     "concept": ("compression_ratio", "step_time_ratio", "decode_speedup_2048", "kv_cache_ratio_2048", "ppl_ratio",
                 "inference_rate_ratio", "natural_fire_fraction", "delta_nll_concepts_permuted", "flops_fraction_pred",
                 "train_steps"),
-    "planner": ("delta_nll_shuffle", "nll_ratio_vs_ar", "executor_decode_ratio"),
+    "planner": ("delta_nll_shuffle", "nll_ratio_vs_ar", "keyword_coverage", "ar_keyword_coverage",
+                "executor_decode_ratio", "train_steps", "ar_train_steps"),
+    "planner-keywords": ("delta_nll_shuffle", "nll_ratio_vs_ar", "keyword_coverage", "ar_keyword_coverage",
+                         "executor_decode_ratio", "train_steps", "ar_train_steps"),
     "speculative": ("lossless_equals_cloud", "acceptance_rate", "edge_cost_ratio", "lossless_speedup_vs_cloud",
                     "speedup_vs_hf_assisted", "gated_cloud_call_rate", "gated_agreement", "gated_latency_ratio_50ms"),
 }

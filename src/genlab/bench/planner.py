@@ -1,9 +1,9 @@
-"""`genlab bench planner`: what hard-EM concept-first decoding buys, after a stated training budget (SPEC B, P4–P7).
+"""`genlab bench planner --task keywords|next_sentence`: what hard-EM concept-first decoding buys (SPEC B, P4–P7).
 
-Two models are trained on the same (u, y) pairs with the same batch and learning rate, the AR model for as many
-optimiser steps as the planner run did (each under a wall-clock cap, both recorded in "budget"): the
+Two models are trained on the same (u, y) pairs of the task with the same batch, learning rate and number of
+optimiser steps (a wall-clock cap is only a safety stop, and the steps done are recorded in "budget"): the
 planner–executor (`genlab train planner`) and an AR Qwen2 of the same total parameter count trained on
-p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs:
+p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation split, by sentence):
 
 - ``nll_zstar`` NLL(y | z*) per y token, z* from the E-step (which sees y: an oracle plan);
 - ``nll_planner_z`` NLL(y | ẑ) with ẑ the planner's greedy plan from u (the deployable path);
@@ -12,6 +12,10 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs:
   with ``nll_zstar_ratio_vs_ar`` and ``nll_bound_ratio_vs_ar`` beside it;
 - ``delta_nll_shuffle`` / ``_mask`` / ``_random``: NLL rise when z* is replaced (target ≥ 1 nat/token);
 - ``concept_drop_50``: the P7 probe's rise when half the concepts are dropped;
+- ``keyword_coverage`` / ``ar_keyword_coverage``: of u's keywords that y uses (u's "、"-separated words on the
+  ``keywords`` task, u's characters otherwise), the share the greedy generation from u contains (CommonGen's
+  coverage) — the planner–executor's and the AR model's;
+- ``win_<source>``: the share of held-out E-steps whose z* came from each source;
 - ``executor_decode_ratio``: executor KV-cached greedy decoding tokens/s over a plain ``Qwen2ForCausalLM`` of
   the executor's size with an equally long prompt, loaded the same way (batch 1; ``_b16`` too), target ≥ 0.95;
   the two are timed back to back and the ratio is the median of the per-pair ratios.
@@ -28,14 +32,14 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Qwen2ForCausalLM
 
-from ..data import load_corpus
+from ..configuration_planner import ESTEP_SELECTIONS, PROPOSERS
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..timing import paired_seconds
 from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer
 from ..trainers.planner_baseline import ar_collate
-from ..trainers.planner_data import build_pairs, collate
-from ..trainers.planner_estep import RareCharacterProposer, estep
+from ..trainers.planner_data import TASKS, collate, run_pairs
+from ..trainers.planner_estep import estep, make_proposer, win_rates
 from ..trainers.planner_monitors import corrupt_concepts
 from . import target, write_result
 from .probe import concept_drop
@@ -48,14 +52,17 @@ class PlannerBenchConfig:
     """`genlab bench planner`: what to measure; the planner and its AR baseline are trained first when incomplete."""
 
     json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
-    run_dir: str = field(default="runs/bench/planner", metadata={"help": "the planner run"})
-    ar_run_dir: str = field(default="runs/bench/planner-ar", metadata={"help": "the AR p(y|u) baseline run"})
+    task: str = field(default="next_sentence", metadata={"choices": list(TASKS), "help": "the (u, y) task"})
+    run_dir: str | None = field(default=None, metadata={
+        "help": "the planner run (default runs/bench/planner-<task>)"})
+    ar_run_dir: str | None = field(default=None, metadata={
+        "help": "the AR p(y|u) baseline run (default runs/bench/planner-<task>-ar)"})
     steps: int = field(default=500, metadata={"help": "optimiser steps for each model"})
-    budget: float = field(default=600, metadata={"help": "wall-clock cap of the planner's training (s)"})
-    ar_steps: int | None = field(default=None, metadata={
-        "help": "AR optimiser steps (default: as many as the planner run did)"})
-    ar_budget: float = field(default=600, metadata={"help": "wall-clock cap of the AR training (s)"})
+    budget: float | None = field(default=None, metadata={"help": "safety cap on each training's wall clock (s)"})
     batch_size: int = field(default=16, metadata={"help": "training batch of both models"})
+    proposer: str | None = field(default=None, metadata={
+        "choices": list(PROPOSERS), "help": "E-step proposer (default: keywords on the keywords task)"})
+    estep_selection: str = field(default="likelihood", metadata={"choices": list(ESTEP_SELECTIONS)})
     warmup_estep: int = field(default=250, metadata={"help": "W of the planner's E-step"})
     prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
     max_text_length: int = field(default=48, metadata={"help": "longest y, in tokens"})
@@ -63,19 +70,39 @@ class PlannerBenchConfig:
     repeats: int = field(default=7, metadata={"help": "timed repeats per figure (median)"})
     seed: int = field(default=0, metadata={"help": "seed of training and evaluation"})
 
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        stem = "planner" if self.task == "next_sentence" else f"planner-{self.task}"
+        self.run_dir = self.run_dir or f"runs/bench/{stem}"
+        self.ar_run_dir = self.ar_run_dir or f"runs/bench/{stem}-ar"
+        self.proposer = self.proposer or ("keywords" if self.task == "keywords" else "rare_characters")
+
+
+@dataclass
+class KeywordsBenchConfig(PlannerBenchConfig):
+    """`genlab bench planner-keywords` = `genlab bench planner --task keywords` (its own results file)."""
+
+    task: str = field(default="keywords", metadata={"choices": list(TASKS), "help": "the (u, y) task"})
+
 
 @torch.no_grad()
 def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> dict:
-    """Per-y-token NLLs of the planner–executor (z*, planner z, bound), the AR model, and ΔNLL(z*)."""
-    proposer = RareCharacterProposer(model.config, tokenizer)
+    """Per-y-token NLLs of the planner–executor (z*, planner z, bound), the AR model, ΔNLL(z*) and the share of
+    z* each E-step source won."""
+    proposer = make_proposer(model.config, tokenizer)
     generator = torch.Generator().manual_seed(0)
+    wins: dict[str, float] = {}
     sums = dict.fromkeys(("nll_zstar", "nll_planner_z", "nll_bound", "nll_ar", "delta_nll_shuffle",
                           "delta_nll_mask", "delta_nll_random", "zstar_concepts"), 0.0)
     tokens = 0
     for batch in batches:
         y, y_mask = batch["text_ids"], batch["text_attention_mask"]
         nll = lambda z: float(model.executor_forward(z, y, y_mask).token_nll.sum())  # noqa: E731
-        z_star = estep(model, proposer, batch, step, generator=generator)[0]
+        result = estep(model, proposer, batch, step, generator=generator)
+        z_star = result.plans
+        for name, rate in win_rates(result).items():
+            wins[name] = wins.get(name, 0.0) + float(rate) * len(z_star)
         base = nll(z_star)
         sums["nll_zstar"] += base
         sums["nll_bound"] += base - float(model.planner_forward(batch["input_ids"], batch["attention_mask"], z_star).log_prob.sum())
@@ -89,8 +116,56 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
         sums["nll_ar"] += float(ar(**joined).loss) * int(y_mask.sum())
         tokens += int(y_mask.sum())
     figures = {k: v / tokens for k, v in sums.items() if k != "zstar_concepts"}
-    figures["zstar_concepts_per_example"] = sums["zstar_concepts"] / sum(len(b["index"]) for b in batches)
-    return figures
+    examples = sum(len(b["index"]) for b in batches)
+    figures["zstar_concepts_per_example"] = sums["zstar_concepts"] / examples
+    return {**figures, **{name: total / examples for name, total in wins.items()}}
+
+
+def keywords_of(u: str, y: str, task: str) -> list[str]:
+    """u's keywords that y uses: its "、"-separated words on the keywords task, its characters otherwise."""
+    units = u.split("、") if task == "keywords" else list(dict.fromkeys(u))
+    return [w for w in units if w and w in y]
+
+
+def coverage(keywords: list[list[str]], texts: list[str]) -> float:
+    """Share of the keywords that occur in their generated text (CommonGen's coverage, pooled)."""
+    hits = sum(w in text for words, text in zip(keywords, texts) for w in words)
+    return hits / max(1, sum(len(words) for words in keywords))
+
+
+@torch.no_grad()
+def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[list[str], list[str]]:
+    """Greedy generations from u: the planner–executor's (plan, then text) and the AR model's (after ``u <sep>``)."""
+    decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
+    planned = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens, do_sample=False,
+                             return_concepts=True).sequences
+    prompts = [u[m.bool()].tolist() + [tokenizer.sep_token_id] for u, m in zip(batch["input_ids"], batch["attention_mask"])]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, prompt in enumerate(prompts):  # left padding: generation continues every row at the same column
+        ids[i, width - len(prompt):], mask[i, width - len(prompt):] = torch.tensor(prompt), 1
+    continued = ar.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return decode(planned), decode(continued[:, width:])
+
+
+def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_tokens: int) -> tuple[dict, list]:
+    """keyword_coverage / ar_keyword_coverage over the held-out pairs, and a few (u, y, planner, AR) examples."""
+    keywords, planned, continued, shown = [], [], [], []
+    for batch in batches:
+        us = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        ys = tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)
+        mine, theirs = greedy_texts(model, ar, tokenizer, batch, new_tokens)
+        for u, y, a, b in zip(us, ys, mine, theirs):
+            u, y = u.replace(" ", ""), y.replace(" ", "")
+            keywords.append(keywords_of(u, y, task))
+            planned.append(a)
+            continued.append(b)
+            if len(shown) < 8:
+                shown.append({"u": u, "y": y, "planner_executor": a, "ar": b})
+    return {"keyword_coverage": coverage(keywords, planned), "ar_keyword_coverage": coverage(keywords, continued),
+            "keywords_per_example": sum(map(len, keywords)) / max(1, len(keywords))}, shown
 
 
 def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int, repeats: int) -> tuple[float, float, float]:
@@ -120,8 +195,7 @@ def run(args: PlannerBenchConfig) -> dict:
     tokenizer = load_tokenizer(args.run_dir)
     ar = Qwen2ForCausalLM.from_pretrained(args.ar_run_dir).eval()
 
-    pairs = build_pairs(load_corpus("all")["validation"], tokenizer, model.config.max_input_length,
-                        model.config.max_text_length)
+    pairs = run_pairs(manifest, "validation", tokenizer, model.config)
     pairs = pairs.shuffle(seed=args.seed).select(range(min(args.eval_pairs, len(pairs))))
     batches = [collate([pairs[j] for j in range(i, min(i + 32, len(pairs)))]) for i in range(0, len(pairs), 32)]
     step = manifest["steps"]
@@ -129,7 +203,10 @@ def run(args: PlannerBenchConfig) -> dict:
     figures["nll_ratio_vs_ar"] = figures["nll_planner_z"] / figures["nll_ar"]
     figures["nll_zstar_ratio_vs_ar"] = figures["nll_zstar"] / figures["nll_ar"]
     figures["nll_bound_ratio_vs_ar"] = figures["nll_bound"] / figures["nll_ar"]
-    figures["concept_drop_50"] = concept_drop(model, RareCharacterProposer(model.config, tokenizer), batches[:2],
+    covered, examples = coverage_figures(model, ar, tokenizer, batches, manifest.get("task", "next_sentence"),
+                                         args.max_text_length)
+    figures.update(covered)
+    figures["concept_drop_50"] = concept_drop(model, make_proposer(model.config, tokenizer), batches[:2],
                                               [0.5], args.seed)["delta_nll"]["0.5"]
     concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1])
     figures["executor_tok_s_b1"], figures["plain_tok_s_b1"], figures["executor_decode_ratio"] = decode_ratio(
@@ -137,22 +214,26 @@ def run(args: PlannerBenchConfig) -> dict:
     figures["executor_tok_s_b16"], figures["plain_tok_s_b16"], figures["executor_decode_ratio_b16"] = decode_ratio(
         model, concepts, 16, args.repeats)
     figures["monitor_warnings"] = len(manifest["monitor_warnings"])
+    figures["train_steps"], figures["ar_train_steps"] = manifest["steps"], ar_manifest["steps"]
 
     result = write_result(
-        args.json, "planner",
-        config={"run_dir": args.run_dir, "ar_run_dir": args.ar_run_dir, "eval_pairs": len(pairs), "split": "validation",
+        args.json, "planner-keywords" if manifest.get("task") == "keywords" else "planner",
+        config={"run_dir": args.run_dir, "ar_run_dir": args.ar_run_dir, "task": manifest.get("task"),
+                "eval_pairs": len(pairs), "split": "validation",
                 "planner_parameters": manifest["parameters"], "ar_parameters": ar_manifest["parameters"],
                 "ar_layers": ar.config.num_hidden_layers, "planner_config": model.config.to_diff_dict(),
                 "new_tokens": NEW_TOKENS, "repeats": args.repeats,
                 "monitor_warning_rules": sorted({w["rule"] for w in manifest["monitor_warnings"]})},
-        budget={"planner_max_steps": args.steps, "planner_wall_clock_cap_s": args.budget,
-                "planner_steps_done": manifest["steps"], "ar_max_steps": args.ar_steps or manifest["steps"],
-                "ar_wall_clock_cap_s": args.ar_budget, "ar_steps_done": ar_manifest["steps"],
-                "batch_size": args.batch_size, "learning_rate": 1e-3, "estep_warmup_steps": args.warmup_estep,
-                "estep_prior_weight": args.prior_weight,
+        budget={"max_steps": args.steps, "wall_clock_cap_s": args.budget, "planner_steps_done": manifest["steps"],
+                "ar_steps_done": ar_manifest["steps"], "batch_size": args.batch_size, "learning_rate": 1e-3,
+                "estep_warmup_steps": args.warmup_estep, "estep_prior_weight": args.prior_weight,
+                "estep_selection": args.estep_selection, "proposer": args.proposer,
                 "max_text_length": args.max_text_length},
-        figures=figures,
+        figures=figures, extra={"examples": examples},
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),
+                 "nll_ratio_vs_ar": target(figures["nll_ratio_vs_ar"], "≤", 1.0),
+                 "keyword_coverage": target(figures["keyword_coverage"], "≥", 0.8),
+                 "keyword_coverage_vs_ar": target(figures["keyword_coverage"] - figures["ar_keyword_coverage"], ">", 0.0),
                  "executor_decode_ratio": target(figures["executor_decode_ratio"], "≥", 0.95)},
     )
     print("\n".join(f"{k}: {v:.4g}" for k, v in result["figures"].items()))

@@ -23,8 +23,8 @@ from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..tokenization import load_tokenizer
 from ..trainers.concept import load_concept_run
-from ..trainers.planner_data import build_pairs, collate
-from ..trainers.planner_estep import RareCharacterProposer, estep
+from ..trainers.planner_data import collate, run_pairs
+from ..trainers.planner_estep import estep, make_proposer
 
 SPLITS = ("train", "validation", "test")
 
@@ -63,7 +63,7 @@ def concept_drop(model, proposer, batches: list[dict], rates: list[float], seed:
     totals = {"nll": 0.0, **{rate: 0.0 for rate in rates}}
     tokens = 0
     for batch in batches:
-        z, _, _ = estep(model, proposer, batch, step=model.config.estep_warmup_steps, generator=generator)
+        z = estep(model, proposer, batch, step=model.config.estep_warmup_steps, generator=generator).plans
         count = int(batch["text_attention_mask"].sum())
         nll = lambda plans: float(model.executor_forward(plans, batch["text_ids"],  # noqa: E731
                                                          batch["text_attention_mask"]).loss) * count
@@ -83,14 +83,13 @@ def run_planner(args: PlannerProbeConfig) -> dict:
     model = PlannerExecutorModel.from_pretrained(args.run_dir).eval()
     tokenizer = load_tokenizer(args.run_dir)
     config = model.config
-    pairs = build_pairs(load_corpus(manifest.get("data", "all"))[args.split], tokenizer, config.max_input_length,
-                        config.max_text_length)
+    pairs = run_pairs(manifest, args.split, tokenizer, config)
     if len(pairs) == 0:
         raise ValueError(f"the {args.split} split of {manifest.get('data')!r} has no (u, y) pairs to probe")
     pairs = pairs.shuffle(seed=args.seed).select(range(min(args.pairs, len(pairs))))
     batches = [collate([pairs[j] for j in range(i, min(i + args.batch_size, len(pairs)))])
                for i in range(0, len(pairs), args.batch_size)]
-    result = concept_drop(model, RareCharacterProposer(config, tokenizer), batches, args.drop_rates, args.seed)
+    result = concept_drop(model, make_proposer(config, tokenizer), batches, args.drop_rates, args.seed)
     print(f"NLL(y | z*) = {result['nll_per_token']:.3f} nats/token on {result['pairs']} {args.split} pairs")
     for rate, delta in result["delta_nll"].items():
         print(f"drop {float(rate):.0%} of concepts: ΔNLL = {delta:+.3f} nats/token")

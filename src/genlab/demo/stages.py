@@ -142,7 +142,7 @@ def stage_planner(demo: Demo) -> dict:
     def measure() -> dict:
         bench = bench_planner.run(bench_planner.PlannerBenchConfig(
             json=str(run_dir / "bench.json"), run_dir=str(run_dir), ar_run_dir=str(ar_dir),
-            steps=s.planner_steps, budget=demo.budget, ar_budget=demo.budget, warmup_estep=s.planner_warmup,
+            steps=s.planner_steps, budget=demo.budget, warmup_estep=s.planner_warmup,
             max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats))
         return {"figures": bench["figures"], "examples": planner_examples(run_dir, s.shown)}
 

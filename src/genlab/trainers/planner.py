@@ -15,8 +15,8 @@ import datasets
 import torch
 from transformers import GenerationConfig, Trainer, TrainingArguments, set_seed
 
-from ..configuration_planner import PlannerExecutorConfig
-from ..data import corpus_sources, load_corpus
+from ..configuration_planner import ESTEP_SELECTIONS, PROPOSERS, PlannerExecutorConfig
+from ..data import corpus_sources
 from ..distributed import main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import TRAINER_LOG, RunDir, export_model_run, prepare_run_dir
@@ -24,8 +24,8 @@ from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
                      finalize_training_arguments, resume_checkpoint)
-from .planner_data import CurriculumSampler, build_pairs, collate
-from .planner_estep import RareCharacterProposer, SaveZStarStore, ZStarStore, estep
+from .planner_data import TASKS, CurriculumSampler, collate, task_texts, tokenize_pairs
+from .planner_estep import SaveZStarStore, ZStarStore, estep, make_proposer, win_rates
 from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_distance, flip_rate, nll_by_position,
                                planner_entropy, staleness_gap, top1_margin)
 
@@ -51,7 +51,16 @@ class PlannerTrainConfig(TrainConfig):
     planner_layers: int = field(default=2, metadata={"help": "planner decoder layers"})
     executor_layers: int = field(default=3, metadata={"help": "executor decoder layers"})
     concept_gradient: str = field(default="hard_em", metadata={"choices": list(CONCEPT_GRADIENTS)})
-    keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary"})
+    task: str = field(default="next_sentence", metadata={"choices": list(TASKS), "help": "built-in (u, y) task"})
+    pairs: str | None = field(default=None, metadata={
+        "help": "a JSONL file of {\"u\": ..., \"y\": ...} rows: your own task (replaces --task)"})
+    proposer: str = field(default="rare_characters", metadata={
+        "choices": list(PROPOSERS), "help": "q(z|y) of the E-step; keywords: y's characters found in u, un-hashed"})
+    estep_selection: str = field(default="joint", metadata={
+        "choices": list(ESTEP_SELECTIONS), "help": "z* = argmax S(z) (joint) or argmax log p(y|z) (likelihood)"})
+    share_text_embeddings: bool = field(default=True, metadata={
+        "help": "one text embedding table for the planner and the executor (--no-share-text-embeddings: two)"})
+    keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary (rare_characters)"})
     keywords: int = field(default=8, metadata={"help": "longest keyword plan"})
     clauses: int = field(default=6, metadata={"help": "longest shape plan"})
     mtp_heads: int = field(default=0, metadata={"help": "multi-token-prediction heads of the planner"})
@@ -69,6 +78,9 @@ class PlannerTrainConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         check_choice(self, "concept_gradient", CONCEPT_GRADIENTS)
+        check_choice(self, "task", TASKS)
+        check_choice(self, "proposer", PROPOSERS)
+        check_choice(self, "estep_selection", ESTEP_SELECTIONS)
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
                        "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
                        "max_text_length", "curriculum_start")
@@ -89,7 +101,7 @@ class ProcessStatAccumulator(StatAccumulator):
 class PlannerExecutorTrainer(Trainer):
     """Hard-EM (P4): E-step for stale examples, then the model's M-step losses; monitors collected on the way."""
 
-    def __init__(self, *args, proposer: RareCharacterProposer, store: ZStarStore, curriculum_start: int = 16,
+    def __init__(self, *args, proposer, store: ZStarStore, curriculum_start: int = 16,
                  curriculum_steps: int = 0, monitor_patience: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
         self.proposer, self.store = proposer, store
@@ -153,11 +165,14 @@ class PlannerExecutorTrainer(Trainer):
         rows = stale.to(plans.device)
         old = plans[rows]
         seen = seen.to(plans.device)
-        new, scores, _ = estep(model, self.proposer, {k: v[rows] for k, v in inputs.items() if k != "index"}, step,
-                               previous=old, has_previous=seen)
+        result = estep(model, self.proposer, {k: v[rows] for k, v in inputs.items() if k != "index"}, step,
+                       previous=old, has_previous=seen)
+        new, scores = result.plans, result.scores
         plans[rows] = new
         self.store.update(index[stale], new, step)
         self.stats.add("top1_margin", top1_margin(scores))
+        for name, rate in win_rates(result).items():
+            self.stats.add(name, rate)
         if bool(seen.any()) and "previous" in model.config.estep_sources:  # z*_old is candidate column 0
             self.stats.add("flip_rate", flip_rate(old[seen], new[seen]))
             self.stats.add("flip_edit_distance", edit_distance(old[seen], new[seen]).float().mean())
@@ -192,10 +207,17 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
     stack = lambda layers: dict(hidden_size=width, num_hidden_layers=layers,  # noqa: E731
                                 num_attention_heads=max(1, width // 32), num_key_value_heads=max(1, width // 64),
                                 intermediate_size=width * 11 // 4)
+    if config.proposer == "keywords":  # concepts are u's characters: one text concept type
+        types = dict(concept_types=["keywords"], concept_vocab_sizes=[len(tokenizer)],
+                     concept_max_lengths=[config.keywords], text_concept_types=["keywords"])
+    else:
+        types = dict(concept_types=["keywords", "shape"], concept_vocab_sizes=[config.keyword_vocab, 16],
+                     concept_max_lengths=[config.keywords, config.clauses])
     return PlannerExecutorConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, concept_types=["keywords", "shape"],
-        concept_vocab_sizes=[config.keyword_vocab, 16], concept_max_lengths=[config.keywords, config.clauses],
+        eos_token_id=tokenizer.eos_token_id, **types, proposer=config.proposer,
+        share_text_embeddings=config.share_text_embeddings,
+        estep_selection=config.estep_selection,
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
         planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient, estep_top_k=config.estep_top_k,
@@ -204,7 +226,8 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
 
 
 def load_pairs(config: PlannerTrainConfig, tokenizer, split: str = "train") -> datasets.Dataset:
-    pairs = build_pairs(load_corpus(config.data)[split], tokenizer, config.max_input_length, config.max_text_length)
+    us, ys = task_texts(config.task, split, config.data, config.pairs)
+    pairs = tokenize_pairs(us, ys, tokenizer, config.max_input_length, config.max_text_length)
     return pairs.select(range(min(config.max_pairs, len(pairs)))) if config.max_pairs else pairs
 
 
@@ -230,11 +253,12 @@ def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None
     trainer = PlannerExecutorTrainer(
         model=model, args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
         train_dataset=pairs, data_collator=collate, callbacks=[TimeBudgetCallback(config.budget)],
-        proposer=RareCharacterProposer(model_config, tokenizer), store=store,
+        proposer=make_proposer(model_config, tokenizer), store=store,
         curriculum_start=config.curriculum_start, curriculum_steps=curriculum_steps)
     result = trainer.train(resume_from_checkpoint=resume)
     manifest = {
-        "system": "planner", "data": config.data, "pairs": len(pairs), "steps": trainer.state.global_step,
+        "system": "planner", "data": config.data, "task": config.task, "pairs_file": config.pairs,
+        "pairs": len(pairs), "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "concept_gradient": config.concept_gradient, "seed": training.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "datasets": corpus_sources(config.data),

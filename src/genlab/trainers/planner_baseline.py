@@ -1,6 +1,6 @@
 """The planner's baseline: an AR Qwen2 of the planner–executor's parameter count trained on p(y | u) (SPEC P4, B).
 
-Same (u, y) pairs as the planner, rendered ``u <sep> y </s>`` with the loss on y only; its layers are the
+Same (u, y) pairs as the planner (its run's task), rendered ``u <sep> y </s>`` with the loss on y only; its layers are the
 executor's shape, as many as bring it to the planner–executor's parameter count.
 """
 
@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments, set_seed
 
-from ..data import load_corpus
 from ..modeling_planner import PlannerExecutorModel
 from ..runs import RunDir, export_model_run, prepare_run_dir, read_manifest
 from ..tokenization import resolve_tokenizer
 from .callbacks import TimeBudgetCallback
 from .common import TrainConfig, announce, default_training_arguments, finalize_training_arguments
-from .planner_data import build_pairs
+from .planner_data import run_pairs
 
 TRAINING_DEFAULTS = dict(max_steps=500, learning_rate=1e-3, lr_scheduler_type="constant_with_warmup",
                          logging_steps=25, save_steps=100000)
@@ -71,10 +70,10 @@ def train_planner_baseline(config: PlannerBaselineTrainConfig, training: Trainin
     """Train the AR p(y|u) baseline of ``config.planner_run`` (give it the planner's step count)."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     planner = PlannerExecutorModel.from_pretrained(config.planner_run)
-    target_params = read_manifest(config.planner_run)["parameters"]
+    planner_manifest = read_manifest(config.planner_run)
+    target_params = planner_manifest["parameters"]
     tokenizer = resolve_tokenizer(config.tokenizer)
-    pairs = build_pairs(load_corpus(config.data)["train"], tokenizer, planner.config.max_input_length,
-                        planner.config.max_text_length)
+    pairs = run_pairs(planner_manifest, "train", tokenizer, planner.config)
     set_seed(training.seed)
     ar = Qwen2ForCausalLM(ar_config(planner, target_params))
     run_dir = prepare_run_dir(config.run_dir)

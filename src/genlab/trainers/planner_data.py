@@ -1,20 +1,38 @@
-"""Planner data (SPEC P5): (u, y) pairs from the corpus, their collation, and the length curriculum.
+"""Planner data (SPEC P5): (u, y) pairs of a task, their collation, and the length curriculum.
 
-Pairs (``build_pairs``): in a news paragraph, the previous sentence (u) → the next sentence (y), using the
-``doc``/``sent`` columns (both sentences must be in the same split); for a review, its polarity and its first
-``opening_chars`` characters (u = "好评：开头" / "差评：开头") → the review's first sentence (y). y ends with
-``</s>``. Curriculum (v3.1): a step's batch is drawn from the examples whose y is no longer than
+Tasks (``task_texts``), each split by y's hash like the corpus (held out by sentence):
+
+- ``next_sentence``: in a news paragraph, the previous sentence (u) → the next sentence (y), using the
+  ``doc``/``sent`` columns; for a review, its polarity and its first ``opening_chars`` characters
+  (u = "好评：开头" / "差评：开头") → the review's first sentence (y);
+- ``keywords`` (CommonGen-style): u = the content words of a People's Daily sentence of ≤ 40 characters (its
+  nouns, verbs and adjectives by the corpus's own POS tags), shuffled, plus two content words of another
+  sentence as distractors, joined by "、" → y = the sentence;
+- a ``.jsonl`` file of ``{"u": ..., "y": ...}`` rows (``--pairs``): the user's own task.
+
+y ends with ``</s>``. Curriculum (v3.1): a step's batch is drawn from the examples whose y is no longer than
 ``curriculum_length(step)``, growing linearly to the longest y; the sampler is a pure function of (seed, step)
 so resuming reproduces it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+from pathlib import Path
+
 import datasets
 import torch
 from torch.utils.data import Sampler
 
+from ..data import corpus_files, load_corpus, normalize_text, split_of
+
 POLARITY = {"pos": "好评：", "neg": "差评："}
+TASKS = ("next_sentence", "keywords")
+CONTENT_TAGS = {"n", "ns", "nr", "nt", "nz", "vn", "v", "a", "an", "i", "l", "j"}  # PKU tags: nouns, verbs, adj.
+SENTENCE_END = {"。", "！", "？"}
+CLOSERS = {"”", "’", "」", "』", "）"}
 
 
 def pair_texts(split: datasets.Dataset, opening_chars: int = 4) -> tuple[list[str], list[str]]:
@@ -30,13 +48,93 @@ def pair_texts(split: datasets.Dataset, opening_chars: int = 4) -> tuple[list[st
     return us, ys
 
 
+def tagged_sentences(line: str) -> list[list[tuple[str, str]]]:
+    """A People's Daily line ``词/tag  [词/tag 词/tag]nt …`` → its sentences as (word, tag) lists."""
+    sentences, words = [], []
+    for item in line.split()[1:] if line.startswith("1998") else line.split():  # a leading article id, if any
+        word, _, tag = item.lstrip("[").rpartition("/")
+        if word in CLOSERS and not words and sentences:  # a closing quote after 。 ends the previous sentence
+            sentences[-1].append((word, tag))
+            continue
+        words.append((normalize_text(word), tag.split("]")[0]))
+        if word in SENTENCE_END:
+            sentences.append(words)
+            words = []
+    return sentences
+
+
+def keyword_texts(split: str, distractors: int = 2, max_chars: int = 40, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(u, y) of the ``keywords`` task in ``split``: u = y's content words shuffled + distractors, "、"-joined."""
+    with open(corpus_files("news")["news"][0], encoding="utf-8") as f:
+        sentences = [s for line in f for s in tagged_sentences(line)]
+    items = []
+    for words in sentences:
+        text = "".join(w for w, _ in words)
+        content = list(dict.fromkeys(w for w, tag in words if tag in CONTENT_TAGS and w))
+        if len(text) <= max_chars and 2 <= len(content) <= 8 and split_of(text) == split:
+            items.append((text, content))
+    us, ys = [], []
+    for i, (text, content) in enumerate(items):
+        rng = random.Random(int(hashlib.md5(f"{seed}:{text}".encode()).hexdigest()[:8], 16))
+        other = items[rng.randrange(len(items))][1]
+        extra = [w for w in other if w not in content and w not in text][:distractors]
+        words = content + extra
+        rng.shuffle(words)
+        us.append("、".join(words))
+        ys.append(text)
+    return us, ys
+
+
+def jsonl_texts(path: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """(u, y) rows of a ``{"u": ..., "y": ...}`` JSONL file in ``split`` (by y's hash); errors name the line."""
+    us, ys = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--pairs {path} line {number} is not JSON: {err.msg}") from None
+            if not (isinstance(row, dict) and isinstance(row.get("u"), str) and isinstance(row.get("y"), str)):
+                raise ValueError(f"--pairs {path} line {number} needs string fields 'u' and 'y', got {line.strip()[:80]}")
+            if split_of(row["y"]) == split:
+                us.append(row["u"])
+                ys.append(row["y"])
+    return us, ys
+
+
+def task_texts(task: str, split: str, data: str = "all", pairs: str | None = None) -> tuple[list[str], list[str]]:
+    """(u, y) strings of ``split``: the user's ``pairs`` file when given, else the built-in ``task``."""
+    if pairs is not None:
+        return jsonl_texts(pairs, split)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} (or give --pairs FILE.jsonl), got {task!r}")
+    if task == "keywords":
+        return keyword_texts(split)
+    return pair_texts(load_corpus(data)[split])
+
+
+def run_pairs(manifest: dict, split: str, tokenizer, config) -> datasets.Dataset:
+    """The tokenised pairs of ``split`` for the task a planner run (its ``manifest``) was trained on."""
+    us, ys = task_texts(manifest.get("task", "next_sentence"), split, manifest.get("data", "all"),
+                        manifest.get("pairs_file"))
+    return tokenize_pairs(us, ys, tokenizer, config.max_input_length, config.max_text_length)
+
+
 def build_pairs(split: datasets.Dataset, tokenizer, max_input_length: int, max_text_length: int,
                 opening_chars: int = 4) -> datasets.Dataset:
+    """The next-sentence pairs of a corpus split, tokenised (``tokenize_pairs``)."""
+    return tokenize_pairs(*pair_texts(split, opening_chars), tokenizer, max_input_length, max_text_length)
+
+
+def tokenize_pairs(us: list[str], ys: list[str], tokenizer, max_input_length: int,
+                   max_text_length: int) -> datasets.Dataset:
     """Tokenised pairs: ``u_ids``, ``y_ids`` (ending in ``</s>``), ``index`` (the key of the z* cache)."""
-    us, ys = pair_texts(split, opening_chars)
     if not us:
-        raise ValueError("the data gives no (u, y) pairs: pairs are consecutive sentences of one line (paragraph) "
-                         "or labelled reviews, so a file with one sentence per line has none; put paragraphs on lines")
+        raise ValueError("the data gives no (u, y) pairs: next-sentence pairs are consecutive sentences of one line "
+                         "(paragraph) or labelled reviews, so a file with one sentence per line has none; put "
+                         "paragraphs on lines, or give --pairs FILE.jsonl")
     u_ids = tokenizer(us, add_special_tokens=False)["input_ids"]
     y_ids = [ids + [tokenizer.eos_token_id] for ids in tokenizer(ys, add_special_tokens=False)["input_ids"]]
     keep = [i for i, (u, y) in enumerate(zip(u_ids, y_ids)) if 0 < len(u) <= max_input_length and len(y) <= max_text_length]

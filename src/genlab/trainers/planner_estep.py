@@ -1,16 +1,20 @@
-"""The planner's E-step (SPEC P4): the proposer q(z | y), candidate scoring, z* and its per-example store.
+"""The planner's E-step (SPEC P4): the proposers q(z | y), candidate scoring, z* and its per-example store.
 
-For each example, candidates z are scored by S(z) = log p(y|z) + β log p(z|u) and the argmax is kept as z*.
-Candidates: the proposer from y, the planner's greedy plan and ``estep_top_k`` samples, and the stored z*
-itself. The proposer is ``RareCharacterProposer``, a parameter-free extractor, chosen over a learned
-encoder-with-quantiser because it is informative from step 0 (so the executor learns to read z at once instead
-of collapsing to an LM that ignores it, the seed's first "abnormal" case), needs no second model kept in sync
-with the E-step, and still leaves the E-step a real choice: ``estep_top_k`` granularities of keyword plans,
-which trade log p(y|z) against log p(z|u), and the planner's own plans.
+For each example, candidates z are scored by S(z) = log p(y|z) + β log p(z|u); ``estep_selection="joint"``
+keeps argmax S(z), ``"likelihood"`` keeps argmax log p(y|z) with S(z) as the tie-break. Candidates: the
+proposer's plans, the planner's greedy plan and ``estep_top_k`` samples, and the stored z* itself; which
+source won is returned so the trainer can monitor the win rates.
 
-- type ``keywords``: the m rarest characters of y (the corpus tokenizer numbers characters by frequency, so
-  the rarest are the highest ids), in text order, hashed to ``3 + id mod V``;
-- type ``shape``: the length of each clause of y (split at ，。！？；：、), bucketed by 4 characters.
+Proposers (``config.proposer``) are parameter-free extractors, informative from step 0 (so the executor learns
+to read z at once instead of collapsing to an LM that ignores it, the seed's first "abnormal" case). Each takes
+the batch and returns (batch, granularities, types, L) candidate plans; the granularities are plan lengths,
+which trade log p(y|z) against log p(z|u):
+
+- ``rare_characters`` (``RareCharacterProposer``), for any (u, y): type ``keywords`` = the m rarest characters
+  of y (the corpus tokenizer numbers characters by frequency, so the rarest are the highest ids), in text
+  order, hashed to ``3 + id mod V``; type ``shape`` = each clause's length (split at ，。！？；：、), bucketed by 4;
+- ``keywords`` (``KeywordProposer``), for tasks where u names y's content: the characters y shares with u,
+  un-hashed (concept 3 + t is token t, a ``text_concept_types`` type), in u's order, first occurrences only.
 
 z* is stored per example index and searched again once it is ``estep_refresh_steps`` (M) steps old (v3.1);
 the store is saved in every checkpoint (``planner_zcache.pt``) so resuming continues with it.
@@ -19,6 +23,7 @@ the store is saved in every checkpoint (``planner_zcache.pt``) so resuming conti
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import TrainerCallback
@@ -32,6 +37,11 @@ CACHE_FILE = "planner_zcache.pt"
 PROPOSER_TYPES = ("keywords", "shape")
 
 
+def plan_lengths(longest: int, count: int) -> list[int]:
+    """``count`` plan lengths spread evenly up to ``longest`` (the proposers' granularities)."""
+    return sorted({max(1, round(longest * (g + 1) / count)) for g in range(count)})
+
+
 class RareCharacterProposer:
     """Parameter-free z from y: keyword plans at several granularities plus the clause-length shape."""
 
@@ -43,8 +53,7 @@ class RareCharacterProposer:
         ids = tokenizer.convert_tokens_to_ids(list(PUNCTUATION))
         self.punctuation = torch.tensor([i for i in ids if i != tokenizer.unk_token_id])
         longest = config.concept_max_lengths[config.concept_types.index("keywords")] if "keywords" in config.concept_types else 1
-        count = granularities or config.estep_top_k
-        self.granularities = sorted({max(1, round(longest * (g + 1) / count)) for g in range(count)})
+        self.granularities = plan_lengths(longest, granularities or config.estep_top_k)
 
     def keywords(self, y: torch.Tensor, valid: torch.Tensor, m: int, vocab: int, width: int) -> torch.Tensor:
         """(batch, width): the m highest-id (rarest) ordinary characters of y in text order, hashed."""
@@ -69,9 +78,9 @@ class RareCharacterProposer:
         concepts = torch.where(ended, CONCEPT_PAD, NUM_CONCEPT_SPECIALS + (counts // 4).clamp(max=vocab - 1))
         return torch.nn.functional.pad(concepts, (0, width - concepts.shape[1]), value=CONCEPT_PAD)
 
-    def __call__(self, y: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, granularities, types, L) candidate plans."""
-        valid, config = y_mask.bool(), self.config
+    def __call__(self, batch: dict) -> torch.Tensor:
+        """(batch, granularities, types, L) candidate plans from y (``text_ids``)."""
+        y, valid, config = batch["text_ids"], batch["text_attention_mask"].bool(), self.config
         width = max(config.concept_max_lengths)
         plans = []
         for m in self.granularities:
@@ -83,31 +92,89 @@ class RareCharacterProposer:
         return torch.stack(plans, 1)
 
 
+class KeywordProposer:
+    """z = the characters y shares with u, un-hashed, in u's order (first occurrences), cut to each length."""
+
+    def __init__(self, config: PlannerExecutorConfig, tokenizer, granularities: int | None = None):
+        if config.concept_types != ["keywords"] or config.text_concept_types != ["keywords"]:
+            raise ValueError("the keywords proposer needs concept_types ['keywords'] declared in "
+                             f"text_concept_types, got {config.concept_types} / {config.text_concept_types}")
+        ids = tokenizer.convert_tokens_to_ids(list(PUNCTUATION))
+        self.punctuation = torch.tensor([i for i in ids if i != tokenizer.unk_token_id])
+        self.longest = config.concept_max_lengths[0]
+        self.granularities = plan_lengths(self.longest, granularities or config.estep_top_k)
+
+    def shared(self, u: torch.Tensor, u_valid: torch.Tensor, y: torch.Tensor, y_valid: torch.Tensor) -> torch.Tensor:
+        """(batch, U) True where u's token is an ordinary character that y contains, at its first occurrence in u."""
+        in_y = (u[:, :, None] == y.masked_fill(~y_valid, -1)[:, None, :]).any(-1)  # (batch, U)
+        ordinary = u_valid & (u >= FIRST_ORDINARY_ID) & ~torch.isin(u, self.punctuation.to(u.device))
+        earlier = (u[:, :, None] == u[:, None, :]).tril(-1) & u_valid[:, None, :]  # same token further left
+        return in_y & ordinary & ~earlier.any(-1)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        u, u_valid = batch["input_ids"], batch["attention_mask"].bool()
+        keep = self.shared(u, u_valid, batch["text_ids"], batch["text_attention_mask"].bool())
+        rank = keep.long().cumsum(1) - 1  # (batch, U) place in the plan
+        plans = []
+        for m in self.granularities:
+            plan = torch.full((u.shape[0], self.longest + 1), CONCEPT_PAD, dtype=torch.long, device=u.device)
+            slot = torch.where(keep & (rank < m), rank, self.longest)  # the rest goes to a dropped column
+            plan.scatter_(1, slot, torch.where(keep, NUM_CONCEPT_SPECIALS + u, CONCEPT_PAD))
+            plans.append(plan[:, None, : self.longest])  # (batch, types = 1, L)
+        return torch.stack(plans, 1)
+
+
+PROPOSER_CLASSES = {"rare_characters": RareCharacterProposer, "keywords": KeywordProposer}
+
+
+def make_proposer(config: PlannerExecutorConfig, tokenizer):
+    """The proposer ``config.proposer`` names."""
+    return PROPOSER_CLASSES[config.proposer](config, tokenizer)
+
+
 def prior_weight(step: int, warmup: int, final: float = 1.0) -> float:
     """β of S(z) = log p(y|z) + β log p(z|u): final · step / W during the warm-up, then ``final`` (pure in step)."""
     return final if warmup <= 0 else final * min(1.0, step / warmup)
 
 
 def score_candidates(model: PlannerExecutorModel, batch: dict, candidates: torch.Tensor,
-                     beta: float = 1.0) -> torch.Tensor:
-    """S(z) = log p(y|z) + β log p(z|u) for (batch, C, types, L) candidates → (batch, C); duplicates get −inf."""
+                     beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """S(z) = log p(y|z) + β log p(z|u) for (batch, C, types, L) candidates → (S (batch, C) with −inf for
+    duplicates, log p(y|z) (batch, C))."""
     b, c = candidates.shape[:2]
     flat = candidates.flatten(0, 1)
     repeat = lambda t: t.repeat_interleave(c, 0)  # noqa: E731
     executor = model.executor_forward(flat, repeat(batch["text_ids"]), repeat(batch["text_attention_mask"]))
     planner = model.planner_forward(repeat(batch["input_ids"]), repeat(batch["attention_mask"]), flat)
-    scores = (executor.log_prob + beta * planner.log_prob).view(b, c)
+    likelihood = executor.log_prob.view(b, c)
+    scores = likelihood + beta * planner.log_prob.view(b, c)
     content = candidates.masked_fill(~concept_slot_mask(candidates), CONCEPT_PAD).flatten(2)  # (batch, C, types·L)
     same = (content[:, :, None] == content[:, None]).all(-1)  # (batch, C, C)
     duplicate = (same & torch.ones(c, c, dtype=torch.bool, device=same.device).tril(-1)).any(-1)
-    return scores.masked_fill(duplicate, float("-inf"))
+    return scores.masked_fill(duplicate, float("-inf")), likelihood
+
+
+class EStep(NamedTuple):
+    plans: torch.Tensor  # (batch, types, L) z*
+    scores: torch.Tensor  # (batch, C) S(z) of each candidate, −inf for duplicates
+    candidates: torch.Tensor  # (batch, C, types, L)
+    sources: list[str]  # (C,) the source of each candidate column
+    winner: torch.Tensor  # (batch,) column of z*
+
+
+def select(config: PlannerExecutorConfig, scores: torch.Tensor, likelihood: torch.Tensor) -> torch.Tensor:
+    """Column of z* per row: argmax S(z) (``joint``), or argmax log p(y|z) tie-broken by S(z) (``likelihood``)."""
+    if config.estep_selection == "joint":
+        return scores.argmax(1)
+    best = likelihood.masked_fill(scores == float("-inf"), float("-inf"))
+    tied = best >= best.max(1, keepdim=True).values - 1e-4
+    return scores.masked_fill(~tied, float("-inf")).argmax(1)
 
 
 @torch.no_grad()
-def estep(model: PlannerExecutorModel, proposer: RareCharacterProposer, batch: dict, step: int,
-          previous: torch.Tensor | None = None, has_previous: torch.Tensor | None = None,
-          generator: torch.Generator | None = None):
-    """z* = argmax over the candidates of S(z). Returns (z* (batch, types, L), scores (batch, C), candidates).
+def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previous: torch.Tensor | None = None,
+          has_previous: torch.Tensor | None = None, generator: torch.Generator | None = None) -> EStep:
+    """z* among the candidates (``config.estep_selection``).
 
     ``previous`` (batch, types, L) joins the candidates when the config lists it, as column 0, so duplicates of
     it (masked to −inf) are the later columns and its score is ``scores[:, 0]``; rows where ``has_previous`` is
@@ -115,28 +182,39 @@ def estep(model: PlannerExecutorModel, proposer: RareCharacterProposer, batch: d
     """
     config = model.config
     k, warm = config.estep_top_k, step >= config.estep_warmup_steps
-    sources = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous")]
+    allowed = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous")]
     width = max(model.config.concept_max_lengths)
     fit = lambda z: torch.nn.functional.pad(z, (0, width - z.shape[-1]), value=CONCEPT_PAD)  # noqa: E731
-    pools = []
-    if previous is not None and "previous" in sources:
+    pools, sources = [], []
+    if previous is not None and "previous" in allowed:
         pools.append(fit(previous)[:, None])
-    if "proposer" in sources:
-        pools.append(proposer(batch["text_ids"], batch["text_attention_mask"]))
+    if "proposer" in allowed:
+        pools.append(proposer(batch))
     u, u_mask = batch["input_ids"], batch["attention_mask"]
-    if "planner_greedy" in sources:
+    if "planner_greedy" in allowed:
         pools.append(fit(model.plan(u, u_mask))[:, None])
-    if "planner_sample" in sources:
+    if "planner_sample" in allowed:
         samples = model.plan(u.repeat_interleave(k, 0), u_mask.repeat_interleave(k, 0), do_sample=True,
                              generator=generator)
         pools.append(fit(samples).view(u.shape[0], k, samples.shape[1], width))
+    names = [s for s in ("previous", "proposer", "planner_greedy", "planner_sample") if s in allowed]
+    if previous is None:
+        names = [s for s in names if s != "previous"]
+    for name, pool in zip(names, pools):
+        sources += [name] * pool.shape[1]
     candidates = torch.cat(pools, 1)
-    scores = score_candidates(model, batch, candidates,
-                              prior_weight(step, config.estep_warmup_steps, config.estep_prior_weight))
-    if previous is not None and "previous" in sources and has_previous is not None:
+    scores, likelihood = score_candidates(model, batch, candidates,
+                                          prior_weight(step, config.estep_warmup_steps, config.estep_prior_weight))
+    if previous is not None and "previous" in allowed and has_previous is not None:
         scores[:, 0] = scores[:, 0].masked_fill(~has_previous, float("-inf"))
-    best = scores.argmax(1)
-    return candidates[torch.arange(len(best)), best], scores, candidates
+    best = select(config, scores, likelihood)
+    return EStep(candidates[torch.arange(len(best)), best], scores, candidates, sources, best)
+
+
+def win_rates(result: EStep) -> dict[str, torch.Tensor]:
+    """Share of the rows whose z* came from each source (P6: which source wins the E-step)."""
+    won = [result.sources[int(c)] for c in result.winner]
+    return {f"win_{name}": torch.tensor(won.count(name) / len(won)) for name in dict.fromkeys(result.sources)}
 
 
 class ZStarStore:
