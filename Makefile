@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench bench-merge bench-speculative venv lock clean
+.PHONY: demo test bench bench-merge bench-planner bench-speculative venv lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench-speculative: $(STAMP)
 	$(VENV)/bin/genlab bench speculative --cloud gemma3 --edge-dir runs/edge-gemma3 --edge-steps 200 \
 		--edge-continuations 256 --gate-prompts 10 --gate-thresholds 1,2,3 \
 		--json benchmarks/results/speculative-gemma3.json
+
+# The planner–executor against its same-size AR p(y|u) at equal steps (issue 14): the keywords task
+# (CommonGen-style) and the next-sentence task.
+bench-planner: $(STAMP)
+	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --json benchmarks/results/planner-keywords.json
+	$(VENV)/bin/genlab bench planner --steps 2000 --json benchmarks/results/planner.json
 
 # Record the environment `make test` just passed with (see constraints.txt).
 lock: $(STAMP)

@@ -141,6 +141,11 @@ def test_empty_input_in_edit_mode_is_rejected(model):
         model.generate(torch.tensor([[BOS]]), mode="edit")
 
 
+def test_sampling_is_refused_rather_than_ignored(model):
+    with pytest.raises(ValueError, match="do_sample / num_beams are not supported"):
+        model.generate(right_padded(ROWS), mode="edit", do_sample=True, temperature=0.7)
+
+
 def test_unknown_mode_is_rejected(model):
     with pytest.raises(ValueError, match="mode must be 'edit', 'gen' or 'auto', got 'fix'"):
         model.generate(right_padded(ROWS), mode="fix")

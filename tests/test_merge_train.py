@@ -145,3 +145,11 @@ def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):
     assert main(["generate", "--model", str(run_dir), "--max-new-tokens", "8", "今天"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
     assert main(["edit", "--model", str(run_dir), ""]) == 2  # empty input in edit mode: one-line error
+    assert main(["edit", "--model", str(run_dir), "--rounds", "0", "今天"]) == 2  # not "the default"
+    assert "max_rounds must be >= 1" in capsys.readouterr().err
+    assert main(["edit", "--model", str(tmp_path / "missing"), "今天"]) == 2
+    assert "not a complete genlab run" in capsys.readouterr().err
+    manifest = json.loads((run_dir / "genlab_run.json").read_text())
+    (run_dir / "genlab_run.json").write_text(json.dumps({**manifest, "system": "ar"}))
+    assert main(["edit", "--model", str(run_dir), "今天"]) == 2
+    assert "is a 'ar' run; MERGE editing needs a MERGE run" in capsys.readouterr().err

@@ -194,3 +194,9 @@ def test_all_mask_plan_is_valid_input():
     model = make_model()
     masked = torch.where(CONCEPTS >= 3, CONCEPT_MASK, CONCEPTS)
     assert model.executor_forward(masked, text_batch()).loss.isfinite()
+
+
+def test_generic_tooling_can_call_the_model_on_its_dummy_inputs():
+    model = make_model()
+    out = model(**model.dummy_inputs)
+    assert torch.isfinite(out.loss) and out.planner_loss is not None and out.executor_loss is not None

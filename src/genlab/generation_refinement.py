@@ -129,6 +129,9 @@ class MergeGenerationMixin(GenerationMixin):
             raise ValueError(f"mode must be 'edit', 'gen' or 'auto', got {settings.mode!r}")
         if not settings.max_rounds or settings.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {settings.max_rounds}")
+        if settings.do_sample or (settings.num_beams or 1) != 1:
+            raise ValueError("MERGE fills each mask with its argmax (M8): do_sample / num_beams are not supported, "
+                             f"got do_sample={settings.do_sample}, num_beams={settings.num_beams}")
         return settings
 
     def _initial_state(self, input_ids, attention_mask, settings) -> RefinementState:

@@ -172,6 +172,15 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         return self.concept_table(self.executor_prefix_embed.weight, self.executor.embed_tokens.weight,
                                   1 + self.config.num_concept_types)
 
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """A forward's worth of inputs (u, a one-concept plan per type, a text) for generic tooling."""
+        k = self.config.num_concept_types
+        last = self.config.vocab_size - 1  # an ordinary token of any vocabulary
+        concepts = torch.tensor([[[NUM_CONCEPT_SPECIALS, CONCEPT_EOS]] * k])  # (1, types, 2)
+        return {"input_ids": torch.tensor([[last - 1, last]]), "concept_ids": concepts,
+                "text_ids": torch.tensor([[last, self.config.eos_token_id]])}
+
     def type_vocab_sizes(self, device: torch.device) -> torch.Tensor:
         """(types,) ids per type, specials included (built from the config: from_pretrained keeps no buffers)."""
         return torch.tensor(self.config.concept_type_vocab_sizes, device=device)

@@ -33,7 +33,7 @@ from ..distributed import main_process_first
 from ..generation_refinement import fit_width
 from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
-from ..runs import RunDir, export_model_run, prepare_run_dir
+from ..runs import RunDir, export_model_run, prepare_run_dir, read_manifest
 from ..timing import steps_for_budget
 from ..spelling import TypoNoise
 from ..tokenization import load_tokenizer, resolve_tokenizer
@@ -389,6 +389,10 @@ def usage_snippet(model_id: str) -> str:
 
 
 def _load(run_dir: str):
+    """A MERGE run's model and tokenizer; ``ValueError`` naming the system of any other run."""
+    system = read_manifest(run_dir).get("system")
+    if system != "merge":
+        raise ValueError(f"{run_dir} is a {system!r} run; MERGE editing needs a MERGE run (genlab train merge)")
     return AutoModel.from_pretrained(run_dir).eval(), load_tokenizer(run_dir)
 
 
@@ -409,5 +413,5 @@ def generate_texts(run_dir: str, prompts: list[str], max_new_tokens: int, greedy
 def edit_texts(run_dir: str, texts: list[str], rounds: int | None = None) -> list[str]:
     """`genlab edit --model RUN_DIR TEXT…`: edit mode; one repaired text per input."""
     model, tokenizer = _load(run_dir)
-    kwargs = {"max_rounds": rounds} if rounds else {}
+    kwargs = {} if rounds is None else {"max_rounds": rounds}
     return refine_texts(model, tokenizer, texts, mode="edit", **kwargs)

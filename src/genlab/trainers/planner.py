@@ -112,7 +112,8 @@ class PlannerExecutorTrainer(Trainer):
         self.monitor_batch = {k: v.to(self.args.device) for k, v in monitor_batch.items()}
         self.monitor = PlannerMonitorCallback(config.monitor_steps, config.concept_vocab_sizes, self.stats,
                                               nll_fn=self.monitor_nll, plans_fn=self.monitor_plans,
-                                              patience=monitor_patience)
+                                              patience=monitor_patience, grace_steps=config.estep_warmup_steps,
+                                              soft_path=config.concept_gradient != "hard_em")
         self.add_callback(self.monitor)
         self.metrics = WindowedMetrics(extras=lambda step: self.monitor.pop_pending()).install(self)
         self.add_callback(SaveZStarStore(store))

@@ -148,16 +148,27 @@ RULES = (
     Rule("delta_nll_near_zero", lambda r, step: _get(r, "monitor/delta_nll_shuffle") < 0.05,
          "the executor ignores z: strengthen the bottleneck (executor must not see u), enlarge z capacity / "
          "vocabulary, slow the executor's learning, raise z dropout / perturbation contrast"),
+    Rule("delta_nll_falling", lambda r, step: (r["_peak_delta_nll"] >= 0.1
+                                               and _get(r, "monitor/delta_nll_shuffle") < 0.5 * r["_peak_delta_nll"]),
+         "the executor is unlearning z (ΔNLL fell below half its peak): z* is collapsing onto uninformative plans; "
+         "select z* on log p(y|z) (estep_selection='likelihood'), lower β, keep the proposer among the candidates"),
     Rule("margin_near_zero_and_flips_high",
          lambda r, step: _get(r, "monitor/top1_margin") < 0.1 and _get(r, "monitor/flip_rate") > 0.5,
          "raise the candidate count K or its diversity; run the E-step more often; lower the learning rate"),
-    Rule("early_collapse", lambda r, step: (_get(r, "monitor/flip_rate") < 0.01
-                                            and _get(r, "monitor/planner_entropy") < 0.1 and step < r["_early_steps"]),
-         "raise the temperature / entropy regulariser; use diverse beams; occasionally force exploration "
-         "(sampled candidates)"),
+    Rule("margin_huge", lambda r, step: _get(r, "monitor/top1_margin") > r["_huge_margin"],
+         "one candidate wins by a margin no evidence supports (premature collapse to a fixed pattern): lower β or "
+         "select on log p(y|z), add diverse candidates, check the prior cost of informative plans"),
+    Rule("locked_in", lambda r, step: (_get(r, "monitor/flip_rate") < 0.01 and _get(r, "monitor/planner_entropy") < 0.1
+                                       and r["_peak_flip_rate"] > 0.5),
+         "z* stopped changing and the planner is certain after a period of churn (flip rate → 1 then 0): raise the "
+         "temperature / entropy regulariser; use diverse beams; occasionally force exploration (sampled candidates)"),
+    Rule("planner_plans_win", lambda r, step: (_get(r, "monitor/win_planner_greedy", 0.0)
+                                               + _get(r, "monitor/win_planner_sample", 0.0)) > 0.9,
+         "the planner's own plans win almost every E-step: hard-EM is training the planner on itself; select on "
+         "log p(y|z), lower β, keep the proposer's plans competitive"),
     Rule("staleness_gap_large", lambda r, step: _get(r, "monitor/staleness_gap") > r["_stale_nats"],
          "shorten the E-step refresh interval M (or make it adaptive); lower the learning rate"),
-    Rule("soft_hard_misaligned", lambda r, step: _get(r, "monitor/soft_hard_cosine") < 0.5,
+    Rule("soft_hard_misaligned", lambda r, step: (r["_soft_path"] and _get(r, "monitor/soft_hard_cosine") < 0.5),
          "lower the temperature or anneal it; sharpen e_soft (gradually, not all at once)"),
     Rule("planner_grad_vanishing", lambda r, step: _get(r, "monitor/planner_grad_norm") < 1e-6,
          "the planner gets no signal: check the executor depends on z / the straight-through path"),
@@ -171,15 +182,19 @@ class PlannerMonitorCallback(TrainerCallback):
     ``stats`` since the last reading (margin, flips, staleness, entropy, cosine, position NLLs), warnings.
 
     ``nll_fn(concept_ids) -> nats/token`` and ``plans_fn() -> z*`` of the monitor batch are given by the
-    trainer. A rule must hold for ``patience`` consecutive readings before it warns (once per streak).
+    trainer. A rule must hold for ``patience`` consecutive readings before it warns (again after each break in
+    its streak). No rule is read before ``grace_steps`` (the E-step warm-up: the executor is still learning to
+    read z), so none is spent on what every run shows early; the history rules compare with the peaks since.
     """
 
     def __init__(self, every: int, vocab_sizes: list[int], stats: StatAccumulator | None = None, nll_fn=None,
-                 plans_fn=None, patience: int = 3, early_steps: int = 200, stale_nats: float = 2.0,
-                 explode_norm: float = 100.0):
-        self.every, self.vocab_sizes, self.patience = every, vocab_sizes, patience
+                 plans_fn=None, patience: int = 3, grace_steps: int = 0, stale_nats: float = 2.0,
+                 explode_norm: float = 100.0, huge_margin: float = 20.0, soft_path: bool = False):
+        self.every, self.vocab_sizes, self.patience, self.grace_steps = every, vocab_sizes, patience, grace_steps
         self.stats, self.nll_fn, self.plans_fn = stats or StatAccumulator(), nll_fn, plans_fn
-        self.thresholds = {"_early_steps": early_steps, "_stale_nats": stale_nats, "_explode_norm": explode_norm}
+        self.thresholds = {"_stale_nats": stale_nats, "_explode_norm": explode_norm, "_huge_margin": huge_margin,
+                           "_soft_path": soft_path}
+        self.peaks = {"_peak_delta_nll": 0.0, "_peak_flip_rate": 0.0}
         self.pending: dict[str, float] = {}  # the trainer merges these into its next log
         self.latest: dict[str, float] = {}
         self.streaks = {rule.name: 0 for rule in RULES}
@@ -210,7 +225,12 @@ class PlannerMonitorCallback(TrainerCallback):
 
     def check(self, step: int) -> list[str]:
         """Apply every rule to the latest readings; log a warning when one reaches ``patience`` in a row."""
-        readings = {**self.latest, **self.thresholds}
+        self.pending["monitor/warnings"] = float(len(self.warnings))
+        if step < self.grace_steps:
+            return []
+        readings = {**self.latest, **self.thresholds, **self.peaks}
+        for peak, key in (("_peak_delta_nll", "monitor/delta_nll_shuffle"), ("_peak_flip_rate", "monitor/flip_rate")):
+            self.peaks[peak] = max(self.peaks[peak], _get(self.latest, key, 0.0))
         fired = []
         for rule in RULES:
             self.streaks[rule.name] = self.streaks[rule.name] + 1 if rule.applies(readings, step) else 0
