@@ -1,6 +1,8 @@
 """The autoregressive yardstick: `genlab train ar` (issue: foundation §4, SPEC H6)."""
 
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -148,3 +150,26 @@ def test_a_bad_option_value_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         main(["train", "ar", "--budget", "-1"])
     assert "--budget: must be > 0" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_from_it(tmp_path, small_corpus, capsys, monkeypatch):
+    from genlab.trainers.callbacks import StopOnInterrupt
+
+    step_end = StopOnInterrupt.on_step_end
+
+    def interrupt_at_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 3 and not self.interrupted:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers; the handler runs before the next line
+        return step_end(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_step_end", interrupt_at_step_3)
+    run_dir = tmp_path / "ar"
+    command = train_args(run_dir, small_corpus, "--max-steps", "6", "--save-steps", "100")
+    assert main(command) == 130
+    assert "interrupted at step 3" in capsys.readouterr().err
+    assert (run_dir / CHECKPOINTS / "checkpoint-3").is_dir() and not (run_dir / MANIFEST).exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(StopOnInterrupt, "on_step_end", step_end)
+    assert main(command) == 0
+    manifest = read_manifest(run_dir)
+    assert manifest["steps"] == 6 and manifest["resumed_from"].endswith("checkpoint-3")

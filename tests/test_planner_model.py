@@ -200,3 +200,10 @@ def test_generic_tooling_can_call_the_model_on_its_dummy_inputs():
     model = make_model()
     out = model(**model.dummy_inputs)
     assert torch.isfinite(out.loss) and out.planner_loss is not None and out.executor_loss is not None
+
+
+def test_a_misspelt_generate_argument_is_refused():
+    model = make_model()
+    u = torch.randint(3, VOCAB, (1, 4))
+    with pytest.raises(ValueError, match=r"unknown generate arguments \['max_new_token'\]"):
+        model.generate(u, max_new_token=4)

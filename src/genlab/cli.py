@@ -30,7 +30,7 @@ from .bench.probe import ConceptProbeConfig, PlannerProbeConfig, run_concept, ru
 from .hub_cards import push_with_card, write_card
 from .runs import TRAINER_LOG, read_manifest
 from .trainers import ar, concept, edge, merge, planner
-from .trainers.common import COMMON_TRAINING_DEFAULTS, LR_SCHEDULERS, default_warmup_steps
+from .trainers.common import COMMON_TRAINING_DEFAULTS, LR_SCHEDULERS, TrainingInterrupted, default_warmup_steps
 
 # system → (config dataclass, the recipe's TrainingArguments defaults, recipe)
 TRAIN = {
@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as err:
         print(f"genlab: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"genlab: {stop}", file=sys.stderr)
+        return 130
     return 0
 
 

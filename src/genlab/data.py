@@ -23,6 +23,7 @@ within it), so consecutive sentences of a paragraph can be paired (planner–exe
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -117,11 +118,22 @@ def check_text_file(path: str | os.PathLike) -> Path:
         raise ValueError(f"--data file is empty: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            for _ in f:
-                pass
+            for number, line in enumerate(f, 1):
+                if path.suffix == ".jsonl" and line.strip():
+                    check_jsonl_row(path, number, line)
     except UnicodeDecodeError as err:
         raise ValueError(f"--data file is not UTF-8 text: {path} ({err.reason} at byte {err.start})") from None
     return path
+
+
+def check_jsonl_row(path: Path, number: int, line: str) -> None:
+    """``ValueError`` naming the file and line unless the line is a JSON object with a string ``text``."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--data {path} line {number} is not JSON: {err.msg}") from None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise ValueError(f"--data {path} line {number} needs a string field 'text', got {line.strip()[:80]}")
 
 
 def _explode(batch: dict, indices: list[int], source: str, label: str | None, parse) -> dict:

@@ -9,6 +9,8 @@ and decodes text token by token with a KV cache, through a standard ``LogitsProc
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import torch
@@ -111,7 +113,11 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                 logits_processor: LogitsProcessorList | None = None, generator: torch.Generator | None = None,
                 **kwargs) -> torch.Tensor:
         """Concepts → text ids (batch, new tokens) with the executor's KV cache (P3); rows pad after ``</s>``."""
-        config = GenerationConfig(**{**(generation_config or self.generation_config).to_dict(), **kwargs})
+        config = copy.deepcopy(generation_config or self.generation_config)
+        unused = config.update(**kwargs)
+        if unused:  # a misspelt max_new_tokens would otherwise be kept as an attribute and ignored
+            raise ValueError(f"unknown generate arguments {sorted(unused)}; the executor takes GenerationConfig "
+                             "fields (max_new_tokens, do_sample, temperature, top_k, top_p, …)")
         max_new = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         processors = self._logits_processors(config, logits_processor)
         embeds, positions, _, valid = self.executor_prefix(concept_ids)

@@ -10,12 +10,12 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..configuration_planner import NUM_CONCEPT_SPECIALS
-from ..data import load_corpus
 from ..generation_speculative import edge_cloud_generate
 from ..logits_process import TokenClasses, build_cjk_processors, build_sentence_stopping
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
+from ..runs import read_manifest
 from ..tokenization import load_tokenizer
-from ..trainers.planner_data import build_pairs, collate
+from ..trainers.planner_data import collate, run_pairs
 from ..trainers.planner_monitors import corrupt_concepts
 
 
@@ -51,14 +51,16 @@ def concept_boundaries(model, tokenizer, texts: list[str]) -> list[str]:
     return shown
 
 
-def render_plan(plan: torch.Tensor, types: list[str], vocab_sizes: list[int], text_ids: list[int], tokenizer) -> str:
-    """One plan (types, L) as text: a keyword concept shows the character of the text it hashes from (else
-    ``#id``: the executor did not write it); a shape concept shows its clause length bucket."""
+def render_plan(plan: torch.Tensor, config, text_ids: list[int], tokenizer) -> str:
+    """One plan (types, L) as text: a text concept shows its token; a hashed keyword concept the character of
+    the text it hashes from (else ``#id``: the executor did not write it); a shape concept its clause length."""
     keep = concept_slot_mask(plan[None])[0]
     parts = []
-    for name, vocab, row, valid in zip(types, vocab_sizes, plan.tolist(), keep.tolist()):
+    for name, vocab, row, valid in zip(config.concept_types, config.concept_vocab_sizes, plan.tolist(), keep.tolist()):
         ids = [c - NUM_CONCEPT_SPECIALS for c, v in zip(row, valid) if v]
-        if name == "keywords":
+        if name in config.text_concept_types:
+            parts.append(f"{name}: " + " ".join(tokenizer.convert_ids_to_tokens(ids)))
+        elif name == "keywords":
             chars = {i % vocab: tokenizer.convert_ids_to_tokens(i) for i in text_ids if i >= NUM_CONCEPT_SPECIALS}
             parts.append(f"{name}: " + " ".join(chars.get(i, f"#{i}") for i in ids))
         else:
@@ -71,13 +73,13 @@ def planner_examples(run_dir: Path, shown: int) -> list[dict]:
     """Held-out u → the planner's concepts → the executor's text, and the text written from the next row's plan."""
     model = PlannerExecutorModel.from_pretrained(run_dir).eval()
     tokenizer, config = load_tokenizer(run_dir), model.config
-    pairs = build_pairs(load_corpus("all")["validation"], tokenizer, config.max_input_length, config.max_text_length)
+    pairs = run_pairs(read_manifest(run_dir), "validation", tokenizer, config)
     pairs = pairs.shuffle(seed=0).select(range(max(2, shown)))
     batch = collate([pairs[i] for i in range(len(pairs))])
     plans = model.plan(batch["input_ids"], batch["attention_mask"])
     texts = model.execute(plans, max_new_tokens=48)
     shuffled = corrupt_concepts(plans, "shuffle", config.concept_vocab_sizes)
-    return [{"u": u, "y": y, "concepts": render_plan(p, config.concept_types, config.concept_vocab_sizes, t, tokenizer),
+    return [{"u": u, "y": y, "concepts": render_plan(p, config, t, tokenizer),
              "text": text, "shuffled_text": bad}
             for u, y, p, t, text, bad in zip(decode(tokenizer, batch["input_ids"]), decode(tokenizer, batch["text_ids"]),
                                              plans, texts.tolist(), decode(tokenizer, texts),

@@ -123,11 +123,14 @@ def stage_concept(demo: Demo) -> dict:
 
 # -- stage 4: planner–executor ----------------------------------------------------------------------------------
 def stage_planner(demo: Demo) -> dict:
-    """Hard-EM planner–executor and its same-size AR p(y|u) baseline; ``genlab bench planner`` on both."""
+    """Hard-EM planner–executor on the keywords task (u = a sentence's content words + distractors) and its
+    same-size AR p(y|u) baseline; ``genlab bench planner`` on both."""
     s = demo.scale
     run_dir, ar_dir = demo.dir("planner"), demo.dir("planner-ar")
     manifest = ensure_run("planner–executor", run_dir, PlannerExecutorModel.from_pretrained, lambda: planner.train_planner(
-        planner.PlannerTrainConfig(run_dir=str(run_dir), hidden_size=s.planner_hidden, warmup_estep=s.planner_warmup,
+        planner.PlannerTrainConfig(run_dir=str(run_dir), task="keywords", proposer="keywords",
+                                   estep_selection="likelihood", hidden_size=s.planner_hidden,
+                                   warmup_estep=s.planner_warmup,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=max(1, s.planner_steps // 16),
                                    max_text_length=48, budget=demo.budget),
         default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=s.planner_steps, **demo.quiet_training())),

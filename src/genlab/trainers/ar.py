@@ -26,7 +26,7 @@ from ..tokenization import default_tokenizer, load_tokenizer, resolve_tokenizer
 from ..timing import random_ids, steps_for_budget, train_step_fn
 from .callbacks import TimeBudgetCallback
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
-                     finalize_training_arguments, resume_checkpoint)
+                     finalize_training_arguments, resume_checkpoint, run_training)
 
 TRAINING_DEFAULTS = dict(max_steps=2000, learning_rate=1e-3)
 
@@ -125,7 +125,7 @@ def train_ar(config: ARTrainConfig, training: TrainingArguments | None = None) -
         callbacks=[TimeBudgetCallback(config.budget)],
     )
     resumed_from = resume_checkpoint(config, run_dir)
-    result = trainer.train(resume_from_checkpoint=resumed_from)
+    result = run_training(trainer, resumed_from)
     val_ppl = perplexity(trainer, eval_blocks)
 
     manifest = {

@@ -1,7 +1,10 @@
-"""Trainer callbacks every recipe shares: the wall-clock safety cap and windowed training metrics (SPEC H6)."""
+"""Trainer callbacks every recipe shares: the wall-clock safety cap, Ctrl-C as "save and stop", and windowed
+training metrics (SPEC H6)."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -30,6 +33,37 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True
         return control
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C (SIGINT) during training finishes the current step, saves a checkpoint and stops, so nothing since
+    the last checkpoint is lost; a second Ctrl-C aborts at once. ``interrupted`` tells the caller not to export
+    the run as complete. (Only the main thread can own the handler; elsewhere Ctrl-C keeps its default.)"""
+
+    def __init__(self):
+        self.interrupted = False
+        self.previous = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\n[genlab] Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort now)", flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 class WindowedMetrics(TrainerCallback):

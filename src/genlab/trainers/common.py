@@ -17,6 +17,7 @@ from transformers import TrainingArguments
 
 from ..distributed import is_main_process
 from ..runs import CHECKPOINTS, last_checkpoint
+from .callbacks import StopOnInterrupt
 
 LR_SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 
@@ -85,6 +86,21 @@ def finalize_training_arguments(training: TrainingArguments, run_dir: Path, **re
 def resume_checkpoint(config: TrainConfig, run_dir: Path) -> str | None:
     """The checkpoint to resume from, unless ``resume`` is off."""
     return last_checkpoint(run_dir) if config.resume else None
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint; the run is not exported (rerun to resume)."""
+
+
+def run_training(trainer, resume: str | None = None):
+    """``trainer.train`` with Ctrl-C turned into "save a checkpoint and stop" (``TrainingInterrupted``)."""
+    guard = StopOnInterrupt()
+    trainer.add_callback(guard)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if guard.interrupted:
+        raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; the checkpoint is in "
+                                  f"{trainer.args.output_dir}: run the same command again to resume")
+    return result
 
 
 def announce(message: str) -> None:

@@ -32,7 +32,7 @@ from ..tokenization import load_tokenizer, resolve_tokenizer
 from .ar import pack_sentences, sample
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
-                     finalize_training_arguments, resume_checkpoint)
+                     finalize_training_arguments, resume_checkpoint, run_training)
 
 NEW_MODULES = ["concept_head", "concept_embedding"]
 TRAINING_DEFAULTS = dict(max_steps=600, learning_rate=1e-3)
@@ -119,7 +119,7 @@ def train_base_lora(config: BaseLoraTrainConfig, training: TrainingArguments | N
     trainer = Trainer(model=model, args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
                       train_dataset=blocks, data_collator=default_data_collator,
                       callbacks=[TimeBudgetCallback(config.budget)])
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(config, run_dir))
+    result = run_training(trainer, resume_checkpoint(config, run_dir))
     manifest = {"system": "ar", "role": "LoRA-fine-tuned base (concept comparison)", "base_model": str(config.base),
                 "steps": trainer.state.global_step, "train_loss": result.training_loss, "seed": training.seed}
     export_model_run(run_dir, model.merge_and_unload(), tokenizer, manifest)
@@ -277,7 +277,7 @@ def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None
         data_collator=default_data_collator,
         callbacks=[TimeBudgetCallback(config.budget)],
     )
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(config, run_dir))
+    result = run_training(trainer, resume_checkpoint(config, run_dir))
     merged = model.merge_and_unload() if config.save == "merged" else None
     batch_size = training.per_device_train_batch_size
     evaluation = evaluate_concepts(merged if merged is not None else model, eval_blocks, batch_size)

@@ -39,7 +39,7 @@ from ..runs import RunDir, export_model_run, prepare_run_dir
 from .ar import pack_sentences
 from .callbacks import TimeBudgetCallback
 from .common import (TrainConfig, announce, check_positive, default_training_arguments, finalize_training_arguments,
-                     resume_checkpoint)
+                     resume_checkpoint, run_training)
 
 TRAINING_DEFAULTS = dict(max_steps=300, learning_rate=1e-3, per_device_train_batch_size=8, save_steps=100)
 
@@ -173,7 +173,7 @@ def train_edge(config: EdgeTrainConfig, training: TrainingArguments | None = Non
     trainer = DistillationTrainer(model=model, args=finalize_training_arguments(training, run_dir),
                                   train_dataset=blocks, data_collator=default_data_collator,
                                   callbacks=[TimeBudgetCallback(config.budget)], teacher=teacher)
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(config, run_dir))
+    result = run_training(trainer, resume_checkpoint(config, run_dir))
     manifest = {"system": "edge", "cloud": str(config.cloud), "num_layers": config.num_layers,
                 "cloud_continuations": config.cloud_continuations, "training_blocks": len(blocks),
                 "draft_vocab_size": len(draft_ids) if draft_ids else None, "data": config.data,

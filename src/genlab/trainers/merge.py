@@ -39,7 +39,7 @@ from ..spelling import TypoNoise
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
-                     finalize_training_arguments, resume_checkpoint)
+                     finalize_training_arguments, resume_checkpoint, run_training)
 from .merge_data import OBJECTIVES, collate, make_aligned_pairs, make_pairs, pack_rows
 
 FILLER_MODULES = ("embed_tokens", "mask_ratio_proj", "encoder", "lm_head")
@@ -357,7 +357,7 @@ def train_merge(config: MergeTrainConfig, training: TrainingArguments | None = N
     trainer = build_trainer(config, training, run_dir, tokenizer)
     model, schedule = trainer.model, trainer.schedule
     resumed_from = resume_checkpoint(config, run_dir)
-    result = trainer.train(resume_from_checkpoint=resumed_from)
+    result = run_training(trainer, resumed_from)
     for param in model.parameters():
         param.requires_grad_(True)
     manifest = {

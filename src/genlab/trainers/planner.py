@@ -23,7 +23,7 @@ from ..runs import TRAINER_LOG, RunDir, export_model_run, prepare_run_dir
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
-                     finalize_training_arguments, resume_checkpoint)
+                     finalize_training_arguments, resume_checkpoint, run_training)
 from .planner_data import TASKS, CurriculumSampler, collate, task_texts, tokenize_pairs
 from .planner_estep import SaveZStarStore, ZStarStore, estep, make_proposer, win_rates
 from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_distance, flip_rate, nll_by_position,
@@ -256,7 +256,7 @@ def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None
         train_dataset=pairs, data_collator=collate, callbacks=[TimeBudgetCallback(config.budget)],
         proposer=make_proposer(model_config, tokenizer), store=store,
         curriculum_start=config.curriculum_start, curriculum_steps=curriculum_steps)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = run_training(trainer, resume)
     manifest = {
         "system": "planner", "data": config.data, "task": config.task, "pairs_file": config.pairs,
         "pairs": len(pairs), "steps": trainer.state.global_step,

@@ -15,7 +15,8 @@ from ..modeling_planner import PlannerExecutorModel
 from ..runs import RunDir, export_model_run, prepare_run_dir, read_manifest
 from ..tokenization import resolve_tokenizer
 from .callbacks import TimeBudgetCallback
-from .common import TrainConfig, announce, default_training_arguments, finalize_training_arguments
+from .common import (TrainConfig, announce, default_training_arguments, finalize_training_arguments,
+                     run_training)
 from .planner_data import run_pairs
 
 TRAINING_DEFAULTS = dict(max_steps=500, learning_rate=1e-3, lr_scheduler_type="constant_with_warmup",
@@ -80,7 +81,7 @@ def train_planner_baseline(config: PlannerBaselineTrainConfig, training: Trainin
     trainer = Trainer(model=ar, args=finalize_training_arguments(training, run_dir),
                       train_dataset=ar_pairs(pairs, tokenizer.sep_token_id), data_collator=ar_collate,
                       callbacks=[TimeBudgetCallback(config.budget)])
-    trainer.train()
+    run_training(trainer)
     manifest = {"system": "ar", "role": "planner baseline p(y|u)", "steps": trainer.state.global_step,
                 "parameters": sum(p.numel() for p in ar.parameters()), "planner_run": str(config.planner_run)}
     export_model_run(run_dir, ar, tokenizer, manifest)
