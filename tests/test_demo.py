@@ -162,7 +162,11 @@ def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, h
     for name in ("training_curves", "speed_vs_ar", "merge_rounds", "planner_monitors"):
         assert min(_png_size(root / "plots" / f"{name}.png")) > 100
         assert f"plots/{name}.png" in report and f'src="plots/{name}.png"' in html
-    assert "<table>" in html
+    assert "<table>" in html and "<html lang='zh-CN'>" in html and "Noto Sans CJK SC" in html
+    # a verdict per system at the top of the report and at the end of the terminal output
+    assert report.index("## Verdicts") < report.index("Autoregressive baseline")
+    verdicts = out[out.rindex("## Verdicts"):]
+    assert all(f"| {system} |" in verdicts for system in ("ar", "merge", "concept", "planner", "speculative"))
     # a card per model, its numbers read from the measurements; pushed to the hub; load commands printed
     for name, (folder, auto_class, remote) in demo.MODELS.items():
         _assert_card_reads_bench(root / folder)

@@ -225,8 +225,51 @@ def section_models(models: dict, summary: dict, results: dict) -> list[str]:
     return lines + ["```", ""]
 
 
+# system → (quality figure, its baseline figure or None, speed figure): a verdict never quotes speed alone
+HEADLINES = {
+    "ar": ("val_ppl", None, "gen_tok_s_b1"),
+    "merge": ("sighan15_correction_f1", "baseline_correction_f1", "sighan15_sentences_per_s_b1"),
+    "concept": ("ppl_ratio", None, "decode_speedup_2048"),
+    "planner": ("keyword_coverage", "ar_keyword_coverage", "executor_decode_ratio"),
+    "speculative": ("lossless_equals_cloud", None, "lossless_speedup_vs_cloud"),
+}
+
+
+def verdict(result: dict) -> str:
+    """``works`` when every target of the system's bench is met, else the missed ones with their values."""
+    targets = result.get("targets")
+    if not targets:
+        return "no targets recorded (re-measure the stage)"
+    missed = [f"{name} {_fmt(result['figures'].get(name, float('nan')))} (goal {t['goal']})"
+              for name, t in targets.items() if not t["met"]]
+    return "works: every target met" if not missed else "does not yet: " + "; ".join(missed)
+
+
+def section_verdicts(results: dict) -> list[str]:
+    """One row per system: the quality figure beside its baseline, the speed figure beside it, the verdict."""
+    rows = []
+    for system, (quality, baseline, speed) in HEADLINES.items():
+        f = results[system]["figures"]
+        shown = f"{quality} {_fmt(f[quality])}" + (f" (baseline {_fmt(f[baseline])})" if baseline else "")
+        rows.append([system, shown, f"{speed} {_fmt(f[speed])}", verdict(results[system])])
+    return ["## Verdicts", ""] + _table(["system", "quality", "speed", "verdict"], rows)
+
+
 SECTIONS = {"ar": section_ar, "merge": section_merge, "concept": section_concept, "planner": section_planner,
             "speculative": section_speculative}
+
+
+# Chinese needs a CJK font: the first one installed wins; tables scroll instead of overflowing, images fit
+REPORT_CSS = (
+    "body{font-family:system-ui,-apple-system,'Noto Sans CJK SC','Source Han Sans SC','PingFang SC',"
+    "'Microsoft YaHei','WenQuanYi Micro Hei',sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"
+    "line-height:1.5;color:#1b1f23}"
+    "img{max-width:100%;height:auto}"
+    "table{border-collapse:collapse;display:block;overflow-x:auto;margin:1rem 0}"
+    "th,td{border:1px solid #d0d7de;padding:.3rem .6rem;vertical-align:top}th{background:#f6f8fa}"
+    "pre,code{font-family:ui-monospace,'Noto Sans Mono CJK SC',monospace}pre{overflow-x:auto;background:#f6f8fa;"
+    "padding:.6rem}"
+)
 
 
 def write_report(root: Path, results: dict, logs: dict[str, list[dict]], models: dict, summary: dict) -> dict:
@@ -241,7 +284,7 @@ def write_report(root: Path, results: dict, logs: dict[str, list[dict]], models:
                                               plots / "merge_rounds.png"),
         "Planner monitors": plot_planner_monitors(logs["planner"], plots / "planner_monitors.png"),
     }
-    body = ["# genlab demo report", ""]
+    body = ["# genlab demo report", ""] + section_verdicts(results)
     for name, render in SECTIONS.items():
         body += render(results[name])
     terminal = "\n".join(body + section_models(models, summary, results))
@@ -250,8 +293,10 @@ def write_report(root: Path, results: dict, logs: dict[str, list[dict]], models:
     md_path, html_path = root / "report.md", root / "report.html"
     md_path.write_text(text, encoding="utf-8")
     html = markdown.markdown(text, extensions=["tables", "fenced_code"])
-    html_path.write_text(f"<!doctype html>\n<html><head><meta charset='utf-8'><title>genlab demo report</title>"
-                         f"</head><body>\n{html}\n</body></html>\n", encoding="utf-8")
+    html_path.write_text(f"<!doctype html>\n<html lang='zh-CN'><head><meta charset='utf-8'>"
+                         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                         f"<title>genlab demo report</title><style>{REPORT_CSS}</style></head><body>\n{html}\n"
+                         f"</body></html>\n", encoding="utf-8")
     (root / "report.json").write_text(json.dumps({"results": results, "models": models, "summary": summary},
                                                  ensure_ascii=False, indent=1), encoding="utf-8")
     return {"markdown": md_path, "html": html_path, "plots": list(images.values()), "terminal": terminal}

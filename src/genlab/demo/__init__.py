@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 
 from ..hub_cards import push_with_card, write_card
-from ..report import write_report
+from ..report import section_verdicts, write_report
 from ..runs import prepare_run_dir
 from .reuse import training_log
 from .settings import SCALES, Demo, DemoConfig
@@ -84,4 +84,5 @@ def run(config: DemoConfig) -> dict:
         print(f"[genlab demo] {name}: {model['run_dir']} (card {model['card']}"
               + (f", pushed: {model['pushed']}" if model["pushed"] else "") + f")\n    from transformers import "
               f"{MODELS[name][1]}; model = {model['load']}")
+    print("\n" + "\n".join(section_verdicts(results)))  # the last thing a newcomer reads
     return {"results": results, "models": models, "report": report}

@@ -41,7 +41,7 @@ def stage_ar(demo: Demo) -> dict:
                                                     json=str(run_dir / "bench.json")))
         model, tokenizer = load_causal_lm(run_dir), load_tokenizer(run_dir)
         texts = ar.sample(model, tokenizer, PROMPTS[: demo.scale.shown], max_new_tokens=32, do_sample=False)
-        return {"figures": bench["figures"], "samples": [[p, t] for p, t in zip(PROMPTS, texts)]}
+        return {"figures": bench["figures"], "targets": bench["targets"], "samples": [[p, t] for p, t in zip(PROMPTS, texts)]}
 
     return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir], demo.preset, measure)}
 
@@ -73,7 +73,7 @@ def stage_merge(demo: Demo) -> dict:
             validation_sentences=s.edit_sentences, sighan_sentences=s.sighan_sentences, samples=s.samples,
             repeats=s.repeats)
         bench = bench_merge.run(config)
-        return {"figures": bench["figures"], "config": bench["config"], **merge_examples(run_dir, s.shown)}
+        return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"], **merge_examples(run_dir, s.shown)}
 
     return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, baseline_dir, demo.dir("ar")],
                                            demo.preset, measure)}
@@ -113,7 +113,7 @@ def stage_concept(demo: Demo) -> dict:
             threads=torch.get_num_threads()))
         model, tokenizer = concept.load_concept_run(run_dir).eval(), load_tokenizer(run_dir)
         sentences = [t for t in load_corpus("all")["validation"]["text"] if 8 <= len(t) <= 64][: s.shown]
-        return {"figures": bench["figures"], "boundaries": concept_boundaries(model, tokenizer, sentences),
+        return {"figures": bench["figures"], "targets": bench["targets"], "boundaries": concept_boundaries(model, tokenizer, sentences),
                 "continuations": [[p, b, c] for p, b, c in zip(
                     PROMPTS[: s.shown], ar.sample(load_causal_lm(base), tokenizer, PROMPTS[: s.shown], 32, do_sample=False),
                     ar.sample(model, tokenizer, PROMPTS[: s.shown], 32, do_sample=False))]}
@@ -147,7 +147,7 @@ def stage_planner(demo: Demo) -> dict:
             json=str(run_dir / "bench.json"), run_dir=str(run_dir), ar_run_dir=str(ar_dir),
             steps=s.planner_steps, budget=demo.budget, warmup_estep=s.planner_warmup,
             max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats))
-        return {"figures": bench["figures"], "examples": planner_examples(run_dir, s.shown)}
+        return {"figures": bench["figures"], "targets": bench["targets"], "examples": planner_examples(run_dir, s.shown)}
 
     return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, ar_dir], demo.preset, measure)}
 
@@ -163,12 +163,12 @@ def stage_speculative(demo: Demo) -> dict:
         default_training_arguments(edge.TRAINING_DEFAULTS, report_to="none")), demo.budget)
 
     def measure() -> dict:
-        figures = bench_speculative.run(bench_speculative.SpeculativeBenchConfig(
+        bench = bench_speculative.run(bench_speculative.SpeculativeBenchConfig(
             json=str(edge_dir / "bench.json"), cloud="tiny", cloud_dir=str(cloud_dir), edge_dir=str(edge_dir),
             prompts=s.bench_prompts, gate_prompts=max(2, s.bench_prompts // 4), gate_thresholds="0.5,1,2",
-            batch_size=2, max_new_tokens=32, threads=torch.get_num_threads()))["figures"]
+            batch_size=2, max_new_tokens=32, threads=torch.get_num_threads()))
         prompts = bench_speculative.held_out_prompts(s.bench_prompts + s.shown)[-s.shown:]  # not the bench's own
-        return {"figures": figures, **side_by_side(load_causal_lm(cloud_dir), load_causal_lm(edge_dir), cloud_dir,
+        return {"figures": bench["figures"], "targets": bench["targets"], **side_by_side(load_causal_lm(cloud_dir), load_causal_lm(edge_dir), cloud_dir,
                                                    prompts)}
 
     return {"manifest": manifest, **cached(edge_dir / "demo.json", [edge_dir, cloud_dir], demo.preset, measure)}
