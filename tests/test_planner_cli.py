@@ -50,3 +50,29 @@ def test_one_sentence_per_line_file_is_a_clear_error(tmp_path, small_corpus, cap
                  "--max-steps", "1", "--report-to", "none"])
     assert code == 2
     assert "no (u, y) pairs" in capsys.readouterr().err
+
+
+def test_your_own_pairs_with_the_keyword_proposer_train_generate_and_probe(tmp_path, capsys):
+    rng = random.Random(1)
+    rows = []
+    for _ in range(300):
+        words = ["".join(rng.choice(CHARS) for _ in range(2)) for _ in range(3)]
+        rows.append({"u": "、".join(words), "y": "".join(words) + "。"})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    assert main(["train", "planner", "--pairs", str(pairs), "--proposer", "keywords", "--estep-selection",
+                 "likelihood", "--run-dir", str(run_dir), "--max-steps", "3", "--batch-size", "4", "--hidden-size",
+                 "32", "--planner-layers", "1", "--executor-layers", "1", "--monitor-steps", "3", "--warmup-estep",
+                 "1", "--estep-top-k", "2", "--report-to", "none", "--save-steps", "3", "--logging-steps", "3"]) == 0
+    manifest = json.loads((run_dir / "genlab_run.json").read_text(encoding="utf-8"))
+    assert manifest["pairs_file"] == str(pairs) and manifest["pairs"] > 250  # the train split of the file
+    capsys.readouterr()
+    assert main(["generate", "--model", str(run_dir), "--max-new-tokens", "5", "--greedy", "天地、人和"]) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().split("\t")[1])) == 1  # one text concept type
+    assert main(["probe", "planner", str(run_dir), "--split", "train", "--pairs", "8"]) == 0  # reads the file again
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"u": "天地"}\n', encoding="utf-8")
+    assert main(["train", "planner", "--pairs", str(bad), "--run-dir", str(tmp_path / "bad"), "--max-steps", "1",
+                 "--report-to", "none"]) == 2
+    assert "line 1 needs string fields 'u' and 'y'" in capsys.readouterr().err
