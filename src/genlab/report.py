@@ -99,15 +99,28 @@ MONITOR_KEYS = ("delta_nll_shuffle", "top1_margin", "flip_rate", "staleness_gap"
 
 
 def plot_planner_monitors(log_history: list[dict], path: Path) -> Path:
-    """The planner run's losses and P6 monitor readings over training steps, one panel each."""
-    keys = ("executor_loss", "planner_loss") + MONITOR_KEYS
-    fig, axes = plt.subplots(2, 5, figsize=(20, 7))
-    for ax, key in zip(axes.flat, keys):
-        points = [(e["step"], e[f"monitor/{key}" if key in MONITOR_KEYS else key]) for e in log_history
-                  if (f"monitor/{key}" if key in MONITOR_KEYS else key) in e]
-        if points:
-            ax.plot(*zip(*points), marker=".")
-        ax.set_title(key)
+    """The planner run's losses, P6 monitor readings and z* source win rates over training steps, one panel
+    each; a reading the run never logged gets no (empty) panel."""
+    def points(name: str) -> list[tuple]:
+        return [(e["step"], e[name]) for e in log_history if name in e and "step" in e]
+
+    panels = {key: {key: points(key if key in ("executor_loss", "planner_loss") else f"monitor/{key}")}
+              for key in ("executor_loss", "planner_loss") + MONITOR_KEYS}
+    panels["z* won by"] = {name[len("monitor/win_"):]: points(name) for name in
+                           sorted({k for e in log_history for k in e if k.startswith("monitor/win_")})}
+    panels = {title: lines for title, lines in panels.items() if any(lines.values())}
+    columns = 5
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for label, data in lines.items():
+            if data:
+                ax.plot(*zip(*data), marker=".", label=label)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
+        ax.set_title(title)
         ax.set_xlabel("step")
     fig.suptitle("planner–executor hard-EM monitors (SPEC P6)")
     fig.tight_layout()
