@@ -33,6 +33,9 @@ def test_train_writes_a_loadable_checkpoint_with_measured_perplexity(tmp_path, s
     model = AutoModelForCausalLM.from_pretrained(run_dir)
     assert model.generation_config.max_new_tokens == 64
     assert main(["generate", "--model", str(run_dir), "--greedy", "--max-new-tokens", "5", "新华社"]) == 0
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted copy: one clear error, no traceback
+    assert main(["generate", "--model", str(run_dir), "--max-new-tokens", "5", "新华社"]) == 2
 
 
 def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_path, small_corpus):

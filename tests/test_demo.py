@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from genlab import demo
 from genlab.demo import reuse, settings, stages
 from genlab.cli import main
-from genlab.runs import RunDir, write_manifest
+from genlab.runs import RunDir, read_manifest, write_manifest
 
 
 # -- bad input ----------------------------------------------------------------------------------------------------
@@ -72,6 +72,28 @@ def test_corrupted_checkpoint_is_reported_deleted_and_retrained(tmp_path, capsys
     assert calls == [1] and manifest["seed"] == 1
     assert not stale.exists()  # the corrupted run was deleted, not resumed
     reuse.load_causal_lm(run_dir)  # the retrained files load
+
+
+def test_flipped_bytes_that_still_load_are_caught_by_the_checksums(tmp_path, capsys):
+    from genlab.prepare import reuse_or_train
+    from genlab.runs import export_model_run
+    from genlab.tokenization import default_tokenizer
+    from genlab.trainers.ar import build_model
+
+    run_dir = tmp_path / "ar"
+    tokenizer = default_tokenizer()
+    manifest = {"system": "ar", "seed": 0}
+    export_model_run(run_dir, build_model("nano", tokenizer, 0), tokenizer, manifest)
+    assert set(read_manifest(run_dir)["checksums"]) == {"model.safetensors"}
+    assert reuse.load_error(run_dir, reuse.load_causal_lm) is None
+    weights = run_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(255 - b for b in data[-8:])  # flip the last weights' bytes: the file still loads
+    weights.write_bytes(bytes(data))
+    reuse.load_causal_lm(run_dir)
+    assert "model.safetensors no longer match the checksums" in reuse.load_error(run_dir, reuse.load_causal_lm)
+    with pytest.raises(ValueError, match="changed since export"):  # a benchmark never measures it again
+        reuse_or_train(run_dir, lambda: pytest.fail("not retrained silently"))
 
 
 def test_complete_run_that_loads_is_reused_not_retrained(tmp_path, capsys):

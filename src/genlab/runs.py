@@ -9,6 +9,7 @@ manifest is incomplete and is never reused (SPEC H6, issue: foundation "bad inpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -73,6 +74,7 @@ def _export(run_dir: Path, save: Callable[[Path], None], manifest: dict) -> None
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
     try:
         save(tmp)
+        manifest["checksums"] = {f.name: sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
         for entry in sorted(tmp.iterdir()):
             target = run_dir / entry.name
             if target.is_dir():
@@ -115,6 +117,22 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / MANIFEST).is_file()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_errors(run_dir: str | os.PathLike) -> list[str]:
+    """The weight files of a complete run that are missing or differ from the checksums its manifest recorded
+    at export (a flipped byte loads fine, so loading alone cannot tell); empty for a sound run."""
+    recorded = read_manifest(run_dir).get("checksums", {})
+    return [name for name, digest in recorded.items()
+            if not (Path(run_dir) / name).is_file() or sha256(Path(run_dir) / name) != digest]
 
 
 def last_checkpoint(run_dir: str | os.PathLike) -> str | None:

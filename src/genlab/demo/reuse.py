@@ -12,11 +12,14 @@ from typing import Callable
 
 from transformers import AutoModelForCausalLM
 
-from ..runs import MANIFEST, RunDir, is_complete, last_checkpoint, read_manifest
+from ..runs import MANIFEST, RunDir, checksum_errors, is_complete, last_checkpoint, read_manifest
 
 
 def load_error(run_dir: Path, load: Callable[[Path], object]) -> str | None:
-    """Why the model files of a complete run do not load (``None`` when they do)."""
+    """Why the model files of a complete run cannot be reused (``None`` when they load and match their checksums)."""
+    changed = checksum_errors(run_dir)
+    if changed:
+        return f"{', '.join(changed)} no longer match the checksums recorded at export"
     try:
         load(run_dir)
     except Exception as error:  # any failure to load means the checkpoint cannot be reused
