@@ -207,3 +207,25 @@ def test_a_misspelt_generate_argument_is_refused():
     u = torch.randint(3, VOCAB, (1, 4))
     with pytest.raises(ValueError, match=r"unknown generate arguments \['max_new_token'\]"):
         model.generate(u, max_new_token=4)
+
+
+def test_a_streamer_gets_every_written_token_in_order():
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, value):
+            self.tokens += value.tolist()
+
+        def end(self):
+            self.ended = True
+
+    model = make_model()
+    u = torch.randint(3, VOCAB, (1, 4))
+    streamer = Collect()
+    out = model.generate(u, max_new_tokens=6, streamer=streamer)
+    assert streamer.ended and streamer.tokens == out[0].tolist()
+    with pytest.raises(ValueError, match="batch size 1"):
+        model.generate(torch.randint(3, VOCAB, (2, 4)), max_new_tokens=2, streamer=Collect())

@@ -111,8 +111,9 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
     @torch.no_grad()
     def execute(self, concept_ids: torch.Tensor, generation_config: GenerationConfig | None = None,
                 logits_processor: LogitsProcessorList | None = None, generator: torch.Generator | None = None,
-                **kwargs) -> torch.Tensor:
-        """Concepts → text ids (batch, new tokens) with the executor's KV cache (P3); rows pad after ``</s>``."""
+                streamer=None, **kwargs) -> torch.Tensor:
+        """Concepts → text ids (batch, new tokens) with the executor's KV cache (P3); rows pad after ``</s>``.
+        ``streamer`` (a transformers ``BaseStreamer``, batch 1) gets every token as it is written."""
         config = copy.deepcopy(generation_config or self.generation_config)
         unused = config.update(**kwargs)
         if unused:  # a misspelt max_new_tokens would otherwise be kept as an attribute and ignored
@@ -122,6 +123,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         processors = self._logits_processors(config, logits_processor)
         embeds, positions, _, valid = self.executor_prefix(concept_ids)
         b, width = valid.shape
+        if streamer is not None and b != 1:
+            raise ValueError(f"streamers take one sequence (batch size 1), got a batch of {b}")
         # (batch, prefix + new); None when the prefix has no padding: decoding steps then need no mask
         key_valid = torch.cat([valid, valid.new_ones(b, max_new)], 1) if not bool(valid.all()) else None
         cache = DynamicCache(config=self.executor.config)
@@ -133,18 +136,22 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             token = choose(scores, bool(config.do_sample), 1.0, None, generator)
             token = token.masked_fill(~unfinished, self.config.pad_token_id)
             text = torch.cat([text, token[:, None]], 1)
+            if streamer is not None:
+                streamer.put(token.cpu())
             unfinished = unfinished & (token != self.config.eos_token_id)
             if step == max_new or not bool(unfinished.any()):
                 break
             hidden = self.executor_step(self.text_embeds(token[:, None]), positions.new_full((b, 1), step),
                                         None if key_valid is None else key_valid[:, : width + step], cache)
+        if streamer is not None:
+            streamer.end()
         return text[:, 1:]
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  concept_ids: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  logits_processor: LogitsProcessorList | None = None, return_concepts: bool = False,
                  plan_do_sample: bool = False, plan_temperature: float = 1.0, use_mtp: bool = False,
-                 generator: torch.Generator | None = None, **kwargs):
+                 generator: torch.Generator | None = None, streamer=None, **kwargs):
         """Plan from u (unless ``concept_ids`` are given), then execute (P8).
 
         Returns the text ids, or a :class:`PlanAndExecuteOutput` with the concepts when ``return_concepts``
@@ -156,5 +163,5 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                 raise ValueError("generate needs input_ids (u) to plan from, or concept_ids to execute")
             concept_ids = self.plan(input_ids, attention_mask, do_sample=plan_do_sample,
                                     temperature=plan_temperature, use_mtp=use_mtp, generator=generator)
-        sequences = self.execute(concept_ids, generation_config, logits_processor, generator, **kwargs)
+        sequences = self.execute(concept_ids, generation_config, logits_processor, generator, streamer, **kwargs)
         return PlanAndExecuteOutput(sequences=sequences, concept_ids=concept_ids) if return_dict else sequences
