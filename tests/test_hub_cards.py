@@ -114,3 +114,11 @@ def test_push_with_card_then_download_and_run_the_usage_snippet(run_dir, hub_ser
     snippet = re.search(r"```python\n(.*?)```", ModelCard.load(readme).text, re.S).group(1)
     printed = run_code_in_clean_process(snippet, tmp_path=tmp_path, endpoint=hub_server.endpoint)
     assert printed.strip().startswith("tensor([[")  # SPEC H5: the card's snippet runs against the pushed repo
+
+
+def test_no_pipeline_tag_where_no_pipeline_runs_the_model():
+    from genlab.hub_cards import build_model_card
+
+    for system, tag in (("merge", None), ("planner", None), ("ar", "text-generation")):
+        card = build_model_card({"system": system}, usage_snippet="pass")
+        assert card.data.to_dict().get("pipeline_tag") == tag

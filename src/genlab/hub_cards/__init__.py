@@ -23,6 +23,7 @@ from .bench import BenchReport, eval_results, load_bench, results_markdown
 __all__ = ["BenchReport", "build_model_card", "default_usage_snippet", "load_bench", "read_run_info"]
 
 # Manifest keys that become card metadata; every other manifest key is shown as training configuration.
+NO_PIPELINE = ("merge", "planner")  # their generate() is not GenerationMixin's: no transformers pipeline runs them
 CARD_KEYS = ("system", "model_name", "base_model", "datasets", "tags", "pipeline_tag", "license", "repo_id",
              "usage_snippet")
 _AUTO_CLASS_PREFERENCE = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM", "AutoModel")
@@ -98,11 +99,13 @@ def build_model_card(
     reports = [load_bench(path) for path in bench_json_paths]
     system = info.get("system") or (reports[0].system if reports else None)
     name = model_name or info.get("model_name") or f"genlab-{system or 'model'}"
-    pipeline_tag = pipeline_tag or info.get("pipeline_tag") or "text-generation"
+    # a pipeline tag only where `pipeline("text-generation")` works: causal LMs, not MERGE nor the planner
+    pipeline_tag = pipeline_tag or info.get("pipeline_tag") or (None if system in NO_PIPELINE else "text-generation")
     base_model = base_model or info.get("base_model") or None
     datasets = list(datasets) or list(info.get("datasets") or [])
     all_tags = ["genlab", *([f"genlab-{system}"] if system else []), *info.get("tags", []), *tags]
-    results = [result for report in reports for result in eval_results(report, task_type=pipeline_tag)]
+    results = [result for report in reports
+               for result in eval_results(report, task_type=pipeline_tag or "text2text-generation")]
 
     data = ModelCardData(
         model_name=name if results else None,  # the model-index's name; no results, no model-index
