@@ -56,8 +56,10 @@ class PlannerTrainConfig(TrainConfig):
         "help": "a JSONL file of {\"u\": ..., \"y\": ...} rows: your own task (replaces --task)"})
     proposer: str = field(default="rare_characters", metadata={
         "choices": list(PROPOSERS), "help": "q(z|y) of the E-step; keywords: y's characters found in u, un-hashed"})
-    estep_selection: str = field(default="joint", metadata={
-        "choices": list(ESTEP_SELECTIONS), "help": "z* = argmax S(z) (joint) or argmax log p(y|z) (likelihood)"})
+    estep_selection: str = field(default="likelihood", metadata={
+        "choices": list(ESTEP_SELECTIONS),
+        "help": "z* = argmax log p(y|z), S(z) breaking ties (likelihood), or argmax S(z) as in P4 (joint: "
+                "collapses onto the planner's own plans, README)"})
     share_text_embeddings: bool = field(default=True, metadata={
         "help": "one text embedding table for the planner and the executor (--no-share-text-embeddings: two)"})
     keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary (rare_characters)"})

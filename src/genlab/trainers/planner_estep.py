@@ -185,24 +185,20 @@ def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previou
     allowed = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous")]
     width = max(model.config.concept_max_lengths)
     fit = lambda z: torch.nn.functional.pad(z, (0, width - z.shape[-1]), value=CONCEPT_PAD)  # noqa: E731
-    pools, sources = [], []
+    pools: list[tuple[str, torch.Tensor]] = []  # (source, (batch, n, types, L) plans)
     if previous is not None and "previous" in allowed:
-        pools.append(fit(previous)[:, None])
+        pools.append(("previous", fit(previous)[:, None]))
     if "proposer" in allowed:
-        pools.append(proposer(batch))
+        pools.append(("proposer", proposer(batch)))
     u, u_mask = batch["input_ids"], batch["attention_mask"]
     if "planner_greedy" in allowed:
-        pools.append(fit(model.plan(u, u_mask))[:, None])
+        pools.append(("planner_greedy", fit(model.plan(u, u_mask))[:, None]))
     if "planner_sample" in allowed:
         samples = model.plan(u.repeat_interleave(k, 0), u_mask.repeat_interleave(k, 0), do_sample=True,
                              generator=generator)
-        pools.append(fit(samples).view(u.shape[0], k, samples.shape[1], width))
-    names = [s for s in ("previous", "proposer", "planner_greedy", "planner_sample") if s in allowed]
-    if previous is None:
-        names = [s for s in names if s != "previous"]
-    for name, pool in zip(names, pools):
-        sources += [name] * pool.shape[1]
-    candidates = torch.cat(pools, 1)
+        pools.append(("planner_sample", fit(samples).view(u.shape[0], k, samples.shape[1], width)))
+    sources = [name for name, pool in pools for _ in range(pool.shape[1])]
+    candidates = torch.cat([pool for _, pool in pools], 1)
     scores, likelihood = score_candidates(model, batch, candidates,
                                           prior_weight(step, config.estep_warmup_steps, config.estep_prior_weight))
     if previous is not None and "previous" in allowed and has_previous is not None:
