@@ -83,12 +83,12 @@ def test_bad_data_files_fail_with_a_clear_message(tmp_path, content, message):
 def test_jsonl_without_text_field_is_rejected(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"body": "你好世界你好"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 1 needs a string field 'text'"):
+    with pytest.raises(ValueError, match="line 1 needs string fields 'text'"):
         load_corpus(str(path))
 
 
 @pytest.mark.parametrize("bad,message", [("{\"text\": \"你好", "line 2 is not JSON"),
-                                         ('{"text": 5}', "line 2 needs a string field 'text'")])
+                                         ('{"text": 5}', "line 2 needs string fields 'text'")])
 def test_a_bad_jsonl_line_is_named_not_a_traceback(tmp_path, bad, message):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"text": "今天天气很好。"}\n' + bad + "\n", encoding="utf-8")

@@ -28,7 +28,7 @@ from .bench import speculative as bench_speculative
 from .bench import update_readme
 from .bench.probe import ConceptProbeConfig, PlannerProbeConfig, run_concept, run_planner
 from .hub_cards import push_with_card, write_card
-from .runs import TRAINER_LOG, checksum_errors, read_manifest
+from .runs import TRAINER_LOG, sound_manifest
 from .trainers import ar, concept, edge, merge, planner
 from .trainers.common import COMMON_TRAINING_DEFAULTS, LR_SCHEDULERS, TrainingInterrupted, default_warmup_steps
 
@@ -196,24 +196,14 @@ def _bench_all(args: argparse.Namespace) -> dict[str, dict]:
     return results
 
 
-def _sound_run(run_dir: str) -> dict:
-    """The manifest of a complete run whose weights match their export checksums (``ValueError`` otherwise)."""
-    manifest = read_manifest(run_dir)
-    changed = checksum_errors(run_dir)
-    if changed:
-        raise ValueError(f"{run_dir}: {', '.join(changed)} changed since export (truncated or corrupted); "
-                         "retrain or re-download the run")
-    return manifest
-
-
 def _generate(args: argparse.Namespace) -> None:
-    system = _sound_run(args.model)["system"]
+    system = sound_manifest(args.model)["system"]
     for text in GENERATE[system](args.model, args.prompts, args.max_new_tokens, args.greedy):
         print(text)
 
 
 def _edit(args: argparse.Namespace) -> None:
-    _sound_run(args.model)
+    sound_manifest(args.model)
     for text in merge.edit_texts(args.model, args.texts, args.rounds):
         print(text)
 

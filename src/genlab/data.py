@@ -120,20 +120,23 @@ def check_text_file(path: str | os.PathLike) -> Path:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 if path.suffix == ".jsonl" and line.strip():
-                    check_jsonl_row(path, number, line)
+                    jsonl_row(path, number, line)
     except UnicodeDecodeError as err:
         raise ValueError(f"--data file is not UTF-8 text: {path} ({err.reason} at byte {err.start})") from None
     return path
 
 
-def check_jsonl_row(path: Path, number: int, line: str) -> None:
-    """``ValueError`` naming the file and line unless the line is a JSON object with a string ``text``."""
+def jsonl_row(path: Path, number: int, line: str, fields: tuple[str, ...] = ("text",), flag: str = "--data") -> dict:
+    """Line ``number`` of a JSONL file as a dict whose ``fields`` are strings; ``ValueError`` naming the file and
+    line otherwise."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--data {path} line {number} is not JSON: {err.msg}") from None
-    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise ValueError(f"--data {path} line {number} needs a string field 'text', got {line.strip()[:80]}")
+        raise ValueError(f"{flag} {path} line {number} is not JSON: {err.msg}") from None
+    if not isinstance(row, dict) or not all(isinstance(row.get(name), str) for name in fields):
+        names = " and ".join(repr(name) for name in fields)
+        raise ValueError(f"{flag} {path} line {number} needs string fields {names}, got {line.strip()[:80]}")
+    return row
 
 
 def _explode(batch: dict, indices: list[int], source: str, label: str | None, parse) -> dict:

@@ -17,7 +17,7 @@ from .bench.merge import ABLATIONS, MergeBenchConfig
 from .bench.planner import PlannerBenchConfig
 from .bench.speculative import SpeculativeBenchConfig
 from .convert_smollm2 import convert_smollm2
-from .runs import RunDir, checksum_errors, export_run, is_complete, read_manifest
+from .runs import RunDir, export_run, is_complete, sound_manifest
 from .trainers import ar, concept, edge, merge, planner, planner_baseline
 from .trainers.common import default_training_arguments
 
@@ -26,14 +26,8 @@ QUIET = dict(report_to="none")  # bench runs log to the terminal only
 
 def reuse_or_train(run_dir: str | Path, train: Callable[[], RunDir]) -> dict:
     """The manifest of the complete run in ``run_dir``, training it first when it is incomplete; a run whose
-    weights no longer match their checksums is never measured again (``ValueError`` naming the files)."""
-    if not is_complete(run_dir):
-        return train().manifest
-    changed = checksum_errors(run_dir)
-    if changed:
-        raise ValueError(f"{run_dir}: {', '.join(changed)} changed since export (checksums); delete the run "
-                         "directory to retrain it")
-    return read_manifest(run_dir)
+    weights no longer match their checksums is never measured again (``ValueError``)."""
+    return sound_manifest(run_dir) if is_complete(run_dir) else train().manifest
 
 
 def ar_run(run_dir: str | Path, preset: str, *, data: str = "all", budget: float | None = None, **training) -> dict:

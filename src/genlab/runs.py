@@ -135,6 +135,17 @@ def checksum_errors(run_dir: str | os.PathLike) -> list[str]:
             if not (Path(run_dir) / name).is_file() or sha256(Path(run_dir) / name) != digest]
 
 
+def sound_manifest(run_dir: str | os.PathLike) -> dict:
+    """The manifest of a complete run whose weights still match their export checksums; ``ValueError`` naming
+    the changed files otherwise (a truncated or corrupted run is never used or measured again)."""
+    manifest = read_manifest(run_dir)
+    changed = checksum_errors(run_dir)
+    if changed:
+        raise ValueError(f"{run_dir}: {', '.join(changed)} changed since export (truncated or corrupted); delete "
+                         "the run directory to retrain it, or re-download it")
+    return manifest
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> str | None:
     """The newest Trainer checkpoint under ``RUN_DIR/checkpoints`` (for ``resume_from_checkpoint``)."""
     ckpt_dir = Path(run_dir) / CHECKPOINTS

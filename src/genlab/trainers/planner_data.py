@@ -18,7 +18,6 @@ so resuming reproduces it.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import datasets
 import torch
 from torch.utils.data import Sampler
 
-from ..data import corpus_files, load_corpus, normalize_text, split_of
+from ..data import corpus_files, jsonl_row, load_corpus, normalize_text, split_of
 
 POLARITY = {"pos": "好评：", "neg": "差评："}
 TASKS = ("next_sentence", "keywords")
@@ -51,7 +50,7 @@ def pair_texts(split: datasets.Dataset, opening_chars: int = 4) -> tuple[list[st
 def tagged_sentences(line: str) -> list[list[tuple[str, str]]]:
     """A People's Daily line ``词/tag  [词/tag 词/tag]nt …`` → its sentences as (word, tag) lists."""
     sentences, words = [], []
-    for item in line.split()[1:] if line.startswith("1998") else line.split():  # a leading article id, if any
+    for item in line.split():
         word, _, tag = item.lstrip("[").rpartition("/")
         if word in CLOSERS and not words and sentences:  # a closing quote after 。 ends the previous sentence
             sentences[-1].append((word, tag))
@@ -74,7 +73,7 @@ def keyword_texts(split: str, distractors: int = 2, max_chars: int = 40, seed: i
         if len(text) <= max_chars and 2 <= len(content) <= 8 and split_of(text) == split:
             items.append((text, content))
     us, ys = [], []
-    for i, (text, content) in enumerate(items):
+    for text, content in items:
         rng = random.Random(int(hashlib.md5(f"{seed}:{text}".encode()).hexdigest()[:8], 16))
         other = items[rng.randrange(len(items))][1]
         extra = [w for w in other if w not in content and w not in text][:distractors]
@@ -92,12 +91,7 @@ def jsonl_texts(path: str | Path, split: str) -> tuple[list[str], list[str]]:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--pairs {path} line {number} is not JSON: {err.msg}") from None
-            if not (isinstance(row, dict) and isinstance(row.get("u"), str) and isinstance(row.get("y"), str)):
-                raise ValueError(f"--pairs {path} line {number} needs string fields 'u' and 'y', got {line.strip()[:80]}")
+            row = jsonl_row(Path(path), number, line, fields=("u", "y"), flag="--pairs")
             if split_of(row["y"]) == split:
                 us.append(row["u"])
                 ys.append(row["y"])
