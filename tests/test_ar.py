@@ -48,6 +48,8 @@ def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_
     assert main(train_args(cut, small_corpus, "--max-steps", "8", "--save-steps", "4")) == 0
     manifest = read_manifest(cut)
     assert manifest["steps"] == 8 and manifest["resumed_from"].endswith("checkpoint-4")
+    # the manifest's loss is the whole run's, not only the 4 resumed steps' (the Trainer's own figure)
+    assert manifest["train_loss"] == pytest.approx(read_manifest(full)["train_loss"], rel=1e-4)
     a, b = weights(full), weights(cut)
     assert a.keys() == b.keys()
     for name in a:
@@ -121,19 +123,13 @@ def test_card_and_push_commands_on_an_ar_run(tmp_path, small_corpus, hub_server,
 
 
 def test_schedule_flags_reach_training_arguments_and_bad_ones_are_refused(tmp_path):
-    from dataclasses import replace
-
     from genlab.cli import _configs, build_parser
-    from genlab.trainers.ar import budget_training
     from genlab.trainers.common import finalize_training_arguments
 
     parse = lambda *extra: _configs(build_parser().parse_args(["train", "ar", "--preset", "nano", *extra]))  # noqa: E731
     config, default = parse("--max-steps", "400")
     assert (default.lr_scheduler_type, default.warmup_steps) == ("cosine", 20)
     assert finalize_training_arguments(default, tmp_path).output_dir == str(tmp_path / "checkpoints")
-    fitted = replace(default, **budget_training(5.0, "nano"))
-    assert fitted.lr_scheduler_type == "constant_with_warmup"
-    assert fitted.max_steps >= 10 and 1 <= fitted.warmup_steps <= fitted.max_steps // 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "ar", "--lr-scheduler", "cosine_with_restarts_and_sparkles"])
 

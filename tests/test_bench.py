@@ -1,11 +1,12 @@
 """The shared benchmark format (SPEC B) and `genlab bench ar`."""
 
 import json
+import math
 
 import pytest
 
 import genlab.timing
-from genlab.bench import paired_seconds, render_table, steps_for_budget, target, update_readme, write_result
+from genlab.bench import paired_seconds, render_table, target, update_readme, write_result
 from genlab.cli import main
 
 AR_FIGURES = {"gen_tok_s_b1": 10.0, "gen_tok_s_b32": 100.0, "train_tok_s": 50.0, "val_ppl": 30.0}
@@ -59,15 +60,12 @@ def test_paired_seconds_times_each_pair_back_to_back_and_takes_per_pair_ratios(m
     assert (first_s, second_s, ratio) == (1.0, 4.0, 3.0)
 
 
-def test_steps_for_budget_fits_nine_tenths_of_the_budget_and_never_fewer_than_ten(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(genlab.timing.time, "perf_counter", lambda: clock[0])
+def test_unigram_perplexity_on_a_hand_made_corpus():
+    from genlab.bench.ar import unigram_perplexity
 
-    def two_second_step():
-        clock[0] += 2.0
-
-    assert steps_for_budget(two_second_step, 100.0) == 45
-    assert steps_for_budget(two_second_step, 1.0) == 10
+    # add-one counts of ids 0, 1, 2 over [1, 1, 2]: 1, 3, 2 of 6; scored: every position but the first, [1, 2]
+    ppl = unigram_perplexity({"input_ids": [[1, 1, 2]]}, {"input_ids": [[0, 1, 2]]}, vocab_size=3)
+    assert ppl == pytest.approx(math.sqrt(6))
 
 
 def test_bench_ar_measures_a_trained_run(tmp_path, small_corpus):
@@ -77,4 +75,5 @@ def test_bench_ar_measures_a_trained_run(tmp_path, small_corpus):
     assert code == 0
     figures = json.loads(out.read_text())["figures"]
     assert all(figures[name] > 0 for name in AR_FIGURES)
-    assert figures["kv_cache_speedup_b1"] > 0
+    assert figures["kv_cache_speedup_b1"] > 0 and figures["unigram_val_ppl"] > 1
+    assert json.loads(out.read_text())["targets"]["val_ppl"]["goal"] == f"< {figures['unigram_val_ppl']:g}"

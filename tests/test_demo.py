@@ -42,6 +42,10 @@ def test_unknown_preset_is_rejected(capsys):
 
 
 # -- corrupted checkpoints, reuse ---------------------------------------------------------------------------------
+def _demo(root: Path) -> settings.Demo:
+    return settings.Demo(root=root, budget=1.0, scale=settings.SCALES["nano"], preset="nano")
+
+
 def _save_nano_run(run_dir: Path, seed: int) -> None:
     from genlab.tokenization import default_tokenizer
     from genlab.trainers.ar import build_model
@@ -61,12 +65,12 @@ def test_corrupted_checkpoint_is_reported_deleted_and_retrained(tmp_path, capsys
     stale.write_text("left by the earlier run")
     calls = []
 
-    def train():
+    def train(callbacks):
         calls.append(1)
         _save_nano_run(run_dir, seed=1)
         return RunDir.read(run_dir)
 
-    manifest = reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, train, budget=1.0)
+    manifest = reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, train, _demo(tmp_path), steps=1)
     out = capsys.readouterr().out
     assert "CORRUPTED checkpoint" in out and str(run_dir) in out and "retraining" in out
     assert calls == [1] and manifest["seed"] == 1
@@ -100,20 +104,36 @@ def test_complete_run_that_loads_is_reused_not_retrained(tmp_path, capsys):
     run_dir = tmp_path / "ar"
     _save_nano_run(run_dir, seed=3)
     manifest = reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm,
-                               lambda: pytest.fail("a complete, loadable run must not be retrained"), budget=1.0)
+                               lambda callbacks: pytest.fail("a complete, loadable run must not be retrained"),
+                               _demo(tmp_path), steps=1)
     assert manifest["seed"] == 3 and "reusing the complete run" in capsys.readouterr().out
 
 
 def test_run_that_does_not_load_after_training_is_an_error(tmp_path):
     run_dir = tmp_path / "ar"
 
-    def broken_train():
+    def broken_train(callbacks):
         run_dir.mkdir()
         write_manifest(run_dir, {"system": "ar"})  # a manifest but no model files
         return RunDir.read(run_dir)
 
     with pytest.raises(RuntimeError, match="does not load"):
-        reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, broken_train, budget=1.0)
+        reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, broken_train, _demo(tmp_path), steps=1)
+
+
+def test_a_run_the_safety_cap_cut_short_is_announced_and_listed(tmp_path, capsys):
+    run_dir = tmp_path / "ar"
+
+    def capped_train(callbacks):
+        _save_nano_run(run_dir, seed=0)
+        write_manifest(run_dir, {"system": "ar", "steps": 7})  # the cap stopped it at step 7 of 20
+        return RunDir.read(run_dir)
+
+    stage = _demo(tmp_path)
+    reuse.ensure_run("AR baseline", run_dir, reuse.load_causal_lm, capped_train, stage, steps=20)
+    assert stage.cut_short == [f"AR baseline: trained 7 of 20 steps (the --budget safety cap of {stage.budget:g} s "
+                               "stopped it); results not representative"]
+    assert stage.cut_short[0] in capsys.readouterr().out
 
 
 def test_measurements_are_reused_until_a_model_changes(tmp_path):
@@ -148,8 +168,9 @@ def test_ar_stage_trains_measures_and_cards_with_measured_numbers(tmp_path):
     from genlab.hub_cards import write_card
     from genlab.report import section_ar
 
-    stage = settings.Demo(root=tmp_path, budget=1.0, scale=settings.SCALES["nano"], preset="nano")
-    result = stages.stage_ar(stage)
+    stage = _demo(tmp_path)
+    with stage.console.stage("ar", tmp_path / "ar.log", stage.scale.ar_steps):
+        result = stages.stage_ar(stage)
     figures = result["figures"]
     assert result["manifest"]["steps"] >= 1 and figures["gen_tok_s_b1"] > 0 and figures["val_ppl"] > 1
     assert reuse.training_log(tmp_path / "ar"), "the Trainer's log history feeds the training curve"
@@ -157,16 +178,21 @@ def test_ar_stage_trains_measures_and_cards_with_measured_numbers(tmp_path):
     _assert_card_reads_bench(tmp_path / "ar")
     text = "\n".join(section_ar(result))
     assert f"{figures['val_ppl']:.2f}" in text and f"{figures['gen_tok_s_b1']:.1f} tok/s" in text
-    again = stages.stage_ar(stage)  # reused run and measurements: identical numbers, nothing retrained
+    with stage.console.stage("ar", tmp_path / "ar.log", stage.scale.ar_steps):
+        again = stages.stage_ar(stage)  # reused run and measurements: identical numbers, nothing retrained
     assert again["figures"] == figures and again["manifest"] == result["manifest"]
 
 
 # -- the whole demo ---------------------------------------------------------------------------------------------------
 def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, hub_server, capsys):
     root = tmp_path / "demo"
-    assert main(["demo", "--run-dir", str(root), "--preset", "nano", "--budget", "1", "--push", "demo-user/genlab",
+    assert main(["demo", "--run-dir", str(root), "--quick", "--push", "demo-user/genlab",
                  "--endpoint", hub_server.endpoint]) == 0
     out = capsys.readouterr().out
+    # a quiet terminal: the Trainer's logs and the benchmarks' figure lines go to the stage logs
+    assert "'train_runtime'" not in out and "gen_tok_s_b1: " not in out
+    assert "'train_runtime'" in (root / "ar.log").read_text(encoding="utf-8")
+    assert "gen_tok_s_b1: " in (root / "ar.log").read_text(encoding="utf-8")
     report = (root / "report.md").read_text(encoding="utf-8")
     raw = json.loads((root / "report.json").read_text(encoding="utf-8"))["results"]
     for title in ("Autoregressive baseline", "MERGE", "concept compression", "Planner–executor", "speculative decoding"):
@@ -199,7 +225,7 @@ def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, h
     # an earlier run left a corrupted MERGE checkpoint: detected, reported, retrained; the rest is reused
     weights = root / "merge" / "model.safetensors"
     weights.write_bytes(b"\0" * 64)
-    assert main(["demo", "--run-dir", str(root), "--preset", "nano", "--budget", "1"]) == 0
+    assert main(["demo", "--run-dir", str(root), "--quick"]) == 0
     out = capsys.readouterr().out
     assert f"CORRUPTED checkpoint in {root / 'merge'}" in out
     for reused in ("ar", "concept", "planner", "planner-ar", "edge"):

@@ -228,7 +228,8 @@ def section_speculative(result: dict) -> list[str]:
 
 def section_models(models: dict, summary: dict, results: dict) -> list[str]:
     lines = ["## Models, cards and how to load them", "",
-             f"Preset `{summary['preset']}`, training budget {summary['budget_s']:g} s per model; this run took "
+             f"Preset `{summary['preset']}`, fixed training steps per model (safety cap {summary['budget_s']:g} s "
+             f"each); this run took "
              f"{summary['total_s'] / 60:.1f} min (stages: "
              + ", ".join(f"{name} {r['stage_s']:.0f} s" for name, r in results.items()) + ").", ""]
     lines += _table(["model", "run directory", "model card", "pushed"],
@@ -258,14 +259,16 @@ def verdict(result: dict) -> str:
     return "works: every target met" if not missed else "does not yet: " + "; ".join(missed)
 
 
-def section_verdicts(results: dict) -> list[str]:
-    """One row per system: the quality figure beside its baseline, the speed figure beside it, the verdict."""
+def section_verdicts(results: dict, cut_short: list[str] = ()) -> list[str]:
+    """One row per system: the quality figure beside its baseline, the speed figure beside it, the verdict;
+    then every model the safety cap stopped short of its steps."""
     rows = []
     for system, (quality, baseline, speed) in HEADLINES.items():
         f = results[system]["figures"]
         shown = f"{quality} {_fmt(f[quality])}" + (f" (baseline {_fmt(f[baseline])})" if baseline else "")
         rows.append([system, shown, f"{speed} {_fmt(f[speed])}", verdict(results[system])])
-    return ["## Verdicts", ""] + _table(["system", "quality", "speed", "verdict"], rows)
+    warnings = [f"- **Not representative**: {note}" for note in cut_short]
+    return ["## Verdicts", ""] + _table(["system", "quality", "speed", "verdict"], rows) + warnings + ([""] if warnings else [])
 
 
 SECTIONS = {"ar": section_ar, "merge": section_merge, "concept": section_concept, "planner": section_planner,
@@ -297,7 +300,7 @@ def write_report(root: Path, results: dict, logs: dict[str, list[dict]], models:
                                               plots / "merge_rounds.png"),
         "Planner monitors": plot_planner_monitors(logs["planner"], plots / "planner_monitors.png"),
     }
-    body = ["# genlab demo report", ""] + section_verdicts(results)
+    body = ["# genlab demo report", ""] + section_verdicts(results, summary.get("cut_short", []))
     for name, render in SECTIONS.items():
         body += render(results[name])
     terminal = "\n".join(body + section_models(models, summary, results))

@@ -44,15 +44,6 @@ def train_step_fn(model, ids: torch.Tensor, lr: float = 1e-5) -> Callable[[], No
     return step
 
 
-def steps_for_budget(step: Callable[[], object], budget_s: float) -> int:
-    """Optimisation steps that fit ``budget_s`` seconds: 0.9·budget over the median time of ``step`` (≥ 10).
-
-    A budget-bound run given this many steps gets a progress bar with the right total and an LR schedule
-    that really decays; its time budget still stops it if the machine slows down.
-    """
-    return max(10, int(0.9 * budget_s / median_seconds(step, warmup=1, repeats=3)))
-
-
 def paired_seconds(first: Callable[[], object], second: Callable[[], object], *, repeats: int,
                    warmup: int = 1) -> tuple[float, float, float]:
     """Time ``first`` then ``second`` back to back, ``repeats`` times after ``warmup`` untimed pairs.

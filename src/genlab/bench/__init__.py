@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from ..timing import median_seconds, paired_seconds, random_ids, steps_for_budget, train_step_fn  # noqa: F401 (re-exported)
+from ..timing import median_seconds, paired_seconds, random_ids, train_step_fn  # noqa: F401 (re-exported)
 
 REQUIRED_FIGURES = {
     "ar": ("gen_tok_s_b1", "gen_tok_s_b32", "train_tok_s", "val_ppl"),

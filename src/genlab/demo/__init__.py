@@ -1,7 +1,8 @@
 """`genlab demo` (= `make demo`): every system trained small and shown working on the embedded corpus (SPEC H8).
 
 It orchestrates train → bench → cards → report: one function per stage (``stages``) trains (or reuses) its
-model(s) with the recipes of ``genlab.trainers`` under the stated ``--budget`` seconds per model, measures them
+model(s) with the recipes of ``genlab.trainers`` for the preset's fixed steps (``--budget`` seconds per model is
+only a safety cap, and a model it stops short is reported as not representative), measures them
 with ``genlab.bench``, and returns a JSON-able dict that ``genlab.report`` renders into ``RUN_DIR/report.md``,
 ``report.html`` and PNG plots:
 
@@ -12,6 +13,9 @@ with ``genlab.bench``, and returns a JSON-able dict that ``genlab.report`` rende
 - ``planner``     the planner's concepts next to the executor's text, and the text from shuffled concepts;
 - ``speculative`` an edge distilled from the AR (cloud): speed-up, acceptance and cloud-call rates with and
                   without the CJK processors, side by side with cloud-only output.
+
+The terminal shows one progress bar per stage, the lines that matter and the verdicts (``console``); each
+stage's full output goes to ``RUN_DIR/<stage>.log``.
 
 Reuse: a stage whose run directory is complete (``genlab.runs.is_complete``) is loaded instead of retrained;
 when its model files fail to load, the run is reported as corrupted, deleted and retrained. Measurements are
@@ -30,8 +34,9 @@ from ..hub_cards import push_with_card, write_card
 from ..report import section_verdicts, write_report
 from ..runs import prepare_run_dir
 from .reuse import training_log
+from .console import Console
 from .settings import SCALES, Demo, DemoConfig
-from .stages import STAGES
+from .stages import STAGES, planned_steps
 
 # stage → (run directory name, Auto class, needs remote code); every one gets a card and a load command
 MODELS = {"ar": ("ar", "AutoModelForCausalLM", False), "merge": ("merge", "AutoModel", True),
@@ -59,15 +64,18 @@ def push_all(demo: Demo, prefix: str, endpoint: str | None) -> dict[str, str]:
 def run(config: DemoConfig) -> dict:
     """Train/reuse, measure and show every stage; write cards, the report and the plots; optionally push."""
     root = prepare_run_dir(config.run_dir)
-    demo = Demo(root=root, budget=config.budget, scale=SCALES[config.preset], preset=config.preset)
-    print(f"[genlab demo] preset {config.preset}: {config.budget:g} s of training per model (AR baseline, MERGE + "
-          f"its per-character baseline, concept compression, planner–executor + its AR baseline, edge) → at most "
-          f"{7 * config.budget / 60:.1f} min of training, plus measuring; everything goes to {root}")
+    demo = Demo(root=root, budget=config.budget, scale=SCALES[config.preset], preset=config.preset,
+                console=Console())
+    steps = planned_steps(demo.scale)
+    print(f"[genlab demo] preset {config.preset}: 7 models trained for fixed steps ("
+          + ", ".join(f"{name} {n}" for name, n in steps.items()) + f"), each capped at {config.budget:g} s; "
+          f"then measured. Logs, models and the report go to {root}")
     started = time.monotonic()
     results = {}
     for name, stage in STAGES.items():
         stage_started = time.monotonic()
-        results[name] = stage(demo)
+        with demo.console.stage(name, root / f"{name}.log", steps[name]):
+            results[name] = stage(demo)
         results[name]["stage_s"] = round(time.monotonic() - stage_started, 1)
     cards = write_cards(demo, config.push)
     pushed = push_all(demo, config.push, config.endpoint) if config.push else {}
@@ -76,7 +84,7 @@ def run(config: DemoConfig) -> dict:
               for name, (folder, auto, remote) in MODELS.items()}
     logs = {name: training_log(demo.dir(name)) for name in ("ar", "merge", "concept", "planner", "planner-ar", "edge")}
     summary = {"preset": config.preset, "budget_s": config.budget, "scale": asdict(demo.scale),
-               "total_s": round(time.monotonic() - started, 1)}
+               "total_s": round(time.monotonic() - started, 1), "cut_short": demo.cut_short}
     report = write_report(root, results, logs, models, summary)
     print("\n" + report["terminal"])
     print(f"\n[genlab demo] report: {report['markdown']} and {report['html']}; plots in {root / 'plots'}")
@@ -84,5 +92,5 @@ def run(config: DemoConfig) -> dict:
         print(f"[genlab demo] {name}: {model['run_dir']} (card {model['card']}"
               + (f", pushed: {model['pushed']}" if model["pushed"] else "") + f")\n    from transformers import "
               f"{MODELS[name][1]}; model = {model['load']}")
-    print("\n" + "\n".join(section_verdicts(results)))  # the last thing a newcomer reads
+    print("\n" + "\n".join(section_verdicts(results, demo.cut_short)))  # the last thing a newcomer reads
     return {"results": results, "models": models, "report": report}

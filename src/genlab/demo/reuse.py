@@ -7,12 +7,15 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from ..runs import MANIFEST, RunDir, checksum_errors, is_complete, last_checkpoint, read_manifest
+from .console import Console
+from .settings import Demo
 
 
 def load_error(run_dir: Path, load: Callable[[Path], object]) -> str | None:
@@ -27,33 +30,57 @@ def load_error(run_dir: Path, load: Callable[[Path], object]) -> str | None:
     return None
 
 
-def ensure_run(name: str, run_dir: Path, load: Callable[[Path], object], train: Callable[[], RunDir],
-               budget: float) -> dict:
-    """Reuse a complete run that loads; a corrupted one is reported, deleted and retrained; else train."""
-    if is_complete(run_dir):
+def ensure_run(name: str, run_dir: Path, load: Callable[[Path], object],
+               train: Callable[[Sequence[TrainerCallback]], RunDir], demo: Demo, steps: int) -> dict:
+    """Reuse a complete run that loads; a corrupted one is reported, deleted and retrained; else train it for its
+    ``steps`` (``train(callbacks)``, the stage's progress bar among the callbacks). A run with fewer steps than
+    planned (the safety cap stopped it) is announced and listed in ``demo.cut_short``."""
+    console = demo.console
+    manifest = reused_manifest(name, run_dir, load, console)
+    if manifest is not None:
+        console.skip(steps)
+    else:
+        console.say(f"[genlab demo] {name}: training {steps} steps → {run_dir}")
+        manifest = train_or_restart(name, run_dir, lambda: train([console.progress()]), console)
         error = load_error(run_dir, load)
-        if error is None:
-            print(f"[genlab demo] {name}: reusing the complete run in {run_dir}")
-            return read_manifest(run_dir)
-        print(f"[genlab demo] {name}: CORRUPTED checkpoint in {run_dir} ({error}) — deleting it and retraining")
-        shutil.rmtree(run_dir)
-    print(f"[genlab demo] {name}: training for at most {budget:.0f} s → {run_dir}")
-    try:
-        manifest = train().manifest
-    except Exception as error:
-        if last_checkpoint(run_dir) is None:
-            raise
-        print(f"[genlab demo] {name}: resuming from {last_checkpoint(run_dir)} failed ({type(error).__name__}: "
-              f"{error}) — starting this model over")
-        shutil.rmtree(run_dir)
-        manifest = train().manifest
-    error = load_error(run_dir, load)
-    if error is not None:
-        raise RuntimeError(f"{name}: the freshly trained run in {run_dir} does not load: {error}")
+        if error is not None:
+            raise RuntimeError(f"{name}: the freshly trained run in {run_dir} does not load: {error}")
+    if manifest.get("steps", steps) < steps:
+        note = (f"{name}: trained {manifest['steps']} of {steps} steps (the --budget safety cap of "
+                f"{demo.budget:g} s stopped it); results not representative")
+        demo.cut_short.append(note)
+        console.say(f"[genlab demo] {note}")
     return manifest
 
 
-def cached(path: Path, run_dirs: list[Path], preset: str, compute: Callable[[], dict]) -> dict:
+def reused_manifest(name: str, run_dir: Path, load: Callable[[Path], object], console: Console) -> dict | None:
+    """The manifest of a complete run that loads; a corrupted run is reported and deleted (``None``)."""
+    if not is_complete(run_dir):
+        return None
+    error = load_error(run_dir, load)
+    if error is None:
+        console.say(f"[genlab demo] {name}: reusing the complete run in {run_dir}")
+        return read_manifest(run_dir)
+    console.say(f"[genlab demo] {name}: CORRUPTED checkpoint in {run_dir} ({error}) — deleting it and retraining")
+    shutil.rmtree(run_dir)
+    return None
+
+
+def train_or_restart(name: str, run_dir: Path, train: Callable[[], RunDir], console: Console) -> dict:
+    """Train (resuming a checkpoint left by an interrupted demo); a checkpoint that cannot resume is dropped."""
+    try:
+        return train().manifest
+    except Exception as error:
+        if last_checkpoint(run_dir) is None:
+            raise
+        console.say(f"[genlab demo] {name}: resuming from {last_checkpoint(run_dir)} failed ({type(error).__name__}: "
+                    f"{error}) — starting this model over")
+        shutil.rmtree(run_dir)
+        return train().manifest
+
+
+def cached(path: Path, run_dirs: list[Path], preset: str, compute: Callable[[], dict],
+           say: Callable[[str], None] = print) -> dict:
     """``compute()`` unless ``path`` holds a result taken on the same manifests (same trained models)."""
     digest = hashlib.sha256(preset.encode())
     for run_dir in run_dirs:
@@ -62,13 +89,19 @@ def cached(path: Path, run_dirs: list[Path], preset: str, compute: Callable[[], 
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("key") == key:
-            print(f"[genlab demo] reusing the measurements in {path}")
+            say(f"[genlab demo] reusing the measurements in {path}")
             return stored["result"]
     started = time.monotonic()
     result = compute()
     result["measure_s"] = round(time.monotonic() - started, 1)
     path.write_text(json.dumps({"key": key, "result": result}, ensure_ascii=False, indent=1), encoding="utf-8")
     return result
+
+
+def measured(demo: Demo, path: Path, run_dirs: list[Path], compute: Callable[[], dict]) -> dict:
+    """A stage's measurements (``cached``), its progress bar saying so."""
+    demo.console.measuring()
+    return cached(path, run_dirs, demo.preset, compute, say=demo.console.say)
 
 
 def training_log(run_dir: Path) -> list[dict]:

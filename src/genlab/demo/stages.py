@@ -22,7 +22,7 @@ from ..spelling import sighan15
 from ..tokenization import load_tokenizer
 from ..trainers import ar, concept, edge, merge, planner, planner_baseline
 from ..trainers.common import default_training_arguments
-from .reuse import cached, ensure_run, load_causal_lm
+from .reuse import ensure_run, load_causal_lm, measured
 from .settings import PROMPTS, Demo
 from .showcase import concept_boundaries, merge_trace, planner_examples, side_by_side
 
@@ -30,11 +30,14 @@ from .showcase import concept_boundaries, merge_trace, planner_examples, side_by
 # -- stage 1: the AR baseline ------------------------------------------------------------------------------------
 def stage_ar(demo: Demo) -> dict:
     """Train the Qwen2 baseline; ``genlab bench ar`` on it; greedy continuations of the demo prompts."""
-    run_dir, preset = demo.dir("ar"), demo.scale.ar_preset
-    manifest = ensure_run("AR baseline", run_dir, load_causal_lm, lambda: ar.train_ar(
+    run_dir, preset, steps = demo.dir("ar"), demo.scale.ar_preset, demo.scale.ar_steps
+    # A few hundred steps is far from convergence, where a decaying LR only slows learning: at 228 tiny-preset
+    # steps, validation perplexity came out 216 with a constant LR, 232 warmup-stable-decay, 283 cosine.
+    short_run = dict(lr_scheduler_type="constant_with_warmup", warmup_steps=min(100, steps // 4))
+    manifest = ensure_run("AR baseline", run_dir, load_causal_lm, lambda callbacks: ar.train_ar(
         ar.ARTrainConfig(run_dir=str(run_dir), preset=preset, budget=demo.budget),
-        default_training_arguments(ar.TRAINING_DEFAULTS, **ar.budget_training(demo.budget, preset),
-                                   **demo.quiet_training())), demo.budget)
+        default_training_arguments(ar.TRAINING_DEFAULTS, **demo.quiet_training(steps), **short_run), callbacks),
+        demo, steps)
 
     def measure() -> dict:
         bench = bench_ar.run(bench_ar.ARBenchConfig(run_dir=str(run_dir), preset=preset, repeats=demo.scale.repeats,
@@ -43,28 +46,27 @@ def stage_ar(demo: Demo) -> dict:
         texts = ar.sample(model, tokenizer, PROMPTS[: demo.scale.shown], max_new_tokens=32, do_sample=False)
         return {"figures": bench["figures"], "targets": bench["targets"], "samples": [[p, t] for p, t in zip(PROMPTS, texts)]}
 
-    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir], demo.preset, measure)}
+    return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir], measure)}
 
 
 # -- stage 2: MERGE --------------------------------------------------------------------------------------------------
 def stage_merge(demo: Demo) -> dict:
-    """Train MERGE (steps fitted to the budget) and the per-character baseline for the same steps;
+    """Train MERGE and the per-character baseline for the same fixed steps;
     ``genlab bench merge`` on SIGHAN-15 and against the demo's AR (which is also the judge: stated in the
     JSON); SIGHAN repairs and generations with their round traces."""
     run_dir, baseline_dir, s = demo.dir("merge"), demo.dir("merge-baseline"), demo.scale
 
-    def train(directory, steps: int | None, **fields):
+    def train(directory, callbacks, **fields):
         config = merge.MergeTrainConfig(run_dir=str(directory), preset=s.ar_preset, budget=demo.budget, **fields)
-        steps = steps or merge.steps_for_merge_budget(demo.budget, config)
-        return merge.train_merge(config, default_training_arguments(merge.TRAINING_DEFAULTS, max_steps=steps,
-                                                                    **demo.quiet_training()))
+        return merge.train_merge(config, default_training_arguments(
+            merge.TRAINING_DEFAULTS, **demo.quiet_training(s.merge_steps)), callbacks)
 
     manifest = ensure_run("MERGE", run_dir, MergeForMaskedRefinement.from_pretrained,
-                          lambda: train(run_dir, None), demo.budget)
+                          lambda callbacks: train(run_dir, callbacks), demo, s.merge_steps)
     if is_complete(baseline_dir) and read_manifest(baseline_dir)["steps"] != manifest["steps"]:
         shutil.rmtree(baseline_dir)  # trained beside another MERGE run: the comparison needs the same steps
     ensure_run("MERGE's per-character baseline", baseline_dir, MergeForMaskedRefinement.from_pretrained,
-               lambda: train(baseline_dir, manifest["steps"], objective="per_character"), demo.budget)
+               lambda callbacks: train(baseline_dir, callbacks, objective="per_character"), demo, s.merge_steps)
 
     def measure() -> dict:
         config = bench_merge.MergeBenchConfig(
@@ -75,8 +77,8 @@ def stage_merge(demo: Demo) -> dict:
         bench = bench_merge.run(config)
         return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"], **merge_examples(run_dir, s.shown)}
 
-    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, baseline_dir, demo.dir("ar")],
-                                           demo.preset, measure)}
+    return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir, baseline_dir, demo.dir("ar")],
+                                                  measure)}
 
 
 @torch.no_grad()
@@ -99,11 +101,11 @@ def merge_examples(run_dir, shown: int) -> dict:
 def stage_concept(demo: Demo) -> dict:
     """LoRA + ConceptHead on the AR baseline; ``genlab bench concept`` at r = ¼ against the base as trained."""
     run_dir, base, s = demo.dir("concept"), demo.dir("ar"), demo.scale
-    manifest = ensure_run("concept compression", run_dir, concept.load_concept_run, lambda: concept.train_concept(
+    manifest = ensure_run("concept compression", run_dir, concept.load_concept_run, lambda callbacks: concept.train_concept(
         concept.ConceptTrainConfig(run_dir=str(run_dir), base=str(base), layers=s.concept_layers, concept_vocab=512,
                                    eval_blocks=s.eval_blocks, budget=demo.budget),
-        default_training_arguments(concept.TRAINING_DEFAULTS, max_steps=s.concept_steps,
-                                   per_device_train_batch_size=8, **demo.quiet_training())), demo.budget)
+        default_training_arguments(concept.TRAINING_DEFAULTS, per_device_train_batch_size=8,
+                                   **demo.quiet_training(s.concept_steps)), callbacks), demo, s.concept_steps)
 
     def measure() -> dict:
         bench = bench_concept.run(bench_concept.ConceptBenchConfig(
@@ -118,7 +120,7 @@ def stage_concept(demo: Demo) -> dict:
                     PROMPTS[: s.shown], ar.sample(load_causal_lm(base), tokenizer, PROMPTS[: s.shown], 32, do_sample=False),
                     ar.sample(model, tokenizer, PROMPTS[: s.shown], 32, do_sample=False))]}
 
-    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, base], demo.preset, measure)}
+    return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir, base], measure)}
 
 
 # -- stage 4: planner–executor ----------------------------------------------------------------------------------
@@ -127,20 +129,21 @@ def stage_planner(demo: Demo) -> dict:
     same-size AR p(y|u) baseline; ``genlab bench planner`` on both."""
     s = demo.scale
     run_dir, ar_dir = demo.dir("planner"), demo.dir("planner-ar")
-    manifest = ensure_run("planner–executor", run_dir, PlannerExecutorModel.from_pretrained, lambda: planner.train_planner(
+    manifest = ensure_run("planner–executor", run_dir, PlannerExecutorModel.from_pretrained, lambda callbacks: planner.train_planner(
         planner.PlannerTrainConfig(run_dir=str(run_dir), task="keywords", proposer="keywords",
                                    estep_selection="likelihood", hidden_size=s.planner_hidden,
                                    warmup_estep=s.planner_warmup,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=max(1, s.planner_steps // 16),
                                    max_text_length=48, budget=demo.budget),
-        default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=s.planner_steps, **demo.quiet_training())),
-        demo.budget)
+        default_training_arguments(planner.TRAINING_DEFAULTS, **demo.quiet_training(s.planner_steps)), callbacks),
+        demo, s.planner_steps)
     ensure_run("planner's AR baseline p(y|u)", ar_dir, Qwen2ForCausalLM.from_pretrained,
-               lambda: planner_baseline.train_planner_baseline(  # as many steps as the planner got, same budget
+               lambda callbacks: planner_baseline.train_planner_baseline(  # the planner's steps, batch and LR
                    planner_baseline.PlannerBaselineTrainConfig(run_dir=str(ar_dir), planner_run=str(run_dir),
                                                                budget=demo.budget),
-                   default_training_arguments(planner_baseline.TRAINING_DEFAULTS, max_steps=manifest["steps"],
-                                              report_to="none")), demo.budget)
+                   default_training_arguments(planner_baseline.TRAINING_DEFAULTS,
+                                              **demo.quiet_training(s.planner_steps)), callbacks),
+               demo, s.planner_steps)
 
     def measure() -> dict:
         bench = bench_planner.run(bench_planner.PlannerBenchConfig(
@@ -149,7 +152,7 @@ def stage_planner(demo: Demo) -> dict:
             max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats))
         return {"figures": bench["figures"], "targets": bench["targets"], "examples": planner_examples(run_dir, s.shown)}
 
-    return {"manifest": manifest, **cached(run_dir / "demo.json", [run_dir, ar_dir], demo.preset, measure)}
+    return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir, ar_dir], measure)}
 
 
 # -- stage 5: edge/cloud speculative decoding ---------------------------------------------------------------------
@@ -157,10 +160,11 @@ def stage_speculative(demo: Demo) -> dict:
     """An edge distilled from the AR baseline (the cloud); ``genlab bench speculative``; a side-by-side table."""
     s = demo.scale
     edge_dir, cloud_dir = demo.dir("edge"), demo.dir("ar")
-    manifest = ensure_run("edge model (distilled from the AR cloud)", edge_dir, load_causal_lm, lambda: edge.train_edge(
+    manifest = ensure_run("edge model (distilled from the AR cloud)", edge_dir, load_causal_lm, lambda callbacks: edge.train_edge(
         edge.EdgeTrainConfig(run_dir=str(edge_dir), cloud=str(cloud_dir), num_layers=s.edge_layers,
                              cloud_continuations=16 * s.bench_prompts, budget=demo.budget, resume=False),
-        default_training_arguments(edge.TRAINING_DEFAULTS, report_to="none")), demo.budget)
+        default_training_arguments(edge.TRAINING_DEFAULTS, **demo.quiet_training(s.edge_steps)), callbacks),
+        demo, s.edge_steps)
 
     def measure() -> dict:
         bench = bench_speculative.run(bench_speculative.SpeculativeBenchConfig(
@@ -171,8 +175,14 @@ def stage_speculative(demo: Demo) -> dict:
         return {"figures": bench["figures"], "targets": bench["targets"], **side_by_side(load_causal_lm(cloud_dir), load_causal_lm(edge_dir), cloud_dir,
                                                    prompts)}
 
-    return {"manifest": manifest, **cached(edge_dir / "demo.json", [edge_dir, cloud_dir], demo.preset, measure)}
+    return {"manifest": manifest, **measured(demo, edge_dir / "demo.json", [edge_dir, cloud_dir], measure)}
 
 
 STAGES = {"ar": stage_ar, "merge": stage_merge, "concept": stage_concept, "planner": stage_planner,
           "speculative": stage_speculative}
+
+
+def planned_steps(scale) -> dict[str, int]:
+    """The training steps of each stage's models (its progress bar's length)."""
+    return {"ar": scale.ar_steps, "merge": 2 * scale.merge_steps, "concept": scale.concept_steps,
+            "planner": 2 * scale.planner_steps, "speculative": scale.edge_steps}

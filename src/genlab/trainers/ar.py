@@ -10,20 +10,20 @@ that ``AutoModelForCausalLM.from_pretrained`` loads; its manifest records the va
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
 import datasets
 import torch
-from transformers import (AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase, Qwen2ForCausalLM, Trainer, TrainingArguments,
+from transformers import (AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase, Qwen2ForCausalLM, Trainer, TrainerCallback, TrainingArguments,
                           default_data_collator, set_seed)
 
 from ..data import corpus_sources, load_corpus
 from ..distributed import main_process_first
 from ..presets import AR_PRESETS, qwen2_config
 from ..runs import RunDir, export_model_run, prepare_run_dir
-from ..tokenization import default_tokenizer, load_tokenizer, resolve_tokenizer
-from ..timing import random_ids, steps_for_budget, train_step_fn
+from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
                      finalize_training_arguments, resume_checkpoint, run_training)
@@ -91,21 +91,8 @@ def sample(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_ne
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def budget_training(budget_s: float, preset: str, batch: int = 16, block: int = 128) -> dict:
-    """`TrainingArguments` fields for a run of ``budget_s`` seconds (set ``budget`` too): the steps that fit it,
-    a 100-step warm-up, then a constant learning rate.
-
-    A few hundred steps is far from convergence, where a decaying LR only slows learning: at 228 tiny-preset
-    steps, validation perplexity came out 216 with this schedule, 232 warmup-stable-decay, 283 cosine with the same
-    warm-up and 412 cosine with the default 11-step warm-up.
-    """
-    tokenizer = default_tokenizer()
-    model = build_model(preset, tokenizer, seed=0)
-    steps = steps_for_budget(train_step_fn(model, random_ids(len(tokenizer), batch, block)), budget_s)
-    return dict(max_steps=steps, lr_scheduler_type="constant_with_warmup", warmup_steps=min(100, steps // 2))
-
-
-def train_ar(config: ARTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_ar(config: ARTrainConfig, training: TrainingArguments | None = None,
+             callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """Train (or resume), evaluate, export the AR yardstick."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
@@ -122,7 +109,7 @@ def train_ar(config: ARTrainConfig, training: TrainingArguments | None = None) -
         args=finalize_training_arguments(training, run_dir, ddp_find_unused_parameters=False),  # every weight is used
         train_dataset=train_blocks,
         data_collator=default_data_collator,
-        callbacks=[TimeBudgetCallback(config.budget)],
+        callbacks=[TimeBudgetCallback(config.budget), *callbacks],
     )
     resumed_from = resume_checkpoint(config, run_dir)
     result = run_training(trainer, resumed_from)
@@ -136,6 +123,7 @@ def train_ar(config: ARTrainConfig, training: TrainingArguments | None = None) -
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "val_ppl": val_ppl,
+        "eval_blocks": len(eval_blocks),
         "block_size": config.block_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seed": training.seed,

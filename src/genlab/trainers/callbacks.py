@@ -15,7 +15,8 @@ from ..distributed import any_process, max_across_processes, sum_across_processe
 
 
 class TimeBudgetCallback(TrainerCallback):
-    """Stop training (and save a checkpoint) once ``budget_s`` seconds of training have passed.
+    """Stop training (and save a checkpoint) once ``budget_s`` seconds of training have passed: a safety cap,
+    which says so when it cuts a run short of its ``max_steps``.
 
     The budget counts only this process's training time, so a resumed run gets a fresh budget. Under several
     processes every rank stops at the same step (any rank over budget stops all), or DDP would deadlock.
@@ -32,6 +33,9 @@ class TimeBudgetCallback(TrainerCallback):
         if self.budget_s is not None and any_process(time.monotonic() - self.start >= self.budget_s):
             control.should_training_stop = True
             control.should_save = True
+            if state.global_step < state.max_steps and state.is_world_process_zero:
+                print(f"[genlab] the --budget safety cap ({self.budget_s:g} s) stopped training at step "
+                      f"{state.global_step} of {state.max_steps}: results not representative", flush=True)
         return control
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ..distributed import is_main_process
 from ..runs import CHECKPOINTS, last_checkpoint
@@ -100,7 +101,20 @@ def run_training(trainer, resume: str | None = None):
     if guard.interrupted:
         raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; the checkpoint is in "
                                   f"{trainer.args.output_dir}: run the same command again to resume")
-    return result
+    return result if resume is None else result._replace(training_loss=whole_run_loss(trainer, result, resume))
+
+
+def whole_run_loss(trainer, result, checkpoint: str) -> float:
+    """The mean training loss over every step of a resumed run. The Trainer averages only the steps it took
+    itself; the steps before ``checkpoint`` come from its logged losses (each the mean of its logging interval)."""
+    start = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)).global_step
+    total, logged = 0.0, 0
+    for entry in trainer.state.log_history:
+        if "loss" in entry and logged < entry["step"] <= start:
+            total += entry["loss"] * (entry["step"] - logged)
+            logged = entry["step"]
+    resumed_steps = result.global_step - start
+    return (total + result.training_loss * resumed_steps) / max(logged + resumed_steps, 1)
 
 
 def announce(message: str) -> None:

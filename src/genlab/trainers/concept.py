@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 
 from ..configuration_concept import FIRING_RULES, Qwen2ConceptCompressionConfig, gumbel_temperature
 from ..data import load_corpus
@@ -109,7 +110,8 @@ class BaseLoraTrainConfig(TrainConfig):
             raise ValueError("--base is required: a Qwen2ForCausalLM checkpoint directory")
 
 
-def train_base_lora(config: BaseLoraTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_base_lora(config: BaseLoraTrainConfig, training: TrainingArguments | None = None,
+                    callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """LoRA fine-tuning of the plain base (``base_lora_config``), merged and exported as a causal-LM run."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
@@ -118,7 +120,7 @@ def train_base_lora(config: BaseLoraTrainConfig, training: TrainingArguments | N
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(config.base), base_lora_config())
     trainer = Trainer(model=model, args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
                       train_dataset=blocks, data_collator=default_data_collator,
-                      callbacks=[TimeBudgetCallback(config.budget)])
+                      callbacks=[TimeBudgetCallback(config.budget), *callbacks])
     result = run_training(trainer, resume_checkpoint(config, run_dir))
     manifest = {"system": "ar", "role": "LoRA-fine-tuned base (concept comparison)", "base_model": str(config.base),
                 "steps": trainer.state.global_step, "train_loss": result.training_loss, "seed": training.seed}
@@ -256,7 +258,8 @@ def load_concept_run(run_dir: str | Path) -> Qwen2ConceptCompressionForCausalLM:
     return PeftModel.from_pretrained(model, run_dir).merge_and_unload()
 
 
-def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None = None,
+                  callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """Train (or resume) the concept model on the base, evaluate, export."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
@@ -275,7 +278,7 @@ def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None
         args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
         train_dataset=train_blocks,
         data_collator=default_data_collator,
-        callbacks=[TimeBudgetCallback(config.budget)],
+        callbacks=[TimeBudgetCallback(config.budget), *callbacks],
     )
     result = run_training(trainer, resume_checkpoint(config, run_dir))
     merged = model.merge_and_unload() if config.save == "merged" else None

@@ -22,6 +22,7 @@ checkpoint of the cloud's class (it loads without genlab; the map rides in ``con
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -29,7 +30,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from ..clouds import load_cloud
 from ..data import load_corpus
@@ -155,7 +156,8 @@ class DistillationTrainer(Trainer):
         return (loss, {"logits": student}) if return_outputs else loss
 
 
-def train_edge(config: EdgeTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_edge(config: EdgeTrainConfig, training: TrainingArguments | None = None,
+               callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """Distil (or resume distilling) an edge from ``config.cloud``; export it as an ordinary causal-LM run."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
@@ -172,7 +174,7 @@ def train_edge(config: EdgeTrainConfig, training: TrainingArguments | None = Non
         parameter.requires_grad_(False)  # the cloud's embeddings and head: frozen
     trainer = DistillationTrainer(model=model, args=finalize_training_arguments(training, run_dir),
                                   train_dataset=blocks, data_collator=default_data_collator,
-                                  callbacks=[TimeBudgetCallback(config.budget)], teacher=teacher)
+                                  callbacks=[TimeBudgetCallback(config.budget), *callbacks], teacher=teacher)
     result = run_training(trainer, resume_checkpoint(config, run_dir))
     manifest = {"system": "edge", "cloud": str(config.cloud), "num_layers": config.num_layers,
                 "cloud_continuations": config.cloud_continuations, "training_blocks": len(blocks),

@@ -21,11 +21,12 @@ each loss term and the edit statistics are logged through the Trainer.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, Trainer, TrainingArguments, set_seed
+from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, RECIPES, MergeConfig
 from ..data import corpus_sources, load_corpus
@@ -34,7 +35,6 @@ from ..generation_refinement import fit_width
 from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
 from ..runs import RunDir, export_model_run, prepare_run_dir, read_manifest
-from ..timing import steps_for_budget
 from ..spelling import TypoNoise
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
@@ -329,32 +329,13 @@ def build_trainer(config: MergeTrainConfig, training: TrainingArguments, run_dir
                         schedule=schedule_for(config, training))
 
 
-def steps_for_merge_budget(budget: float, config: MergeTrainConfig, batch_size: int = 16) -> int:
-    """Steps that fit ``budget`` (the demo's sizing): one timed post-stage-1 step of the recipe's loss on corpus
-    pairs (forward, backward, AdamW)."""
-    tokenizer = resolve_tokenizer(config.tokenizer)
-    model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants()))
-    pairs = training_pairs(config, load_corpus("all")["train"].select(range(256)), tokenizer, seed=0)
-    batch = collate([pairs[i] for i in range(batch_size)])
-    schedule = MergeSchedule(rounds=config.rounds, stage1_steps=0, stage2_steps=0, recipe=config.recipe,
-                             objective=config.objective, pack_width=config.pack_width)
-    loss = aligned_loss if config.recipe == "aligned" else unrolled_loss
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        loss(model, batch, schedule, 0)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return steps_for_budget(step, budget)
-
-
-def train_merge(config: MergeTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_merge(config: MergeTrainConfig, training: TrainingArguments | None = None,
+                callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """Train (or resume) MERGE, export the run directory."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
     tokenizer = resolve_tokenizer(config.tokenizer)
-    trainer = build_trainer(config, training, run_dir, tokenizer)
+    trainer = build_trainer(config, training, run_dir, tokenizer, callbacks)
     model, schedule = trainer.model, trainer.schedule
     resumed_from = resume_checkpoint(config, run_dir)
     result = run_training(trainer, resumed_from)

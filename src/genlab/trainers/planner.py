@@ -9,11 +9,12 @@ straight-through or soft mixture.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import datasets
 import torch
-from transformers import GenerationConfig, Trainer, TrainingArguments, set_seed
+from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..configuration_planner import ESTEP_SELECTIONS, PROPOSERS, PlannerExecutorConfig
 from ..data import corpus_sources
@@ -234,7 +235,8 @@ def load_pairs(config: PlannerTrainConfig, tokenizer, split: str = "train") -> d
     return pairs.select(range(min(config.max_pairs, len(pairs)))) if config.max_pairs else pairs
 
 
-def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None = None,
+                  callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """Train (or resume) with hard-EM, export the run directory."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
@@ -255,7 +257,7 @@ def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None
     curriculum_steps = training.max_steps // 2 if config.curriculum_steps is None else config.curriculum_steps
     trainer = PlannerExecutorTrainer(
         model=model, args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
-        train_dataset=pairs, data_collator=collate, callbacks=[TimeBudgetCallback(config.budget)],
+        train_dataset=pairs, data_collator=collate, callbacks=[TimeBudgetCallback(config.budget), *callbacks],
         proposer=make_proposer(model_config, tokenizer), store=store,
         curriculum_start=config.curriculum_start, curriculum_steps=curriculum_steps)
     result = run_training(trainer, resume)

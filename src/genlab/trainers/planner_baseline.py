@@ -6,10 +6,11 @@ executor's shape, as many as bring it to the planner–executor's parameter coun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments, set_seed
+from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..modeling_planner import PlannerExecutorModel
 from ..runs import RunDir, export_model_run, prepare_run_dir, read_manifest
@@ -67,7 +68,8 @@ def ar_config(model: PlannerExecutorModel, target_params: int) -> Qwen2Config:
                        bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id)
 
 
-def train_planner_baseline(config: PlannerBaselineTrainConfig, training: TrainingArguments | None = None) -> RunDir:
+def train_planner_baseline(config: PlannerBaselineTrainConfig, training: TrainingArguments | None = None,
+                           callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
     """Train the AR p(y|u) baseline of ``config.planner_run`` (give it the planner's step count)."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     planner = PlannerExecutorModel.from_pretrained(config.planner_run)
@@ -80,7 +82,7 @@ def train_planner_baseline(config: PlannerBaselineTrainConfig, training: Trainin
     run_dir = prepare_run_dir(config.run_dir)
     trainer = Trainer(model=ar, args=finalize_training_arguments(training, run_dir),
                       train_dataset=ar_pairs(pairs, tokenizer.sep_token_id), data_collator=ar_collate,
-                      callbacks=[TimeBudgetCallback(config.budget)])
+                      callbacks=[TimeBudgetCallback(config.budget), *callbacks])
     run_training(trainer)
     manifest = {"system": "ar", "role": "planner baseline p(y|u)", "steps": trainer.state.global_step,
                 "parameters": sum(p.numel() for p in ar.parameters()), "planner_run": str(config.planner_run)}
