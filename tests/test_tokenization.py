@@ -55,3 +55,27 @@ def test_incomplete_tokenizer_directory_names_the_missing_file(tmp_path):
 def test_vocab_size_must_leave_room_beyond_specials():
     with pytest.raises(ValueError, match="vocab_size"):
         train_char_tokenizer(["abc"], vocab_size=10)
+
+
+def test_auto_tokenizer_and_pipeline_load_a_qwen2_run_as_saved_without_genlab(tmp_path, tokenizer):
+    """transformers forces Qwen2Tokenizer (byte-level BPE) on qwen2 checkpoints unless the tokenizer config
+    carries an auto_map: a saved run must encode Chinese by characters under AutoTokenizer and pipeline, with and
+    without trust_remote_code, where genlab is not installed."""
+    from genlab.runs import export_model_run
+    from genlab.testing import run_code_in_clean_process
+    from genlab.trainers.ar import build_model
+
+    run_dir = tmp_path / "ar"
+    export_model_run(run_dir, build_model("nano", tokenizer, 0), tokenizer, {"system": "ar"})
+    assert (run_dir / "tokenization_genlab.py").is_file()
+    code = f"""
+from transformers import AutoTokenizer, pipeline
+for trust in (None, True):
+    tokenizer = AutoTokenizer.from_pretrained({str(run_dir)!r}, trust_remote_code=trust)
+    print(type(tokenizer).__name__, tokenizer.convert_ids_to_tokens(tokenizer("今天天气")["input_ids"]))
+generator = pipeline("text-generation", model={str(run_dir)!r})
+print(generator.tokenizer.convert_ids_to_tokens(generator.tokenizer("今天")["input_ids"]))
+"""
+    lines = run_code_in_clean_process(code, tmp_path=tmp_path).strip().splitlines()
+    assert lines == ["TokenizersBackend ['<s>', '今', '天', '天', '气']", "GenlabCharTokenizer ['<s>', '今', '天', '天', '气']",
+                     "['<s>', '今', '天']"]

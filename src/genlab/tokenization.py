@@ -3,7 +3,8 @@
 Chinese is written one character per morpheme, so a character vocabulary (~8 k entries covers the corpus)
 keeps every system simple and honest: MERGE edits characters, the CJK logits processors see one
 character per token, and the planner's text side has no sub-word artefacts. Latin text falls back to
-characters as well. The tokenizer is saved and loaded as a ``PreTrainedTokenizerFast``.
+characters as well. The tokenizer is saved and loaded as a ``GenlabCharTokenizer`` (a ``PreTrainedTokenizerFast``
+whose tokenizer config lets ``AutoTokenizer`` and ``pipeline`` load it as saved: ``tokenization_genlab``).
 
 Special tokens: ``<pad>`` (0), ``<unk>``, ``<s>`` (bos), ``</s>`` (eos), ``<mask>``, ``<sep>`` and
 ``RESERVED_TOKENS`` unused slots that a model may claim for its own markers without resizing embeddings.
@@ -22,6 +23,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import PreTrainedTokenizerFast
 
 from .data import load_corpus
+from .tokenization_genlab import GenlabCharTokenizer
+
+# saved tokenizers carry their class and an auto_map, so AutoTokenizer and pipeline load them as they are
+GenlabCharTokenizer.register_for_auto_class("AutoTokenizer")
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
                   "mask_token": "<mask>", "sep_token": "<sep>"}
@@ -50,7 +55,7 @@ def train_char_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_S
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=2048, **SPECIAL_TOKENS)
+    return GenlabCharTokenizer(tokenizer_object=tok, model_max_length=2048, **SPECIAL_TOKENS)
 
 
 def save_atomically(tokenizer: PreTrainedTokenizerFast, save_dir: str | os.PathLike) -> Path:
@@ -76,9 +81,9 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     missing = [name for name in TOKENIZER_FILES if not (path / name).is_file()]
     if missing:
         raise ValueError(f"tokenizer directory {path} is incomplete: missing {', '.join(missing)}")
-    # Not AutoTokenizer: it forces Qwen2Tokenizer on every checkpoint whose config.json says qwen2 (transformers'
-    # MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS), which re-tokenises the corpus characters as byte-level BPE.
-    return PreTrainedTokenizerFast.from_pretrained(path)
+    # Not AutoTokenizer: an older run's config (no auto_map) gets Qwen2Tokenizer forced on it when its config.json
+    # says qwen2 (see tokenization_genlab); this loads any of them as written, and saves them with the auto_map.
+    return GenlabCharTokenizer.from_pretrained(path)
 
 
 def default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:

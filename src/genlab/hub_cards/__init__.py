@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -26,7 +27,16 @@ __all__ = ["BenchReport", "build_model_card", "default_usage_snippet", "load_ben
 NO_PIPELINE = ("merge", "planner")  # their generate() is not GenerationMixin's: no transformers pipeline runs them
 CARD_KEYS = ("system", "model_name", "base_model", "datasets", "tags", "pipeline_tag", "license", "repo_id",
              "usage_snippet")
+UNVERIFIED_LICENSE = (
+    "The genlab code that defines and trains this model is Apache-2.0. No licence is asserted for the weights: "
+    "they were trained on the data listed above, whose terms genlab has not verified (see the genlab README). "
+    "Check those terms before you redistribute or build on the weights.")
 _AUTO_CLASS_PREFERENCE = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM", "AutoModel")
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` as the Hub spells repo ids, and not a path on this machine."""
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict:
@@ -59,10 +69,8 @@ def default_usage_snippet(model_id: str, model_config: Mapping | None = None, *,
         auto_class = "AutoModelForCausalLM" if is_causal else "AutoModel"
     trust = ", trust_remote_code=True" if auto_map else ""
     if has_tokenizer:
-        # PreTrainedTokenizerFast, not AutoTokenizer: on a qwen2 checkpoint AutoTokenizer forces Qwen2Tokenizer
-        # (byte-level BPE) over the saved character tokenizer and silently encodes Chinese as nothing.
-        return (f"from transformers import {auto_class}, PreTrainedTokenizerFast\n\n"
-                f"tokenizer = PreTrainedTokenizerFast.from_pretrained({model_id!r})\n"
+        return (f"from transformers import {auto_class}, AutoTokenizer\n\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({model_id!r}{trust})\n"
                 f"model = {auto_class}.from_pretrained({model_id!r}{trust})\n"
                 f"inputs = tokenizer(\"今天天气很好\", return_tensors=\"pt\")\n"
                 f"output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
@@ -89,8 +97,12 @@ def build_model_card(
 
     ``run_dir_or_info`` is a run directory (its ``genlab_run.json`` and ``config.json`` are read) or an info
     mapping with the same keys (``system``, ``model_name``, ``base_model``, ``datasets``, ...; see ``CARD_KEYS``).
-    Explicit arguments win over the manifest; ``license`` defaults to the manifest's, else ``"apache-2.0"``. Every other manifest key is listed as training configuration.
-    ``bench_json_paths`` are SPEC-B benchmark files: each figure becomes a model-index result and a table row.
+    Explicit arguments win over the manifest. Metadata stays honest: ``datasets`` holds only the Hub ids passed
+    here (the manifest's ``datasets`` describe registry corpora and go to a "Training data" section); ``base_model``
+    only a Hub id (a local base is named in the text, not linked); ``license`` is the one passed or recorded, else
+    ``other`` with a section saying why none is asserted for the weights. Every other manifest key is listed as
+    training configuration. ``bench_json_paths`` are SPEC-B benchmark files: each figure becomes a model-index
+    result and a table row.
     """
     if isinstance(run_dir_or_info, (str, os.PathLike)):
         info = read_run_info(run_dir_or_info)
@@ -102,22 +114,29 @@ def build_model_card(
     # a pipeline tag only where `pipeline("text-generation")` works: causal LMs, not MERGE nor the planner
     pipeline_tag = pipeline_tag or info.get("pipeline_tag") or (None if system in NO_PIPELINE else "text-generation")
     base_model = base_model or info.get("base_model") or None
-    datasets = list(datasets) or list(info.get("datasets") or [])
+    hub_base = base_model if base_model and is_hub_id(base_model) else None
+    training_data = list(info.get("datasets") or [])
+    license = license or info.get("license")
     all_tags = ["genlab", *([f"genlab-{system}"] if system else []), *info.get("tags", []), *tags]
     results = [result for report in reports
                for result in eval_results(report, task_type=pipeline_tag or "text2text-generation")]
 
     data = ModelCardData(
         model_name=name if results else None,  # the model-index's name; no results, no model-index
-        library_name="transformers", license=license or info.get("license") or "apache-2.0",
-        pipeline_tag=pipeline_tag, tags=list(dict.fromkeys(all_tags)), datasets=datasets or None,
-        base_model=base_model, eval_results=results or None,
+        library_name="transformers", license=license or "other",
+        license_name=None if license else "unverified-training-data",
+        pipeline_tag=pipeline_tag, tags=list(dict.fromkeys(all_tags)), datasets=list(datasets) or None,
+        base_model=hub_base, eval_results=results or None,
     )
     model_config = info.get("model_config") or {}
     architecture = ", ".join(model_config.get("architectures") or []) or model_config.get("model_type", "")
     intro = f"A genlab `{system}` model" if system else "A genlab model"
     intro += f" (`{architecture}`)" if architecture else ""
-    intro += f", fine-tuned from [`{base_model}`](https://huggingface.co/{base_model})." if base_model else "."
+    if base_model:
+        intro += (f", fine-tuned from [`{base_model}`](https://huggingface.co/{base_model})." if hub_base
+                  else f", fine-tuned from the local run `{base_model}`.")
+    else:
+        intro += "."
     body = [f"# {name}", "", intro, "", "## Usage", "", "```python", usage_snippet.rstrip("\n"), "```", "",
             "## Results", ""]
     if reports:
@@ -126,6 +145,10 @@ def build_model_card(
         body += [results_markdown(report) + "\n" for report in reports]
     else:
         body += ["No benchmark results yet: run `genlab bench` and rebuild this card.", ""]
+    if training_data:
+        body += ["## Training data", "", *[f"- {source}" for source in training_data], ""]
+    if not license:
+        body += ["## License", "", UNVERIFIED_LICENSE, ""]
     training = {key: value for key, value in info.items() if key not in (*CARD_KEYS, "model_config")}
     if training:
         body += ["## Training configuration", "", "```json",

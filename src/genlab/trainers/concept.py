@@ -13,7 +13,6 @@ adapter + new modules + the concept config (``--save adapter``; ``load_concept_r
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from ..configuration_concept import FIRING_RULES, Qwen2ConceptCompressionConfig,
 from ..data import load_corpus
 from ..distributed import main_process_first
 from ..modeling_concept import ConceptEmbedding, Qwen2ConceptCompressionForCausalLM
-from ..runs import TRAINER_LOG, RunDir, export_model_run, export_run, prepare_run_dir, read_manifest
+from ..runs import RunDir, export_model_run, export_run, prepare_run_dir, read_manifest
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .ar import pack_sentences, sample
 from .callbacks import TimeBudgetCallback, WindowedMetrics
@@ -308,7 +307,6 @@ def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None
             model.save_pretrained(tmp)
             model.get_base_model().config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / TRAINER_LOG).write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
 
     export_run(run_dir, save, manifest)
     announce(f"concept: {manifest['steps']} steps, validation perplexity {evaluation['val_ppl']:.2f}, "
@@ -319,7 +317,7 @@ def train_concept(config: ConceptTrainConfig, training: TrainingArguments | None
 def usage_snippet(model_id: str) -> str:
     """The model card's snippet for a merged run: remote-code load, greedy decoding, the concepts on request."""
     return (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r}, trust_remote_code=True)\n"
             f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, trust_remote_code=True)\n"
             "inputs = tokenizer(\"新华社北京\", return_tensors=\"pt\")\n"
             "out = model.generate(**inputs, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)\n"

@@ -360,7 +360,7 @@ def usage_snippet(model_id: str) -> str:
     """The card's usage snippet: remote-code load, then edit and gen mode (M8)."""
     return (f"from transformers import AutoModel, AutoTokenizer\n\n"
             f"model = AutoModel.from_pretrained({model_id!r}, trust_remote_code=True)\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r}, trust_remote_code=True)\n"
             f"batch = tokenizer([\"今天天汽很好，我们去公园散布。\"], return_tensors=\"pt\")\n"
             f"out = model.generate(**batch, mode=\"edit\", return_dict_in_generate=True)\n"
             f"print(tokenizer.batch_decode(out.sequences, skip_special_tokens=True), out.rounds.tolist())\n"

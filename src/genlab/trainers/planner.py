@@ -8,7 +8,6 @@ straight-through or soft mixture.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from ..configuration_planner import ESTEP_SELECTIONS, PROPOSERS, PlannerExecutor
 from ..data import corpus_sources
 from ..distributed import main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
-from ..runs import TRAINER_LOG, RunDir, export_model_run, prepare_run_dir
+from ..runs import RunDir, export_model_run, prepare_run_dir
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
@@ -34,7 +33,7 @@ TRAINING_DEFAULTS = dict(max_steps=1000, learning_rate=1e-3, lr_scheduler_type="
 CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
 USAGE = """from transformers import AutoModel, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained({model_id!r})
+tokenizer = AutoTokenizer.from_pretrained({model_id!r}, trust_remote_code=True)
 model = AutoModel.from_pretrained({model_id!r}, trust_remote_code=True)
 u = tokenizer(["新华社北京一月一日电。"], add_special_tokens=False, return_tensors="pt")
 out = model.generate(u["input_ids"], u["attention_mask"], max_new_tokens=40, return_concepts=True)
@@ -271,8 +270,7 @@ def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None
         "usage_snippet": USAGE.format(model_id=str(run_dir)),
     }
 
-    export_model_run(run_dir, trainer.model, tokenizer, manifest,
-                     extra_files={TRAINER_LOG: json.dumps(trainer.state.log_history, indent=1)})
+    export_model_run(run_dir, trainer.model, tokenizer, manifest)
     announce(f"planner: {trainer.state.global_step} steps, train loss {result.training_loss:.3f} → {run_dir}")
     return RunDir(run_dir, manifest)
 
