@@ -7,9 +7,13 @@ STAMP := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench bench-merge bench-planner bench-speculative venv lock clean
+.PHONY: demo app test bench bench-merge bench-planner bench-speculative venv lock clean
 
 $(STAMP): pyproject.toml constraints.txt
+	# The app and report tests drive Debian's Chromium headless; a CJK font renders the Chinese (these machines
+	# run as root and reach Debian's packages).
+	command -v chromedriver >/dev/null && fc-list | grep -q WenQuanYi || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver fonts-wqy-microhei; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch FIRST and pinned: this takes the local CPU wheel instead of the CUDA build.
 	$(PIP) install torch==2.13.0
@@ -25,6 +29,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/genlab demo
+
+# The Gradio app over the demo's models (http://127.0.0.1:7860).
+app: $(STAMP)
+	$(VENV)/bin/genlab app --run-dir runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -48,3 +48,20 @@ def tiny_qwen2_base(tmp_path_factory):
     base.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# -- Browser (issue 16: the app and the report are checked in a real browser) -------------------------------------
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by Debian's chromedriver (installed by the Makefile), fully offline."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                 "--lang=zh-CN"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    yield driver
+    driver.quit()

@@ -165,6 +165,38 @@ def test_gated_fluency_calls_the_cloud_less_and_reports_stats(tok, pair, process
     assert always.cloud_calls == always.blocks and always.verified == always.drafted
 
 
+def test_verified_sources_on_a_hand_made_block():
+    from genlab.generation_speculative import ACCEPTED, CLOUD, verified_sources
+
+    tokens = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    sources, rejected = verified_sources(tokens, accepted=torch.tensor([1, 3]))
+    # row 0: draft 5 kept, the cloud's token replaces draft 6; row 1: all kept, the cloud adds the bonus token
+    assert sources[0, :2].tolist() == [ACCEPTED, CLOUD] and rejected[0, :2].tolist() == [-1, 6]
+    assert sources[1].tolist() == [ACCEPTED] * 3 + [CLOUD] and rejected[1].tolist() == [-1] * 4
+
+
+def test_token_sources_say_who_wrote_each_token(tok, pair, processors):
+    from genlab.generation_speculative import ACCEPTED, CLOUD, UNVERIFIED
+
+    cloud, edge = pair
+    inputs = batch(tok, PROMPTS[:1])
+    kwargs = dict(max_new_tokens=16, do_sample=False, logits_processor=processors, custom_generate=edge_cloud_generate,
+                  return_stats=True)
+    same = cloud.generate(**inputs, **kwargs, edge_model=cloud, preset="lossless", num_draft_tokens=3)
+    # an edge equal to its cloud: 3 accepted drafts then the cloud's bonus token, block after block
+    assert same.token_sources[0].tolist() == ([ACCEPTED] * 3 + [CLOUD]) * 4
+    assert (same.rejected_drafts == -1).all()
+    other = cloud.generate(**inputs, **kwargs, edge_model=edge, preset="lossless", num_draft_tokens=3)
+    new = other.sequences[0, inputs["input_ids"].shape[1]:]
+    assert other.token_sources.shape == (1, 16) and int((other.token_sources == ACCEPTED).sum()) == other.accepted
+    replaced = other.rejected_drafts[0] >= 0
+    assert bool(replaced.any()) and bool((other.token_sources[0][replaced] == CLOUD).all())
+    assert bool((other.rejected_drafts[0][replaced] != new[replaced]).all())  # greedy: the cloud disagreed
+    gated = cloud.generate(**inputs, **kwargs, edge_model=edge, preset="fluency", entropy_threshold=1e9)
+    # only punctuation-dense blocks reach the cloud; every other drafted token is committed unverified
+    assert int((gated.token_sources == UNVERIFIED).sum()) == gated.drafted - gated.verified > 0
+
+
 def test_punctuation_density_forces_the_cloud():
     from genlab.generation_speculative import _Draft, needs_cloud
 

@@ -1,4 +1,4 @@
-"""The ``genlab`` command line (SPEC H8): train, generate, edit, bench, probe, card, push, demo.
+"""The ``genlab`` command line (SPEC H8): train, generate, edit, bench, probe, card, push, demo, app.
 
 The one argparse user of the package. Each subcommand's flags come from a dataclass parsed by transformers'
 ``HfArgumentParser`` — ``genlab train SYSTEM`` from ``<System>TrainConfig`` next to `TrainingArguments`, as
@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments
 
 from . import demo, prepare, report
+from .app.settings import AppConfig
 from .bench import ar as bench_ar
 from .bench import concept as bench_concept
 from .bench import merge as bench_merge
@@ -135,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser = _dataclass_parser(commands, "demo", (demo.DemoConfig,), "the main job on the embedded corpus (see README)",
                                     demo.__doc__.splitlines()[0])
     demo_parser.set_defaults(handler=lambda args: demo.run(_config(args)))
+    app_parser = _dataclass_parser(commands, "app", (AppConfig,), "a Gradio app over the demo's models (or Hub repos)",
+                                   "A Space-style Gradio app over the demo's run directory or Hub repos.")
+    app_parser.set_defaults(handler=lambda args: _app(_config(args)))
     return parser
+
+
+def _app(config: AppConfig):
+    from . import app  # Gradio loads only for this command: every other command starts without it
+
+    return app.run(config)
 
 
 def _configs(args: argparse.Namespace) -> tuple:

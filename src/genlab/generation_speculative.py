@@ -76,6 +76,9 @@ PRESETS = {
 }
 
 
+ACCEPTED, UNVERIFIED, CLOUD = 0, 1, 2  # the token_sources codes
+
+
 @dataclass
 class EdgeCloudOutput(ModelOutput):
     """``sequences`` (batch, seq) plus the decoding statistics (S1), counted over rows still running.
@@ -83,6 +86,10 @@ class EdgeCloudOutput(ModelOutput):
     ``drafted``: tokens the edge proposed; ``verified``: drafted tokens the cloud checked; ``accepted``: verified
     tokens it accepted and that were committed; ``cloud_calls`` / ``blocks``: cloud forwards / rounds;
     ``block_entropies``: (blocks, batch) the edge's mean entropy per block, in nats per drafted token.
+    ``token_sources``: (batch, new) who wrote each new token — ``ACCEPTED`` (an edge draft the cloud verified),
+    ``UNVERIFIED`` (an edge draft committed without a cloud call), ``CLOUD`` (the cloud's token, replacing a
+    rejected draft or after a fully accepted block) or ``-1`` (a finished row's padding); ``rejected_drafts``:
+    (batch, new) the edge draft a ``CLOUD`` token replaced, ``-1`` elsewhere.
     """
 
     sequences: torch.LongTensor | None = None
@@ -92,6 +99,8 @@ class EdgeCloudOutput(ModelOutput):
     cloud_calls: int | None = None
     blocks: int | None = None
     block_entropies: torch.FloatTensor | None = None
+    token_sources: torch.LongTensor | None = None
+    rejected_drafts: torch.LongTensor | None = None
 
     @property
     def acceptance_rate(self) -> float:
@@ -376,7 +385,7 @@ def edge_cloud_generate(
         streamer.put(input_ids.cpu())
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     counts = dict(drafted=0, verified=0, accepted=0, cloud_calls=0, blocks=0)
-    entropies = []
+    entropies, sources, rejected = [], [], []
 
     while seq.ids.shape[1] < max_length and not bool(finished.all()):
         frozen = finished & pad_finished  # finished rows that pad; the others keep decoding, as in generate
@@ -396,11 +405,15 @@ def edge_cloud_generate(
             candidates = candidates.scatter(1, accepted[:, None], cloud_token[:, None])  # (batch, k+1)
             commit = int(torch.where(running, accepted + 1, k + 1).min())  # lockstep: shortest running row
             counts["accepted"] += int(accepted[running].clamp(max=commit).sum())  # committed acceptances only
+            block_sources, block_rejected = verified_sources(draft.tokens, accepted)
         else:
             candidates, commit = draft.tokens, k
+            block_sources, block_rejected = torch.full_like(draft.tokens, UNVERIFIED), torch.full_like(draft.tokens, -1)
         commit = min(commit, max_length - seq.ids.shape[1])
         start = seq.ids.shape[1]
         seq = seq.append(torch.where(frozen[:, None], pad_token_id, candidates[:, :commit]))
+        sources.append(block_sources[:, :commit].masked_fill(frozen[:, None], -1))
+        rejected.append(block_rejected[:, :commit])
         seq, finished = _stop_inside_block(stopping_criteria, seq, start, finished, pad_finished, pad_token_id)
         edge.crop(seq.ids.shape[1] - 1)  # roll back rejected slots; the last committed token is fed next
         cloud.crop(seq.ids.shape[1] - 1)
@@ -411,8 +424,19 @@ def edge_cloud_generate(
         streamer.end()
     if not (return_stats or generation_config.return_dict_in_generate):
         return seq.ids
+    new = seq.ids.shape[1] - input_ids.shape[1]  # a stop inside the last block may have cut it
     return EdgeCloudOutput(sequences=seq.ids, block_entropies=torch.stack(entropies) if entropies else None,
-                           **counts)
+                           token_sources=torch.cat([input_ids[:, :0], *sources], 1)[:, :new],
+                           rejected_drafts=torch.cat([input_ids[:, :0], *rejected], 1)[:, :new], **counts)
+
+
+def verified_sources(tokens: torch.LongTensor, accepted: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Who wrote each slot of a verified block (batch, k + 1): the ``accepted`` drafts, then the cloud's token;
+    and the draft that token replaced (``-1`` after a fully accepted block, and at every other slot)."""
+    slots = torch.arange(tokens.shape[1] + 1, device=tokens.device)[None, :]
+    cloud_slot = slots == accepted[:, None]
+    drafts = torch.cat([tokens, torch.full_like(tokens[:, :1], -1)], 1)  # the bonus slot replaced no draft
+    return torch.where(cloud_slot, CLOUD, ACCEPTED), torch.where(cloud_slot, drafts, -1)
 
 
 def _pad_token_id(generation_config: GenerationConfig) -> int:
