@@ -109,7 +109,7 @@ def test_export_interrupted_midway_leaves_no_manifest_and_no_temp_dir(tmp_path):
 
 def test_card_and_push_commands_on_an_ar_run(tmp_path, small_corpus, hub_server, capsys):
     run_dir = tmp_path / "ar"
-    assert main(train_args(run_dir, small_corpus, "--max-steps", "2")) == 0
+    assert main([*train_args(run_dir, small_corpus, "--max-steps", "2"), "--report-to", "tensorboard"]) == 0
     assert main(["card", str(run_dir)]) == 0
     card = (run_dir / "README.md").read_text(encoding="utf-8")
     assert "library_name: transformers" in card and "genlab-ar" in card
@@ -117,6 +117,7 @@ def test_card_and_push_commands_on_an_ar_run(tmp_path, small_corpus, hub_server,
     pushed = set(hub_server.list_files("local-user/ar-nano-cli"))
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= pushed
     assert not any(name.startswith("checkpoints/") for name in pushed)
+    assert any(name.startswith("runs/") and ".tfevents." in name for name in pushed)  # the Hub's TensorBoard tab
     capsys.readouterr()
     assert main(["push", str(run_dir), "local-user/x", "--endpoint", "http://127.0.0.1:9"]) == 2
     assert "could not reach the Hub at http://127.0.0.1:9" in capsys.readouterr().err

@@ -420,3 +420,9 @@ def test_logits_to_keep_gives_the_last_positions_logits():
     torch.testing.assert_close(last, full[:, -1:])  # float32 rounding: one row through the head vs twelve
     with pytest.raises(ValueError, match="logits_to_keep"):
         model(ids, labels=ids, logits_to_keep=1)
+
+
+def test_generic_tooling_can_call_the_model_on_its_dummy_inputs():
+    model = make_model()
+    out = model(**model.dummy_inputs)
+    assert out.logits.shape[:2] == model.dummy_inputs["input_ids"].shape

@@ -183,8 +183,31 @@ def test_ar_stage_trains_measures_and_cards_with_measured_numbers(tmp_path):
     assert again["figures"] == figures and again["manifest"] == result["manifest"]
 
 
+# Whether a character has a glyph: Chromium draws every missing one as the same .notdef box, so a CJK character
+# inked like a private-use code point (which no font has) is "tofu".
+INK_JS = """
+const ink = (ch) => { const c = document.createElement('canvas'); c.width = c.height = 48;
+  const x = c.getContext('2d'); x.font = '40px ' + getComputedStyle(document.body).fontFamily;
+  x.fillText(ch, 4, 40); return c.toDataURL(); };
+return [ink('中'), ink('文'), ink('\\uE000')];
+"""
+
+
+def _assert_report_reads_in_a_browser(browser, html_path: Path, screenshot: Path) -> None:
+    """The report as a reader sees it in headless Chromium: Chinese drawn with real glyphs, nothing wider than
+    the window, every plot loaded, the verdicts first; the screenshot is a real PNG."""
+    browser.get(html_path.as_uri())
+    zhong, wen, missing = browser.execute_script(INK_JS)
+    assert zhong != missing and zhong != wen, "Chinese renders as empty boxes: no CJK font reached the page"
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    assert browser.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0 && "
+                                  "i.getBoundingClientRect().right <= window.innerWidth)")
+    assert browser.execute_script("return document.querySelector('h2').textContent") == "Verdicts"
+    assert browser.save_screenshot(str(screenshot)) and min(_png_size(screenshot)) > 500
+
+
 # -- the whole demo ---------------------------------------------------------------------------------------------------
-def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, hub_server, capsys):
+def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, hub_server, capsys, browser):
     root = tmp_path / "demo"
     assert main(["demo", "--run-dir", str(root), "--quick", "--push", "demo-user/genlab",
                  "--endpoint", hub_server.endpoint]) == 0
@@ -211,6 +234,7 @@ def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, h
         assert min(_png_size(root / "plots" / f"{name}.png")) > 100
         assert f"plots/{name}.png" in report and f'src="plots/{name}.png"' in html
     assert "<table>" in html and "<html lang='zh-CN'>" in html and "Noto Sans CJK SC" in html
+    _assert_report_reads_in_a_browser(browser, root / "report.html", tmp_path / "report.png")
     # a verdict per system at the top of the report and at the end of the terminal output
     assert report.index("## Verdicts") < report.index("Autoregressive baseline")
     verdicts = out[out.rindex("## Verdicts"):]

@@ -146,6 +146,24 @@ def test_sampling_is_refused_rather_than_ignored(model):
         model.generate(right_padded(ROWS), mode="edit", do_sample=True, temperature=0.7)
 
 
+def test_a_streamer_gets_the_input_then_the_final_sequence(model):
+    class Recorder:  # the BaseStreamer protocol: put(ids), end()
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, ids):
+            self.puts.append(ids.tolist())
+
+        def end(self):
+            self.ended = True
+
+    recorder = Recorder()
+    out = model.generate(right_padded(ROWS[1:2]), mode="gen", max_new_tokens=4, streamer=recorder)
+    assert recorder.puts == [ROWS[1], strip(out[0])] and recorder.ended
+    with pytest.raises(ValueError, match="streamer needs batch size 1, got 3"):
+        model.generate(right_padded(ROWS), mode="edit", streamer=Recorder())
+
+
 def test_unknown_mode_is_rejected(model):
     with pytest.raises(ValueError, match="mode must be 'edit', 'gen' or 'auto', got 'fix'"):
         model.generate(right_padded(ROWS), mode="fix")

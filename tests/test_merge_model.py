@@ -190,3 +190,9 @@ def test_config_defaults_follow_the_seeds():
         "aligned", "threshold", "gap_count", 0.5, 1)
     assert (c.edit_threshold_base, c.edit_threshold_step, c.insert_sub_round) == (0.4, 0.1, 8)
     assert c.model_type == "merge" and c.mask_token_id == 4 and c.pad_token_id == 0
+
+
+def test_generic_tooling_can_call_the_model_on_its_dummy_inputs():
+    model = tiny_model()
+    out = model(**model.dummy_inputs)  # one round: the logits cover the round's output, masks inserted included
+    assert out.logits.shape[0] == model.dummy_inputs["input_ids"].shape[0] == out.fused_ids.shape[0]

@@ -206,16 +206,22 @@ class MergeGenerationMixin(GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                 generation_config: GenerationConfig | None = None, **kwargs):
+                 generation_config: GenerationConfig | None = None, streamer=None, **kwargs):
         """Refine ``input_ids`` (``<s>`` + text; ``None`` = unconditional) over at most ``max_rounds`` rounds (M8).
 
         Each round: Gate (or ``mode``) → delete (Picker) → insert counted masks → greedy fill (gen mode: Mask-Predict
         re-masking after round 0); a row stops when the mean confidence of its filled masks > ``confidence_stop``,
         or Levenshtein(X_new, X) < ``levenshtein_stop``, or at L_max.
         Returns the sequences, or a ``MergeGenerateOutput`` with the trace when ``return_dict_in_generate``.
+        A ``streamer`` (batch 1, as HF's streamers require) receives the input, then the final sequence: every
+        round may rewrite any token, so no token is final before the last round.
         """
         settings = self._refinement_settings(generation_config, kwargs)
         state = self._initial_state(input_ids, attention_mask, settings)
+        if streamer is not None:
+            if state.ids.shape[0] != 1:
+                raise ValueError(f"streamer needs batch size 1, got {state.ids.shape[0]}")
+            streamer.put(state.ids[0, : int(state.valid.sum())].cpu())
         min_length, max_length = self._length_bounds(state.valid.sum(-1), settings)
         nan = torch.tensor(float("nan"), device=state.ids.device)
         trace = {"gate": [], "inserted": [], "confidence": [], "deleted": [], "sequences": []}
@@ -236,6 +242,9 @@ class MergeGenerationMixin(GenerationMixin):
             if bool(state.done.all()):
                 break
         sequences = state.ids.masked_fill(~state.valid, self.config.pad_token_id)
+        if streamer is not None:
+            streamer.put(sequences[0].cpu())
+            streamer.end()
         if not settings.return_dict_in_generate:
             return sequences
         return MergeGenerateOutput(sequences=sequences, attention_mask=state.valid.long(), rounds=state.rounds,

@@ -24,6 +24,7 @@ from .distributed import is_main_process, wait_for_everyone
 
 MANIFEST = "genlab_run.json"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "runs"  # where the Trainer's TensorBoard callback writes, under the checkpoints (the Hub reads it here)
 TRAINER_LOG = "trainer_log.json"  # the Trainer's log_history, written by recipes whose logs are plotted or read
 
 
@@ -74,6 +75,8 @@ def _export(run_dir: Path, save: Callable[[Path], None], manifest: dict) -> None
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
     try:
         save(tmp)
+        if (run_dir / CHECKPOINTS / TENSORBOARD).is_dir():  # the Trainer's event files, beside the model for the Hub
+            shutil.copytree(run_dir / CHECKPOINTS / TENSORBOARD, tmp / TENSORBOARD)
         manifest["checksums"] = {f.name: sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
         for entry in sorted(tmp.iterdir()):
             target = run_dir / entry.name

@@ -29,11 +29,11 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from ..data import load_corpus
 from ..modeling_concept import Qwen2ConceptCompressionForCausalLM
-from ..runs import read_manifest
+from ..runs import TRAINER_LOG, read_manifest
 from ..timing import paired_seconds, train_step_fn
 from ..tokenization import load_tokenizer
 from ..trainers.ar import pack_sentences
-from ..trainers.concept import TRAINER_LOG, add_concept_lora, base_lora_config, evaluate_concepts, load_concept_run
+from ..trainers.concept import add_concept_lora, base_lora_config, evaluate_concepts, load_concept_run
 from . import target, write_result
 
 HEADLINE_RATIO = 0.25

@@ -34,7 +34,7 @@ from ..hub_cards import push_with_card, write_card
 from ..report import section_verdicts, write_report
 from ..runs import prepare_run_dir
 from .reuse import training_log
-from .console import Console
+from .console import Console, logged_to
 from .settings import SCALES, Demo, DemoConfig
 from .stages import STAGES, planned_steps
 
@@ -77,8 +77,9 @@ def run(config: DemoConfig) -> dict:
         with demo.console.stage(name, root / f"{name}.log", steps[name]):
             results[name] = stage(demo)
         results[name]["stage_s"] = round(time.monotonic() - stage_started, 1)
-    cards = write_cards(demo, config.push)
-    pushed = push_all(demo, config.push, config.endpoint) if config.push else {}
+    with logged_to(root / "publish.log"):
+        cards = write_cards(demo, config.push)
+        pushed = push_all(demo, config.push, config.endpoint) if config.push else {}
     models = {name: {"run_dir": str(demo.dir(folder)), "card": cards[name], "pushed": pushed.get(name),
                      "load": load_command(demo.dir(folder), auto, remote)}
               for name, (folder, auto, remote) in MODELS.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 import datasets
+import huggingface_hub
 import transformers
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -61,15 +62,22 @@ class Console:
     @contextmanager
     def stage(self, name: str, log_path: Path, planned_steps: int):
         """Run a stage with its bar (``planned_steps`` of training, then measuring) and its output in ``log_path``."""
-        with open(log_path, "a", encoding="utf-8") as log, quiet_libraries(log), redirect_stdout(log), \
-                redirect_stderr(log), tqdm(total=planned_steps, desc=f"[genlab demo] {name}", unit="step",
-                                           file=self.terminal, dynamic_ncols=True, leave=True) as bar:
+        with logged_to(log_path), tqdm(total=planned_steps, desc=f"[genlab demo] {name}", unit="step",
+                                       file=self.terminal, dynamic_ncols=True, leave=True) as bar:
             self.bar = bar
             try:
                 yield
             finally:
                 self.bar = None
         print(f"[genlab demo] {name}: log in {log_path}", file=self.terminal)
+
+
+@contextmanager
+def logged_to(log_path: Path):
+    """Everything printed, warned or logged inside goes to ``log_path`` (appended); no library progress bars."""
+    with open(log_path, "a", encoding="utf-8") as log, quiet_libraries(log), redirect_stdout(log), \
+            redirect_stderr(log):
+        yield
 
 
 @contextmanager
@@ -80,6 +88,7 @@ def quiet_libraries(log: TextIO):
     streams = [h.setStream(log) for h in handlers]
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
     try:
         yield
     finally:
@@ -87,3 +96,4 @@ def quiet_libraries(log: TextIO):
             handler.setStream(stream)
         transformers.utils.logging.enable_progress_bar()
         datasets.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()

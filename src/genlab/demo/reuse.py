@@ -13,7 +13,7 @@ from typing import Callable
 
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from ..runs import MANIFEST, RunDir, checksum_errors, is_complete, last_checkpoint, read_manifest
+from ..runs import MANIFEST, TRAINER_LOG, RunDir, checksum_errors, is_complete, last_checkpoint, read_manifest
 from .console import Console
 from .settings import Demo
 
@@ -105,12 +105,9 @@ def measured(demo: Demo, path: Path, run_dirs: list[Path], compute: Callable[[],
 
 
 def training_log(run_dir: Path) -> list[dict]:
-    """The Trainer's ``log_history`` of a run (its last checkpoint's ``trainer_state.json``)."""
-    checkpoint = last_checkpoint(run_dir)
-    if checkpoint is None:
-        return []
-    state = Path(checkpoint) / "trainer_state.json"
-    return json.loads(state.read_text(encoding="utf-8"))["log_history"] if state.is_file() else []
+    """The Trainer's ``log_history`` of a run (``RUN_DIR/trainer_log.json``, written when training ends)."""
+    path = run_dir / TRAINER_LOG
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
 def load_causal_lm(run_dir: Path):

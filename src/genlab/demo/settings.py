@@ -41,8 +41,8 @@ class Scale:
 
 
 SCALES = {
-    "tiny": Scale(ar_preset="tiny", ar_steps=600, merge_steps=240, edge_layers=1, edge_steps=200,
-                  concept_layers="2,3,1", concept_steps=300, planner_hidden=128, planner_steps=400, planner_warmup=100,
+    "tiny": Scale(ar_preset="tiny", ar_steps=800, merge_steps=240, edge_layers=1, edge_steps=300,
+                  concept_layers="2,3,1", concept_steps=300, planner_hidden=128, planner_steps=1000, planner_warmup=100,
                   logging_steps=5, eval_blocks=32, eval_pairs=128,
                   edit_sentences=64, sighan_sentences=300, samples=16, bench_prompts=16, shown=4, repeats=3,
                   contexts="512,2048", new_tokens=32),

@@ -9,6 +9,7 @@ Trainer option — gradient accumulation, bf16, ``report_to``, … — without r
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from transformers import TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
 from ..distributed import is_main_process
-from ..runs import CHECKPOINTS, last_checkpoint
+from ..runs import CHECKPOINTS, TRAINER_LOG, last_checkpoint
 from .callbacks import StopOnInterrupt
 
 LR_SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
@@ -94,13 +95,17 @@ class TrainingInterrupted(Exception):
 
 
 def run_training(trainer, resume: str | None = None):
-    """``trainer.train`` with Ctrl-C turned into "save a checkpoint and stop" (``TrainingInterrupted``)."""
+    """``trainer.train`` with Ctrl-C turned into "save a checkpoint and stop" (``TrainingInterrupted``); the log
+    history is written to ``RUN_DIR/trainer_log.json`` and a resumed run's loss covers all its steps."""
     guard = StopOnInterrupt()
     trainer.add_callback(guard)
     result = trainer.train(resume_from_checkpoint=resume)
     if guard.interrupted:
         raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; the checkpoint is in "
                                   f"{trainer.args.output_dir}: run the same command again to resume")
+    if is_main_process():  # the run's curves, beside the model (plots, cards and the demo read them)
+        log = Path(trainer.args.output_dir).parent / TRAINER_LOG
+        log.write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
     return result if resume is None else result._replace(training_loss=whole_run_loss(trainer, result, resume))
 
 
