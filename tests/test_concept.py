@@ -426,3 +426,20 @@ def test_generic_tooling_can_call_the_model_on_its_dummy_inputs():
     model = make_model()
     out = model(**model.dummy_inputs)
     assert out.logits.shape[:2] == model.dummy_inputs["input_ids"].shape
+
+
+def test_a_streamer_gets_the_prompt_then_every_generated_token():
+    class Collect:  # the BaseStreamer protocol
+        def __init__(self):
+            self.ids, self.ended = [], False
+
+        def put(self, value):
+            self.ids += value.flatten().tolist()
+
+        def end(self):
+            self.ended = True
+
+    model, streamer = make_model(), Collect()
+    prompt = torch.randint(4, VOCAB, (1, 6), generator=torch.Generator().manual_seed(3))
+    out = model.generate(prompt, max_new_tokens=8, do_sample=False, streamer=streamer)
+    assert streamer.ended and streamer.ids == out[0].tolist()

@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from transformers import AutoTokenizer
 
-from ..tokenization import load_tokenizer
 from . import views
 from .settings import EXAMPLES, MODELS, AppConfig
 
@@ -37,7 +37,7 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
             continue
         try:
             model = auto_class.from_pretrained(where, trust_remote_code=True).eval()
-            loaded[name] = (model, load_tokenizer(where))
+            loaded[name] = (model, AutoTokenizer.from_pretrained(where, trust_remote_code=True))
         except Exception as error:  # shown in the tab: the other systems stay usable
             loaded[name] = f"could not load {name} from {where}: {type(error).__name__}: {error}"
     return loaded
@@ -64,8 +64,7 @@ def _tab(name: str, title: str, label: str, action, loaded: dict, needs: tuple[s
 def build_app(loaded: dict) -> gr.Blocks:
     """The Blocks app over ``load_models``'s result."""
     def merge(text):
-        model, tokenizer = loaded["merge"]
-        return views.merge_view(model, tokenizer, text, mode="edit")
+        return views.merge_view(*loaded["merge"], text, mode="edit")
 
     def concept(text):
         return views.concept_view(*loaded["concept"], text)
