@@ -64,9 +64,13 @@ def test_your_own_pairs_with_the_keyword_proposer_train_generate_and_probe(tmp_p
     assert main(["train", "planner", "--pairs", str(pairs), "--proposer", "keywords", "--estep-selection",
                  "likelihood", "--run-dir", str(run_dir), "--max-steps", "3", "--batch-size", "4", "--hidden-size",
                  "32", "--planner-layers", "1", "--executor-layers", "1", "--monitor-steps", "3", "--warmup-estep",
-                 "1", "--estep-top-k", "2", "--report-to", "none", "--save-steps", "3", "--logging-steps", "3"]) == 0
+                 "1", "--estep-top-k", "2", "--report-to", "none", "--save-steps", "3", "--logging-steps", "3",
+                 "--warmup-end", "gain"]) == 0
     manifest = json.loads((run_dir / "genlab_run.json").read_text(encoding="utf-8"))
     assert manifest["pairs_file"] == str(pairs) and manifest["pairs"] > 250  # the train split of the file
+    assert "estep_warmup_ended_at" in manifest  # the gain rule ran (an untrained executor: None, or the step)
+    logged = json.loads((run_dir / "trainer_log.json").read_text(encoding="utf-8"))
+    assert any("monitor/warmup_gain" in entry and "monitor/warmup_cost" in entry for entry in logged)
     capsys.readouterr()
     assert main(["generate", "--model", str(run_dir), "--max-new-tokens", "5", "--greedy", "天地、人和"]) == 0
     assert len(json.loads(capsys.readouterr().out.strip().split("\t")[1])) == 1  # one text concept type

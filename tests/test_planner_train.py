@@ -348,3 +348,70 @@ def test_hard_em_on_keyword_plans_teaches_the_executor_to_read_z_and_the_planner
         planned = model.plan(batch["input_ids"], batch["attention_mask"])
     width = result.plans.shape[-1]
     assert torch.equal(torch.nn.functional.pad(planned, (0, width - planned.shape[-1])), result.plans)
+
+
+# -- the warm-up that ends on gain (estep_warmup_end="gain") ------------------------------------------------------------
+def test_gain_window_ends_the_warmup_from_w_on_once_the_gain_beats_the_cost(tokenizer):
+    window = te.GainWindow(keyword_planner(tokenizer, estep_warmup_steps=10, estep_refresh_steps=50).config)
+    assert window.observe(5, torch.tensor([3.0, 3.0]), torch.tensor([1.0, 1.0])) == (3.0, 1.0)
+    assert not window.ends(5, 3.0, 1.0)  # before W: the executor is still learning to read z
+    mean_gain, mean_cost = window.observe(12, torch.tensor([0.0, 0.0]), torch.tensor([5.0, 5.0]))
+    assert (mean_gain, mean_cost) == (1.5, 3.0) and not window.ends(12, mean_gain, mean_cost)
+    assert window.observe(100, torch.tensor([4.0]), torch.tensor([1.0])) == (4.0, 1.0)  # steps ≤ 50 left the window
+    assert window.ends(100, 4.0, 1.0)
+
+
+def test_gain_is_zero_when_every_row_has_the_same_plan_and_the_cost_is_the_planner_nll(tokenizer):
+    model = keyword_planner(tokenizer).eval()
+    batch = {k: v for k, v in batch_of(tokenizer, ["天气、今天", "书、河流"], ["今天天气好。", "书很好看。"]).items()
+             if k != "index"}
+    same = te.KeywordProposer(model.config, tokenizer)(batch)[:1, 0].expand(2, -1, -1)
+    gain, cost = te.gain_and_cost(model, batch, same)
+    assert gain.shape == cost.shape == (2,) and torch.allclose(gain, torch.zeros(2))
+    planner = model.planner_forward(batch["input_ids"], batch["attention_mask"], same)
+    assert torch.allclose(cost, -planner.log_prob) and bool((cost > 0).all())
+
+
+def test_the_store_says_when_the_planner_competes_and_keeps_it_across_a_resume(tokenizer, tmp_path):
+    by_steps = keyword_planner(tokenizer, estep_warmup_steps=10).config
+    by_gain = keyword_planner(tokenizer, estep_warmup_steps=10, estep_warmup_end="gain").config
+    store = te.ZStarStore(2, 1, 6)
+    assert not store.warm(by_steps, 9) and store.warm(by_steps, 10)
+    assert not store.warm(by_gain, 10_000)  # only the gain ends it
+    store.warmup_ended_at = 37
+    assert store.warm(by_gain, 38)
+    store.save(tmp_path)
+    resumed = te.ZStarStore(2, 1, 6)
+    assert resumed.load(tmp_path) and resumed.warmup_ended_at == 37
+    with pytest.raises(ValueError, match=r"estep_warmup_end must be one of \('steps', 'gain'\), got 'never'"):
+        keyword_planner(tokenizer, estep_warmup_end="never")
+
+
+def test_warmup_by_gain_lets_the_planner_compete_once_its_plans_pay_for_themselves(tokenizer):
+    """The four-pair overfit of the keyword learning test, with the gain rule: until the executor's gain from z*
+    beats the plan's prior cost only the proposer's plans win; that happens within the run (the executor learns to
+    read the plans, the planner to write them), after W, and the run ends with z* the keyword plan."""
+    us = ["孩子、公园、散步、汽车", "经济、会议、发展、天空", "天气、今天、书包", "好看、书、河流"]
+    ys = ["孩子们在公园里散步。", "会议讨论了经济发展。", "今天天气很好。", "这本书很好看。"]
+    torch.manual_seed(0)
+    model = keyword_planner(tokenizer, share_text_embeddings=True, estep_selection="likelihood", estep_top_k=1,
+                            estep_sources=["proposer", "planner_greedy"], estep_warmup_steps=20,
+                            estep_warmup_end="gain", estep_refresh_steps=10).train()
+    batch = {k: v for k, v in batch_of(tokenizer, us, ys).items() if k != "index"}
+    proposer, store, window = te.KeywordProposer(model.config, tokenizer), te.ZStarStore(4, 1, 6), te.GainWindow(model.config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        warm = store.warm(model.config, step)
+        result = te.estep(model, proposer, batch, step, warm=warm)
+        if not warm:
+            assert set(result.sources) == {"proposer"}
+            if window.ends(step, *window.observe(step, *te.gain_and_cost(model, batch, result.plans))):
+                store.warmup_ended_at = step
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=result.plans,
+              text_ids=batch["text_ids"], text_attention_mask=batch["text_attention_mask"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert store.warmup_ended_at is not None and 20 <= store.warmup_ended_at < 150
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(te.estep(model, proposer, batch, 150, warm=True).plans, proposer(batch)[:, 0])

@@ -13,6 +13,8 @@ def test_a_verdict_names_every_missed_target_with_its_value():
     assert report.verdict(result({"a": 2.0}, met)) == "works: every target met"
     assert report.verdict(result({"a": 2.0, "keyword_coverage": 0.08}, missed)) == \
         "does not yet: keyword_coverage 0.08 (goal ≥ 0.8)"
+    derived = {"coverage_vs_ar": {"goal": "> 0", "met": False}}  # a target on a difference, not a figure
+    assert report.verdict(result({}, derived)) == "does not yet: coverage_vs_ar (goal > 0)"
     assert report.verdict({"figures": {}}).startswith("no targets recorded")
 
 

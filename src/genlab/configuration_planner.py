@@ -17,6 +17,7 @@ CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
 ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
 PROPOSERS = ("rare_characters", "keywords")
 ESTEP_SELECTIONS = ("joint", "likelihood")
+ESTEP_WARMUP_ENDS = ("steps", "gain")
 
 DEFAULT_STACK = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                      intermediate_size=352)
@@ -44,6 +45,10 @@ class PlannerExecutorConfig(PretrainedConfig):
         estep_warmup_steps: W. Before step W the E-step chooses among the proposer's plans only, and the prior
             term enters S(z) = log p(y|z) + β log p(z|u) with β = β_max · step / W (β_max from W on): a random
             planner's log p(z|u) would otherwise make the empty plan win before the executor has learnt to read z.
+        estep_warmup_end: when the planner's plans join the E-step: ``steps`` at step W; ``gain`` at the first E-step
+            from W on where the executor's gain from z* (log p(y|z*) − log p(y|shuffled z*), summed per example)
+            exceeds the plan's prior cost (−log p(z*|u)) on average over the last ``estep_refresh_steps`` steps —
+            a planner whose plans cost more nats than they save never competes, so it cannot lock in a cheap plan.
         estep_prior_weight: β_max, 1 as in P4. Below 1 the E-step trusts the executor's evidence more than the
             planner's prior, a guard against z* collapsing onto the planner's own plans (``bench planner`` notes).
         estep_selection: ``joint`` keeps argmax S(z); ``likelihood`` keeps argmax log p(y|z) with S(z) only as
@@ -73,7 +78,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  estep_sources: list[str] | tuple[str, ...] = ("proposer", "planner_greedy", "planner_sample",
                                                                 "previous"),
                  estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
-                 estep_selection: str = "joint", proposer: str = "rare_characters",
+                 estep_selection: str = "joint", estep_warmup_end: str = "steps", proposer: str = "rare_characters",
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
@@ -96,6 +101,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.estep_warmup_steps = estep_warmup_steps
         self.estep_prior_weight = float(estep_prior_weight)
         self.estep_selection = estep_selection
+        self.estep_warmup_end = estep_warmup_end
         self.proposer = proposer
         self.text_concept_types = list(text_concept_types)
         self.share_text_embeddings = bool(share_text_embeddings)
@@ -121,6 +127,8 @@ class PlannerExecutorConfig(PretrainedConfig):
             raise ValueError(f"estep_sources must be a non-empty subset of {ESTEP_SOURCES}, got {self.estep_sources}")
         if self.estep_selection not in ESTEP_SELECTIONS:
             raise ValueError(f"estep_selection must be one of {ESTEP_SELECTIONS}, got {self.estep_selection!r}")
+        if self.estep_warmup_end not in ESTEP_WARMUP_ENDS:
+            raise ValueError(f"estep_warmup_end must be one of {ESTEP_WARMUP_ENDS}, got {self.estep_warmup_end!r}")
         if self.proposer not in PROPOSERS:
             raise ValueError(f"proposer must be one of {PROPOSERS}, got {self.proposer!r}")
         for name in self.text_concept_types:

@@ -255,7 +255,8 @@ def verdict(result: dict) -> str:
     targets = result.get("targets")
     if not targets:
         return "no targets recorded (re-measure the stage)"
-    missed = [f"{name} {_fmt(result['figures'].get(name, float('nan')))} (goal {t['goal']})"
+    figures = result["figures"]
+    missed = [f"{name}{f' {_fmt(figures[name])}' if name in figures else ''} (goal {t['goal']})"  # some are derived
               for name, t in targets.items() if not t["met"]]
     return "works: every target met" if not missed else "does not yet: " + "; ".join(missed)
 

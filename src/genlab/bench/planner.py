@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Qwen2ForCausalLM
 
-from ..configuration_planner import ESTEP_SELECTIONS, PROPOSERS
+from ..configuration_planner import ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..timing import paired_seconds
@@ -64,6 +64,8 @@ class PlannerBenchConfig:
         "choices": list(PROPOSERS), "help": "E-step proposer (default: keywords on the keywords task)"})
     estep_selection: str = field(default="likelihood", metadata={"choices": list(ESTEP_SELECTIONS)})
     warmup_estep: int = field(default=250, metadata={"help": "W of the planner's E-step"})
+    warmup_end: str = field(default="steps", metadata={
+        "choices": list(ESTEP_WARMUP_ENDS), "help": "when the planner's plans join the E-step (steps: at W; gain)"})
     prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
     max_text_length: int = field(default=48, metadata={"help": "longest y, in tokens"})
     eval_pairs: int = field(default=256, metadata={"help": "held-out pairs"})
@@ -227,8 +229,8 @@ def run(args: PlannerBenchConfig) -> dict:
         budget={"max_steps": args.steps, "wall_clock_cap_s": args.budget, "planner_steps_done": manifest["steps"],
                 "ar_steps_done": ar_manifest["steps"], "batch_size": args.batch_size, "learning_rate": 1e-3,
                 "estep_warmup_steps": args.warmup_estep, "estep_prior_weight": args.prior_weight,
-                "estep_selection": args.estep_selection, "proposer": args.proposer,
-                "max_text_length": args.max_text_length},
+                "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "proposer": args.proposer,
+                "max_text_length": args.max_text_length, "estep_warmup_ended_at": manifest.get("estep_warmup_ended_at")},
         figures=figures, extra={"examples": examples},
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),
                  "nll_ratio_vs_ar": target(figures["nll_ratio_vs_ar"], "≤", 1.0),

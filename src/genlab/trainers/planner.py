@@ -15,7 +15,7 @@ import datasets
 import torch
 from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from ..configuration_planner import ESTEP_SELECTIONS, PROPOSERS, PlannerExecutorConfig
+from ..configuration_planner import ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS, PlannerExecutorConfig
 from ..data import corpus_sources
 from ..distributed import main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
@@ -25,7 +25,7 @@ from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
                      finalize_training_arguments, resume_checkpoint, run_training)
 from .planner_data import TASKS, CurriculumSampler, collate, task_texts, tokenize_pairs
-from .planner_estep import SaveZStarStore, ZStarStore, estep, make_proposer, win_rates
+from .planner_estep import GainWindow, SaveZStarStore, ZStarStore, estep, gain_and_cost, make_proposer, win_rates
 from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_distance, flip_rate, nll_by_position,
                                planner_entropy, staleness_gap, top1_margin)
 
@@ -60,6 +60,10 @@ class PlannerTrainConfig(TrainConfig):
         "choices": list(ESTEP_SELECTIONS),
         "help": "z* = argmax log p(y|z), S(z) breaking ties (likelihood), or argmax S(z) as in P4 (joint: "
                 "collapses onto the planner's own plans, README)"})
+    warmup_end: str = field(default="steps", metadata={
+        "choices": list(ESTEP_WARMUP_ENDS),
+        "help": "when the planner's plans join the E-step: at step W (steps), or from W on once the executor's gain "
+                "from z* exceeds the plan's prior cost (gain)"})
     share_text_embeddings: bool = field(default=True, metadata={
         "help": "one text embedding table for the planner and the executor (--no-share-text-embeddings: two)"})
     keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary (rare_characters)"})
@@ -83,6 +87,7 @@ class PlannerTrainConfig(TrainConfig):
         check_choice(self, "task", TASKS)
         check_choice(self, "proposer", PROPOSERS)
         check_choice(self, "estep_selection", ESTEP_SELECTIONS)
+        check_choice(self, "warmup_end", ESTEP_WARMUP_ENDS)
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
                        "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
                        "max_text_length", "curriculum_start")
@@ -107,6 +112,7 @@ class PlannerExecutorTrainer(Trainer):
                  curriculum_steps: int = 0, monitor_patience: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
         self.proposer, self.store = proposer, store
+        self.gain_window = GainWindow(self.model.config)
         self.curriculum_start, self.curriculum_steps = curriculum_start, curriculum_steps
         self.stats = ProcessStatAccumulator()
         config = self.model.config
@@ -131,7 +137,8 @@ class PlannerExecutorTrainer(Trainer):
 
     @torch.no_grad()
     def monitor_plans(self) -> torch.Tensor:
-        return estep(self.model, self.proposer, self.monitor_batch, self.state.global_step)[0]
+        step = self.state.global_step
+        return estep(self.model, self.proposer, self.monitor_batch, step, warm=self.store.warm(self.model.config, step))[0]
 
     @torch.no_grad()
     def monitor_nll(self, concept_ids: torch.Tensor) -> torch.Tensor:
@@ -168,9 +175,12 @@ class PlannerExecutorTrainer(Trainer):
         rows = stale.to(plans.device)
         old = plans[rows]
         seen = seen.to(plans.device)
-        result = estep(model, self.proposer, {k: v[rows] for k, v in inputs.items() if k != "index"}, step,
-                       previous=old, has_previous=seen)
+        batch = {k: v[rows] for k, v in inputs.items() if k != "index"}
+        warm = self.store.warm(model.config, step)
+        result = estep(model, self.proposer, batch, step, previous=old, has_previous=seen, warm=warm)
         new, scores = result.plans, result.scores
+        if not warm and model.config.estep_warmup_end == "gain":
+            self.watch_gain(model, batch, new, step)
         plans[rows] = new
         self.store.update(index[stale], new, step)
         self.stats.add("top1_margin", top1_margin(scores))
@@ -181,6 +191,14 @@ class PlannerExecutorTrainer(Trainer):
             self.stats.add("flip_edit_distance", edit_distance(old[seen], new[seen]).float().mean())
             self.stats.add("staleness_gap", staleness_gap(scores.max(1).values[seen], scores[seen, 0]))
         return plans
+
+    def watch_gain(self, model, batch: dict, plans: torch.Tensor, step: int) -> None:
+        """Warm-up by gain: log the window's gain and cost of z*, end the warm-up once the gain is larger."""
+        mean_gain, mean_cost = self.gain_window.observe(step, *gain_and_cost(model, batch, plans))
+        self.stats.add("warmup_gain", torch.tensor(mean_gain))
+        self.stats.add("warmup_cost", torch.tensor(mean_cost))
+        if self.gain_window.ends(step, mean_gain, mean_cost):
+            self.store.warmup_ended_at = step
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plans = self.refresh(model, inputs)
@@ -220,7 +238,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, **types, proposer=config.proposer,
         share_text_embeddings=config.share_text_embeddings,
-        estep_selection=config.estep_selection,
+        estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
         planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient, estep_top_k=config.estep_top_k,
@@ -267,6 +285,7 @@ def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None
         "parameters": sum(p.numel() for p in model.parameters()),
         "datasets": corpus_sources(config.data),
         "monitor_warnings": [{"step": s, "rule": r, "action": a} for s, r, a in trainer.monitor.warnings],
+        "estep_warmup_ended_at": store.warmup_ended_at if config.warmup_end == "gain" else config.warmup_estep,
         "usage_snippet": USAGE.format(model_id=str(run_dir)),
     }
 

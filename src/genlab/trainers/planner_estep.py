@@ -173,15 +173,17 @@ def select(config: PlannerExecutorConfig, scores: torch.Tensor, likelihood: torc
 
 @torch.no_grad()
 def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previous: torch.Tensor | None = None,
-          has_previous: torch.Tensor | None = None, generator: torch.Generator | None = None) -> EStep:
+          has_previous: torch.Tensor | None = None, generator: torch.Generator | None = None,
+          warm: bool | None = None) -> EStep:
     """z* among the candidates (``config.estep_selection``).
 
     ``previous`` (batch, types, L) joins the candidates when the config lists it, as column 0, so duplicates of
     it (masked to −inf) are the later columns and its score is ``scores[:, 0]``; rows where ``has_previous`` is
-    False get −inf there. Before ``estep_warmup_steps`` only the proposer's plans compete.
+    False get −inf there. Until ``warm`` (default: from ``estep_warmup_steps`` on) only the proposer's plans compete.
     """
     config = model.config
-    k, warm = config.estep_top_k, step >= config.estep_warmup_steps
+    k = config.estep_top_k
+    warm = step >= config.estep_warmup_steps if warm is None else warm
     allowed = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous")]
     width = max(model.config.concept_max_lengths)
     fit = lambda z: torch.nn.functional.pad(z, (0, width - z.shape[-1]), value=CONCEPT_PAD)  # noqa: E731
@@ -213,12 +215,51 @@ def win_rates(result: EStep) -> dict[str, torch.Tensor]:
     return {f"win_{name}": torch.tensor(won.count(name) / len(won)) for name in dict.fromkeys(result.sources)}
 
 
+@torch.no_grad()
+def gain_and_cost(model: PlannerExecutorModel, batch: dict, plans: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example (batch,): the executor's gain from the plan, log p(y|z) − log p(y|z shuffled across the batch),
+    and the plan's prior cost under the planner, −log p(z|u); both in nats summed over the example."""
+    text, text_mask = batch["text_ids"], batch["text_attention_mask"]
+    order = torch.randperm(len(plans), generator=generator).to(plans.device)
+    gain = model.executor_forward(plans, text, text_mask).log_prob - \
+        model.executor_forward(plans[order], text, text_mask).log_prob
+    return gain, -model.planner_forward(batch["input_ids"], batch["attention_mask"], plans).log_prob
+
+
+class GainWindow:
+    """``estep_warmup_end = "gain"``: the warm-up ends at the first E-step from W on where the mean gain of z* over
+    the last ``estep_refresh_steps`` steps exceeds its mean prior cost (``gain_and_cost``)."""
+
+    def __init__(self, config: PlannerExecutorConfig):
+        self.config = config
+        self.entries: list[tuple[int, float, float, int]] = []  # (step, gain sum, cost sum, examples)
+
+    def observe(self, step: int, gain: torch.Tensor, cost: torch.Tensor) -> tuple[float, float]:
+        """Add a batch; the window's (mean gain, mean cost) per example."""
+        self.entries = [e for e in self.entries if e[0] > step - self.config.estep_refresh_steps]
+        self.entries.append((step, float(gain.sum()), float(cost.sum()), len(gain)))
+        examples = sum(e[3] for e in self.entries)
+        return sum(e[1] for e in self.entries) / examples, sum(e[2] for e in self.entries) / examples
+
+    def ends(self, step: int, mean_gain: float, mean_cost: float) -> bool:
+        return step >= self.config.estep_warmup_steps and mean_gain > mean_cost
+
+
 class ZStarStore:
-    """z* per example index with the step of its last search (−1: never) (v3.1)."""
+    """z* per example index with the step of its last search (−1: never) (v3.1), and the step the E-step warm-up
+    ended at (``None``: not yet, or ended by the step count)."""
 
     def __init__(self, size: int, types: int, width: int):
         self.plans = torch.zeros(size, types, width, dtype=torch.long)
         self.step = torch.full((size,), -1, dtype=torch.long)
+        self.warmup_ended_at: int | None = None
+
+    def warm(self, config: PlannerExecutorConfig, step: int) -> bool:
+        """Whether the planner's plans compete at ``step`` (``config.estep_warmup_end``)."""
+        if config.estep_warmup_end == "steps":
+            return step >= config.estep_warmup_steps
+        return self.warmup_ended_at is not None
 
     def stale(self, index: torch.Tensor, step: int, every: int) -> torch.Tensor:
         age = step - self.step[index]
@@ -229,7 +270,8 @@ class ZStarStore:
         self.step[index] = step
 
     def save(self, directory: str | Path) -> None:
-        torch.save({"plans": self.plans, "step": self.step}, Path(directory) / CACHE_FILE)
+        torch.save({"plans": self.plans, "step": self.step, "warmup_ended_at": self.warmup_ended_at},
+                   Path(directory) / CACHE_FILE)
 
     def load(self, directory: str | Path) -> bool:
         path = Path(directory) / CACHE_FILE
@@ -237,6 +279,7 @@ class ZStarStore:
             return False
         state = torch.load(path)
         self.plans, self.step = state["plans"], state["step"]
+        self.warmup_ended_at = state.get("warmup_ended_at")  # stores written before the gain rule have none
         return True
 
 
