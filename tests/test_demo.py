@@ -234,6 +234,7 @@ def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, h
         assert min(_png_size(root / "plots" / f"{name}.png")) > 100
         assert f"plots/{name}.png" in report and f'src="plots/{name}.png"' in html
     assert "<table>" in html and "<html lang='zh-CN'>" in html and "Noto Sans CJK SC" in html
+    assert re.search(r"<li>reference .*?<ul>\s*<li>round 1 \(gate", html, re.S)  # each repair's rounds nest under it
     _assert_report_reads_in_a_browser(browser, root / "report.html", tmp_path / "report.png")
     # a verdict per system at the top of the report and at the end of the terminal output
     assert report.index("## Verdicts") < report.index("Autoregressive baseline")

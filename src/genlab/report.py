@@ -165,8 +165,9 @@ def section_merge(result: dict) -> list[str]:
 
 
 def _round_trace(steps: list[dict]) -> list[str]:
-    """One indented line per MERGE round: gate, inserted masks, confidence, the text after the round."""
-    return [f"  - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
+    """One nested list item per MERGE round (indented 4 spaces, which Python-Markdown needs to nest): gate,
+    inserted masks, confidence, the text after the round."""
+    return [f"    - round {s['round']} (gate {s['gate']:.0f}, +{s['inserted']:.0f} masks, confidence "
             f"{s['confidence']:.2f}): `{s['text']}`" for s in steps]
 
 
