@@ -45,6 +45,8 @@ class PlannerExecutorConfig(PretrainedConfig):
         estep_warmup_steps: W. Before step W the E-step chooses among the proposer's plans only, and the prior
             term enters S(z) = log p(y|z) + β log p(z|u) with β = β_max · step / W (β_max from W on): a random
             planner's log p(z|u) would otherwise make the empty plan win before the executor has learnt to read z.
+        planner_entropy_weight: λ ≥ 0; the M-step loss subtracts λ × the planner's mean entropy per trained slot (an
+            entropy bonus: the planner's distribution is kept from locking onto one plan; 0 = off).
         estep_warmup_end: when the planner's plans join the E-step: ``steps`` at step W; ``gain`` at the first E-step
             from W on where the executor's gain from z* (log p(y|z*) − log p(y|shuffled z*), summed per example)
             exceeds the plan's prior cost (−log p(z*|u)) on average over the last ``estep_refresh_steps`` steps —
@@ -74,7 +76,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  max_input_length: int = 128, max_text_length: int = 192,
                  planner: dict | None = None, executor: dict | None = None, planner_mtp_heads: int = 0,
                  rope_theta: float = 10000.0, rms_norm_eps: float = 1e-6, initializer_range: float = 0.02,
-                 concept_gradient: str = "hard_em", estep_top_k: int = 4,
+                 concept_gradient: str = "hard_em", planner_entropy_weight: float = 0.0, estep_top_k: int = 4,
                  estep_sources: list[str] | tuple[str, ...] = ("proposer", "planner_greedy", "planner_sample",
                                                                 "previous"),
                  estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
@@ -95,6 +97,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.concept_gradient = concept_gradient
+        self.planner_entropy_weight = float(planner_entropy_weight)
         self.estep_top_k = estep_top_k
         self.estep_sources = list(estep_sources)
         self.estep_refresh_steps = estep_refresh_steps
@@ -127,6 +130,8 @@ class PlannerExecutorConfig(PretrainedConfig):
             raise ValueError(f"estep_sources must be a non-empty subset of {ESTEP_SOURCES}, got {self.estep_sources}")
         if self.estep_selection not in ESTEP_SELECTIONS:
             raise ValueError(f"estep_selection must be one of {ESTEP_SELECTIONS}, got {self.estep_selection!r}")
+        if self.planner_entropy_weight < 0:
+            raise ValueError(f"planner_entropy_weight must be ≥ 0, got {self.planner_entropy_weight}")
         if self.estep_warmup_end not in ESTEP_WARMUP_ENDS:
             raise ValueError(f"estep_warmup_end must be one of {ESTEP_WARMUP_ENDS}, got {self.estep_warmup_end!r}")
         if self.proposer not in PROPOSERS:

@@ -393,6 +393,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         if text_ids is not None:
             executor_out = self.executor_forward(concept_ids, text_ids, text_attention_mask, concept_embeds)
         losses = [out.loss for out in (planner_out, executor_out) if out is not None]
+        if planner_out is not None and self.config.planner_entropy_weight:  # keep the planner from locking in
+            losses.append(-self.config.planner_entropy_weight * slot_entropy(planner_out.logits, planner_out.labels))
         return PlannerExecutorOutput(
             loss=sum(losses) if losses else None,
             executor_loss=executor_out.loss if executor_out else None,
@@ -402,6 +404,15 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
             token_nll=executor_out.token_nll if executor_out else None,
             soft_hard_cosine=cosine,
         )
+
+
+def slot_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean entropy, in nats, of the planner's distributions (batch, types, L + 1, vocab) over the slots it is
+    trained on (``labels`` not ignored: each concept and each type's ``<eos>``)."""
+    log_p = logits.float().log_softmax(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)  # ids a type cannot emit have p = 0 exactly
+    counted = labels != IGNORE
+    return entropy[counted].sum() / counted.sum()
 
 
 PlannerExecutorModel.register_for_auto_class("AutoModel")

@@ -103,7 +103,8 @@ def planner_bench(config: PlannerBenchConfig) -> None:
     reuse_or_train(config.run_dir, lambda: planner.train_planner(
         planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, task=config.task,
                                    proposer=config.proposer, estep_selection=config.estep_selection,
-                                   warmup_end=config.warmup_end, warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,
+                                   warmup_end=config.warmup_end, entropy_bonus=config.entropy_bonus,
+                                   warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=50,
                                    max_text_length=config.max_text_length),
         default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=config.steps, logging_steps=25,

@@ -60,6 +60,8 @@ class PlannerTrainConfig(TrainConfig):
         "choices": list(ESTEP_SELECTIONS),
         "help": "z* = argmax log p(y|z), S(z) breaking ties (likelihood), or argmax S(z) as in P4 (joint: "
                 "collapses onto the planner's own plans, README)"})
+    entropy_bonus: float = field(default=0.0, metadata={
+        "help": "λ: the M-step subtracts λ × the planner's mean entropy per slot (keeps it from locking in; 0 = off)"})
     warmup_end: str = field(default="steps", metadata={
         "choices": list(ESTEP_WARMUP_ENDS),
         "help": "when the planner's plans join the E-step: at step W (steps), or from W on once the executor's gain "
@@ -88,6 +90,8 @@ class PlannerTrainConfig(TrainConfig):
         check_choice(self, "proposer", PROPOSERS)
         check_choice(self, "estep_selection", ESTEP_SELECTIONS)
         check_choice(self, "warmup_end", ESTEP_WARMUP_ENDS)
+        if self.entropy_bonus < 0:
+            raise ValueError(f"--entropy-bonus: must be ≥ 0, got {self.entropy_bonus}")
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
                        "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
                        "max_text_length", "curriculum_start")
@@ -239,6 +243,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         eos_token_id=tokenizer.eos_token_id, **types, proposer=config.proposer,
         share_text_embeddings=config.share_text_embeddings,
         estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
+        planner_entropy_weight=config.entropy_bonus,
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
         planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient, estep_top_k=config.estep_top_k,
