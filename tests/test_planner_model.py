@@ -238,19 +238,19 @@ def test_slot_entropy_on_hand_made_distributions():
     uniform4 = torch.tensor([0.0, 0.0, 0.0, 0.0, floor, floor])
     certain = torch.tensor([50.0, 0.0, 0.0, 0.0, floor, floor])
     logits = torch.stack([uniform4, certain, uniform4])[None, None]  # (1, 1, 3 slots, 6)
-    labels = torch.tensor([[[0, 1, IGNORE]]])  # the third slot is not trained on
-    assert float(slot_entropy(logits, labels)) == pytest.approx(torch.log(torch.tensor(4.0)).item() / 2, abs=1e-5)
+    counted = torch.tensor([[[0, 1, IGNORE]]]) != IGNORE  # the third slot is not trained on
+    assert float(slot_entropy(logits, counted)) == pytest.approx(torch.log(torch.tensor(4.0)).item() / 2, abs=1e-5)
 
 
 def test_the_entropy_bonus_subtracts_lambda_times_the_planner_entropy_from_the_loss():
-    from genlab.modeling_planner import slot_entropy
+    from genlab.modeling_planner import IGNORE, slot_entropy
 
     model = make_model()
     u, y = torch.randint(6, VOCAB, (3, 12), generator=torch.Generator().manual_seed(5)), text_batch()
     plain = model(input_ids=u, concept_ids=CONCEPTS, text_ids=y)
     model.config.planner_entropy_weight = 0.5
     bonus = model(input_ids=u, concept_ids=CONCEPTS, text_ids=y)
-    entropy = slot_entropy(bonus.planner_logits, model.planner_forward(u, None, CONCEPTS).labels)
+    entropy = slot_entropy(bonus.planner_logits, model.planner_forward(u, None, CONCEPTS).labels != IGNORE)
     assert float(entropy) > 0
     torch.testing.assert_close(bonus.loss, plain.loss - 0.5 * entropy)
     with pytest.raises(ValueError, match="planner_entropy_weight must be ≥ 0, got -1.0"):

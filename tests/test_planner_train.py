@@ -161,9 +161,9 @@ def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
     model = planner_for(tokenizer, estep_prior_weight=beta)
     us, ys = td.pair_texts(corpus_split())
     batch = batch_of(tokenizer, us, ys)
-    best, scores, candidates, sources, _ = te.estep(model, te.RareCharacterProposer(model.config, tokenizer),
-                                                    {k: v for k, v in batch.items() if k != "index"}, step=10,
-                                                    generator=torch.Generator().manual_seed(0))
+    result = te.estep(model, te.RareCharacterProposer(model.config, tokenizer),
+                      {k: v for k, v in batch.items() if k != "index"}, step=10, generator=torch.Generator().manual_seed(0))
+    best, scores, candidates, sources = result.plans, result.scores, result.candidates, result.sources
     assert candidates.shape[1] == 2 + 1 + 2  # proposer granularities, greedy plan, samples
     assert sources == ["proposer"] * 2 + ["planner_greedy"] + ["planner_sample"] * 2
     for row in range(len(ys)):  # recompute S(z) one candidate at a time (no grad: scores only)
@@ -174,6 +174,11 @@ def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
         finite = torch.isfinite(scores[row])
         torch.testing.assert_close(scores[row][finite], torch.tensor(s)[finite], atol=1e-3, rtol=1e-4)
         assert torch.equal(best[row], candidates[row, int(torch.tensor(s).masked_fill(~finite, -1e9).argmax())])
+        # z*'s own log p(y|z*) and log p(z*|u) come back with it (the gain rule reads them)
+        likelihood = model.executor_forward(best[row][None], one["text_ids"], one["text_attention_mask"]).log_prob
+        prior = model.planner_forward(one["input_ids"], one["attention_mask"], best[row][None]).log_prob
+        torch.testing.assert_close(result.likelihood[row : row + 1], likelihood, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(result.prior[row : row + 1], prior, atol=1e-3, rtol=1e-4)
 
 
 def test_concept_cache_staleness_and_save_load(tmp_path):
@@ -361,15 +366,22 @@ def test_gain_window_ends_the_warmup_from_w_on_once_the_gain_beats_the_cost(toke
     assert window.ends(100, 4.0, 1.0)
 
 
-def test_gain_is_zero_when_every_row_has_the_same_plan_and_the_cost_is_the_planner_nll(tokenizer):
+def test_gain_and_cost_of_an_estep_match_fresh_forwards_and_the_gain_is_zero_for_equal_rows(tokenizer):
     model = keyword_planner(tokenizer).eval()
-    batch = {k: v for k, v in batch_of(tokenizer, ["天气、今天", "书、河流"], ["今天天气好。", "书很好看。"]).items()
-             if k != "index"}
-    same = te.KeywordProposer(model.config, tokenizer)(batch)[:1, 0].expand(2, -1, -1)
-    gain, cost = te.gain_and_cost(model, batch, same)
-    assert gain.shape == cost.shape == (2,) and torch.allclose(gain, torch.zeros(2))
-    planner = model.planner_forward(batch["input_ids"], batch["attention_mask"], same)
-    assert torch.allclose(cost, -planner.log_prob) and bool((cost > 0).all())
+    proposer = te.KeywordProposer(model.config, tokenizer)
+    pairs = batch_of(tokenizer, ["天气、今天", "书、河流", "天气、今天"], ["今天天气好。", "书很好看。", "今天天气好。"])
+    batch = {k: v for k, v in pairs.items() if k != "index"}
+    result = te.estep(model, proposer, batch, step=0, warm=False)
+    gain, cost = te.gain_and_cost(model, batch, result, torch.Generator().manual_seed(0))
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(0))
+    executor = lambda z: model.executor_forward(z, batch["text_ids"], batch["text_attention_mask"]).log_prob  # noqa: E731
+    torch.testing.assert_close(gain, executor(result.plans) - executor(result.plans[order]))
+    planner = model.planner_forward(batch["input_ids"], batch["attention_mask"], result.plans)
+    torch.testing.assert_close(cost, -planner.log_prob)
+    assert bool((cost > 0).all())
+    equal = {k: v[[0, 2]] for k, v in batch.items()}  # two identical (u, y): shuffling changes nothing
+    same_gain, _ = te.gain_and_cost(model, equal, te.estep(model, proposer, equal, step=0, warm=False))
+    torch.testing.assert_close(same_gain, torch.zeros(2), atol=1e-4, rtol=0)
 
 
 def test_the_store_says_when_the_planner_competes_and_keeps_it_across_a_resume(tokenizer, tmp_path):
@@ -405,7 +417,7 @@ def test_warmup_by_gain_lets_the_planner_compete_once_its_plans_pay_for_themselv
         result = te.estep(model, proposer, batch, step, warm=warm)
         if not warm:
             assert set(result.sources) == {"proposer"}
-            if window.ends(step, *window.observe(step, *te.gain_and_cost(model, batch, result.plans))):
+            if window.ends(step, *window.observe(step, *te.gain_and_cost(model, batch, result))):
                 store.warmup_ended_at = step
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=result.plans,
               text_ids=batch["text_ids"], text_attention_mask=batch["text_attention_mask"]).loss.backward()

@@ -394,7 +394,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
             executor_out = self.executor_forward(concept_ids, text_ids, text_attention_mask, concept_embeds)
         losses = [out.loss for out in (planner_out, executor_out) if out is not None]
         if planner_out is not None and self.config.planner_entropy_weight:  # keep the planner from locking in
-            losses.append(-self.config.planner_entropy_weight * slot_entropy(planner_out.logits, planner_out.labels))
+            counted = planner_out.labels != IGNORE
+            losses.append(-self.config.planner_entropy_weight * slot_entropy(planner_out.logits, counted))
         return PlannerExecutorOutput(
             loss=sum(losses) if losses else None,
             executor_loss=executor_out.loss if executor_out else None,
@@ -406,13 +407,11 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         )
 
 
-def slot_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean entropy, in nats, of the planner's distributions (batch, types, L + 1, vocab) over the slots it is
-    trained on (``labels`` not ignored: each concept and each type's ``<eos>``)."""
-    log_p = logits.float().log_softmax(-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)  # ids a type cannot emit have p = 0 exactly
-    counted = labels != IGNORE
-    return entropy[counted].sum() / counted.sum()
+def slot_entropy(logits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Mean entropy, in nats, of the planner's distributions (batch, types, L + 1, vocab) over the ``counted``
+    slots (those it is trained on: each concept and each type's ``<eos>``)."""
+    log_p = logits[counted].float().log_softmax(-1)  # (slots, vocab)
+    return -(log_p.exp() * log_p).sum(-1).mean()  # ids a type cannot emit have p = 0 exactly
 
 
 PlannerExecutorModel.register_for_auto_class("AutoModel")

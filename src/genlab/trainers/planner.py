@@ -25,7 +25,8 @@ from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
                      finalize_training_arguments, resume_checkpoint, run_training)
 from .planner_data import TASKS, CurriculumSampler, collate, task_texts, tokenize_pairs
-from .planner_estep import GainWindow, SaveZStarStore, ZStarStore, estep, gain_and_cost, make_proposer, win_rates
+from .planner_estep import (EStep, GainWindow, SaveZStarStore, ZStarStore, estep, gain_and_cost, make_proposer,
+                            win_rates)
 from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_distance, flip_rate, nll_by_position,
                                planner_entropy, staleness_gap, top1_margin)
 
@@ -184,7 +185,7 @@ class PlannerExecutorTrainer(Trainer):
         result = estep(model, self.proposer, batch, step, previous=old, has_previous=seen, warm=warm)
         new, scores = result.plans, result.scores
         if not warm and model.config.estep_warmup_end == "gain":
-            self.watch_gain(model, batch, new, step)
+            self.watch_gain(model, batch, result, step)
         plans[rows] = new
         self.store.update(index[stale], new, step)
         self.stats.add("top1_margin", top1_margin(scores))
@@ -196,9 +197,9 @@ class PlannerExecutorTrainer(Trainer):
             self.stats.add("staleness_gap", staleness_gap(scores.max(1).values[seen], scores[seen, 0]))
         return plans
 
-    def watch_gain(self, model, batch: dict, plans: torch.Tensor, step: int) -> None:
+    def watch_gain(self, model, batch: dict, result: EStep, step: int) -> None:
         """Warm-up by gain: log the window's gain and cost of z*, end the warm-up once the gain is larger."""
-        mean_gain, mean_cost = self.gain_window.observe(step, *gain_and_cost(model, batch, plans))
+        mean_gain, mean_cost = self.gain_window.observe(step, *gain_and_cost(model, batch, result))
         self.stats.add("warmup_gain", torch.tensor(mean_gain))
         self.stats.add("warmup_cost", torch.tensor(mean_cost))
         if self.gain_window.ends(step, mean_gain, mean_cost):

@@ -138,20 +138,20 @@ def prior_weight(step: int, warmup: int, final: float = 1.0) -> float:
 
 
 def score_candidates(model: PlannerExecutorModel, batch: dict, candidates: torch.Tensor,
-                     beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                     beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """S(z) = log p(y|z) + β log p(z|u) for (batch, C, types, L) candidates → (S (batch, C) with −inf for
-    duplicates, log p(y|z) (batch, C))."""
+    duplicates, log p(y|z) (batch, C), log p(z|u) (batch, C))."""
     b, c = candidates.shape[:2]
     flat = candidates.flatten(0, 1)
     repeat = lambda t: t.repeat_interleave(c, 0)  # noqa: E731
     executor = model.executor_forward(flat, repeat(batch["text_ids"]), repeat(batch["text_attention_mask"]))
     planner = model.planner_forward(repeat(batch["input_ids"]), repeat(batch["attention_mask"]), flat)
-    likelihood = executor.log_prob.view(b, c)
-    scores = likelihood + beta * planner.log_prob.view(b, c)
+    likelihood, prior = executor.log_prob.view(b, c), planner.log_prob.view(b, c)
+    scores = likelihood + beta * prior
     content = candidates.masked_fill(~concept_slot_mask(candidates), CONCEPT_PAD).flatten(2)  # (batch, C, types·L)
     same = (content[:, :, None] == content[:, None]).all(-1)  # (batch, C, C)
     duplicate = (same & torch.ones(c, c, dtype=torch.bool, device=same.device).tril(-1)).any(-1)
-    return scores.masked_fill(duplicate, float("-inf")), likelihood
+    return scores.masked_fill(duplicate, float("-inf")), likelihood, prior
 
 
 class EStep(NamedTuple):
@@ -160,6 +160,8 @@ class EStep(NamedTuple):
     candidates: torch.Tensor  # (batch, C, types, L)
     sources: list[str]  # (C,) the source of each candidate column
     winner: torch.Tensor  # (batch,) column of z*
+    likelihood: torch.Tensor  # (batch,) log p(y|z*)
+    prior: torch.Tensor  # (batch,) log p(z*|u)
 
 
 def select(config: PlannerExecutorConfig, scores: torch.Tensor, likelihood: torch.Tensor) -> torch.Tensor:
@@ -201,12 +203,13 @@ def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previou
         pools.append(("planner_sample", fit(samples).view(u.shape[0], k, samples.shape[1], width)))
     sources = [name for name, pool in pools for _ in range(pool.shape[1])]
     candidates = torch.cat([pool for _, pool in pools], 1)
-    scores, likelihood = score_candidates(model, batch, candidates,
-                                          prior_weight(step, config.estep_warmup_steps, config.estep_prior_weight))
+    scores, likelihood, prior = score_candidates(model, batch, candidates, prior_weight(
+        step, config.estep_warmup_steps, config.estep_prior_weight))
     if previous is not None and "previous" in allowed and has_previous is not None:
         scores[:, 0] = scores[:, 0].masked_fill(~has_previous, float("-inf"))
     best = select(config, scores, likelihood)
-    return EStep(candidates[torch.arange(len(best)), best], scores, candidates, sources, best)
+    rows = torch.arange(len(best))
+    return EStep(candidates[rows, best], scores, candidates, sources, best, likelihood[rows, best], prior[rows, best])
 
 
 def win_rates(result: EStep) -> dict[str, torch.Tensor]:
@@ -216,15 +219,14 @@ def win_rates(result: EStep) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def gain_and_cost(model: PlannerExecutorModel, batch: dict, plans: torch.Tensor,
+def gain_and_cost(model: PlannerExecutorModel, batch: dict, result: EStep,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example (batch,): the executor's gain from the plan, log p(y|z) − log p(y|z shuffled across the batch),
-    and the plan's prior cost under the planner, −log p(z|u); both in nats summed over the example."""
-    text, text_mask = batch["text_ids"], batch["text_attention_mask"]
-    order = torch.randperm(len(plans), generator=generator).to(plans.device)
-    gain = model.executor_forward(plans, text, text_mask).log_prob - \
-        model.executor_forward(plans[order], text, text_mask).log_prob
-    return gain, -model.planner_forward(batch["input_ids"], batch["attention_mask"], plans).log_prob
+    """Per example (batch,) of an E-step's z*: the executor's gain from the plan, log p(y|z*) − log p(y|z*
+    shuffled across the batch), and the plan's prior cost under the planner, −log p(z*|u); both in nats summed
+    over the example. The E-step scored z* already: only the shuffled plans need a forward."""
+    order = torch.randperm(len(result.plans), generator=generator).to(result.plans.device)
+    shuffled = model.executor_forward(result.plans[order], batch["text_ids"], batch["text_attention_mask"]).log_prob
+    return result.likelihood - shuffled, -result.prior
 
 
 class GainWindow:

@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from ..configuration_planner import CONCEPT_MASK, CONCEPT_PAD, NUM_CONCEPT_SPECIALS
 from ..generation_refinement import levenshtein
-from ..modeling_planner import concept_slot_mask
+from ..modeling_planner import concept_slot_mask, slot_entropy
 
 logger = logging.getLogger("genlab.planner")
 
@@ -87,9 +87,9 @@ def staleness_gap(new_scores: torch.Tensor, old_scores: torch.Tensor) -> torch.T
 
 # -- C. is the planner learning --------------------------------------------------------------------------------------
 def planner_entropy(logits: torch.Tensor, counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean entropy (nats) and mean max-prob of the planner's distributions at the counted positions."""
-    probs = logits[counted].float().softmax(-1)  # (positions, vocab)
-    return torch.special.entr(probs).sum(-1).mean(), probs.max(-1).values.mean()
+    """Mean entropy (nats; the model's ``slot_entropy``, which its entropy bonus raises) and mean max-prob of the
+    planner's distributions at the counted positions."""
+    return slot_entropy(logits, counted), logits[counted].float().softmax(-1).max(-1).values.mean()
 
 
 def grad_norm(parameters) -> torch.Tensor:
