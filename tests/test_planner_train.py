@@ -427,3 +427,30 @@ def test_warmup_by_gain_lets_the_planner_compete_once_its_plans_pay_for_themselv
     model.eval()
     with torch.no_grad():
         assert torch.equal(te.estep(model, proposer, batch, 150, warm=True).plans, proposer(batch)[:, 0])
+
+
+def test_the_entropy_bonus_keeps_the_planner_from_locking_onto_its_plans(tokenizer):
+    """Overfit the planner on four fixed (u, z*) pairs: without the bonus its distributions collapse onto z*;
+    with λ = 1 it still learns z* (lower NLL than at the start) but keeps clearly more entropy per slot."""
+    from genlab.modeling_planner import IGNORE, slot_entropy
+
+    us = ["孩子、公园、散步", "经济、会议、发展", "天气、今天", "好看、书"]
+    ys = ["孩子们在公园里散步。", "会议讨论了经济发展。", "今天天气很好。", "这本书很好看。"]
+    entropies, nlls = {}, {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = keyword_planner(tokenizer, planner_entropy_weight=weight).train()
+        batch = {k: v for k, v in batch_of(tokenizer, us, ys).items() if k != "index"}
+        z = te.KeywordProposer(model.config, tokenizer)(batch)[:, 0]
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        start = float(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=z).planner_loss)
+        for _ in range(150):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=z).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        with torch.no_grad():
+            out = model.planner_forward(batch["input_ids"], batch["attention_mask"], z)
+            entropies[weight] = float(slot_entropy(out.logits, out.labels != IGNORE))
+            nlls[weight] = float(out.loss)
+        assert nlls[weight] < start
+    assert entropies[0.0] < 0.5 and entropies[1.0] > 2 * entropies[0.0]
