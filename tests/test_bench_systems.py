@@ -29,6 +29,13 @@ def test_bench_merge_trains_every_side_for_the_same_steps_and_writes_every_figur
     assert 0 <= figures["sighan15_correction_f1"] <= 1 and 0 <= figures["sighan15_clean_fpr"] <= 1
     assert figures["identity_correction_f1"] == 0 and figures["identity_clean_fpr"] == 0  # changes nothing
     assert figures["delete_threshold"] in (0.5, 0.9)
+    for fill in ("free", "confusion"):  # each fill rule measured; the headline is the one validation chose
+        assert 0 <= figures[f"sighan15_{fill}_correction_f1"] <= 1 and 0 <= figures[f"baseline_{fill}_clean_fpr"] <= 1
+    chosen = result["config"]["fill"]
+    assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]
+    for name in ("merge", "baseline"):  # both fillers start from the AR trained first
+        manifest = json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())
+        assert manifest["filler_init"] == str(tmp_path / "runs" / "ar-nano")
     steps = {name: json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())["steps"]
              for name in ("merge", "baseline", "ar")}
     assert steps == {"merge": 3, "baseline": 3, "ar": 3} and figures["train_steps"] == 3

@@ -9,6 +9,7 @@ import torch
 
 from genlab.bench.merge import csc_scores
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
+from genlab.generation_refinement import substitution_candidates
 from genlab.spelling import TypoNoise, confusion_sets, sighan15, typo_noise
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
@@ -133,6 +134,39 @@ def test_picker_ranks_the_planted_wrong_character_first(overfit):
     planted = [3, 4]  # 40 in row 0, 41 in row 1
     assert out.delete_prob.argmax(-1).tolist() == planted
     assert (out.delete_prob[[0, 1], planted] > model.config.delete_threshold).all()
+
+
+def test_confusion_candidates_keep_the_repair_or_forbid_it(overfit):
+    """fill_candidates: with 40 → 12 allowed the planted character is still repaired; with every token allowed
+    only itself the substitution is undone and row 0 comes back as it went in."""
+    model, batch = overfit
+    itself = torch.eye(64, dtype=torch.bool)
+    confusable = itself.clone()
+    confusable[40, 12] = True
+    kwargs = dict(mode="edit", max_rounds=3)
+    repaired = model.generate(batch["input_ids"][:1], fill_candidates=confusable, **kwargs)
+    assert repaired[0].tolist() == TRAIN[0][1]
+    kept = model.generate(batch["input_ids"][:1], fill_candidates=itself, **kwargs)
+    assert kept[0].tolist() == TRAIN[0][0]
+
+
+def test_substitution_candidates_on_a_hand_made_round():
+    """<s> 10 [11] 12 [13] with 11 and 13 deleted; two masks after 10 (the first substitutes 11, the second is a
+    pure insertion) and one after 12 (substitutes 13); then <s> M 10 M over <s> 10 [11]: the mask after <s>
+    inserts, the one after 10 substitutes 11."""
+    table = torch.eye(20, dtype=torch.bool)
+    table[11, 15] = True
+    ids, valid = torch.tensor([[BOS, 10, 11, 12, 13]]), torch.ones(1, 5, dtype=torch.bool)
+    deletions = torch.tensor([[0.0, 0, 1, 0, 1]])
+    masks = torch.tensor([[False, False, True, True, False, True]])
+    allowed = substitution_candidates(ids, valid, deletions, masks, table)
+    assert allowed[0, 2].nonzero().flatten().tolist() == [11, 15]
+    assert allowed[0, 5].nonzero().flatten().tolist() == [13]
+    assert allowed[0, [0, 1, 3, 4]].all()
+    ids, valid = torch.tensor([[BOS, 10, 11]]), torch.ones(1, 3, dtype=torch.bool)
+    allowed = substitution_candidates(ids, valid, torch.tensor([[0.0, 0, 1]]),
+                                      torch.tensor([[False, True, False, True]]), table)
+    assert allowed[0, 1].all() and allowed[0, 3].nonzero().flatten().tolist() == [11, 15]
 
 
 def test_untrained_model_does_not_already_repair(overfit):

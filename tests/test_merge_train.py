@@ -153,3 +153,30 @@ def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):
     (run_dir / "genlab_run.json").write_text(json.dumps({**manifest, "system": "ar"}))
     assert main(["edit", "--model", str(run_dir), "今天"]) == 2
     assert "is a 'ar' run; MERGE editing needs a MERGE run" in capsys.readouterr().err
+
+
+def test_filler_init_copies_the_ar_and_reads_shifted_logits(corpus_file, tmp_path):
+    """--filler-init: E's embeddings, layers and norm are the AR's, the t-conditioning starts at zero, and the
+    logits at i are the head of the state at i − 1 (as the AR reads them); another preset is refused."""
+    from genlab.trainers.ar import build_model
+
+    tokenizer = default_tokenizer()
+    ar = build_model("nano", tokenizer, seed=1)
+    ar.save_pretrained(tmp_path / "ar")
+    config, training = train_args(corpus_file, tmp_path / "m", 2, "--filler-init", str(tmp_path / "ar"))
+    model = build_trainer(config, training, tmp_path / "m", tokenizer).model
+    assert model.config.shifted_logits
+    assert torch.equal(model.embed_tokens.weight, ar.model.embed_tokens.weight)
+    for ours, theirs in zip(model.encoder.layers, ar.model.layers):
+        assert torch.equal(ours.mlp.down_proj.weight, theirs.mlp.down_proj.weight)
+    assert not model.mask_ratio_proj.weight.any() and not model.mask_ratio_proj.bias.any()
+    ids = torch.tensor([[tokenizer.bos_token_id, 50, 51, 52]])
+    none = torch.zeros(1)
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), edit=none, num_insertions=none.long())
+        head = model.lm_head(out.hidden_states)
+    assert torch.allclose(out.logits[:, 1:], head[:, :-1]) and torch.allclose(out.logits[:, 0], head[:, 0])
+    build_model("tiny", tokenizer, seed=1).save_pretrained(tmp_path / "wide")
+    config, training = train_args(corpus_file, tmp_path / "w", 2, "--filler-init", str(tmp_path / "wide"))
+    with pytest.raises(ValueError, match="filler_init"):
+        build_trainer(config, training, tmp_path / "w", tokenizer)

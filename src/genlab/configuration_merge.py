@@ -59,6 +59,10 @@ class MergeConfig(PretrainedConfig):
     ``threshold|bottomk|bernoulli|none`` (bottomk = the fixed K_del 15 %; none = insert-only), ``inserter`` in
     ``gap_count`` (aligned) or ``multinomial|pointer|topk`` (straight_through),
     ``positions`` in ``relative|absolute`` (M4: relative = pos_orig(i) + masks inserted left of i).
+
+    ``shifted_logits``: the filler reads token i's prediction off the state at i − 1, as a causal LM does, so a
+    filler initialised from an AR keeps what the AR knows (Dream's and DiffuLLaMA's shift for AR → masked
+    diffusion adaptation); off, off the state at i.
     """
 
     model_type = "merge"
@@ -112,6 +116,7 @@ class MergeConfig(PretrainedConfig):
         picker: str = "threshold",
         inserter: str = "gap_count",
         positions: str = "relative",
+        shifted_logits: bool = False,
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -159,6 +164,7 @@ class MergeConfig(PretrainedConfig):
         self.picker = picker
         self.inserter = inserter
         self.positions = positions
+        self.shifted_logits = shifted_logits
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate()

@@ -85,6 +85,27 @@ def changed_less_than(a, a_len, b, b_len, threshold: int) -> torch.Tensor:
     return decided_yes | (open_rows & (levenshtein(a, a_len, b, b_len) < threshold))
 
 
+def substitution_candidates(input_ids: torch.Tensor, input_valid: torch.Tensor, deletions: torch.Tensor,
+                            masks: torch.Tensor, fill_candidates: torch.Tensor) -> torch.Tensor:
+    """(B, N, V) bool: the tokens each fused position may be filled with. The k-th mask after a kept token
+    substitutes the k-th token deleted after it, while there are such tokens, and may take only
+    ``fill_candidates[deleted token]``; a mask beyond the deletions (a pure insertion) may take any token.
+    input_ids / input_valid / deletions (B, L) over the round's input, masks (B, N) over the fused sequence,
+    fill_candidates (V, V)."""
+    width = input_ids.shape[1]
+    kept = input_valid & (deletions < 0.5)  # (B, L); <s> is never deleted, so every mask has a kept token left
+    kept_index = torch.sort((~kept).long(), dim=1, stable=True).indices  # (B, L) r-th kept token's index
+    slots = torch.arange(masks.shape[1], device=masks.device)
+    anchor_slot = torch.where(masks, -1, slots).cummax(-1).values.clamp(min=0)  # (B, N) kept token on the left
+    anchor_rank = (~masks).long().cumsum(-1) - 1  # (B, N)
+    source = kept_index.gather(1, anchor_rank.clamp(0, width - 1)) + slots - anchor_slot  # (B, N)
+    inside = masks & (source < width)
+    source = source.clamp(max=width - 1)
+    same_gap = kept.long().cumsum(-1).gather(1, source) == anchor_rank + 1  # no kept token in between
+    substitutes = inside & same_gap & input_valid.gather(1, source)
+    return fill_candidates[input_ids.gather(1, source)] | ~substitutes[..., None]
+
+
 def left_align(ids: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's real tokens to the left (stable), padding to the right."""
     order = torch.sort((~valid).long(), dim=1, stable=True).indices
@@ -168,9 +189,11 @@ class MergeGenerationMixin(GenerationMixin):
             min_length = torch.minimum(input_len + settings.min_new_tokens, max_length)
         return min_length, max_length
 
-    def refine_round(self, state: RefinementState, round_index: int, settings, min_length, max_length):
+    def refine_round(self, state: RefinementState, round_index: int, settings, min_length, max_length,
+                     fill_candidates: torch.Tensor | None = None):
         """One M8 round on every row: (round output, filled ids (B, N), per-token fill probability (B, N),
-        mean confidence of the filled masks (B,); 1 where a row filled none)."""
+        mean confidence of the filled masks (B,); 1 where a row filled none). ``fill_candidates``: see
+        ``substitution_candidates``."""
         batch = state.done.shape[0]
         if settings.mode == "gen" and round_index > 0:  # Mask-Predict: same length, re-mask the least confident
             none = torch.zeros(batch, device=state.ids.device)
@@ -184,8 +207,11 @@ class MergeGenerationMixin(GenerationMixin):
                        num_deletions=settings.num_deletions, min_length=min_length, max_length=max_length)
         logits = out.logits.float()
         logits[..., self._never_filled] = torch.finfo(logits.dtype).min
-        prob, best = torch.softmax(logits, dim=-1).max(-1)  # (B, N)
         masks = out.mask_positions
+        if fill_candidates is not None:
+            allowed = substitution_candidates(state.ids, state.valid, out.deletions, masks, fill_candidates)
+            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        prob, best = torch.softmax(logits, dim=-1).max(-1)  # (B, N)
         filled = torch.where(masks, best, out.fused_ids)
         token_prob = torch.where(masks, prob, torch.ones_like(prob))
         confidence = torch.where(masks.any(-1), (prob * masks).sum(-1) / masks.sum(-1).clamp(min=1), 1.0)  # B4
@@ -206,7 +232,8 @@ class MergeGenerationMixin(GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                 generation_config: GenerationConfig | None = None, streamer=None, **kwargs):
+                 generation_config: GenerationConfig | None = None, streamer=None,
+                 fill_candidates: torch.Tensor | None = None, **kwargs):
         """Refine ``input_ids`` (``<s>`` + text; ``None`` = unconditional) over at most ``max_rounds`` rounds (M8).
 
         Each round: Gate (or ``mode``) → delete (Picker) → insert counted masks → greedy fill (gen mode: Mask-Predict
@@ -215,6 +242,9 @@ class MergeGenerationMixin(GenerationMixin):
         Returns the sequences, or a ``MergeGenerateOutput`` with the trace when ``return_dict_in_generate``.
         A ``streamer`` (batch 1, as HF's streamers require) receives the input, then the final sequence: every
         round may rewrite any token, so no token is final before the last round.
+        ``fill_candidates`` (V, V) bool, row v = the tokens that may replace v (v itself included), e.g. a
+        spelling confusion set: a mask that replaces a deleted token is filled only from that token's row
+        (``substitution_candidates``); other masks are unconstrained.
         """
         settings = self._refinement_settings(generation_config, kwargs)
         state = self._initial_state(input_ids, attention_mask, settings)
@@ -227,7 +257,7 @@ class MergeGenerationMixin(GenerationMixin):
         trace = {"gate": [], "inserted": [], "confidence": [], "deleted": [], "sequences": []}
         for round_index in range(settings.max_rounds):
             out, filled, token_prob, confidence = self.refine_round(state, round_index, settings, min_length,
-                                                                     max_length)
+                                                                     max_length, fill_candidates)
             active = ~state.done
             old_len, new_len = state.valid.sum(-1), out.attention_mask.sum(-1)
             unchanged = changed_less_than(filled, new_len, state.ids, old_len, settings.levenshtein_stop)

@@ -339,10 +339,14 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
     # -- E (M5) -------------------------------------------------------------------------------------------------
     def fill(self, embeds: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor,
              mask_ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """E(Ŝ, t): (B, N, H) embeddings → (logits (B, N, V), hidden (B, N, H))."""
+        """E(Ŝ, t): (B, N, H) embeddings → (logits (B, N, V), hidden (B, N, H)); with ``shifted_logits`` the
+        logits at i come from the state at i − 1 (position 0, ``<s>``, keeps its own)."""
         conditioned = embeds + self.mask_ratio_proj(mask_ratio[:, None, None].to(embeds.dtype))
         hidden = self.encoder(conditioned, valid, position_ids)
-        return self.lm_head(hidden), hidden
+        logits = self.lm_head(hidden)
+        if self.config.shifted_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits, hidden
 
     def encode_draft(self, input_ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """E over X_l itself (t = its mask ratio): the states the Picker and Gate read when no previous round exists."""

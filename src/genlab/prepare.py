@@ -50,14 +50,16 @@ def ar_bench(config: ARBenchConfig) -> None:
 
 
 def merge_bench(config: MergeBenchConfig) -> None:
-    """MERGE, the per-character baseline and the same-size AR for the same steps; the trained M9 ablations
-    (the judge is pretrained: ``MergeBenchConfig.judge``)."""
-    merge_run(config.run_dir("merge"), config.preset, config.train_steps)
-    merge_run(config.run_dir("baseline"), config.preset, config.train_steps, objective="per_character")
+    """The same-size AR, then MERGE and the per-character baseline for the same steps, each filler starting
+    from that AR with ``filler_init``; the trained M9 ablations (the judge is pretrained:
+    ``MergeBenchConfig.judge``)."""
     ar_run(config.run_dir("ar"), config.preset, max_steps=config.train_steps)
+    start = {"filler_init": str(config.run_dir("ar"))} if config.filler_init else {}
+    merge_run(config.run_dir("merge"), config.preset, config.train_steps, **start)
+    merge_run(config.run_dir("baseline"), config.preset, config.train_steps, objective="per_character", **start)
     if not config.skip_ablations:
         for name, variant in ABLATIONS.items():
-            merge_run(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_steps, **variant)
+            merge_run(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_steps, **variant, **start)
 
 
 def smollm2_base(run_dir: str | Path) -> dict:

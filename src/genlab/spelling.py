@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 
 def pycorrector_data(name: str) -> Path:
     """Path of ``pycorrector/data/<name>``, without importing pycorrector (its imports pull kenlm, jieba, …)."""
@@ -48,6 +50,18 @@ def confusion_sets() -> dict[str, tuple[str, ...]]:
         for char in group:
             table.setdefault(char, []).extend(c for c in group if c != char)
     return {char: tuple(dict.fromkeys(c for c in similar if c != char)) for char, similar in table.items()}
+
+
+def confusion_candidates(tokenizer) -> torch.Tensor:
+    """(V, V) bool over the tokenizer's ids: row v allows v itself and the single-character tokens confusable
+    with v (:func:`confusion_sets`) — MERGE's ``generate(fill_candidates=…)`` and the per-character baseline
+    fill a substituted character only from its row, as confusion-set correctors (Kenlm-CSC) do."""
+    vocab = tokenizer.get_vocab()
+    allowed = torch.eye(len(tokenizer), dtype=torch.bool)
+    for char, similar in confusion_sets().items():
+        if char in vocab:
+            allowed[vocab[char], [vocab[c] for c in similar if c in vocab]] = True
+    return allowed
 
 
 def sighan15() -> list[tuple[str, str]]:

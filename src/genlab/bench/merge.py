@@ -39,7 +39,7 @@ from ..data import load_corpus
 from ..edits import changed_positions
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import TypoNoise, sighan15, typo_noise
+from ..spelling import TypoNoise, confusion_candidates, sighan15, typo_noise
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -47,6 +47,9 @@ from . import target, write_result
 from .ar import generate_tok_s
 
 NEW_TOKENS = 64
+FILLS = ("free", "confusion")  # a substituted character becomes any token, or one of its confusion set
+CSC_SCORES = ("correction_precision", "correction_recall", "correction_f1", "detection_precision",
+              "detection_recall", "detection_f1", "clean_fpr")
 ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
     "reference": {},
     "straight_through": {"recipe": "straight_through", "picker": "bottomk", "inserter": "multinomial"},
@@ -63,6 +66,8 @@ class MergeBenchConfig:
     train_steps: int = field(default=1600, metadata={"help": "training steps of MERGE, the baseline and the AR"})
     judge: str = field(default="gemma3", metadata={"help": "the judge of generated text: a built-in cloud "
                                                            "(genlab.clouds: gemma3, smollm2) or an AR run dir"})
+    filler_init: bool = field(default=True, metadata={"help": "MERGE's and the baseline's fillers start from the "
+                                                                 "AR run's weights (trained first, same steps)"})
     ablation_steps: int = field(default=300, metadata={"help": "training steps per trained ablation"})
     sighan_sentences: int = field(default=0, metadata={"help": "first N SIGHAN-15 sentences (0: all 707; smoke tests)"})
     validation_sentences: int = field(default=400, metadata={"help": "noised validation sentences (threshold)"})
@@ -133,14 +138,19 @@ def merge_correct(model, tokenizer, texts: list[str], batch_size: int = 32, roun
 
 
 @torch.no_grad()
-def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[str]:
-    """The baseline: one round that deletes and inserts nothing; every character becomes the filler's argmax."""
+def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 32,
+                          fill_candidates: torch.Tensor | None = None) -> list[str]:
+    """The baseline: one round that deletes and inserts nothing; every character becomes the filler's argmax
+    (among its ``fill_candidates`` row when given: the character itself or a confusable one)."""
     outputs, special = [], torch.tensor(model._never_filled + [tokenizer.unk_token_id])
     for chunk in batched(texts, batch_size):
         batch = padded(tokenizer, chunk)
         none = torch.zeros(len(chunk))
         out = model(batch["input_ids"], batch["attention_mask"], edit=none, num_insertions=none.long())
-        best = out.logits.float().index_fill(-1, special, float("-inf")).argmax(-1)
+        logits = out.logits.float().index_fill(-1, special, float("-inf"))
+        if fill_candidates is not None:
+            logits = logits.masked_fill(~fill_candidates[batch["input_ids"]], float("-inf"))
+        best = logits.argmax(-1)
         keep = torch.isin(batch["input_ids"], special)  # <s>, padding and <unk> stay as they are
         predicted = torch.where(keep, batch["input_ids"], best)
         for text, ids, row, valid in zip(chunk, batch["input_ids"], predicted, batch["attention_mask"].bool()):
@@ -177,9 +187,8 @@ def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -
     recall = tp / (tp + fn) if tp else 0.0
     det_precision = detected / flagged if flagged else 0.0
     det_recall = detected / positives if positives else 0.0
-    return {"correction_precision": precision, "correction_recall": recall, "correction_f1": f1(precision, recall),
-            "detection_precision": det_precision, "detection_recall": det_recall,
-            "detection_f1": f1(det_precision, det_recall), "clean_fpr": fp / clean if clean else 0.0}
+    return dict(zip(CSC_SCORES, (precision, recall, f1(precision, recall), det_precision, det_recall,
+                                 f1(det_precision, det_recall), fp / clean if clean else 0.0)))
 
 
 def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
@@ -190,20 +199,25 @@ def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str]
     return [typo_noise(s, rng, vocabulary, noise) for s in sentences], sentences
 
 
+def best_row(curve: list[dict], max_fpr: float) -> dict:
+    """The row with the best correction F1 among those whose clean FPR is at most ``max_fpr`` (ties: the lower
+    FPR); the lowest-FPR row when none qualifies."""
+    allowed = [row for row in curve if row["clean_fpr"] <= max_fpr]
+    return (max(allowed, key=lambda r: (r["correction_f1"], -r["clean_fpr"])) if allowed
+            else min(curve, key=lambda r: r["clean_fpr"]))
+
+
 def choose_threshold(model, tokenizer, grid: list[float], drafts, sentences, max_fpr: float, **kwargs) -> dict:
-    """The Picker's deletion threshold with the best validation correction F1 among those whose clean FPR is at
-    most ``max_fpr`` (ties: the lower FPR; the lowest-FPR one when none qualifies); the whole curve is returned
-    too."""
+    """The Picker's deletion threshold of ``best_row`` on the validation pairs (set on the model); the whole
+    curve is returned too."""
     curve = []
     for threshold in grid:
         model.config.delete_threshold = threshold
         scores = csc_scores(drafts, sentences, merge_correct(model, tokenizer, drafts, **kwargs))
         curve.append({"threshold": threshold, **scores})
-    allowed = [row for row in curve if row["clean_fpr"] <= max_fpr]
-    best = (max(allowed, key=lambda r: (r["correction_f1"], -r["clean_fpr"])) if allowed
-            else min(curve, key=lambda r: r["clean_fpr"]))  # ties: the fewer clean sentences changed
+    best = best_row(curve, max_fpr)
     model.config.delete_threshold = best["threshold"]
-    return {"threshold": best["threshold"], "curve": curve}
+    return {"threshold": best["threshold"], "best": best, "curve": curve}
 
 
 def sentences_per_s(correct: Callable[[list[str], int], list[str]], texts: list[str], batch_size: int,
@@ -286,38 +300,60 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
-    """SIGHAN-15 figures of MERGE (edit, auto, bottom-K ablation), the baseline and the identity; the
-    threshold choice on the validation split."""
+    """SIGHAN-15 figures of MERGE (edit, auto, bottom-K ablation), the baseline and the identity, each fill rule
+    (``FILLS``) at its validation threshold, and as headline the rule that did best on the validation split
+    (never on SIGHAN); the choices made there are returned too."""
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences)
+    candidates = {"free": None, "confusion": confusion_candidates(tokenizer)}
     edit = dict(mode="edit", max_rounds=args.edit_rounds)
-    choice = choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
+    thresholds = {fill: choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
+                                         fill_candidates=candidates[fill], **edit) for fill in FILLS}
+    fill = best_row([{**thresholds[f]["best"], "fill": f} for f in FILLS], args.max_fpr)["fill"]
+    baseline_validation = [{**csc_scores(drafts, sentences, per_character_correct(
+        baseline, tokenizer, drafts, fill_candidates=candidates[f])), "fill": f} for f in FILLS]
+    baseline_fill = best_row(baseline_validation, args.max_fpr)["fill"]
+
+    def merge_system(f: str, **mode):
+        def correct(texts, b=32):
+            merge.config.delete_threshold = thresholds[f]["threshold"]
+            return merge_correct(merge, tokenizer, texts, b, fill_candidates=candidates[f], **{**edit, **mode})
+        return correct
+
     systems = {
-        "sighan15": lambda texts, b=32: merge_correct(merge, tokenizer, texts, b, **edit),
-        "sighan15_auto": lambda texts, b=32: merge_correct(merge, tokenizer, texts, b, mode="auto",
-                                                           max_rounds=args.edit_rounds),
-        "baseline": lambda texts, b=32: per_character_correct(baseline, tokenizer, texts, b),
+        **{f"sighan15_{f}": merge_system(f) for f in FILLS},
+        "sighan15_auto": merge_system(fill, mode="auto"),
+        **{f"baseline_{f}": lambda texts, b=32, f=f: per_character_correct(baseline, tokenizer, texts, b,
+                                                                           candidates[f]) for f in FILLS},
         "identity": lambda texts, b=32: list(texts),
     }
     figures = {}
     for name, correct in systems.items():
         figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, correct(sources)).items()})
+    for headline, chosen in (("sighan15", f"sighan15_{fill}"), ("baseline", f"baseline_{baseline_fill}")):
+        figures.update({f"{headline}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
     used: list[int] = []
-    merge_correct(merge, tokenizer, sources, rounds=used, **edit)
+    merge.config.delete_threshold = thresholds[fill]["threshold"]
+    merge_correct(merge, tokenizer, sources, rounds=used, fill_candidates=candidates[fill], **edit)
     rounds = torch.tensor(used)
     for r in range(1, args.edit_rounds + 1):
         figures[f"edit_rounds_frac_{r}"] = float((rounds == r).float().mean())
     figures["edit_mean_rounds"] = float(rounds.float().mean())
     merge.config.picker = "bottomk"  # M9: K_del = 15 % of the tokens, whatever the scores say
-    bottomk = csc_scores(sources, targets, merge_correct(merge, tokenizer, sources, **edit))
+    bottomk = csc_scores(sources, targets, merge_correct(merge, tokenizer, sources, fill_candidates=candidates[fill],
+                                                         **edit))
     merge.config.picker = "threshold"
     figures.update({f"ablation/picker_bottomk/{k}": v for k, v in bottomk.items()})
     timed = sources[:64]
     with single_thread():
-        figures["sighan15_sentences_per_s_b1"] = sentences_per_s(systems["sighan15"], timed, 1, args.repeats)
-        figures["sighan15_sentences_per_s_b32"] = sentences_per_s(systems["sighan15"], timed, 32, args.repeats)
-        figures["baseline_sentences_per_s_b1"] = sentences_per_s(systems["baseline"], timed, 1, args.repeats)
+        for batch in (1, 32):
+            figures[f"sighan15_sentences_per_s_b{batch}"] = sentences_per_s(systems[f"sighan15_{fill}"], timed,
+                                                                             batch, args.repeats)
+        figures["baseline_sentences_per_s_b1"] = sentences_per_s(systems[f"baseline_{baseline_fill}"], timed, 1,
+                                                                 args.repeats)
+    choice = {"fill": fill, "threshold": thresholds[fill]["threshold"], "baseline_fill": baseline_fill,
+              "curves": {f: thresholds[f]["curve"] for f in FILLS}, "baseline_validation": baseline_validation}
     return figures, choice
 
 
@@ -332,15 +368,17 @@ class single_thread:
         torch.set_num_threads(self.threads)
 
 
-def ablation_figures(tokenizer, args: MergeBenchConfig) -> dict:
-    """SIGHAN-15 correction F1 and clean FPR of each trained ablation at its validation-chosen threshold."""
+def ablation_figures(tokenizer, args: MergeBenchConfig, fill: str) -> dict:
+    """SIGHAN-15 correction F1 and clean FPR of each trained ablation at its validation-chosen threshold, with
+    the headline's fill rule."""
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences // 2)
     figures = {}
     for name in ABLATIONS:
         model = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
-        edit = dict(mode="edit", max_rounds=args.edit_rounds)
+        edit = dict(mode="edit", max_rounds=args.edit_rounds,
+                    fill_candidates=confusion_candidates(tokenizer) if fill == "confusion" else None)
         if model.config.picker == "threshold":
             choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
         scores = csc_scores(sources, targets, merge_correct(model, tokenizer, sources, **edit))
@@ -369,15 +407,17 @@ def run(args: MergeBenchConfig) -> dict:
                     "merge_parameters": manifests["merge"]["parameters"],
                     "ar_parameters": manifests["ar"]["parameters"]})
     if not args.skip_ablations:
-        figures.update(ablation_figures(tokenizer, args))
+        figures.update(ablation_figures(tokenizer, args, choice["fill"]))
 
     result = write_result(
         args.json, "merge",
         config={"preset": args.preset, "runs": args.runs,
                 "sighan15": f"pycorrector data/sighan2015_test.tsv, {args.sighan_sentences or 707} sentences",
                 "validation": f"{args.validation_sentences} corpus validation sentences, typo noise, half clean",
-                "threshold_rule": f"best validation correction F1 with clean FPR <= {args.max_fpr}",
-                "threshold_curve": choice["curve"], "edit_rounds": args.edit_rounds, "gen_rounds": args.gen_rounds,
+                "threshold_rule": f"best validation correction F1 with clean FPR <= {args.max_fpr}, per fill "
+                                  f"rule; the headline fill rule the better of the two on validation",
+                "fill": choice["fill"], "baseline_fill": choice["baseline_fill"],
+                "threshold_curves": choice["curves"], "baseline_validation": choice["baseline_validation"], "edit_rounds": args.edit_rounds, "gen_rounds": args.gen_rounds,
                 "new_tokens": NEW_TOKENS, "samples": len(test), "repeats": args.repeats, "threads_timed": 1,
                 "sampling": "greedy (both models); prompts = first 2 characters of test sentences",
                 "merge_variants": manifests["merge"]["variants"], "ablations": ABLATIONS,

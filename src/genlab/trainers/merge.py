@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..configuration_merge import GATES, INSERTERS, PICKERS, POSITIONS, RECIPES, MergeConfig
 from ..data import corpus_sources, load_corpus
@@ -73,6 +74,9 @@ class MergeTrainConfig(TrainConfig):
     picker: str = field(default="threshold", metadata={"choices": list(PICKERS)})
     inserter: str = field(default="gap_count", metadata={"choices": list(INSERTERS)})
     positions: str = field(default="relative", metadata={"choices": list(POSITIONS)})
+    filler_init: str | None = field(default=None, metadata={
+        "help": "an AR run (same tokenizer and preset) whose embeddings, first layers and final norm initialise "
+                "the filler E, as AR → masked-diffusion adaptation does (DiffuLLaMA, Dream); default: random"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -293,6 +297,27 @@ def merge_config(preset: str, tokenizer, **variants) -> MergeConfig:
                        mask_token_id=tokenizer.mask_token_id, **variants)
 
 
+def init_filler_from_ar(model: MergeForMaskedRefinement, ar) -> None:
+    """Copy a causal Qwen2's token embeddings (hence the tied MLM head), its first E layers and its final norm
+    into the filler; the layers then run without the causal mask (the model reads shifted logits, as the AR
+    does) and the mask-ratio conditioning starts at zero so the AR's states are E's at step 0. ``ValueError``
+    when the shapes differ (another tokenizer or preset)."""
+    layers = model.encoder.layers
+    pairs = [(model.embed_tokens, ar.get_input_embeddings()), (model.encoder.norm, ar.model.norm),
+             *zip(layers, ar.model.layers[:len(layers)])]
+    if len(ar.model.layers) < len(layers):
+        raise ValueError(f"filler_init: the AR has {len(ar.model.layers)} layers, the filler needs {len(layers)}")
+    for ours, theirs in pairs:
+        state = theirs.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+        if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+            raise ValueError("filler_init: the AR run's shapes differ from the filler's (train it with the same "
+                             "tokenizer and preset)")
+        ours.load_state_dict(state)
+    nn.init.zeros_(model.mask_ratio_proj.weight)
+    nn.init.zeros_(model.mask_ratio_proj.bias)
+
+
 def schedule_for(config: MergeTrainConfig, training: TrainingArguments) -> MergeSchedule:
     steps = training.max_steps
     return MergeSchedule(rounds=config.rounds, stage1_steps=round(config.stage1 * steps),
@@ -319,7 +344,10 @@ def build_trainer(config: MergeTrainConfig, training: TrainingArguments, run_dir
     with main_process_first():  # under accelerate/torchrun: built once, the other ranks read the cache
         pairs = training_pairs(config, load_corpus(config.data)["train"], tokenizer, training.seed)
     set_seed(training.seed)
-    model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants()))
+    model = MergeForMaskedRefinement(merge_config(config.preset, tokenizer, **config.variants(),
+                                                  shifted_logits=config.filler_init is not None))
+    if config.filler_init is not None:
+        init_filler_from_ar(model, AutoModelForCausalLM.from_pretrained(config.filler_init))
     # Under DDP: frozen stages and the gate paths leave weights unused in some steps, so DDP must look for
     # them (find_unused_parameters=False and static_graph=True both raise at the first stage change).
     arguments = finalize_training_arguments(training, run_dir, remove_unused_columns=False,
@@ -345,7 +373,7 @@ def train_merge(config: MergeTrainConfig, training: TrainingArguments | None = N
         "system": "merge", "preset": config.preset, "data": config.data, "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "parameters": sum(p.numel() for p in model.parameters()),
         "schedule": asdict(schedule), "max_chars": config.max_chars, "seed": training.seed,
-        "resumed_from": resumed_from, "variants": {k: getattr(model.config, k) for k in config.variants()},
+        "resumed_from": resumed_from, "filler_init": config.filler_init, "variants": {k: getattr(model.config, k) for k in config.variants()},
         "datasets": corpus_sources(config.data),
         "pipeline_tag": "text-generation", "tags": ["non-autoregressive", "text-editing", "masked-refinement"],
         "usage_snippet": usage_snippet(str(run_dir)),
