@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from genlab.configuration_planner import CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, PlannerExecutorConfig
+from genlab.generation_planner import diverse
 from genlab.modeling_planner import PlannerExecutorModel
 
 STACK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
@@ -145,6 +146,28 @@ def test_plan_respects_max_lengths_and_mtp_heads_run():
         assert (plan[:, 1, 3:] == CONCEPT_PAD).all()
     out = model(input_ids=u, concept_ids=CONCEPTS)
     assert len(out.planner_logits) == 3 and out.planner_loss.isfinite()
+
+
+def test_diverse_step_penalises_what_earlier_groups_chose():
+    """Hand-made log-probs: group 0 is greedy; with penalty 1 group 1 moves to its runner-up (ln .5 − 1 <
+    ln .3), with penalty 0 it stays on the shared argmax."""
+    logits = torch.tensor([[[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.6, 0.1, 0.3]]]).log()  # (batch 1, G 3, V 3)
+    assert diverse(logits, 0.0).tolist() == [[0, 0, 0]]
+    assert diverse(logits, 1.0).tolist() == [[0, 1, 2]]  # group 2: ln .6 − 1 < ln .3 − 0 (1 and 0 taken once each)
+
+
+def test_diverse_beam_plans_start_with_the_greedy_plan_and_spread_apart():
+    model = make_model()
+    u = text_batch(3, length=8)
+    greedy = model.plan(u)
+    same = model.plan(u, num_beam_groups=3).view(3, 3, *greedy.shape[1:])  # no penalty: every group is greedy
+    assert all(torch.equal(same[:, g], greedy) for g in range(3))
+    spread = model.plan(u, num_beam_groups=3, diversity_penalty=100.0).view(3, 3, *greedy.shape[1:])
+    assert torch.equal(spread[:, 0], greedy)
+    first = spread[:, :, 0, 0]  # a huge penalty forbids repeating the first keyword across groups
+    assert all(len(set(row.tolist())) == 3 for row in first)
+    with pytest.raises(ValueError, match="num_beam_groups"):
+        model.plan(u, num_beam_groups=2, do_sample=True)
 
 
 def test_generate_plans_then_executes_and_returns_concepts():

@@ -181,6 +181,22 @@ def test_estep_returns_the_argmax_of_s_over_its_candidates(tokenizer, beta):
         torch.testing.assert_close(result.prior[row : row + 1], prior, atol=1e-3, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_estep_beam_source_adds_the_diverse_beam_plans(tokenizer):
+    """planner_beam: estep_top_k plans of the diverse beam search join the candidates, the first one the
+    greedy plan (scored once: the later copy is a −inf duplicate)."""
+    model = planner_for(tokenizer, estep_sources=["proposer", "planner_greedy", "planner_beam"],
+                        estep_diversity_penalty=3.0)
+    us, ys = td.pair_texts(corpus_split())
+    batch = {k: v for k, v in batch_of(tokenizer, us, ys).items() if k != "index"}
+    result = te.estep(model, te.RareCharacterProposer(model.config, tokenizer), batch, step=10)
+    assert result.sources == ["proposer"] * 2 + ["planner_greedy"] + ["planner_beam"] * 2
+    beams = model.plan(batch["input_ids"], batch["attention_mask"], num_beam_groups=2, diversity_penalty=3.0)
+    assert torch.equal(result.candidates[:, 3:], beams.view(len(ys), 2, *beams.shape[1:]))
+    assert torch.equal(result.candidates[:, 3], result.candidates[:, 2]) and (result.scores[:, 3] == float("-inf")).all()
+    assert set(te.win_rates(result)) <= {"win_proposer", "win_planner_greedy", "win_planner_beam"}
+
+
 def test_concept_cache_staleness_and_save_load(tmp_path):
     cache = te.ZStarStore(4, 2, 3)
     index = torch.tensor([1, 3])

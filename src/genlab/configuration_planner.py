@@ -14,7 +14,8 @@ from transformers import PretrainedConfig, Qwen2Config
 CONCEPT_PAD, CONCEPT_EOS, CONCEPT_MASK = 0, 1, 2
 NUM_CONCEPT_SPECIALS = 3
 CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
-ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
+ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "planner_beam", "previous")
+DEFAULT_ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
 PROPOSERS = ("rare_characters", "keywords")
 ESTEP_SELECTIONS = ("joint", "likelihood")
 ESTEP_WARMUP_ENDS = ("steps", "gain")
@@ -40,7 +41,11 @@ class PlannerExecutorConfig(PretrainedConfig):
         concept_gradient: how the M-step feeds z to the executor (P4): ``hard_em`` (ids of z*),
             ``straight_through`` (e_hard + e_soft − stopgrad(e_soft)) or ``soft_mixture`` (e_soft).
         estep_top_k: candidates scored per example in the E-step; estep_sources: where they come from
-            (``proposer`` = from y, ``planner_greedy``, ``planner_sample``, ``previous`` = the cached z*).
+            (``proposer`` = from y, ``planner_greedy``, ``planner_sample``, ``planner_beam`` = ``estep_top_k``
+            plans of a diverse beam search, ``previous`` = the cached z*).
+        estep_diversity_penalty: λ of the ``planner_beam`` source: diverse beam search (Vijayakumar et al.) with
+            ``estep_top_k`` groups of one beam each; a group's log-probabilities lose λ for every earlier group
+            that chose the same concept at the same step (Hamming diversity), so the groups spread over plans.
         estep_refresh_steps: M, the age in steps after which an example's cached z* is searched again (v3.1).
         estep_warmup_steps: W. Before step W the E-step chooses among the proposer's plans only, and the prior
             term enters S(z) = log p(y|z) + β log p(z|u) with β = β_max · step / W (β_max from W on): a random
@@ -77,9 +82,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                  planner: dict | None = None, executor: dict | None = None, planner_mtp_heads: int = 0,
                  rope_theta: float = 10000.0, rms_norm_eps: float = 1e-6, initializer_range: float = 0.02,
                  concept_gradient: str = "hard_em", planner_entropy_weight: float = 0.0, estep_top_k: int = 4,
-                 estep_sources: list[str] | tuple[str, ...] = ("proposer", "planner_greedy", "planner_sample",
-                                                                "previous"),
-                 estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
+                 estep_sources: list[str] | tuple[str, ...] = DEFAULT_ESTEP_SOURCES,
+                 estep_diversity_penalty: float = 2.0, estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
                  estep_selection: str = "joint", estep_warmup_end: str = "steps", proposer: str = "rare_characters",
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  monitor_steps: int = 50, monitor_batch_size: int = 16,
@@ -100,6 +104,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.planner_entropy_weight = float(planner_entropy_weight)
         self.estep_top_k = estep_top_k
         self.estep_sources = list(estep_sources)
+        self.estep_diversity_penalty = float(estep_diversity_penalty)
         self.estep_refresh_steps = estep_refresh_steps
         self.estep_warmup_steps = estep_warmup_steps
         self.estep_prior_weight = float(estep_prior_weight)
@@ -156,6 +161,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                 raise ValueError(f"{field} must be ≥ 1, got {getattr(self, field)}")
         if self.estep_warmup_steps < 0:
             raise ValueError(f"estep_warmup_steps must be ≥ 0, got {self.estep_warmup_steps}")
+        if self.estep_diversity_penalty < 0:
+            raise ValueError(f"estep_diversity_penalty must be ≥ 0, got {self.estep_diversity_penalty}")
         if self.estep_prior_weight < 0:
             raise ValueError(f"estep_prior_weight must be ≥ 0, got {self.estep_prior_weight}")
         if self.planner_mtp_heads < 0:

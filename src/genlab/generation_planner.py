@@ -46,17 +46,40 @@ def choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int
     return torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
 
 
+def diverse(logits: torch.Tensor, penalty: float) -> torch.Tensor:
+    """One step of diverse beam search with one beam per group: (batch, G, ...,  V) logits → (batch, G, ...)
+    ids. Group g takes the argmax of its log-probabilities minus ``penalty`` × the number of groups before it that
+    chose each id (Hamming diversity); group 0 is greedy."""
+    logp = logits.float().log_softmax(-1)
+    chosen = torch.zeros_like(logp[:, 0])  # (batch, ..., V) how many earlier groups chose each id
+    ids = []
+    for group in range(logp.shape[1]):
+        best = (logp[:, group] - penalty * chosen).argmax(-1)
+        chosen = chosen.scatter_add(-1, best[..., None], torch.ones_like(chosen[..., :1]))
+        ids.append(best)
+    return torch.stack(ids, 1)
+
+
 class PlannerExecutorGenerationMixin(GenerationMixin):
     """``plan`` (P1, P5), ``execute`` (P3) and ``generate`` = plan then execute (P8)."""
 
     @torch.no_grad()
     def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, use_mtp: bool = False,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, num_beam_groups: int = 1,
+             diversity_penalty: float = 0.0) -> torch.Tensor:
         """u → concept ids (batch, types, max length), ``<pad>`` after each type's end (its ``<eos>`` dropped).
 
         ``use_mtp`` accepts the multi-token-prediction heads' guesses as they are (1 + n tokens per step).
+        ``num_beam_groups`` G > 1: diverse beam search with G groups of one beam (greedy only, no MTP); returns
+        (batch · G, types, max length), each example's G plans together, group 0 the greedy plan (``diverse``).
         """
+        if num_beam_groups > 1:
+            if do_sample or use_mtp:
+                raise ValueError("num_beam_groups > 1 is a greedy search without the MTP heads: "
+                                 f"got do_sample={do_sample}, use_mtp={use_mtp}")
+            input_ids = input_ids.repeat_interleave(num_beam_groups, 0)
+            attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beam_groups, 0)
         k, device = self.config.num_concept_types, input_ids.device
         b = input_ids.shape[0]
         max_lengths = torch.tensor(self.config.concept_max_lengths, device=device)  # (types,)
@@ -75,7 +98,11 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             offset += n
             last = hidden[:, :, -1:]  # (batch, types, 1, hidden)
             guesses = torch.cat([last] + [proj(last) for proj in self.mtp_proj[: heads - 1]], 2)
-            new = choose(self.planner_logits(guesses), do_sample, temperature, top_k, generator)  # (b, k, heads)
+            logits = self.planner_logits(guesses)  # (b, k, heads, V)
+            if num_beam_groups > 1:
+                new = diverse(logits.view(-1, num_beam_groups, *logits.shape[1:]), diversity_penalty).flatten(0, 1)
+            else:
+                new = choose(logits, do_sample, temperature, top_k, generator)  # (b, k, heads)
             accepted = []
             for head in range(heads):  # at most 1 + planner_mtp_heads columns per step
                 token = torch.where(len(columns) >= max_lengths, CONCEPT_EOS, new[..., head])

@@ -18,7 +18,7 @@ from ..data import load_corpus
 from ..modeling_merge import MergeForMaskedRefinement
 from ..modeling_planner import PlannerExecutorModel
 from ..runs import is_complete, read_manifest
-from ..spelling import sighan15
+from ..spelling import confusion_candidates, sighan15
 from ..tokenization import load_tokenizer
 from ..trainers import ar, concept, edge, merge, planner, planner_baseline
 from ..trainers.common import default_training_arguments
@@ -51,13 +51,15 @@ def stage_ar(demo: Demo) -> dict:
 
 # -- stage 2: MERGE --------------------------------------------------------------------------------------------------
 def stage_merge(demo: Demo) -> dict:
-    """Train MERGE and the per-character baseline for the same fixed steps;
+    """Train MERGE and the per-character baseline for the same fixed steps, their fillers starting from the demo's
+    AR (``filler_init``);
     ``genlab bench merge`` on SIGHAN-15 and against the demo's AR (which is also the judge: stated in the
     JSON); SIGHAN repairs and generations with their round traces."""
     run_dir, baseline_dir, s = demo.dir("merge"), demo.dir("merge-baseline"), demo.scale
 
     def train(directory, callbacks, **fields):
-        config = merge.MergeTrainConfig(run_dir=str(directory), preset=s.ar_preset, budget=demo.budget, **fields)
+        config = merge.MergeTrainConfig(run_dir=str(directory), preset=s.ar_preset, budget=demo.budget,
+                                        filler_init=str(demo.dir("ar")), **fields)
         return merge.train_merge(config, default_training_arguments(
             merge.TRAINING_DEFAULTS, **demo.quiet_training(s.merge_steps)), callbacks)
 
@@ -75,24 +77,28 @@ def stage_merge(demo: Demo) -> dict:
             validation_sentences=s.edit_sentences, sighan_sentences=s.sighan_sentences, samples=s.samples,
             repeats=s.repeats)
         bench = bench_merge.run(config)
-        return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"], **merge_examples(run_dir, s.shown)}
+        chosen = dict(threshold=bench["figures"]["delete_threshold"], fill=bench["config"]["fill"])
+        return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"],
+                **merge_examples(run_dir, s.shown, **chosen)}
 
     return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir, baseline_dir, demo.dir("ar")],
                                                   measure)}
 
 
 @torch.no_grad()
-def merge_examples(run_dir, shown: int) -> dict:
-    """SIGHAN-15 sentences with errors, repaired, and generations from the demo prompts, each with its
-    round-by-round trace."""
+def merge_examples(run_dir, shown: int, threshold: float, fill: str) -> dict:
+    """SIGHAN-15 sentences with errors, repaired with the bench's validation-chosen deletion threshold and fill
+    rule, and generations from the demo prompts, each with its round-by-round trace."""
     model = MergeForMaskedRefinement.from_pretrained(run_dir).eval()
+    model.config.delete_threshold = threshold
     tokenizer = load_tokenizer(run_dir)
+    candidates = confusion_candidates(tokenizer) if fill == "confusion" else None
     pairs = [(source, target) for source, target in sighan15() if source != target][:shown]
     drafts = bench_merge.padded(tokenizer, [source for source, _ in pairs])
     tokenizer.padding_side = "right"
     prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
     return {"repairs": [{"target": target, "draft": source, **row} for (source, target), row in zip(
-                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3))],
+                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3, fill_candidates=candidates))],
             "generations": [{"prompt": p, **row} for p, row in zip(
                 PROMPTS[:shown], merge_trace(model, tokenizer, prompts, mode="gen", max_new_tokens=24))]}
 

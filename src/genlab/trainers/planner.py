@@ -15,7 +15,8 @@ import datasets
 import torch
 from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from ..configuration_planner import ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS, PlannerExecutorConfig
+from ..configuration_planner import (DEFAULT_ESTEP_SOURCES, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS,
+                                     PlannerExecutorConfig)
 from ..data import corpus_sources
 from ..distributed import main_process_first, sum_across_processes
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
@@ -67,6 +68,9 @@ class PlannerTrainConfig(TrainConfig):
         "choices": list(ESTEP_WARMUP_ENDS),
         "help": "when the planner's plans join the E-step: at step W (steps), or from W on once the executor's gain "
                 "from z* exceeds the plan's prior cost (gain)"})
+    diverse_beam: float = field(default=0.0, metadata={
+        "help": "λ > 0: the planner's E-step candidates also include --estep-top-k plans of a diverse beam search "
+                "with this Hamming penalty (0 = off)"})
     share_text_embeddings: bool = field(default=True, metadata={
         "help": "one text embedding table for the planner and the executor (--no-share-text-embeddings: two)"})
     keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary (rare_characters)"})
@@ -93,6 +97,8 @@ class PlannerTrainConfig(TrainConfig):
         check_choice(self, "warmup_end", ESTEP_WARMUP_ENDS)
         if self.entropy_bonus < 0:
             raise ValueError(f"--entropy-bonus: must be ≥ 0, got {self.entropy_bonus}")
+        if self.diverse_beam < 0:
+            raise ValueError(f"--diverse-beam: must be ≥ 0, got {self.diverse_beam}")
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
                        "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
                        "max_text_length", "curriculum_start")
@@ -244,7 +250,8 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         eos_token_id=tokenizer.eos_token_id, **types, proposer=config.proposer,
         share_text_embeddings=config.share_text_embeddings,
         estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
-        planner_entropy_weight=config.entropy_bonus,
+        planner_entropy_weight=config.entropy_bonus, estep_diversity_penalty=config.diverse_beam,
+        estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
         planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient, estep_top_k=config.estep_top_k,

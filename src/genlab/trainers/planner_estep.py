@@ -3,7 +3,8 @@
 For each example, candidates z are scored by S(z) = log p(y|z) + β log p(z|u); ``estep_selection="joint"``
 keeps argmax S(z), ``"likelihood"`` keeps argmax log p(y|z) with S(z) as the tie-break. Candidates: the
 proposer's plans, the planner's greedy plan and ``estep_top_k`` samples, and the stored z* itself; which
-source won is returned so the trainer can monitor the win rates.
+source won is returned so the trainer can monitor the win rates. ``planner_beam`` adds ``estep_top_k`` plans of a
+diverse beam search (``estep_diversity_penalty``), the planner's best plans pushed apart from one another.
 
 Proposers (``config.proposer``) are parameter-free extractors, informative from step 0 (so the executor learns
 to read z at once instead of collapsing to an LM that ignores it, the seed's first "abnormal" case). Each takes
@@ -201,6 +202,9 @@ def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previou
         samples = model.plan(u.repeat_interleave(k, 0), u_mask.repeat_interleave(k, 0), do_sample=True,
                              generator=generator)
         pools.append(("planner_sample", fit(samples).view(u.shape[0], k, samples.shape[1], width)))
+    if "planner_beam" in allowed:
+        beams = model.plan(u, u_mask, num_beam_groups=k, diversity_penalty=config.estep_diversity_penalty)
+        pools.append(("planner_beam", fit(beams).view(u.shape[0], k, beams.shape[1], width)))
     sources = [name for name, pool in pools for _ in range(pool.shape[1])]
     candidates = torch.cat([pool for _, pool in pools], 1)
     scores, likelihood, prior = score_candidates(model, batch, candidates, prior_weight(

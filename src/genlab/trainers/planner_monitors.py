@@ -162,8 +162,8 @@ RULES = (
                                        and r["_peak_flip_rate"] > 0.5),
          "z* stopped changing and the planner is certain after a period of churn (flip rate → 1 then 0): raise the "
          "temperature / entropy regulariser; use diverse beams; occasionally force exploration (sampled candidates)"),
-    Rule("planner_plans_win", lambda r, step: (_get(r, "monitor/win_planner_greedy", 0.0)
-                                               + _get(r, "monitor/win_planner_sample", 0.0)) > 0.9,
+    Rule("planner_plans_win", lambda r, step: sum(_get(r, f"monitor/win_planner_{source}", 0.0)
+                                                  for source in ("greedy", "sample", "beam")) > 0.9,
          "the planner's own plans win almost every E-step: hard-EM is training the planner on itself; select on "
          "log p(y|z), lower β, keep the proposer's plans competitive"),
     Rule("staleness_gap_large", lambda r, step: _get(r, "monitor/staleness_gap") > r["_stale_nats"],
