@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo app test bench bench-merge bench-planner bench-speculative venv lock clean
+.PHONY: demo app test bench bench-merge bench-planner bench-planner-ablations bench-speculative venv lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	# The app and report tests drive Debian's Chromium headless; a CJK font renders the Chinese (these machines
@@ -63,6 +63,13 @@ bench-speculative: $(STAMP)
 bench-planner: $(STAMP)
 	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --json benchmarks/results/planner-keywords.json
 	$(VENV)/bin/genlab bench planner --steps 2000 --json benchmarks/results/planner.json
+
+# The keywords task's E-step ablations (issue 14), each beside the same AR baseline run.
+bench-planner-ablations: $(STAMP)
+	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --diverse-beam 2 --run-dir runs/bench/planner-keywords-beam \
+		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-beam.json
+	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --z-dropout 0.3 --run-dir runs/bench/planner-keywords-zdrop \
+		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-zdrop.json
 
 # Record the environment `make test` just passed with (see constraints.txt).
 lock: $(STAMP)

@@ -170,6 +170,27 @@ def test_diverse_beam_plans_start_with_the_greedy_plan_and_spread_apart():
         model.plan(u, num_beam_groups=2, do_sample=True)
 
 
+def test_z_dropout_masks_what_the_executor_reads_only_while_training():
+    """p → 1: the executor's loss is the loss through the all-<mask> plan; the planner's loss and every eval-mode
+    forward are those of the plan itself."""
+    model = make_model(executor_z_dropout=0.999999)
+    u, y = text_batch(3, length=8), text_batch(2, length=9)
+    masked = torch.where(CONCEPTS >= 3, CONCEPT_MASK, CONCEPTS)
+    with torch.no_grad():
+        plain = model(input_ids=u, concept_ids=CONCEPTS, text_ids=y)
+        model.train()
+        dropped = model(input_ids=u, concept_ids=CONCEPTS, text_ids=y)
+        model.eval()
+        through_mask = model(input_ids=u, concept_ids=masked, text_ids=y)
+    torch.testing.assert_close(dropped.executor_loss, through_mask.executor_loss)
+    torch.testing.assert_close(dropped.planner_loss, plain.planner_loss)
+    assert not torch.isclose(dropped.executor_loss, plain.executor_loss)
+    with pytest.raises(ValueError, match="executor_z_dropout"):
+        make_model(executor_z_dropout=1.0)
+    with pytest.raises(ValueError, match="soft_mixture"):
+        make_model(executor_z_dropout=0.1, concept_gradient="soft_mixture")
+
+
 def test_generate_plans_then_executes_and_returns_concepts():
     model = make_model()
     u = text_batch(3, length=8)

@@ -50,6 +50,10 @@ class PlannerExecutorConfig(PretrainedConfig):
         estep_warmup_steps: W. Before step W the E-step chooses among the proposer's plans only, and the prior
             term enters S(z) = log p(y|z) + β log p(z|u) with β = β_max · step / W (β_max from W on): a random
             planner's log p(z|u) would otherwise make the empty plan win before the executor has learnt to read z.
+        executor_z_dropout: z-dropout, p in [0, 1). While training, each concept of z that the executor reads is
+            replaced by its type's ``<mask>`` with probability p (the planner still learns the whole z*; the
+            E-step's scoring is untouched): the executor learns to write y from partial plans, as the planner's own
+            plans are at test time. Not with ``soft_mixture``, whose executor reads no ids.
         planner_entropy_weight: λ ≥ 0; the M-step loss subtracts λ × the planner's mean entropy per trained slot (an
             entropy bonus: the planner's distribution is kept from locking onto one plan; 0 = off).
         estep_warmup_end: when the planner's plans join the E-step: ``steps`` at step W; ``gain`` at the first E-step
@@ -82,6 +86,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  planner: dict | None = None, executor: dict | None = None, planner_mtp_heads: int = 0,
                  rope_theta: float = 10000.0, rms_norm_eps: float = 1e-6, initializer_range: float = 0.02,
                  concept_gradient: str = "hard_em", planner_entropy_weight: float = 0.0, estep_top_k: int = 4,
+                 executor_z_dropout: float = 0.0,
                  estep_sources: list[str] | tuple[str, ...] = DEFAULT_ESTEP_SOURCES,
                  estep_diversity_penalty: float = 2.0, estep_refresh_steps: int = 50, estep_warmup_steps: int = 100, estep_prior_weight: float = 1.0,
                  estep_selection: str = "joint", estep_warmup_end: str = "steps", proposer: str = "rare_characters",
@@ -102,6 +107,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.concept_gradient = concept_gradient
         self.planner_entropy_weight = float(planner_entropy_weight)
+        self.executor_z_dropout = float(executor_z_dropout)
         self.estep_top_k = estep_top_k
         self.estep_sources = list(estep_sources)
         self.estep_diversity_penalty = float(estep_diversity_penalty)
@@ -161,6 +167,11 @@ class PlannerExecutorConfig(PretrainedConfig):
                 raise ValueError(f"{field} must be ≥ 1, got {getattr(self, field)}")
         if self.estep_warmup_steps < 0:
             raise ValueError(f"estep_warmup_steps must be ≥ 0, got {self.estep_warmup_steps}")
+        if not 0 <= self.executor_z_dropout < 1:
+            raise ValueError(f"executor_z_dropout must be in [0, 1), got {self.executor_z_dropout}")
+        if self.executor_z_dropout and self.concept_gradient == "soft_mixture":
+            raise ValueError("executor_z_dropout masks the ids the executor reads; concept_gradient='soft_mixture' "
+                             "feeds it the planner's soft embeddings only (use hard_em or straight_through)")
         if self.estep_diversity_penalty < 0:
             raise ValueError(f"estep_diversity_penalty must be ≥ 0, got {self.estep_diversity_penalty}")
         if self.estep_prior_weight < 0:

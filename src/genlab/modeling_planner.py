@@ -367,6 +367,12 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         probs = planner_logits[:, :, :length].softmax(-1)
         return torch.einsum("bklv,kvh->bklh", probs, table)
 
+    def z_dropout(self, concept_ids: torch.Tensor) -> torch.Tensor:
+        """The plan the executor reads in the M-step: ``concept_ids`` with ``executor_z_dropout`` applied while
+        training, ``concept_ids`` itself otherwise."""
+        p = self.config.executor_z_dropout
+        return drop_concepts(concept_ids, p) if self.training and p > 0 else concept_ids
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 concept_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
                 text_attention_mask: torch.Tensor | None = None) -> PlannerExecutorOutput:
@@ -374,16 +380,18 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
 
         ``config.concept_gradient`` picks what the executor reads: ``hard_em`` the ids of z; ``straight_through``
         e_hard + e_soft − stopgrad(e_soft) (the same forward values, executor gradients reach the planner);
-        ``soft_mixture`` e_soft itself. Either half runs alone when the other's inputs are missing.
+        ``soft_mixture`` e_soft itself. Either half runs alone when the other's inputs are missing. While
+        training, the executor reads z after z-dropout (``executor_z_dropout``); the planner learns all of z.
         """
         if concept_ids is None:
             raise ValueError("concept_ids is required (use generate() to plan from u alone)")
         planner_out = executor_out = cosine = concept_embeds = None
+        read = self.z_dropout(concept_ids)  # the plan the executor reads
         if input_ids is not None:
             planner_out = self.planner_forward(input_ids, attention_mask, concept_ids)
             length = concept_ids.shape[2]
             e_soft = self.soft_concept_embeds(planner_out.logits, length)
-            e_hard = F.embedding(1 + self.planner_concept_ids(concept_ids.clamp(min=0)), self.executor_table())
+            e_hard = F.embedding(1 + self.planner_concept_ids(read.clamp(min=0)), self.executor_table())
             slots = concept_slot_mask(concept_ids)
             cosine = F.cosine_similarity(e_soft.detach(), e_hard.detach(), dim=-1)[slots].mean()
             if self.config.concept_gradient == "straight_through":
@@ -391,7 +399,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
             elif self.config.concept_gradient == "soft_mixture":
                 concept_embeds = e_soft
         if text_ids is not None:
-            executor_out = self.executor_forward(concept_ids, text_ids, text_attention_mask, concept_embeds)
+            executor_out = self.executor_forward(read, text_ids, text_attention_mask, concept_embeds)
         losses = [out.loss for out in (planner_out, executor_out) if out is not None]
         if planner_out is not None and self.config.planner_entropy_weight:  # keep the planner from locking in
             counted = planner_out.labels != IGNORE
@@ -405,6 +413,12 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
             token_nll=executor_out.token_nll if executor_out else None,
             soft_hard_cosine=cosine,
         )
+
+
+def drop_concepts(concept_ids: torch.Tensor, p: float) -> torch.Tensor:
+    """(batch, types, L) → the same plan with each concept replaced by ``<mask>`` with probability p."""
+    dropped = concept_slot_mask(concept_ids) & (torch.rand(concept_ids.shape, device=concept_ids.device) < p)
+    return concept_ids.masked_fill(dropped, CONCEPT_MASK)
 
 
 def slot_entropy(logits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:

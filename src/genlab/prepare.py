@@ -106,7 +106,7 @@ def planner_bench(config: PlannerBenchConfig) -> None:
         planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, task=config.task,
                                    proposer=config.proposer, estep_selection=config.estep_selection,
                                    warmup_end=config.warmup_end, entropy_bonus=config.entropy_bonus,
-                                   diverse_beam=config.diverse_beam,
+                                   diverse_beam=config.diverse_beam, z_dropout=config.z_dropout,
                                    warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=50,
                                    max_text_length=config.max_text_length),

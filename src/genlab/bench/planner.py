@@ -67,6 +67,7 @@ class PlannerBenchConfig:
     warmup_end: str = field(default="steps", metadata={
         "choices": list(ESTEP_WARMUP_ENDS), "help": "when the planner's plans join the E-step (steps: at W; gain)"})
     entropy_bonus: float = field(default=0.0, metadata={"help": "λ of the planner's entropy bonus (0: off)"})
+    z_dropout: float = field(default=0.0, metadata={"help": "p of the executor's z-dropout (0: off)"})
     diverse_beam: float = field(default=0.0, metadata={
         "help": "Hamming penalty of the E-step's diverse beam search over planner plans (0: off)"})
     prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
@@ -233,7 +234,7 @@ def run(args: PlannerBenchConfig) -> dict:
                 "ar_steps_done": ar_manifest["steps"], "batch_size": args.batch_size, "learning_rate": 1e-3,
                 "estep_warmup_steps": args.warmup_estep, "estep_prior_weight": args.prior_weight,
                 "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "entropy_bonus": args.entropy_bonus,
-                "diverse_beam": args.diverse_beam,
+                "diverse_beam": args.diverse_beam, "z_dropout": args.z_dropout,
                 "proposer": args.proposer,
                 "max_text_length": args.max_text_length, "estep_warmup_ended_at": manifest.get("estep_warmup_ended_at")},
         figures=figures, extra={"examples": examples},

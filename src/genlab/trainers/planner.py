@@ -68,6 +68,8 @@ class PlannerTrainConfig(TrainConfig):
         "choices": list(ESTEP_WARMUP_ENDS),
         "help": "when the planner's plans join the E-step: at step W (steps), or from W on once the executor's gain "
                 "from z* exceeds the plan's prior cost (gain)"})
+    z_dropout: float = field(default=0.0, metadata={
+        "help": "p: the executor reads z* with each concept masked with this probability (0 = off)"})
     diverse_beam: float = field(default=0.0, metadata={
         "help": "λ > 0: the planner's E-step candidates also include --estep-top-k plans of a diverse beam search "
                 "with this Hamming penalty (0 = off)"})
@@ -97,6 +99,8 @@ class PlannerTrainConfig(TrainConfig):
         check_choice(self, "warmup_end", ESTEP_WARMUP_ENDS)
         if self.entropy_bonus < 0:
             raise ValueError(f"--entropy-bonus: must be ≥ 0, got {self.entropy_bonus}")
+        if not 0 <= self.z_dropout < 1:
+            raise ValueError(f"--z-dropout: must be in [0, 1), got {self.z_dropout}")
         if self.diverse_beam < 0:
             raise ValueError(f"--diverse-beam: must be ≥ 0, got {self.diverse_beam}")
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
@@ -251,6 +255,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         share_text_embeddings=config.share_text_embeddings,
         estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
         planner_entropy_weight=config.entropy_bonus, estep_diversity_penalty=config.diverse_beam,
+        executor_z_dropout=config.z_dropout,
         estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
