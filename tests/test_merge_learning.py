@@ -98,10 +98,9 @@ TRAIN = [([BOS, 10, 11, 40, 13, 14], [BOS, 10, 11, 12, 13, 14]),  # a wrong char
          ([BOS, 50, 51, 52, 53], [BOS, 50, 51, 52, 53])]  # clean
 
 
-@pytest.fixture(scope="module")
-def overfit():
+def train_on_pairs(**overrides):
     """A tiny MERGE trained for a fixed 300 aligned steps on TRAIN (packed MLM + one teacher-forced round)."""
-    model = tiny_model(vocab_size=64).train()
+    model = tiny_model(vocab_size=64, **overrides).train()
     batch = pairs_batch(TRAIN)
     schedule = MergeSchedule(stage1_steps=0, recipe="aligned", pack_width=16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -112,10 +111,22 @@ def overfit():
     return model.eval(), batch
 
 
+@pytest.fixture(scope="module")
+def overfit():
+    return train_on_pairs()
+
+
 @pytest.mark.parametrize("mode", ["edit", "auto"])
 def test_overfit_model_repairs_its_training_pairs_exactly(overfit, mode):
     model, batch = overfit
     out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], mode=mode, max_rounds=3)
+    assert [row[row != PAD].tolist() for row in out] == [target for _, target in TRAIN]
+
+
+def test_shifted_logits_filler_learns_the_same_repairs():
+    """shifted_logits (the AR-initialised filler's read-out): trained the same way, it repairs every pair."""
+    model, batch = train_on_pairs(shifted_logits=True)
+    out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], mode="edit", max_rounds=3)
     assert [row[row != PAD].tolist() for row in out] == [target for _, target in TRAIN]
 
 
