@@ -20,7 +20,7 @@ def read_figures(path):
 def test_bench_merge_trains_every_side_for_the_same_steps_and_writes_every_figure(tmp_path):
     out = tmp_path / "merge.json"
     assert main(["bench", "merge", "--json", str(out), "--runs", str(tmp_path / "runs"), "--preset", "nano",
-                 "--train-steps", "3", "--judge", str(tmp_path / "runs" / "ar-nano"), "--skip-ablations",
+                 "--train-steps", "3", "--ar-steps", "4", "--judge", str(tmp_path / "runs" / "ar-nano"), "--skip-ablations",
                  "--validation-sentences", "8", "--sighan-sentences", "12",
                  "--thresholds", "0.5,0.9", "--samples", "2", "--repeats", "1"]) == 0
     result = read_figures(out)
@@ -38,7 +38,8 @@ def test_bench_merge_trains_every_side_for_the_same_steps_and_writes_every_figur
         assert manifest["filler_init"] == str(tmp_path / "runs" / "ar-nano")
     steps = {name: json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())["steps"]
              for name in ("merge", "baseline", "ar")}
-    assert steps == {"merge": 3, "baseline": 3, "ar": 3} and figures["train_steps"] == 3
+    assert steps == {"merge": 3, "baseline": 3, "ar": 4} and figures["train_steps"] == 3
+    assert figures["ar_train_steps"] == 4
 
 
 def test_bench_concept_measures_the_headline_at_2048_and_refuses_other_contexts(tmp_path, capsys):

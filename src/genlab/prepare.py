@@ -50,10 +50,10 @@ def ar_bench(config: ARBenchConfig) -> None:
 
 
 def merge_bench(config: MergeBenchConfig) -> None:
-    """The same-size AR, then MERGE and the per-character baseline for the same steps, each filler starting
+    """The same-size AR (``ar_steps``), then MERGE and the per-character baseline for the same steps, each filler starting
     from that AR with ``filler_init``; the trained M9 ablations (the judge is pretrained:
     ``MergeBenchConfig.judge``)."""
-    ar_run(config.run_dir("ar"), config.preset, max_steps=config.train_steps)
+    ar_run(config.run_dir("ar"), config.preset, max_steps=config.ar_steps)
     start = {"filler_init": str(config.run_dir("ar"))} if config.filler_init else {}
     merge_run(config.run_dir("merge"), config.preset, config.train_steps, **start)
     merge_run(config.run_dir("baseline"), config.preset, config.train_steps, objective="per_character", **start)

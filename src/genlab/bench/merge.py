@@ -1,8 +1,9 @@
 """`genlab bench merge`: MERGE on real Chinese spelling errors (SIGHAN-15) and as a generator (SPEC M10, B;
 issue 12).
 
-Every model is trained here for the same fixed number of steps (``--train-steps``) on the same corpus
-(``genlab.prepare.merge_bench``), then measured in one process:
+The same-size AR is trained first (``--ar-steps``), then MERGE and the per-character baseline for the same fixed
+number of steps (``--train-steps``), both fillers starting from that AR (``--filler-init``), on the same corpus
+(``genlab.prepare.merge_bench``); then everything is measured in one process:
 
 - **SIGHAN-15** (pycorrector's ``sighan2015_test.tsv``, 707 sentences, 373 with errors): MERGE in edit mode and
   in auto mode, the per-character corrector of the same size, data and steps (the filler reading the unmasked
@@ -12,8 +13,8 @@ Every model is trained here for the same fixed number of steps (``--train-steps`
   F1 (the changed positions equal the erroneous ones), the false-positive rate on the clean sentences, and
   sentences/s at batch 1 and 32 (one thread, medians). The deletion threshold of the Picker is chosen on
   typo-noised sentences of the corpus's validation split (half of them clean), never on SIGHAN.
-- **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against the same-size AR trained for
-  the same steps: tokens/s at batch 1 and 32 (64 new tokens, one thread, medians), the judge's perplexity of
+- **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
+  MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new tokens, one thread, medians), the judge's perplexity of
   both sides' samples (``--judge``: by default the pretrained Gemma-3-270M, ``genlab.clouds``, scoring with its
   own tokenizer), distinct-2, and the rounds used.
 - **Ablations** (M9): at inference, the Picker as bottom-K (K_del = 15 %) instead of the threshold; trained
@@ -63,7 +64,9 @@ class MergeBenchConfig:
     json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
     runs: str = field(default="runs/bench/merge", metadata={"help": "where the trained models are (reused if complete)"})
     preset: str = field(default="tiny", metadata={"help": "AR preset; MERGE's width/depth are matched to it"})
-    train_steps: int = field(default=1600, metadata={"help": "training steps of MERGE, the baseline and the AR"})
+    train_steps: int = field(default=600, metadata={"help": "training steps of MERGE and the baseline"})
+    ar_steps: int = field(default=1600, metadata={"help": "training steps of the AR (the generation baseline, "
+                                                          "and the fillers' start with --filler-init)"})
     judge: str = field(default="gemma3", metadata={"help": "the judge of generated text: a built-in cloud "
                                                            "(genlab.clouds: gemma3, smollm2) or an AR run dir"})
     filler_init: bool = field(default=True, metadata={"help": "MERGE's and the baseline's fillers start from the "
@@ -422,7 +425,7 @@ def run(args: MergeBenchConfig) -> dict:
                 "sampling": "greedy (both models); prompts = first 2 characters of test sentences",
                 "merge_variants": manifests["merge"]["variants"], "ablations": ABLATIONS,
                 "judge": args.judge, "runs_used": {name: str(args.run_dir(name)) for name in manifests}},
-        budget={"train_steps_each": args.train_steps,
+        budget={"train_steps_each": args.train_steps, "ar_steps": args.ar_steps,
                 "ablation_steps_each": args.ablation_steps, "bench_wall_seconds": round(time.monotonic() - start)},
         figures=figures,
         targets={"sighan15_correction_f1": target(figures["sighan15_correction_f1"], "≥", 0.31),
