@@ -17,7 +17,7 @@ def read_figures(path):
     return result
 
 
-def test_bench_merge_trains_every_side_for_the_same_steps_and_writes_every_figure(tmp_path):
+def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_and_writes_every_figure(tmp_path):
     out = tmp_path / "merge.json"
     assert main(["bench", "merge", "--json", str(out), "--runs", str(tmp_path / "runs"), "--preset", "nano",
                  "--train-steps", "3", "--ar-steps", "4", "--judge", str(tmp_path / "runs" / "ar-nano"), "--skip-ablations",
