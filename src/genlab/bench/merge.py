@@ -14,7 +14,8 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
   sentences/s at batch 1 and 32 (one thread, medians). The deletion threshold of the Picker is chosen on
   typo-noised sentences of the corpus's validation split (half of them clean), never on SIGHAN.
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
-  MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new tokens, one thread, medians), the judge's perplexity of
+  MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new
+  tokens, one thread, medians), the judge's perplexity of
   both sides' samples (``--judge``: by default the pretrained Gemma-3-270M, ``genlab.clouds``, scoring with its
   own tokenizer), distinct-2, and the rounds used.
 - **Ablations** (M9): at inference, the Picker as bottom-K (K_del = 15 %) instead of the threshold; trained
@@ -70,7 +71,7 @@ class MergeBenchConfig:
     judge: str = field(default="gemma3", metadata={"help": "the judge of generated text: a built-in cloud "
                                                            "(genlab.clouds: gemma3, smollm2) or an AR run dir"})
     filler_init: bool = field(default=True, metadata={"help": "MERGE's and the baseline's fillers start from the "
-                                                                 "AR run's weights (trained first, same steps)"})
+                                                                 "AR run's weights (trained first)"})
     ablation_steps: int = field(default=300, metadata={"help": "training steps per trained ablation"})
     sighan_sentences: int = field(default=0, metadata={"help": "first N SIGHAN-15 sentences (0: all 707; smoke tests)"})
     validation_sentences: int = field(default=400, metadata={"help": "noised validation sentences (threshold)"})
