@@ -16,7 +16,7 @@ NUM_CONCEPT_SPECIALS = 3
 CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
 ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "planner_beam", "previous")
 DEFAULT_ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
-PROPOSERS = ("rare_characters", "keywords")
+PROPOSERS = ("rare_characters", "keywords", "learned")
 ESTEP_SELECTIONS = ("joint", "likelihood")
 ESTEP_WARMUP_ENDS = ("steps", "gain")
 
@@ -65,8 +65,15 @@ class PlannerExecutorConfig(PretrainedConfig):
         estep_selection: ``joint`` keeps argmax S(z); ``likelihood`` keeps argmax log p(y|z) with S(z) only as
             the tie-break, so a cheap plan the executor cannot use never beats an informative one on its prior.
         proposer: the q(z | y) of the E-step: ``rare_characters`` (y's rarest characters hashed into the
-            keyword vocabulary, plus clause shapes) or ``keywords`` (the characters y shares with u, un-hashed,
-            in u's order: concept = text token).
+            keyword vocabulary, plus clause shapes), ``keywords`` (the characters y shares with u, un-hashed,
+            in u's order: concept = text token) or ``learned`` (a small encoder over y whose slots each point at one
+            of y's tokens — a discrete bottleneck trained with the executor and the planner as a discrete VAE, so no
+            hand-made keywords are needed; every type must be a text concept type; its argmax plan is the
+            proposer's candidate).
+        posterior: ``Qwen2Config`` fields of the learned proposer's encoder (``proposer="learned"``; default one
+            layer of the executor's width). posterior_kl_weight: weight of KL(q(z|y) ‖ p(z|u)) in its loss, in nats
+            per text token like the reconstruction (1 = the ELBO). posterior_temperature: τ of its Gumbel-softmax
+            straight-through samples.
         text_concept_types: types whose content concepts ARE text tokens (concept 3 + t stands for token t;
             their vocabulary size must equal ``vocab_size``): their rows are the planner's and the executor's
             text embeddings, and the planner scores them with its own text embeddings (tied, P1/P2).
@@ -91,6 +98,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  estep_diversity_penalty: float = 2.0, estep_refresh_steps: int = 50, estep_warmup_steps: int = 100,
                  estep_prior_weight: float = 1.0,
                  estep_selection: str = "joint", estep_warmup_end: str = "steps", proposer: str = "rare_characters",
+                 posterior: dict | None = None, posterior_kl_weight: float = 1.0, posterior_temperature: float = 1.0,
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
@@ -118,6 +126,9 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.estep_selection = estep_selection
         self.estep_warmup_end = estep_warmup_end
         self.proposer = proposer
+        self.posterior = {**self.executor, "num_hidden_layers": 1, **(posterior or {})}
+        self.posterior_kl_weight = float(posterior_kl_weight)
+        self.posterior_temperature = float(posterior_temperature)
         self.text_concept_types = list(text_concept_types)
         self.share_text_embeddings = bool(share_text_embeddings)
         self.monitor_steps = monitor_steps
@@ -155,13 +166,22 @@ class PlannerExecutorConfig(PretrainedConfig):
             if self.concept_vocab_sizes[self.concept_types.index(name)] != self.vocab_size:
                 raise ValueError(f"text concept type {name!r} needs concept_vocab_sizes = vocab_size "
                                  f"({self.vocab_size}), got {self.concept_vocab_sizes[self.concept_types.index(name)]}")
-        for stack in ("planner", "executor"):
+        for stack in ("planner", "executor", "posterior"):
             extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
             if extra:
                 raise ValueError(f"{stack} takes only the fields {STACK_FIELDS}, got {extra}")
-        if self.planner["hidden_size"] != self.executor["hidden_size"]:
-            raise ValueError("planner and executor hidden_size must be equal (straight-through path), got "
-                             f"{self.planner['hidden_size']} and {self.executor['hidden_size']}")
+        if not self.planner["hidden_size"] == self.executor["hidden_size"] == self.posterior["hidden_size"]:
+            raise ValueError("planner, executor and posterior hidden_size must be equal (the straight-through paths "
+                             f"share the concept tables), got {self.planner['hidden_size']}, "
+                             f"{self.executor['hidden_size']} and {self.posterior['hidden_size']}")
+        if self.proposer == "learned" and set(self.text_concept_types) != set(self.concept_types):
+            raise ValueError("proposer='learned' picks characters of y, so every concept type must be in "
+                             f"text_concept_types; got concept_types {self.concept_types}, text_concept_types "
+                             f"{self.text_concept_types}")
+        if self.posterior_kl_weight < 0:
+            raise ValueError(f"posterior_kl_weight must be ≥ 0, got {self.posterior_kl_weight}")
+        if not self.posterior_temperature > 0:
+            raise ValueError(f"posterior_temperature must be > 0, got {self.posterior_temperature}")
         for field in ("max_input_length", "max_text_length", "estep_top_k", "estep_refresh_steps", "monitor_steps",
                       "monitor_batch_size"):
             if getattr(self, field) < 1:
@@ -189,9 +209,10 @@ class PlannerExecutorConfig(PretrainedConfig):
         """Ids per type including the 3 specials."""
         return [v + NUM_CONCEPT_SPECIALS for v in self.concept_vocab_sizes]
 
-    def stack_config(self, stack: str, max_positions: int) -> Qwen2Config:
-        """The ``Qwen2Config`` of the ``planner`` or ``executor`` stack (its decoder layers and RoPE)."""
-        config = Qwen2Config(vocab_size=self.vocab_size, max_position_embeddings=max_positions,
+    def stack_config(self, stack: str, max_positions: int, vocab_size: int | None = None) -> Qwen2Config:
+        """The ``Qwen2Config`` of the ``planner``, ``executor`` or ``posterior`` stack (its decoder layers and RoPE);
+        ``vocab_size`` sizes its own token table (the posterior reads the executor's, and keeps a 1-row one)."""
+        config = Qwen2Config(vocab_size=vocab_size or self.vocab_size, max_position_embeddings=max_positions,
                              rope_theta=self.rope_theta, rms_norm_eps=self.rms_norm_eps,
                              pad_token_id=self.pad_token_id, attention_dropout=0.0, **getattr(self, stack))
         config._attn_implementation = self._attn_implementation or "sdpa"

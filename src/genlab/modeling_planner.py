@@ -38,6 +38,7 @@ from .configuration_planner import (CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, NUM_
                                     PlannerExecutorConfig)
 from .generation_planner import PlannerExecutorGenerationMixin
 from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
+from .modeling_planner_posterior import ConceptPosteriorMixin
 from .straight_through import straight_through
 
 TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
@@ -85,6 +86,8 @@ class PlannerExecutorOutput(ModelOutput):
     planner_logits: torch.FloatTensor | None = None
     token_nll: torch.FloatTensor | None = None
     soft_hard_cosine: torch.FloatTensor | None = None  # mean cos(e_soft, e_hard) over concept slots (P6)
+    posterior_loss: torch.FloatTensor | None = None  # L_q of the learned proposer (its reconstruction + w · KL)
+    posterior_kl: torch.FloatTensor | None = None  # KL(q(z|y) ‖ p(z|u)) per text token
 
 
 def concept_slot_mask(concept_ids: torch.Tensor) -> torch.Tensor:
@@ -112,8 +115,9 @@ class PlannerExecutorPreTrainedModel(PreTrainedModel):
                                                  dtype=embeds.dtype)}
 
 
-class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTrainedModel):
-    """Planner (u → typed concepts, P1) + executor (concepts → text, P2/P3); ``generate`` does both (P8)."""
+class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin, PlannerExecutorPreTrainedModel):
+    """Planner (u → typed concepts, P1) + executor (concepts → text, P2/P3); ``generate`` does both (P8). With
+    ``proposer="learned"`` it also holds q(z | y), the E-step's proposer (``modeling_planner_posterior``)."""
 
     _tied_weights_keys = {"lm_head.weight": "executor.embed_tokens.weight"}
 
@@ -134,6 +138,11 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         self.executor_prefix_embed = nn.Embedding(1 + k + stored, hidden)
         self.executor_type_embed = nn.Embedding(k + 1, hidden)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        if config.proposer == "learned":  # q(z | y) reads the executor's text table and keeps a 1-row one of its own
+            slots = k * max(config.concept_max_lengths)
+            self.posterior = Qwen2Model(config.stack_config("posterior", config.max_text_length + slots, vocab_size=1))
+            self.posterior_slot_embed = nn.Embedding(slots, hidden)
+            self.posterior_query = nn.Linear(hidden, hidden, bias=False)
         if config.share_text_embeddings:  # one table for u, the text and the text concepts (tied on load too)
             self._tied_weights_keys = {**self._tied_weights_keys,
                                        "planner.embed_tokens.weight": "executor.embed_tokens.weight"}
@@ -381,7 +390,9 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         ``config.concept_gradient`` picks what the executor reads: ``hard_em`` the ids of z; ``straight_through``
         e_hard + e_soft − stopgrad(e_soft) (the same forward values, executor gradients reach the planner);
         ``soft_mixture`` e_soft itself. Either half runs alone when the other's inputs are missing. While
-        training, the executor reads z after z-dropout (``executor_z_dropout``); the planner learns all of z.
+        training, the executor reads z after z-dropout (``executor_z_dropout``); the planner learns all of z. With
+        ``proposer="learned"`` and both u and y given, the learned proposer's loss L_q is added
+        (``posterior_loss``).
         """
         if concept_ids is None:
             raise ValueError("concept_ids is required (use generate() to plan from u alone)")
@@ -404,6 +415,10 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
         if planner_out is not None and self.config.planner_entropy_weight:  # keep the planner from locking in
             counted = planner_out.labels != IGNORE
             losses.append(-self.config.planner_entropy_weight * slot_entropy(planner_out.logits, counted))
+        posterior_loss = kl = None
+        if self.config.proposer == "learned" and input_ids is not None and text_ids is not None:
+            posterior_loss, _, kl = self.posterior_loss(input_ids, attention_mask, text_ids, text_attention_mask)
+            losses.append(posterior_loss)
         return PlannerExecutorOutput(
             loss=sum(losses) if losses else None,
             executor_loss=executor_out.loss if executor_out else None,
@@ -412,6 +427,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, PlannerExecutorPreTra
             planner_logits=planner_out.logits if planner_out else None,
             token_nll=executor_out.token_nll if executor_out else None,
             soft_hard_cosine=cosine,
+            posterior_loss=posterior_loss,
+            posterior_kl=kl,
         )
 
 

@@ -96,7 +96,7 @@ class KeywordsBenchConfig(PlannerBenchConfig):
 def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> dict:
     """Per-y-token NLLs of the planner–executor (z*, planner z, bound), the AR model, ΔNLL(z*) and the share of
     z* each E-step source won."""
-    proposer = make_proposer(model.config, tokenizer)
+    proposer = make_proposer(model, tokenizer)
     generator = torch.Generator().manual_seed(0)
     wins: dict[str, float] = {}
     sums = dict.fromkeys(("nll_zstar", "nll_planner_z", "nll_bound", "nll_ar", "delta_nll_shuffle",
@@ -212,7 +212,7 @@ def run(args: PlannerBenchConfig) -> dict:
     covered, examples = coverage_figures(model, ar, tokenizer, batches, manifest.get("task", "next_sentence"),
                                          args.max_text_length)
     figures.update(covered)
-    figures["concept_drop_50"] = concept_drop(model, make_proposer(model.config, tokenizer), batches[:2],
+    figures["concept_drop_50"] = concept_drop(model, make_proposer(model, tokenizer), batches[:2],
                                               [0.5], args.seed)["delta_nll"]["0.5"]
     concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1])
     figures["executor_tok_s_b1"], figures["plain_tok_s_b1"], figures["executor_decode_ratio"] = decode_ratio(

@@ -89,7 +89,7 @@ def run_planner(args: PlannerProbeConfig) -> dict:
     pairs = pairs.shuffle(seed=args.seed).select(range(min(args.pairs, len(pairs))))
     batches = [collate([pairs[j] for j in range(i, min(i + args.batch_size, len(pairs)))])
                for i in range(0, len(pairs), args.batch_size)]
-    result = concept_drop(model, make_proposer(config, tokenizer), batches, args.drop_rates, args.seed)
+    result = concept_drop(model, make_proposer(model, tokenizer), batches, args.drop_rates, args.seed)
     print(f"NLL(y | z*) = {result['nll_per_token']:.3f} nats/token on {result['pairs']} {args.split} pairs")
     for rate, delta in result["delta_nll"].items():
         print(f"drop {float(rate):.0%} of concepts: ΔNLL = {delta:+.3f} nats/token")

@@ -57,7 +57,11 @@ class PlannerTrainConfig(TrainConfig):
     pairs: str | None = field(default=None, metadata={
         "help": "a JSONL file of {\"u\": ..., \"y\": ...} rows: your own task (replaces --task)"})
     proposer: str = field(default="rare_characters", metadata={
-        "choices": list(PROPOSERS), "help": "q(z|y) of the E-step; keywords: y's characters found in u, un-hashed"})
+        "choices": list(PROPOSERS),
+        "help": "q(z|y) of the E-step; keywords: y's characters found in u, un-hashed; learned: an encoder over y "
+                "with a discrete bottleneck, trained with the executor (no hand-made keywords)"})
+    posterior_kl_weight: float = field(default=1.0, metadata={
+        "help": "weight of KL(q(z|y) ‖ p(z|u)) in the learned proposer's loss (1: the ELBO)"})
     estep_selection: str = field(default="likelihood", metadata={
         "choices": list(ESTEP_SELECTIONS),
         "help": "z* = argmax log p(y|z), S(z) breaking ties (likelihood), or argmax S(z) as in P4 (joint: "
@@ -103,6 +107,8 @@ class PlannerTrainConfig(TrainConfig):
             raise ValueError(f"--z-dropout: must be in [0, 1), got {self.z_dropout}")
         if self.diverse_beam < 0:
             raise ValueError(f"--diverse-beam: must be ≥ 0, got {self.diverse_beam}")
+        if self.posterior_kl_weight < 0:
+            raise ValueError(f"--posterior-kl-weight: must be ≥ 0, got {self.posterior_kl_weight}")
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
                        "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
                        "max_text_length", "curriculum_start")
@@ -221,6 +227,9 @@ class PlannerExecutorTrainer(Trainer):
                         text_ids=inputs["text_ids"], text_attention_mask=inputs["text_attention_mask"])
         self.metrics.add("executor_loss", outputs.executor_loss.detach())
         self.metrics.add("planner_loss", outputs.planner_loss.detach())
+        if outputs.posterior_loss is not None:
+            self.metrics.add("posterior_loss", outputs.posterior_loss.detach())
+            self.metrics.add("posterior_kl", outputs.posterior_kl.detach())
         self.metrics.step_done()
         self.collect_monitors(outputs, plans, inputs["text_attention_mask"].bool())
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -243,7 +252,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
     stack = lambda layers: dict(hidden_size=width, num_hidden_layers=layers,  # noqa: E731
                                 num_attention_heads=max(1, width // 32), num_key_value_heads=max(1, width // 64),
                                 intermediate_size=width * 11 // 4)
-    if config.proposer == "keywords":  # concepts are u's characters: one text concept type
+    if config.proposer in ("keywords", "learned"):  # concepts are characters: one text concept type
         types = dict(concept_types=["keywords"], concept_vocab_sizes=[len(tokenizer)],
                      concept_max_lengths=[config.keywords], text_concept_types=["keywords"])
     else:
@@ -252,6 +261,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
     return PlannerExecutorConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, **types, proposer=config.proposer,
+        posterior_kl_weight=config.posterior_kl_weight,
         share_text_embeddings=config.share_text_embeddings,
         estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
         planner_entropy_weight=config.entropy_bonus, estep_diversity_penalty=config.diverse_beam,
@@ -293,7 +303,7 @@ def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None
     trainer = PlannerExecutorTrainer(
         model=model, args=finalize_training_arguments(training, run_dir, remove_unused_columns=False),
         train_dataset=pairs, data_collator=collate, callbacks=[TimeBudgetCallback(config.budget), *callbacks],
-        proposer=make_proposer(model_config, tokenizer), store=store,
+        proposer=make_proposer(model, tokenizer), store=store,
         curriculum_start=config.curriculum_start, curriculum_steps=curriculum_steps)
     result = run_training(trainer, resume)
     manifest = {

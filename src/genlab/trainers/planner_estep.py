@@ -15,7 +15,10 @@ which trade log p(y|z) against log p(z|u):
   of y (the corpus tokenizer numbers characters by frequency, so the rarest are the highest ids), in text
   order, hashed to ``3 + id mod V``; type ``shape`` = each clause's length (split at ，。！？；：、), bucketed by 4;
 - ``keywords`` (``KeywordProposer``), for tasks where u names y's content: the characters y shares with u,
-  un-hashed (concept 3 + t is token t, a ``text_concept_types`` type), in u's order, first occurrences only.
+  un-hashed (concept 3 + t is token t, a ``text_concept_types`` type), in u's order, first occurrences only;
+- ``learned`` (``LearnedProposer``), for any (u, y) and no hand-made keywords: the argmax plan of the model's own
+  q(z | y) (``modeling_planner_posterior``), trained in the M-step; not informative at step 0, it becomes so as
+  the executor learns to reconstruct y through it.
 
 z* is stored per example index and searched again once it is ``estep_refresh_steps`` (M) steps old (v3.1);
 the store is saved in every checkpoint (``planner_zcache.pt``) so resuming continues with it.
@@ -125,12 +128,29 @@ class KeywordProposer:
         return torch.stack(plans, 1)
 
 
-PROPOSER_CLASSES = {"rare_characters": RareCharacterProposer, "keywords": KeywordProposer}
+class LearnedProposer:
+    """z = the argmax plan of the model's q(z | y), cut to each granularity (its prefixes)."""
+
+    def __init__(self, model: PlannerExecutorModel, granularities: int | None = None):
+        if model.config.proposer != "learned":
+            raise ValueError(f"the learned proposer needs a model built with proposer='learned', got "
+                             f"{model.config.proposer!r}")
+        self.model = model
+        config = model.config
+        self.granularities = plan_lengths(max(config.concept_max_lengths), granularities or config.estep_top_k)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        plan = self.model.posterior_plans(batch["text_ids"], batch["text_attention_mask"])  # (batch, types, L)
+        kept = torch.arange(plan.shape[-1], device=plan.device)
+        return torch.stack([plan.masked_fill(kept >= m, CONCEPT_PAD) for m in self.granularities], 1)
 
 
-def make_proposer(config: PlannerExecutorConfig, tokenizer):
-    """The proposer ``config.proposer`` names."""
-    return PROPOSER_CLASSES[config.proposer](config, tokenizer)
+def make_proposer(model: PlannerExecutorModel, tokenizer):
+    """The proposer ``model.config.proposer`` names (the learned one reads ``model``'s q(z | y))."""
+    if model.config.proposer == "learned":
+        return LearnedProposer(model)
+    return {"rare_characters": RareCharacterProposer, "keywords": KeywordProposer}[model.config.proposer](
+        model.config, tokenizer)
 
 
 def prior_weight(step: int, warmup: int, final: float = 1.0) -> float:
