@@ -10,7 +10,7 @@ from genlab.testing import assert_remote_code_roundtrip, assert_save_load_roundt
 from genlab.tokenization import default_tokenizer
 from genlab.trainers import planner_estep as te
 
-from test_planner_train import batch_of, keyword_planner
+from test_planner_train import batch_of, hard_em, keyword_planner
 
 US = ["孩子、公园、散步、汽车", "经济、会议、发展、天空", "天气、今天、书包", "好看、书、河流"]
 YS = ["孩子们在公园里散步。", "会议讨论了经济发展。", "今天天气很好。", "这本书很好看。"]
@@ -104,13 +104,7 @@ def test_hard_em_with_the_learned_proposer_learns_plans_the_executor_reads(token
     with torch.no_grad():
         start = te.estep(model, proposer, batch, 0).plans
         assert abs(nll(start.roll(1, 0)) - nll(start)) < 0.05
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(120):
-        z = te.estep(model, proposer, batch, step).plans
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=z,
-              text_ids=batch["text_ids"], text_attention_mask=batch["text_attention_mask"]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    hard_em(model, proposer, batch, steps=120)
     model.eval()
     with torch.no_grad():
         plans = proposer(batch)[:, 0]

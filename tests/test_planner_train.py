@@ -342,6 +342,17 @@ def test_pairs_file_rows_split_by_y_and_bad_lines_name_their_number(tmp_path):
         td.jsonl_texts(path, "train")
 
 
+def hard_em(model, proposer, batch: dict, steps: int, lr: float = 3e-3) -> None:
+    """``steps`` rounds of E-step then M-step on one fixed batch (the overfit learning tests)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        z = te.estep(model, proposer, batch, step).plans
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=z,
+              text_ids=batch["text_ids"], text_attention_mask=batch["text_attention_mask"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def test_hard_em_on_keyword_plans_teaches_the_executor_to_read_z_and_the_planner_to_write_it(tokenizer):
     """Overfit four (keywords → sentence) pairs: after a proposer-only warm-up, z* stays the proposer's keyword plan
     (likelihood selection), the executor's NLL rises by > 0.5 nat/token when the plans are shuffled, and the
@@ -353,13 +364,7 @@ def test_hard_em_on_keyword_plans_teaches_the_executor_to_read_z_and_the_planner
                             estep_sources=["proposer", "planner_greedy"], estep_warmup_steps=60).train()
     batch = {k: v for k, v in batch_of(tokenizer, us, ys).items() if k != "index"}
     proposer = te.KeywordProposer(model.config, tokenizer)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(120):
-        z = te.estep(model, proposer, batch, step).plans
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], concept_ids=z,
-              text_ids=batch["text_ids"], text_attention_mask=batch["text_attention_mask"]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    hard_em(model, proposer, batch, steps=120)
     model.eval()
     with torch.no_grad():
         result = te.estep(model, proposer, batch, step=120)
