@@ -73,6 +73,8 @@ bench-planner-ablations: $(STAMP)
 		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-beam.json
 	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --z-dropout 0.3 --run-dir runs/bench/planner-keywords-zdrop \
 		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-zdrop.json
+	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --proposer learned --run-dir runs/bench/planner-keywords-learned \
+		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-learned.json
 
 # Record the environment `make test` just passed with (see constraints.txt).
 lock: $(STAMP)

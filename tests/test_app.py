@@ -2,9 +2,11 @@
 Chromium — every tab run as a user would, its result read back from the page."""
 
 import json
+import shutil
 import socket
 
 import pytest
+import torch
 
 from genlab.app import build_app, load_models, views
 from genlab.app.settings import AppConfig
@@ -91,6 +93,18 @@ def test_a_missing_model_is_named_in_its_tab_and_the_others_load(tmp_path, run_d
     assert isinstance(loaded["merge"], tuple)
     assert loaded["planner"].startswith(f"no planner model at {tmp_path / 'planner'}")
     build_app(loaded)  # builds with the missing tabs explained
+
+
+def test_the_merge_tab_repairs_with_the_threshold_and_fill_the_demo_chose(tmp_path, run_dir):
+    shutil.copytree(run_dir / "merge", tmp_path / "merge")
+    plain = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
+    assert plain[2] is None and plain[0].config.delete_threshold == 0.5  # no bench.json: as saved, free fill
+    (tmp_path / "merge" / "bench.json").write_text(json.dumps(
+        {"figures": {"delete_threshold": 0.7}, "config": {"fill": "confusion"}}), encoding="utf-8")
+    model, tokenizer, candidates = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
+    assert model.config.delete_threshold == 0.7
+    assert candidates.dtype == torch.bool and candidates.shape == (len(tokenizer), len(tokenizer))
+    assert "deletion threshold 0.70, confusion-set fill" in views.merge_view(model, tokenizer, candidates, "天汽好")
 
 
 def test_space_files_serve_the_given_hub_repos(tmp_path):

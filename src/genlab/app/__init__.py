@@ -3,7 +3,8 @@
 One tab per system, each over the models the demo trained (``RUN_DIR/merge``, ``concept``, ``planner``, ``ar``
 as the cloud and ``edge``) or the Hub repos given instead:
 
-- **MERGE** — repair (or continue) a text; every round nested under the input with its edits marked (M8);
+- **MERGE** — repair (or continue) a text; every round nested under the input with its edits marked (M8), at the
+  deletion threshold and fill rule `make demo` chose on the validation split (``bench.json`` beside the run);
 - **Concepts** — where the ConceptHead fires, highlighted over the text, and the rate against its target;
 - **Planner** — u → the plan → the text the executor writes from the plan alone;
 - **Edge/cloud** — speculative decoding streamed live, then each token coloured by who wrote it (accepted edge
@@ -16,11 +17,13 @@ A tab whose model is missing says so instead of failing. ``--space-dir DIR`` wri
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
 from transformers import AutoTokenizer
 
+from ..spelling import confusion_candidates
 from . import views
 from .settings import EXAMPLES, MODELS, AppConfig
 
@@ -38,9 +41,23 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
         try:
             model = auto_class.from_pretrained(where, trust_remote_code=True).eval()
             loaded[name] = (model, AutoTokenizer.from_pretrained(where, trust_remote_code=True))
+            if name == "merge":
+                loaded[name] += (use_chosen_settings(*loaded[name], where),)
         except Exception as error:  # shown in the tab: the other systems stay usable
             loaded[name] = f"could not load {name} from {where}: {type(error).__name__}: {error}"
     return loaded
+
+
+def use_chosen_settings(model, tokenizer, where: str):
+    """Give a MERGE run the deletion threshold and fill rule the demo's bench chose on the validation split (its
+    ``bench.json``, issue 12) → the fill candidates to generate with (``None``: free fill). A Hub repo or a run
+    without the file keeps its saved threshold and fills freely."""
+    path = Path(where) / "bench.json"
+    if not path.is_file():
+        return None
+    bench = json.loads(path.read_text(encoding="utf-8"))
+    model.config.delete_threshold = bench["figures"]["delete_threshold"]
+    return confusion_candidates(tokenizer) if bench["config"]["fill"] == "confusion" else None
 
 
 def _missing(loaded: dict, *names: str) -> str | None:
