@@ -14,11 +14,15 @@ CHARS = "天地人和春夏秋冬山水风云花草树木日月星辰江河湖�
 def test_drop_concepts_removes_the_given_share_and_keeps_order():
     z = torch.tensor([[[3, 4, 5, 6], [7, 8, 0, 0]]])
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(drop_concepts(z, 0.0, g), z)
-    assert (drop_concepts(z, 1.0, g) == 0).all()
-    half = drop_concepts(z, 0.5, g)[0, 0]
+    assert torch.equal(drop_concepts(z, 0.0, g)[0], z)
+    assert (drop_concepts(z, 1.0, g)[0] == 0).all()
+    half = drop_concepts(z, 0.5, g)[0][0, 0]
     kept = half[half != 0].tolist()
     assert kept == sorted(kept) and set(kept) <= {3, 4, 5, 6}
+    embeds = z[..., None].float().expand(-1, -1, -1, 2)  # each slot's embedding names its id
+    ids, moved = drop_concepts(z, 0.5, torch.Generator().manual_seed(1), embeds)
+    slots = ids != 0
+    assert torch.equal(moved[..., 0][slots], ids[slots].float())  # the embeddings moved with their ids
 
 
 def test_train_generate_probe_end_to_end(tmp_path, capsys):

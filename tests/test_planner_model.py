@@ -42,14 +42,13 @@ def test_executor_prefix_positions_restart_per_type_and_type_ids_follow_segments
 
 
 def test_executor_logits_do_not_change_when_u_changes():
-    for gradient in ("hard_em", "straight_through"):
-        model = make_model(concept_gradient=gradient)
-        y = text_batch()
-        u1, u2 = torch.randint(6, VOCAB, (2, 3, 12), generator=torch.Generator().manual_seed(5))
-        out1 = model(input_ids=u1, concept_ids=CONCEPTS, text_ids=y)
-        out2 = model(input_ids=u2, concept_ids=CONCEPTS, text_ids=y)
-        assert not torch.equal(out1.planner_logits, out2.planner_logits)  # u does reach the planner
-        assert torch.equal(out1.logits, out2.logits), gradient
+    model = make_model()
+    y = text_batch()
+    u1, u2 = torch.randint(6, VOCAB, (2, 3, 12), generator=torch.Generator().manual_seed(5))
+    out1 = model(input_ids=u1, concept_ids=CONCEPTS, text_ids=y)
+    out2 = model(input_ids=u2, concept_ids=CONCEPTS, text_ids=y)
+    assert not torch.equal(out1.planner_logits, out2.planner_logits)  # u does reach the planner
+    assert torch.equal(out1.logits, out2.logits)
 
 
 def test_executor_is_invariant_to_batch_composition_and_padding():
@@ -198,18 +197,6 @@ def test_generate_plans_then_executes_and_returns_concepts():
     assert torch.equal(out.concept_ids, model.plan(u))
     assert torch.equal(out.sequences, model.execute(out.concept_ids, max_new_tokens=5))
     assert torch.equal(model.generate(u, max_new_tokens=5), out.sequences)
-
-
-def test_straight_through_sends_executor_gradients_to_the_planner():
-    u, y = text_batch(3, length=8), text_batch()
-    grads = {}
-    for gradient in ("hard_em", "straight_through", "soft_mixture"):
-        model = make_model(concept_gradient=gradient).train()
-        model(input_ids=u, concept_ids=CONCEPTS, text_ids=y).executor_loss.backward()
-        grad = model.planner_head.weight.grad
-        grads[gradient] = 0.0 if grad is None else float(grad.norm())
-    assert grads["hard_em"] == 0.0
-    assert grads["straight_through"] > 0 and grads["soft_mixture"] > 0
 
 
 def test_concept_id_outside_its_type_vocabulary_is_rejected():

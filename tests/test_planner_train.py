@@ -213,10 +213,16 @@ Z = torch.tensor([[[3, 4, 0], [5, 0, 0]], [[6, 0, 0], [7, 8, 0]], [[9, 10, 11], 
 
 
 def test_delta_nll_is_zero_for_an_executor_that_ignores_z_and_positive_otherwise():
-    ignores = mon.delta_nll(lambda z: torch.tensor(2.5), Z, [20, 10])
+    ignores = mon.delta_nll(lambda z, embeds: torch.tensor(2.5), Z, [20, 10])
     assert ignores == {"delta_nll_shuffle": 0.0, "delta_nll_mask": 0.0, "delta_nll_random": 0.0}
-    reads = mon.delta_nll(lambda z: (z != Z).float().sum(), Z, [20, 10], torch.Generator().manual_seed(0))
+    reads = mon.delta_nll(lambda z, embeds: (z != Z).float().sum(), Z, [20, 10], torch.Generator().manual_seed(0))
     assert reads["delta_nll_shuffle"] > 0 and reads["delta_nll_mask"] == 10.0  # all 10 content slots changed
+    # A soft plan's embeddings move with its ids under the shuffle; the other corruptions are read as plain ids.
+    embeds = torch.arange(3.0)[:, None, None, None].expand(3, 2, 3, 1)  # example i's embeddings are all i
+    seen = []
+    mon.delta_nll(lambda z, e: seen.append(None if e is None else e[:, 0, 0, 0].tolist()) or 0.0, Z, [20, 10],
+                  concept_embeds=embeds)
+    assert seen == [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], None, None]  # base, shuffle (rolled by one), mask, random
     masked = mon.corrupt_concepts(Z, "mask", [20, 10])
     assert torch.equal(masked == CONCEPT_MASK, Z != CONCEPT_PAD)
 
@@ -285,10 +291,10 @@ def test_no_rule_is_read_during_the_grace_steps_nor_soft_rules_under_hard_em():
 
 
 # -- the trainer end to end, and resume --------------------------------------------------------------------------------
-def make_trainer(tokenizer, tmp_path, max_steps, resume_cache=None):
+def make_trainer(tokenizer, tmp_path, max_steps, resume_cache=None, **overrides):
     from transformers import TrainingArguments
 
-    model = planner_for(tokenizer).train()
+    model = planner_for(tokenizer, **overrides).train()
     pairs = td.build_pairs(corpus_split(), tokenizer, 48, 48)
     cache = te.ZStarStore(len(pairs), 2, 4)
     if resume_cache:
@@ -320,6 +326,19 @@ def test_training_logs_losses_and_monitors_and_resume_reuses_the_z_cache(tokeniz
     assert torch.equal(resumed_cache.plans, cache.plans) and torch.equal(resumed_cache.step, cache.step)
     final = [e["loss"] for e in trainer.state.log_history if "loss" in e][-1]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e][-1] == pytest.approx(final, rel=1e-4)
+
+
+@pytest.mark.parametrize("gradient", ["straight_through", "soft_mixture"])
+def test_relaxed_training_runs_without_an_estep_and_monitors_its_own_plans(tokenizer, tmp_path, gradient):
+    trainer, cache = make_trainer(tokenizer, tmp_path, max_steps=4, concept_gradient=gradient)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.startswith("planner.")}
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"executor_loss", "monitor/delta_nll_shuffle", "monitor/planner_entropy", "monitor/soft_hard_cosine",
+            "monitor/planner_grad_norm"} <= logged
+    assert "planner_loss" not in logged and "monitor/top1_margin" not in logged  # no E-step ran
+    assert (cache.step < 0).all()  # nor did it store a z*
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
 
 
 # -- learning: the keywords task -----------------------------------------------------------------------------------------

@@ -38,8 +38,16 @@ class PlannerExecutorConfig(PretrainedConfig):
         planner, executor: ``Qwen2Config`` fields of each stack (P1, P2). Both stacks share one hidden size
             (the straight-through path moves planner distributions onto executor embeddings).
         planner_mtp_heads: extra heads predicting concept t+1+d (d = 1…n) from position t (P5, v3.1).
-        concept_gradient: how the M-step feeds z to the executor (P4): ``hard_em`` (ids of z*),
-            ``straight_through`` (e_hard + e_soft − stopgrad(e_soft)) or ``soft_mixture`` (e_soft).
+        concept_gradient: how z is trained (P4). ``hard_em``: the E-step picks z* (below), the M-step trains the
+            executor on (z*, y) and the planner on (u, z*). ``straight_through`` and ``soft_mixture`` REPLACE
+            hard-EM (no E-step, no proposer, no planner loss): the planner writes its own full-length plan from u
+            slot by slot (``relaxed_plan``; each slot's id fed back, sampled with Gumbel noise while training,
+            argmax otherwise), the loss is −log p(y | z) and the planner learns through the executor's gradient.
+            The executor reads, per slot, ``straight_through``: e_hard + e_soft − stopgrad(e_soft) (forward: the
+            id's row, so evaluation and generation read the plain ids); ``soft_mixture``: e_soft itself, in
+            training, evaluation and generation alike. e_soft = softmax((logits + g) / τ) · the executor's
+            concept table, τ = ``concept_temperature``.
+        concept_temperature: τ > 0 of those relaxations.
         estep_top_k: candidates scored per example in the E-step; estep_sources: where they come from
             (``proposer`` = from y, ``planner_greedy``, ``planner_sample``, ``planner_beam`` = ``estep_top_k``
             plans of a diverse beam search, ``previous`` = the cached z*).
@@ -53,7 +61,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         executor_z_dropout: z-dropout, p in [0, 1). While training, each concept of z that the executor reads is
             replaced by its type's ``<mask>`` with probability p (the planner still learns the whole z*; the
             E-step's scoring is untouched): the executor learns to write y from partial plans, as the planner's own
-            plans are at test time. Not with ``soft_mixture``, whose executor reads no ids.
+            plans are at test time. ``hard_em`` only.
         planner_entropy_weight: λ ≥ 0; the M-step loss subtracts λ × the planner's mean entropy per trained slot (an
             entropy bonus: the planner's distribution is kept from locking onto one plan; 0 = off).
         estep_warmup_end: when the planner's plans join the E-step: ``steps`` at step W; ``gain`` at the first E-step
@@ -92,7 +100,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                  max_input_length: int = 128, max_text_length: int = 192,
                  planner: dict | None = None, executor: dict | None = None, planner_mtp_heads: int = 0,
                  rope_theta: float = 10000.0, rms_norm_eps: float = 1e-6, initializer_range: float = 0.02,
-                 concept_gradient: str = "hard_em", planner_entropy_weight: float = 0.0, estep_top_k: int = 4,
+                 concept_gradient: str = "hard_em", concept_temperature: float = 1.0,
+                 planner_entropy_weight: float = 0.0, estep_top_k: int = 4,
                  executor_z_dropout: float = 0.0,
                  estep_sources: list[str] | tuple[str, ...] = DEFAULT_ESTEP_SOURCES,
                  estep_diversity_penalty: float = 2.0, estep_refresh_steps: int = 50, estep_warmup_steps: int = 100,
@@ -115,6 +124,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.concept_gradient = concept_gradient
+        self.concept_temperature = float(concept_temperature)
         self.planner_entropy_weight = float(planner_entropy_weight)
         self.executor_z_dropout = float(executor_z_dropout)
         self.estep_top_k = estep_top_k
@@ -190,9 +200,16 @@ class PlannerExecutorConfig(PretrainedConfig):
             raise ValueError(f"estep_warmup_steps must be ≥ 0, got {self.estep_warmup_steps}")
         if not 0 <= self.executor_z_dropout < 1:
             raise ValueError(f"executor_z_dropout must be in [0, 1), got {self.executor_z_dropout}")
-        if self.executor_z_dropout and self.concept_gradient == "soft_mixture":
-            raise ValueError("executor_z_dropout masks the ids the executor reads; concept_gradient='soft_mixture' "
-                             "feeds it the planner's soft embeddings only (use hard_em or straight_through)")
+        if self.concept_gradient != "hard_em":
+            hard_em_only = {"executor_z_dropout": self.executor_z_dropout, "planner_mtp_heads": self.planner_mtp_heads,
+                            "proposer='learned'": self.proposer == "learned"}
+            used = [name for name, value in hard_em_only.items() if value]
+            if used:
+                raise ValueError(f"{', '.join(used)} belong to hard-EM (its E-step and planner loss); "
+                                 f"concept_gradient={self.concept_gradient!r} trains the planner through the "
+                                 "executor instead (use concept_gradient='hard_em')")
+        if not self.concept_temperature > 0:
+            raise ValueError(f"concept_temperature must be > 0, got {self.concept_temperature}")
         if self.estep_diversity_penalty < 0:
             raise ValueError(f"estep_diversity_penalty must be ≥ 0, got {self.estep_diversity_penalty}")
         if self.estep_prior_weight < 0:

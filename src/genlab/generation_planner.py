@@ -73,7 +73,13 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         ``use_mtp`` accepts the multi-token-prediction heads' guesses as they are (1 + n tokens per step).
         ``num_beam_groups`` G > 1: diverse beam search with G groups of one beam (greedy only, no MTP); returns
         (batch · G, types, max length), each example's G plans together, group 0 the greedy plan (``diverse``).
+        A model trained straight-through or as a soft mixture plans as it was trained: ``relaxed_plan``'s ids
+        (full length; ``do_sample`` = Gumbel-max sampling at temperature 1).
         """
+        if self.config.concept_gradient != "hard_em":
+            self.check_relaxed_planning(temperature=temperature, top_k=top_k, use_mtp=use_mtp,
+                                        num_beam_groups=num_beam_groups)
+            return self.relaxed_plan(input_ids, attention_mask, noise=do_sample, generator=generator).concept_ids
         if num_beam_groups > 1:
             if do_sample or use_mtp:
                 raise ValueError("num_beam_groups > 1 is a greedy search without the MTP heads: "
@@ -119,6 +125,15 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         concepts = torch.nn.functional.pad(concepts, (0, longest - concepts.shape[-1]), value=CONCEPT_PAD)
         return concepts.masked_fill(concepts == CONCEPT_EOS, CONCEPT_PAD)
 
+    def check_relaxed_planning(self, **options) -> None:
+        """``ValueError`` naming the planning options a relaxed (``straight_through``/``soft_mixture``) planner
+        does not take: it plans greedily or by Gumbel-max sampling, one concept per step, in one group."""
+        defaults = {"temperature": 1.0, "top_k": None, "use_mtp": False, "num_beam_groups": 1}
+        changed = sorted(name for name, value in options.items() if value != defaults[name])
+        if changed:
+            raise ValueError(f"a planner trained with concept_gradient={self.config.concept_gradient!r} plans as it "
+                             f"was trained (greedy or do_sample); it does not take {changed}")
+
     def _logits_processors(self, config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:
         processors = LogitsProcessorList()
         if config.min_new_tokens and config.eos_token_id is not None:
@@ -138,9 +153,10 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
     @torch.no_grad()
     def execute(self, concept_ids: torch.Tensor, generation_config: GenerationConfig | None = None,
                 logits_processor: LogitsProcessorList | None = None, generator: torch.Generator | None = None,
-                streamer=None, **kwargs) -> torch.Tensor:
+                streamer=None, concept_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Concepts → text ids (batch, new tokens) with the executor's KV cache (P3); rows pad after ``</s>``.
-        ``streamer`` (a transformers ``BaseStreamer``, batch 1) gets every token as it is written."""
+        ``streamer`` (a transformers ``BaseStreamer``, batch 1) gets every token as it is written;
+        ``concept_embeds`` (batch, types, L, hidden) replaces the ids' rows (a soft-mixture plan)."""
         config = copy.deepcopy(generation_config or self.generation_config)
         unused = config.update(**kwargs)
         if unused:  # a misspelt max_new_tokens would otherwise be kept as an attribute and ignored
@@ -148,7 +164,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                              "fields (max_new_tokens, do_sample, temperature, top_k, top_p, …)")
         max_new = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         processors = self._logits_processors(config, logits_processor)
-        embeds, positions, _, valid = self.executor_prefix(concept_ids)
+        embeds, positions, _, valid = self.executor_prefix(concept_ids, concept_embeds)
         b, width = valid.shape
         if streamer is not None and b != 1:
             raise ValueError(f"streamers take one sequence (batch size 1), got a batch of {b}")
@@ -179,16 +195,25 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                  logits_processor: LogitsProcessorList | None = None, return_concepts: bool = False,
                  plan_do_sample: bool = False, plan_temperature: float = 1.0, use_mtp: bool = False,
                  generator: torch.Generator | None = None, streamer=None, **kwargs):
-        """Plan from u (unless ``concept_ids`` are given), then execute (P8).
+        """Plan from u (unless ``concept_ids`` are given), then execute (P8). A soft-mixture model's executor
+        reads its plan's soft embeddings, as in training (``relaxed_plan``).
 
         Returns the text ids, or a :class:`PlanAndExecuteOutput` with the concepts when ``return_concepts``
         (or ``return_dict_in_generate``) is set.
         """
         return_dict = return_concepts or kwargs.pop("return_dict_in_generate", False)
+        concept_embeds = None
         if concept_ids is None:
             if input_ids is None:
                 raise ValueError("generate needs input_ids (u) to plan from, or concept_ids to execute")
-            concept_ids = self.plan(input_ids, attention_mask, do_sample=plan_do_sample,
-                                    temperature=plan_temperature, use_mtp=use_mtp, generator=generator)
-        sequences = self.execute(concept_ids, generation_config, logits_processor, generator, streamer, **kwargs)
+            if self.config.concept_gradient == "soft_mixture":
+                self.check_relaxed_planning(temperature=plan_temperature, use_mtp=use_mtp)
+                with torch.no_grad():
+                    concept_ids, concept_embeds = self.relaxed_plan(input_ids, attention_mask, noise=plan_do_sample,
+                                                                    generator=generator)[:2]
+            else:
+                concept_ids = self.plan(input_ids, attention_mask, do_sample=plan_do_sample,
+                                        temperature=plan_temperature, use_mtp=use_mtp, generator=generator)
+        sequences = self.execute(concept_ids, generation_config, logits_processor, generator, streamer,
+                                 concept_embeds=concept_embeds, **kwargs)
         return PlanAndExecuteOutput(sequences=sequences, concept_ids=concept_ids) if return_dict else sequences

@@ -17,8 +17,9 @@ ready-made 4-D mask; what this file adds to Qwen2 is only the layout of the two 
   (0 = BOS/text, i = type i with its SEP). Plans of unequal lengths are packed and LEFT-padded, so the
   text starts in the same column for the whole batch and KV-cached decoding appends to it.
 
-The executor never receives u: its only inputs are the concept ids (or, for the straight-through and
-soft-mixture M-step options of P4, embeddings computed from the planner's distribution over them).
+The executor never receives u: its only inputs are the concept ids (or, when the model is trained
+straight-through or as a soft mixture instead of by hard-EM (P4), embeddings computed from the planner's
+distribution over them: ``relaxed_plan``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .configuration_planner import (CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, NUM_
 from .generation_planner import PlannerExecutorGenerationMixin
 from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
 from .modeling_planner_posterior import ConceptPosteriorMixin
-from .straight_through import straight_through
+from .straight_through import gumbel_softmax_pair, straight_through
 
 TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
 IGNORE = -100
@@ -66,6 +67,14 @@ class ExecutorOutput(ModelOutput):
     log_prob: torch.FloatTensor | None = None  # (batch,) log p(y | z)
 
 
+class RelaxedPlan(NamedTuple):
+    """The planner's own plan with what the executor reads of it (``relaxed_plan``, P4)."""
+
+    concept_ids: torch.Tensor  # (batch, types, L): every type full length, <pad> past its max length
+    concept_embeds: torch.Tensor  # (batch, types, L, hidden): the executor's inputs in place of the ids' rows
+    logits: torch.Tensor  # (batch, types, L, max type vocab): the planner's distribution of each slot
+
+
 class ExecutorPrefix(NamedTuple):
     """The packed, left-padded executor prefix (P2); every field but ``embeds`` is (batch, P)."""
 
@@ -86,6 +95,8 @@ class PlannerExecutorOutput(ModelOutput):
     planner_logits: torch.FloatTensor | None = None
     token_nll: torch.FloatTensor | None = None
     soft_hard_cosine: torch.FloatTensor | None = None  # mean cos(e_soft, e_hard) over concept slots (P6)
+    concept_ids: torch.LongTensor | None = None  # (batch, types, L) the plan the executor read (z* or the planner's)
+    planner_slots: torch.BoolTensor | None = None  # True where planner_logits scored a trained slot
     posterior_loss: torch.FloatTensor | None = None  # L_q of the learned proposer (its reconstruction + w · KL)
     posterior_kl: torch.FloatTensor | None = None  # KL(q(z|y) ‖ p(z|u)) per text token
 
@@ -369,48 +380,77 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         return ExecutorOutput(loss=loss, logits=logits, token_nll=token_nll, log_prob=-token_nll.sum(1))
 
     # -- both (the M-step of P4) --------------------------------------------------------------------------------
-    def soft_concept_embeds(self, planner_logits: torch.Tensor, length: int) -> torch.Tensor:
-        """e_soft: the planner's distribution of each slot times the executor's concept table (batch, k, L, h)."""
-        k = self.config.num_concept_types
-        table = self.executor_table()[1 + k :].view(k, self.max_type_vocab, -1)
-        probs = planner_logits[:, :, :length].softmax(-1)
-        return torch.einsum("bklv,kvh->bklh", probs, table)
-
     def z_dropout(self, concept_ids: torch.Tensor) -> torch.Tensor:
         """The plan the executor reads in the M-step: ``concept_ids`` with ``executor_z_dropout`` applied while
         training, ``concept_ids`` itself otherwise."""
         p = self.config.executor_z_dropout
         return drop_concepts(concept_ids, p) if self.training and p > 0 else concept_ids
 
+    def concept_rows(self, concept_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, types, L) ids → their rows of the executor's concept table (batch, types, L, hidden): e_hard."""
+        return F.embedding(1 + self.planner_concept_ids(concept_ids.clamp(min=0)), self.executor_table())
+
+    def concept_mixture(self, weights: torch.Tensor) -> torch.Tensor:
+        """(batch, types, L, max type vocab) weights over each type's ids → rows mixed from the executor's table."""
+        k = self.config.num_concept_types
+        table = self.executor_table()[1 + k :].view(k, self.max_type_vocab, -1)
+        return torch.einsum("bklv,kvh->bklh", weights.to(table.dtype), table)
+
+    def relaxed_plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, noise: bool = False,
+                     generator: torch.Generator | None = None) -> RelaxedPlan:
+        """The planner writes its plan from u slot by slot, differentiably (P4 ``straight_through`` and
+        ``soft_mixture``): each slot's id is argmax(logits + g) (g Gumbel noise if ``noise``, else 0) and is fed
+        back; every type is written to its full length (``<eos>`` is never chosen, so training and decoding see
+        the same plan shapes). The executor's input per slot is straight_through(e_hard, e_soft) or e_soft
+        (``config.concept_gradient``), e_soft = softmax((logits + g) / τ) · table."""
+        config, device = self.config, input_ids.device
+        k, b = config.num_concept_types, input_ids.shape[0]
+        max_lengths = torch.tensor(config.concept_max_lengths, device=device)  # (types,)
+        allowed = self.predictable(device)
+        allowed[:, CONCEPT_EOS] = False
+        cache, key_valid, u_length = self.encode_input(input_ids, attention_mask)
+        key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
+        fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
+        ids, weights, all_logits = [], [], []
+        for slot in range(int(max_lengths.max())):
+            hidden = self.planner_segments(fed, torch.tensor([slot], device=device), u_length, cache, key_valid,
+                                           key_type)
+            key_valid = torch.cat([key_valid, key_valid.new_ones(b, k)], 1)
+            key_type = torch.cat([key_type, torch.arange(1, k + 1, device=device)])
+            logits = self.planner_logits(hidden)[:, :, 0].masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+            hard, soft = gumbel_softmax_pair(logits, config.concept_temperature, noise=noise, generator=generator)
+            token = hard.argmax(-1).masked_fill(slot >= max_lengths, CONCEPT_PAD)  # (batch, types)
+            ids.append(token)
+            weights.append(straight_through(hard, soft) if config.concept_gradient == "straight_through" else soft)
+            all_logits.append(logits)
+            fed = self.planner_concept_ids(token[..., None])
+        return RelaxedPlan(torch.stack(ids, -1), self.concept_mixture(torch.stack(weights, 2)),
+                           torch.stack(all_logits, 2))
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 concept_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
                 text_attention_mask: torch.Tensor | None = None) -> PlannerExecutorOutput:
-        """M-step losses for (u, z, y) (P4): planner CE on (u, z) and executor CE on (z, y).
+        """Training losses for (u, z, y) (P4), by ``config.concept_gradient``.
 
-        ``config.concept_gradient`` picks what the executor reads: ``hard_em`` the ids of z; ``straight_through``
-        e_hard + e_soft − stopgrad(e_soft) (the same forward values, executor gradients reach the planner);
-        ``soft_mixture`` e_soft itself. Either half runs alone when the other's inputs are missing. While
-        training, the executor reads z after z-dropout (``executor_z_dropout``); the planner learns all of z. With
-        ``proposer="learned"`` and both u and y given, the learned proposer's loss L_q is added
-        (``posterior_loss``).
+        ``hard_em`` (the M-step): planner CE on (u, z) and executor CE on (z, y), z = ``concept_ids`` (the E-step's
+        z*); either half runs alone when the other's inputs are missing. While training, the executor reads z
+        after z-dropout (``executor_z_dropout``); the planner learns all of z. With ``proposer="learned"`` and both
+        u and y given, the learned proposer's loss L_q is added (``posterior_loss``). ``straight_through`` /
+        ``soft_mixture``: no ``concept_ids`` — the planner plans from u itself (``relaxed_plan``) and the loss is
+        the executor's CE through that plan.
         """
+        if self.config.concept_gradient != "hard_em":
+            return self.relaxed_forward(input_ids, attention_mask, concept_ids, text_ids, text_attention_mask)
         if concept_ids is None:
             raise ValueError("concept_ids is required (use generate() to plan from u alone)")
-        planner_out = executor_out = cosine = concept_embeds = None
+        planner_out = executor_out = cosine = None
         read = self.z_dropout(concept_ids)  # the plan the executor reads
         if input_ids is not None:
             planner_out = self.planner_forward(input_ids, attention_mask, concept_ids)
-            length = concept_ids.shape[2]
-            e_soft = self.soft_concept_embeds(planner_out.logits, length)
-            e_hard = F.embedding(1 + self.planner_concept_ids(read.clamp(min=0)), self.executor_table())
-            slots = concept_slot_mask(concept_ids)
-            cosine = F.cosine_similarity(e_soft.detach(), e_hard.detach(), dim=-1)[slots].mean()
-            if self.config.concept_gradient == "straight_through":
-                concept_embeds = straight_through(e_hard, e_soft)
-            elif self.config.concept_gradient == "soft_mixture":
-                concept_embeds = e_soft
+            e_soft = self.concept_mixture(planner_out.logits[:, :, : concept_ids.shape[2]].softmax(-1))
+            cosine = self.soft_hard_cosine(e_soft, self.concept_rows(read), concept_slot_mask(concept_ids))
         if text_ids is not None:
-            executor_out = self.executor_forward(read, text_ids, text_attention_mask, concept_embeds)
+            executor_out = self.executor_forward(read, text_ids, text_attention_mask)
         losses = [out.loss for out in (planner_out, executor_out) if out is not None]
         if planner_out is not None and self.config.planner_entropy_weight:  # keep the planner from locking in
             counted = planner_out.labels != IGNORE
@@ -429,7 +469,35 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
             soft_hard_cosine=cosine,
             posterior_loss=posterior_loss,
             posterior_kl=kl,
+            concept_ids=concept_ids,
+            planner_slots=planner_out.labels != IGNORE if planner_out else None,
         )
+
+    def relaxed_forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                        concept_ids: torch.Tensor | None, text_ids: torch.Tensor | None,
+                        text_attention_mask: torch.Tensor | None) -> PlannerExecutorOutput:
+        """``straight_through`` / ``soft_mixture`` (P4): −log p(y | the planner's relaxed plan of u), with Gumbel
+        noise while training; minus λ × the planner's mean slot entropy when ``planner_entropy_weight`` is set."""
+        if concept_ids is not None or input_ids is None or text_ids is None:
+            raise ValueError(f"concept_gradient={self.config.concept_gradient!r} trains on (u, y) pairs: give "
+                             "input_ids and text_ids, and no concept_ids (the planner writes the plan)")
+        plan = self.relaxed_plan(input_ids, attention_mask, noise=self.training)
+        executor_out = self.executor_forward(plan.concept_ids, text_ids, text_attention_mask, plan.concept_embeds)
+        slots = concept_slot_mask(plan.concept_ids)
+        e_soft = self.concept_mixture(plan.logits.softmax(-1))
+        loss = executor_out.loss
+        if self.config.planner_entropy_weight:
+            loss = loss - self.config.planner_entropy_weight * slot_entropy(plan.logits, slots)
+        return PlannerExecutorOutput(
+            loss=loss, executor_loss=executor_out.loss, logits=executor_out.logits, planner_logits=plan.logits,
+            token_nll=executor_out.token_nll,
+            soft_hard_cosine=self.soft_hard_cosine(e_soft, self.concept_rows(plan.concept_ids), slots),
+            concept_ids=plan.concept_ids, planner_slots=slots)
+
+    @staticmethod
+    def soft_hard_cosine(e_soft: torch.Tensor, e_hard: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Mean cos(e_soft, e_hard) over the content slots (P6), without gradient."""
+        return F.cosine_similarity(e_soft.detach(), e_hard.detach(), dim=-1)[slots].mean()
 
 
 def drop_concepts(concept_ids: torch.Tensor, p: float) -> torch.Tensor:

@@ -104,7 +104,8 @@ def planner_bench(config: PlannerBenchConfig) -> None:
     """The planner on the bench's task for its fixed step count, then its AR baseline for the same steps."""
     reuse_or_train(config.run_dir, lambda: planner.train_planner(
         planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, task=config.task,
-                                   proposer=config.proposer, estep_selection=config.estep_selection,
+                                   proposer=config.proposer, concept_gradient=config.concept_gradient,
+                                   estep_selection=config.estep_selection,
                                    warmup_end=config.warmup_end, entropy_bonus=config.entropy_bonus,
                                    diverse_beam=config.diverse_beam, z_dropout=config.z_dropout,
                                    warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,

@@ -10,7 +10,7 @@ genlab system takes its discrete choices from here:
   variant ``inserter="pointer"``: ``differentiable_topk``.
 - Concept C2 ConceptHead: ``gumbel_softmax_st`` over the concept ids + ``<NULL>``; ConceptEmbedding's
   e = e_hard + (e_soft - stopgrad(e_soft)) is ``straight_through(e_hard, e_soft)``.
-- Planner P4 straight-through path: ``gumbel_softmax_st`` / ``straight_through(e_hard, e_soft)``.
+- Planner P4 straight-through and soft-mixture paths: ``gumbel_softmax_pair`` (hard sample and its relaxation).
 
 Conventions shared by all ops:
 - Outputs have the input's dtype and shape; hard values are exact (0/1, or integer counts) because
@@ -33,6 +33,7 @@ from torch import Tensor
 __all__ = [
     "straight_through",
     "gumbel_sigmoid_st",
+    "gumbel_softmax_pair",
     "gumbel_softmax_st",
     "soft_deletion_weights",
     "bottomk_st",
@@ -118,6 +119,29 @@ def gumbel_sigmoid_st(
     return straight_through(hard, soft).to(logits.dtype)
 
 
+def gumbel_softmax_pair(
+    logits: Tensor,
+    tau: float | Tensor,
+    dim: int = -1,
+    *,
+    noise: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(hard, soft) from ONE Gumbel sample g: hard = one-hot of argmax(logits + g) along ``dim`` (noise=False:
+    argmax(logits); ties -> first), soft = softmax((logits + g) / tau, dim), both float32 for half inputs.
+
+    For a caller that reads the relaxation itself (the planner's soft mixture, P4); ``gumbel_softmax_st`` is
+    ``straight_through(hard, soft)``. Gradient: soft's; hard has none.
+    """
+    # Not F.gumbel_softmax(hard=True): that takes no generator, has no noise-free mode, and can draw log(0).
+    _check_tau(tau)
+    z = _upcast(logits)
+    if noise:
+        z = z - torch.log(-torch.log(_uniform(z, generator)))  # Gumbel(0, 1) noise
+    hard = torch.zeros_like(z).scatter_(dim, z.argmax(dim, keepdim=True), 1.0)
+    return hard, torch.softmax(z / tau, dim=dim)
+
+
 def gumbel_softmax_st(
     logits: Tensor,
     tau: float | Tensor,
@@ -131,13 +155,7 @@ def gumbel_softmax_st(
     Forward: one-hot rows in logits' dtype and shape.
     Gradient: of softmax((logits + noise) / tau, dim) with the same noise sample.
     """
-    # Not F.gumbel_softmax(hard=True): that takes no generator, has no noise-free mode, and can draw log(0).
-    _check_tau(tau)
-    z = _upcast(logits)
-    if noise:
-        z = z - torch.log(-torch.log(_uniform(z, generator)))  # Gumbel(0, 1) noise
-    hard = torch.zeros_like(z).scatter_(dim, z.argmax(dim, keepdim=True), 1.0)
-    soft = torch.softmax(z / tau, dim=dim)
+    hard, soft = gumbel_softmax_pair(logits, tau, dim, noise=noise, generator=generator)
     return straight_through(hard, soft).to(logits.dtype)
 
 

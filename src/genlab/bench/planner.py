@@ -16,6 +16,9 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
   ``keywords`` task, u's characters otherwise), the share the greedy generation from u contains (CommonGen's
   coverage) — the planner–executor's and the AR model's;
 - ``win_<source>``: the share of held-out E-steps whose z* came from each source;
+- with ``--concept-gradient straight_through|soft_mixture`` (no E-step, so no z*, bound or win rates): the NLL
+  through the planner's own plan as the executor reads it in training (its ids, or its soft mixture), and the
+  ΔNLLs and concept drop of that plan;
 - ``executor_decode_ratio``: executor KV-cached greedy decoding tokens/s over a plain ``Qwen2ForCausalLM`` of
   the executor's size with an equally long prompt, loaded the same way (batch 1; ``_b16`` too), target ≥ 0.95;
   the two are timed back to back and the ratio is the median of the per-pair ratios.
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Qwen2ForCausalLM
 
-from ..configuration_planner import ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS
+from ..configuration_planner import CONCEPT_GRADIENTS, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..timing import paired_seconds
@@ -40,9 +43,9 @@ from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer
 from ..trainers.planner_baseline import ar_collate
 from ..trainers.planner_data import TASKS, collate, run_pairs
 from ..trainers.planner_estep import estep, make_proposer, win_rates
-from ..trainers.planner_monitors import corrupt_concepts
+from ..trainers.planner_monitors import delta_nll
 from . import target, write_result
-from .probe import concept_drop
+from .probe import concept_drop, training_plans
 
 NEW_TOKENS = 64
 
@@ -60,6 +63,9 @@ class PlannerBenchConfig:
     steps: int = field(default=500, metadata={"help": "optimiser steps for each model"})
     budget: float | None = field(default=None, metadata={"help": "safety cap on each training's wall clock (s)"})
     batch_size: int = field(default=16, metadata={"help": "training batch of both models"})
+    concept_gradient: str = field(default="hard_em", metadata={
+        "choices": list(CONCEPT_GRADIENTS),
+        "help": "how the planner is trained: hard-EM, or (no E-step) straight-through / soft mixture"})
     proposer: str | None = field(default=None, metadata={
         "choices": list(PROPOSERS), "help": "E-step proposer (default: keywords on the keywords task)"})
     estep_selection: str = field(default="likelihood", metadata={"choices": list(ESTEP_SELECTIONS)})
@@ -79,6 +85,8 @@ class PlannerBenchConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.concept_gradient not in CONCEPT_GRADIENTS:
+            raise ValueError(f"--concept-gradient must be one of {CONCEPT_GRADIENTS}, got {self.concept_gradient!r}")
         stem = "planner" if self.task == "next_sentence" else f"planner-{self.task}"
         self.run_dir = self.run_dir or f"runs/bench/{stem}"
         self.ar_run_dir = self.ar_run_dir or f"runs/bench/{stem}-ar"
@@ -92,6 +100,21 @@ class KeywordsBenchConfig(PlannerBenchConfig):
     task: str = field(default="keywords", metadata={"choices": list(TASKS), "help": "the (u, y) task"})
 
 
+def ar_nll_sum(ar, tokenizer, batch: dict) -> float:
+    """The AR model's summed NLL of the batch's y given ``u <sep>``."""
+    joined = ar_collate([{"input_ids": u[um.bool()].tolist() + [tokenizer.sep_token_id] + t[tm.bool()].tolist(),
+                          "labels": [-100] * (int(um.sum()) + 1) + t[tm.bool()].tolist()}
+                         for u, um, t, tm in zip(batch["input_ids"], batch["attention_mask"], batch["text_ids"],
+                                                 batch["text_attention_mask"])])
+    return float(ar(**joined).loss) * int(batch["text_attention_mask"].sum())
+
+
+def summed_nll(model, batch: dict):
+    """(z, embeds or None) → the executor's summed NLL of the batch's y given that plan."""
+    return lambda z, embeds=None: float(model.executor_forward(z, batch["text_ids"], batch["text_attention_mask"],
+                                                               embeds).token_nll.sum())
+
+
 @torch.no_grad()
 def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> dict:
     """Per-y-token NLLs of the planner–executor (z*, planner z, bound), the AR model, ΔNLL(z*) and the share of
@@ -103,8 +126,7 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
                           "delta_nll_mask", "delta_nll_random", "zstar_concepts"), 0.0)
     tokens = 0
     for batch in batches:
-        y, y_mask = batch["text_ids"], batch["text_attention_mask"]
-        nll = lambda z: float(model.executor_forward(z, y, y_mask).token_nll.sum())  # noqa: E731
+        nll = summed_nll(model, batch)
         result = estep(model, proposer, batch, step, generator=generator)
         z_star = result.plans
         for name, rate in win_rates(result).items():
@@ -113,18 +135,34 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
         sums["nll_zstar"] += base
         sums["nll_bound"] += base - float(model.planner_forward(batch["input_ids"], batch["attention_mask"], z_star).log_prob.sum())
         sums["nll_planner_z"] += nll(model.plan(batch["input_ids"], batch["attention_mask"]))
-        for kind in ("shuffle", "mask", "random"):
-            sums[f"delta_nll_{kind}"] += nll(corrupt_concepts(z_star, kind, model.config.concept_vocab_sizes, generator)) - base
+        for name, value in delta_nll(nll, z_star, model.config.concept_vocab_sizes, generator).items():
+            sums[name] += value
         sums["zstar_concepts"] += float(concept_slot_mask(z_star).sum())
-        joined = ar_collate([{"input_ids": u[um.bool()].tolist() + [tokenizer.sep_token_id] + t[tm.bool()].tolist(),
-                              "labels": [-100] * (int(um.sum()) + 1) + t[tm.bool()].tolist()}
-                             for u, um, t, tm in zip(batch["input_ids"], batch["attention_mask"], y, y_mask)])
-        sums["nll_ar"] += float(ar(**joined).loss) * int(y_mask.sum())
-        tokens += int(y_mask.sum())
+        sums["nll_ar"] += ar_nll_sum(ar, tokenizer, batch)
+        tokens += int(batch["text_attention_mask"].sum())
     figures = {k: v / tokens for k, v in sums.items() if k != "zstar_concepts"}
     examples = sum(len(b["index"]) for b in batches)
     figures["zstar_concepts_per_example"] = sums["zstar_concepts"] / examples
     return {**figures, **{name: total / examples for name, total in wins.items()}}
+
+
+@torch.no_grad()
+def relaxed_figures(model, ar, tokenizer, batches: list[dict]) -> dict:
+    """A straight-through / soft-mixture model read as it trains: NLL(y | its own noise-free plan) per y token (ids,
+    or the soft mixture), the ΔNLLs of that plan (``delta_nll``: shuffled with its embeddings; all-``<mask>`` and
+    random as ids) and the AR model's NLL."""
+    generator = torch.Generator().manual_seed(0)
+    sums = dict.fromkeys(("nll_planner_z", "nll_ar", "delta_nll_shuffle", "delta_nll_mask", "delta_nll_random"), 0.0)
+    tokens = 0
+    for batch in batches:
+        nll = summed_nll(model, batch)
+        plan, embeds = model.relaxed_plan(batch["input_ids"], batch["attention_mask"])[:2]
+        sums["nll_planner_z"] += nll(plan, embeds)
+        for name, value in delta_nll(nll, plan, model.config.concept_vocab_sizes, generator, embeds).items():
+            sums[name] += value
+        sums["nll_ar"] += ar_nll_sum(ar, tokenizer, batch)
+        tokens += int(batch["text_attention_mask"].sum())
+    return {k: v / tokens for k, v in sums.items()}
 
 
 def keywords_of(u: str, y: str, task: str) -> list[str]:
@@ -204,16 +242,18 @@ def run(args: PlannerBenchConfig) -> dict:
     pairs = run_pairs(manifest, "validation", tokenizer, model.config)
     pairs = pairs.shuffle(seed=args.seed).select(range(min(args.eval_pairs, len(pairs))))
     batches = [collate([pairs[j] for j in range(i, min(i + 32, len(pairs)))]) for i in range(0, len(pairs), 32)]
-    step = manifest["steps"]
-    figures = held_out_figures(model, ar, tokenizer, batches, step)
+    hard_em = model.config.concept_gradient == "hard_em"
+    figures = (held_out_figures(model, ar, tokenizer, batches, manifest["steps"]) if hard_em
+               else relaxed_figures(model, ar, tokenizer, batches))
     figures["nll_ratio_vs_ar"] = figures["nll_planner_z"] / figures["nll_ar"]
-    figures["nll_zstar_ratio_vs_ar"] = figures["nll_zstar"] / figures["nll_ar"]
-    figures["nll_bound_ratio_vs_ar"] = figures["nll_bound"] / figures["nll_ar"]
+    if hard_em:
+        figures["nll_zstar_ratio_vs_ar"] = figures["nll_zstar"] / figures["nll_ar"]
+        figures["nll_bound_ratio_vs_ar"] = figures["nll_bound"] / figures["nll_ar"]
     covered, examples = coverage_figures(model, ar, tokenizer, batches, manifest.get("task", "next_sentence"),
                                          args.max_text_length)
     figures.update(covered)
-    figures["concept_drop_50"] = concept_drop(model, make_proposer(model, tokenizer), batches[:2],
-                                              [0.5], args.seed)["delta_nll"]["0.5"]
+    figures["concept_drop_50"] = concept_drop(model, training_plans(model, make_proposer(model, tokenizer)),
+                                              batches[:2], [0.5], args.seed)["delta_nll"]["0.5"]
     concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1])
     figures["executor_tok_s_b1"], figures["plain_tok_s_b1"], figures["executor_decode_ratio"] = decode_ratio(
         model, concepts, 1, args.repeats)
@@ -235,7 +275,7 @@ def run(args: PlannerBenchConfig) -> dict:
                 "estep_warmup_steps": args.warmup_estep, "estep_prior_weight": args.prior_weight,
                 "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "entropy_bonus": args.entropy_bonus,
                 "diverse_beam": args.diverse_beam, "z_dropout": args.z_dropout,
-                "proposer": args.proposer,
+                "proposer": args.proposer, "concept_gradient": args.concept_gradient,
                 "max_text_length": args.max_text_length, "estep_warmup_ended_at": manifest.get("estep_warmup_ended_at")},
         figures=figures, extra={"examples": examples},
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),

@@ -4,9 +4,10 @@
 concept id, the tokens it fired on: what a researcher looks at first (SPEC C2, C7).
 
 ``planner`` — the concept-drop experiment (SPEC P7; seed 003 "你可以做什么实验"): on held-out (u, y) pairs,
-find z* with the E-step, then delete a random fraction of its concept tokens (the survivors keep their order)
-and report how much the executor's reconstruction loss NLL(y | z) rises. A rise near zero means the
-executor does not really use the concepts.
+take the plan the executor trains on (hard-EM: z* from the E-step; straight-through / soft mixture: the
+planner's own plan, with its embeddings), then delete a random fraction of its concept tokens (the survivors
+keep their order) and report how much the executor's reconstruction loss NLL(y | z) rises. A rise near zero
+means the executor does not really use the concepts.
 """
 
 from __future__ import annotations
@@ -49,27 +50,42 @@ class PlannerProbeConfig:
             raise ValueError(f"--split must be one of {list(SPLITS)}, got {self.split!r}")
 
 
-def drop_concepts(concept_ids: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Delete each content concept with probability ``rate``; survivors move left in order, the rest is ``<pad>``."""
+def drop_concepts(concept_ids: torch.Tensor, rate: float, generator: torch.Generator,
+                  concept_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Delete each content concept with probability ``rate``; survivors move left in order, the rest is ``<pad>``.
+    → (ids, their ``concept_embeds`` moved the same way, or None)."""
     keep = concept_slot_mask(concept_ids) & (torch.rand(concept_ids.shape, generator=generator) >= rate)
     order = torch.sort((~keep).long(), dim=-1, stable=True).indices  # kept slots first, in their order
-    return concept_ids.masked_fill(~keep, CONCEPT_PAD).gather(-1, order)
+    kept = concept_ids.masked_fill(~keep, CONCEPT_PAD).gather(-1, order)
+    if concept_embeds is None:
+        return kept, None
+    return kept, concept_embeds.gather(2, order[..., None].expand_as(concept_embeds))
+
+
+def training_plans(model, proposer):
+    """(batch, generator) → (z, its embeddings or None): what the executor trained on reads for a batch — hard-EM's
+    z* (E-step past its warm-up), or a straight-through / soft-mixture model's own noise-free plan."""
+    if model.config.concept_gradient == "hard_em":
+        return lambda batch, generator: (estep(model, proposer, batch, step=model.config.estep_warmup_steps,
+                                               generator=generator).plans, None)
+    return lambda batch, generator: model.relaxed_plan(batch["input_ids"], batch["attention_mask"])[:2]
 
 
 @torch.no_grad()
-def concept_drop(model, proposer, batches: list[dict], rates: list[float], seed: int) -> dict:
-    """Mean NLL(y | z*) per token and its rise when concepts are dropped at each rate."""
+def concept_drop(model, plans_fn, batches: list[dict], rates: list[float], seed: int) -> dict:
+    """Mean NLL(y | z) per token, z = ``plans_fn(batch, generator)`` (``training_plans``), and its rise when
+    concepts are dropped at each rate."""
     generator = torch.Generator().manual_seed(seed)
     totals = {"nll": 0.0, **{rate: 0.0 for rate in rates}}
     tokens = 0
     for batch in batches:
-        z = estep(model, proposer, batch, step=model.config.estep_warmup_steps, generator=generator).plans
+        z, embeds = plans_fn(batch, generator)
         count = int(batch["text_attention_mask"].sum())
-        nll = lambda plans: float(model.executor_forward(plans, batch["text_ids"],  # noqa: E731
-                                                         batch["text_attention_mask"]).loss) * count
-        totals["nll"] += nll(z)
+        text = batch["text_ids"], batch["text_attention_mask"]
+        nll = lambda ids, read: float(model.executor_forward(ids, *text, read).loss) * count  # noqa: E731
+        totals["nll"] += nll(z, embeds)
         for rate in rates:
-            totals[rate] += nll(drop_concepts(z, rate, generator))
+            totals[rate] += nll(*drop_concepts(z, rate, generator, embeds))
         tokens += count
     base = totals["nll"] / tokens
     return {"nll_per_token": base, "pairs": sum(len(b["index"]) for b in batches),
@@ -89,8 +105,9 @@ def run_planner(args: PlannerProbeConfig) -> dict:
     pairs = pairs.shuffle(seed=args.seed).select(range(min(args.pairs, len(pairs))))
     batches = [collate([pairs[j] for j in range(i, min(i + args.batch_size, len(pairs)))])
                for i in range(0, len(pairs), args.batch_size)]
-    result = concept_drop(model, make_proposer(model, tokenizer), batches, args.drop_rates, args.seed)
-    print(f"NLL(y | z*) = {result['nll_per_token']:.3f} nats/token on {result['pairs']} {args.split} pairs")
+    result = concept_drop(model, training_plans(model, make_proposer(model, tokenizer)), batches, args.drop_rates,
+                          args.seed)
+    print(f"NLL(y | z) = {result['nll_per_token']:.3f} nats/token on {result['pairs']} {args.split} pairs")
     for rate, delta in result["delta_nll"].items():
         print(f"drop {float(rate):.0%} of concepts: ΔNLL = {delta:+.3f} nats/token")
     if args.json:

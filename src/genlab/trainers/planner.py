@@ -1,9 +1,10 @@
-"""`genlab train planner`: hard-EM training of the concept-first planner–executor (SPEC P4–P7, H6).
+"""`genlab train planner`: training of the concept-first planner–executor (SPEC P4–P7, H6).
 
 The data and curriculum live in ``planner_data``, the proposer, the E-step and the z* store in
-``planner_estep``, the monitors in ``planner_monitors``; this module is the Trainer and the recipe. M-step:
-the model's forward — executor on (z*, y), planner on (u, z*); ``concept_gradient`` selects hard ids,
-straight-through or soft mixture.
+``planner_estep``, the monitors in ``planner_monitors``; this module is the Trainer and the recipe.
+``--concept-gradient hard_em`` (default): E-step, then the M-step = the model's forward, executor on (z*, y) and
+planner on (u, z*). ``straight_through`` / ``soft_mixture``: no E-step; the model's forward plans from u itself
+and trains the planner through the executor (``PlannerExecutorModel.relaxed_forward``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import datasets
 import torch
 from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from ..configuration_planner import (DEFAULT_ESTEP_SOURCES, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS,
-                                     PlannerExecutorConfig)
+from ..configuration_planner import (CONCEPT_GRADIENTS, DEFAULT_ESTEP_SOURCES, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS,
+                                     PROPOSERS, PlannerExecutorConfig)
 from ..data import corpus_sources
 from ..distributed import main_process_first, sum_across_processes
-from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
+from ..modeling_planner import PlannerExecutorModel
 from ..runs import RunDir, export_model_run, prepare_run_dir
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
@@ -32,7 +33,6 @@ from .planner_monitors import (PlannerMonitorCallback, StatAccumulator, edit_dis
                                planner_entropy, staleness_gap, top1_margin)
 
 TRAINING_DEFAULTS = dict(max_steps=1000, learning_rate=1e-3, lr_scheduler_type="constant_with_warmup")
-CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
 USAGE = """from transformers import AutoModel, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained({model_id!r}, trust_remote_code=True)
@@ -52,7 +52,12 @@ class PlannerTrainConfig(TrainConfig):
     hidden_size: int = field(default=128, metadata={"help": "width of the planner and the executor"})
     planner_layers: int = field(default=2, metadata={"help": "planner decoder layers"})
     executor_layers: int = field(default=3, metadata={"help": "executor decoder layers"})
-    concept_gradient: str = field(default="hard_em", metadata={"choices": list(CONCEPT_GRADIENTS)})
+    concept_gradient: str = field(default="hard_em", metadata={
+        "choices": list(CONCEPT_GRADIENTS),
+        "help": "hard_em: E-step + M-step; straight_through / soft_mixture: no E-step, the planner plans from u and "
+                "learns through the executor's gradient (Gumbel-softmax ST, or the executor reads the soft mixture)"})
+    concept_temperature: float = field(default=1.0, metadata={
+        "help": "τ of the straight-through / soft-mixture relaxations"})
     task: str = field(default="next_sentence", metadata={"choices": list(TASKS), "help": "built-in (u, y) task"})
     pairs: str | None = field(default=None, metadata={
         "help": "a JSONL file of {\"u\": ..., \"y\": ...} rows: your own task (replaces --task)"})
@@ -110,7 +115,7 @@ class PlannerTrainConfig(TrainConfig):
         if self.posterior_kl_weight < 0:
             raise ValueError(f"--posterior-kl-weight: must be ≥ 0, got {self.posterior_kl_weight}")
         check_positive(self, "hidden_size", "planner_layers", "executor_layers", "keyword_vocab", "keywords",
-                       "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
+                       "concept_temperature", "clauses", "estep_top_k", "refresh_steps", "monitor_steps", "max_input_length",
                        "max_text_length", "curriculum_start")
 
 
@@ -127,7 +132,8 @@ class ProcessStatAccumulator(StatAccumulator):
 
 
 class PlannerExecutorTrainer(Trainer):
-    """Hard-EM (P4): E-step for stale examples, then the model's M-step losses; monitors collected on the way."""
+    """Hard-EM (P4): E-step for stale examples, then the model's M-step losses; monitors collected on the way. A
+    straight-through or soft-mixture model skips the E-step: its forward plans from u itself."""
 
     def __init__(self, *args, proposer, store: ZStarStore, curriculum_start: int = 16,
                  curriculum_steps: int = 0, monitor_patience: int = 3, **kwargs):
@@ -156,15 +162,24 @@ class PlannerExecutorTrainer(Trainer):
         return CurriculumSampler([len(y) for y in dataset["y_ids"]], global_batch, args.max_steps,
                                  self.curriculum_start, self.curriculum_steps, args.seed)
 
-    @torch.no_grad()
-    def monitor_plans(self) -> torch.Tensor:
-        step = self.state.global_step
-        return estep(self.model, self.proposer, self.monitor_batch, step, warm=self.store.warm(self.model.config, step))[0]
+    @property
+    def hard_em(self) -> bool:
+        return self.model.config.concept_gradient == "hard_em"
 
     @torch.no_grad()
-    def monitor_nll(self, concept_ids: torch.Tensor) -> torch.Tensor:
+    def monitor_plans(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The monitor batch's z and what the executor reads of it: hard-EM's z* (its ids), or the planner's own
+        noise-free relaxed plan (ids and embeddings) — each the executor's training input."""
+        batch, step = self.monitor_batch, self.state.global_step
+        if self.hard_em:
+            return estep(self.model, self.proposer, batch, step, warm=self.store.warm(self.model.config, step))[0], None
+        return self.model.relaxed_plan(batch["input_ids"], batch["attention_mask"])[:2]
+
+    @torch.no_grad()
+    def monitor_nll(self, concept_ids: torch.Tensor, concept_embeds: torch.Tensor | None) -> torch.Tensor:
         batch = self.monitor_batch
-        return self.model.executor_forward(concept_ids, batch["text_ids"], batch["text_attention_mask"]).loss
+        return self.model.executor_forward(concept_ids, batch["text_ids"], batch["text_attention_mask"],
+                                           concept_embeds).loss
 
     def refresh(self, model, inputs: dict) -> torch.Tensor:
         """z* for the batch: cached where fresh, searched (E-step) where stale; records the B-monitors.
@@ -222,23 +237,19 @@ class PlannerExecutorTrainer(Trainer):
             self.store.warmup_ended_at = step
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        plans = self.refresh(model, inputs)
+        plans = self.refresh(model, inputs) if self.hard_em else None  # relaxed models plan inside their forward
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], concept_ids=plans,
                         text_ids=inputs["text_ids"], text_attention_mask=inputs["text_attention_mask"])
-        self.metrics.add("executor_loss", outputs.executor_loss.detach())
-        self.metrics.add("planner_loss", outputs.planner_loss.detach())
-        if outputs.posterior_loss is not None:
-            self.metrics.add("posterior_loss", outputs.posterior_loss.detach())
-            self.metrics.add("posterior_kl", outputs.posterior_kl.detach())
+        for name in ("executor_loss", "planner_loss", "posterior_loss", "posterior_kl"):
+            if getattr(outputs, name) is not None:
+                self.metrics.add(name, getattr(outputs, name).detach())
         self.metrics.step_done()
-        self.collect_monitors(outputs, plans, inputs["text_attention_mask"].bool())
+        self.collect_monitors(outputs, inputs["text_attention_mask"].bool())
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def collect_monitors(self, outputs, plans: torch.Tensor, text_valid: torch.Tensor) -> None:
-        """C- and D-monitors from the M-step's own tensors (no extra forward)."""
-        lengths = concept_slot_mask(plans).sum(-1, keepdim=True)  # (batch, types, 1)
-        counted = torch.arange(plans.shape[-1] + 1, device=plans.device) <= lengths  # concepts and each <eos>
-        entropy, max_prob = planner_entropy(outputs.planner_logits.detach(), counted)
+    def collect_monitors(self, outputs, text_valid: torch.Tensor) -> None:
+        """C- and D-monitors from the training step's own tensors (no extra forward)."""
+        entropy, max_prob = planner_entropy(outputs.planner_logits.detach(), outputs.planner_slots)
         self.stats.add("planner_entropy", entropy)
         self.stats.add("planner_max_prob", max_prob)
         self.stats.add("soft_hard_cosine", outputs.soft_hard_cosine)
@@ -269,7 +280,8 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
-        planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient, estep_top_k=config.estep_top_k,
+        planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient,
+        concept_temperature=config.concept_temperature, estep_top_k=config.estep_top_k,
         estep_refresh_steps=config.refresh_steps, estep_warmup_steps=config.warmup_estep,
         estep_prior_weight=config.prior_weight, monitor_steps=config.monitor_steps)
 
@@ -282,7 +294,7 @@ def load_pairs(config: PlannerTrainConfig, tokenizer, split: str = "train") -> d
 
 def train_planner(config: PlannerTrainConfig, training: TrainingArguments | None = None,
                   callbacks: Sequence[TrainerCallback] = ()) -> RunDir:
-    """Train (or resume) with hard-EM, export the run directory."""
+    """Train (or resume) by ``config.concept_gradient``, export the run directory."""
     training = training or default_training_arguments(TRAINING_DEFAULTS)
     run_dir = prepare_run_dir(config.run_dir)
     with main_process_first():  # under accelerate/torchrun: prepared once, the other ranks read the caches

@@ -46,12 +46,20 @@ def corrupt_concepts(concept_ids: torch.Tensor, kind: str, vocab_sizes: list[int
     raise ValueError(f"kind must be 'shuffle', 'mask' or 'random', got {kind!r}")
 
 
-def delta_nll(nll_per_token: Callable[[torch.Tensor], torch.Tensor], concept_ids: torch.Tensor,
-              vocab_sizes: list[int], generator: torch.Generator | None = None) -> dict[str, float]:
-    """ΔNLL = NLL(y | z_bad) − NLL(y | z*) in nats per token, for each corruption (seed A.1)."""
-    base = float(nll_per_token(concept_ids))
-    return {f"delta_nll_{kind}": float(nll_per_token(corrupt_concepts(concept_ids, kind, vocab_sizes, generator))) - base
-            for kind in ("shuffle", "mask", "random")}
+def delta_nll(nll_per_token: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], concept_ids: torch.Tensor,
+              vocab_sizes: list[int], generator: torch.Generator | None = None,
+              concept_embeds: torch.Tensor | None = None) -> dict[str, float]:
+    """ΔNLL = NLL(y | z_bad) − NLL(y | z) in nats per token, for each corruption (seed A.1).
+
+    ``nll_per_token(ids, embeds)``; ``concept_embeds`` is what the executor reads of z in place of its ids' rows (a
+    soft-mixture plan): the shuffle moves it with the ids, the other corruptions are read as plain ids."""
+    base = float(nll_per_token(concept_ids, concept_embeds))
+    readings = {}
+    for kind in ("shuffle", "mask", "random"):
+        bad = corrupt_concepts(concept_ids, kind, vocab_sizes, generator)
+        bad_embeds = concept_embeds.roll(1, dims=0) if kind == "shuffle" and concept_embeds is not None else None
+        readings[f"delta_nll_{kind}"] = float(nll_per_token(bad, bad_embeds)) - base
+    return readings
 
 
 # -- B. E-step quality ----------------------------------------------------------------------------------------------
@@ -181,8 +189,8 @@ class PlannerMonitorCallback(TrainerCallback):
     """Every ``every`` steps: ΔNLL on a fixed small batch, the means of what the trainer collected in
     ``stats`` since the last reading (margin, flips, staleness, entropy, cosine, position NLLs), warnings.
 
-    ``nll_fn(concept_ids) -> nats/token`` and ``plans_fn() -> z*`` of the monitor batch are given by the
-    trainer. A rule must hold for ``patience`` consecutive readings before it warns (again after each break in
+    ``nll_fn(concept_ids, concept_embeds) -> nats/token`` and ``plans_fn() -> (z, its embeds or None)`` of the
+    monitor batch are given by the trainer. A rule must hold for ``patience`` consecutive readings before it warns (again after each break in
     its streak). No rule is read before ``grace_steps`` (the E-step warm-up: the executor is still learning to
     read z), so none is spent on what every run shows early; the history rules compare with the peaks since.
     """
@@ -214,7 +222,8 @@ class PlannerMonitorCallback(TrainerCallback):
         self.record(self.stats.means(prefix="monitor/"))
         if self.nll_fn is not None:
             generator = torch.Generator().manual_seed(state.global_step)
-            readings = delta_nll(self.nll_fn, self.plans_fn(), self.vocab_sizes, generator)
+            plans, embeds = self.plans_fn()
+            readings = delta_nll(self.nll_fn, plans, self.vocab_sizes, generator, embeds)
             self.record({f"monitor/{k}": v for k, v in readings.items()})
         self.check(state.global_step)
         return control
