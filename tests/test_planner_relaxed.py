@@ -81,12 +81,15 @@ def test_relaxed_training_rejects_what_belongs_to_hard_em():
 @pytest.mark.parametrize("gradient", RELAXED)
 def test_relaxed_training_learns_plans_that_carry_y(gradient):
     """Overfit four (u, y) pairs with no E-step and no proposer. The executor sees only the planner's plan, so it
-    can write y's FIRST token (before any of y is read) only from the plan: after training that token costs < 0.5
-    nat through each example's own plan and > 2 nats through another example's (untrained: the same either way).
+    can write y's FIRST token (before any of y is read) only from the plan: after training that token costs < 0.6
+    nat through each example's own plan and > 3 nats through another example's (untrained: the same either way).
     The planner must learn for this: with it frozen, its noisy training samples carry nothing the executor can
-    read, and both stay at ≈ 1.4 nats (measured)."""
+    read, and both stay at ≈ 1.40 nats = ln 4 (measured). Measured at τ = 0.5, lr 2e-3, 250 steps: 0.05 / 5.3
+    nats (straight-through), 0.37 / 4.9 (soft mixture), both falling / rising steadily from step 150 on. At τ = 1
+    and lr 3e-3 the same runs are unstable: plans of different inputs merge and split again (ST plateaus at
+    0.85 nats with three inputs sharing one plan), so the test trains at the cooler temperature."""
     torch.manual_seed(0)
-    model = make_model(concept_gradient=gradient).train()
+    model = make_model(concept_gradient=gradient, concept_temperature=0.5).train()
     u, y = text_batch(7, batch=4, length=6), text_batch(8, batch=4, length=10)
     assert y[:, 0].unique().numel() == 4
 
@@ -97,13 +100,13 @@ def test_relaxed_training_learns_plans_that_carry_y(gradient):
             return float(model.executor_forward(ids, y, concept_embeds=embeds).token_nll[:, 0].mean())
 
     assert abs(first_token_nll(True) - first_token_nll(False)) < 0.2
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(250):
         model.train()(input_ids=u, text_ids=y).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    assert first_token_nll(False) < 0.5
-    assert first_token_nll(True) > 2.0
+    assert first_token_nll(False) < 0.6
+    assert first_token_nll(True) > 3.0
 
 
 @torch.no_grad()
