@@ -42,6 +42,37 @@ def test_readme_tables_are_regenerated_between_markers(tmp_path):
     assert "| `gen_tok_s_b32` | 100 |" in text
 
 
+def test_bench_compare_puts_ablation_runs_side_by_side_in_the_readme(tmp_path, capsys):
+    def run(budget, figures, targets):
+        return {"system": "planner-keywords", "budget": budget, "figures": figures, "targets": targets}
+
+    met = {"delta_nll_shuffle": {"goal": "≥ 1", "met": True}}
+    runs = {"planner-keywords": run({"concept_gradient": "hard_em"}, {"delta_nll_shuffle": 1.048, "win_proposer": 0.9},
+                                    met),
+            "planner-keywords-st": run({"concept_gradient": "straight_through"},
+                                       {"delta_nll_shuffle": 0.08195}, {})}
+    paths = []
+    for name, result in runs.items():
+        paths.append(str(tmp_path / f"{name}.json"))
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:ablations -->\nold\n<!-- /bench:ablations -->\nrest\n")
+    assert main(["bench", "compare", *paths, "--figures", "delta_nll_shuffle,win_proposer",
+                 "--block", "ablations", "--update-readme", str(readme)]) == 0
+    assert readme.read_text() == (
+        "intro\n<!-- bench:ablations -->\n"
+        "| figure | `planner-keywords` | `planner-keywords-st` | target |\n|---|---|---|---|\n"
+        "| `delta_nll_shuffle` | 1.048 | 0.08195 | ≥ 1 |\n"
+        "| `win_proposer` | 0.9 | — |  |\n"
+        "<!-- /bench:ablations -->\nrest\n")
+    assert main(["bench", "compare", *paths, "--figures", "nll", "--block", "ablations",
+                 "--update-readme", str(readme)]) == 2
+    assert "figures ['nll'] are in none" in capsys.readouterr().err
+    assert main(["bench", "compare", *paths, "--figures", "win_proposer", "--block", "other",
+                 "--update-readme", str(readme)]) == 2
+    assert "no <!-- bench:other -->" in capsys.readouterr().err
+
+
 def test_paired_seconds_times_each_pair_back_to_back_and_takes_per_pair_ratios(monkeypatch):
     clock, calls = [0.0], []
     monkeypatch.setattr(genlab.timing.time, "perf_counter", lambda: clock[0])

@@ -26,7 +26,7 @@ from .bench import concept as bench_concept
 from .bench import merge as bench_merge
 from .bench import planner as bench_planner
 from .bench import speculative as bench_speculative
-from .bench import update_readme
+from .bench import render_comparison, update_readme, write_block
 from .bench.probe import ConceptProbeConfig, PlannerProbeConfig, run_concept, run_planner
 from .hub_cards import push_with_card, write_card
 from .runs import TRAINER_LOG, sound_manifest
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_all.add_argument("--results-dir", default="benchmarks/results")
     bench_all.add_argument("--update-readme", default="README.md")
     bench_all.set_defaults(handler=_bench_all)
+    compare = bench_systems.add_parser("compare", help="a README table of bench JSONs side by side (ablations)")
+    compare.add_argument("results", nargs="+", help="bench JSONs; the first is the reference the others change")
+    compare.add_argument("--figures", required=True, help="comma-separated figure names, one row each")
+    compare.add_argument("--block", required=True, help="the README's <!-- bench:BLOCK --> block to fill")
+    compare.add_argument("--update-readme", default="README.md")
+    compare.set_defaults(handler=_bench_compare)
 
     generate = commands.add_parser("generate", help="generate text with a trained run directory")
     generate.add_argument("--model", required=True, help="run directory written by `genlab train`")
@@ -204,6 +210,11 @@ def _bench_all(args: argparse.Namespace) -> dict[str, dict]:
     if args.update_readme:
         update_readme(args.update_readme, results)
     return results
+
+
+def _bench_compare(args: argparse.Namespace) -> None:
+    results = {Path(path).stem: json.loads(Path(path).read_text(encoding="utf-8")) for path in args.results}
+    write_block(args.update_readme, args.block, render_comparison(results, args.figures.split(",")))
 
 
 def _generate(args: argparse.Namespace) -> None:

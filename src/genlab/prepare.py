@@ -105,6 +105,7 @@ def planner_bench(config: PlannerBenchConfig) -> None:
     reuse_or_train(config.run_dir, lambda: planner.train_planner(
         planner.PlannerTrainConfig(run_dir=config.run_dir, budget=config.budget, task=config.task,
                                    proposer=config.proposer, concept_gradient=config.concept_gradient,
+                                   concept_temperature=config.concept_temperature,
                                    estep_selection=config.estep_selection,
                                    warmup_end=config.warmup_end, entropy_bonus=config.entropy_bonus,
                                    diverse_beam=config.diverse_beam, z_dropout=config.z_dropout,

@@ -93,12 +93,32 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: str | os.PathLike, results: dict[str, dict]) -> None:
-    """Replace the text between ``<!-- bench:SYSTEM -->`` and ``<!-- /bench:SYSTEM -->`` per result."""
+def render_comparison(results: dict[str, dict], figures: list[str]) -> str:
+    """A Markdown table of runs of one bench side by side (ablations): a column per result, named by its key (the
+    JSON's file stem), a row per figure, and the figure's target ("—": the run did not measure it)."""
+    unknown = sorted(set(figures) - {name for result in results.values() for name in result["figures"]})
+    if unknown:
+        raise ValueError(f"figures {unknown} are in none of the results {list(results)}")
+    lines = ["| figure | " + " | ".join(f"`{name}`" for name in results) + " | target |",
+             "|---" * (len(results) + 2) + "|"]
+    for name in figures:
+        goal = next((result["targets"][name]["goal"] for result in results.values() if name in result["targets"]), "")
+        cells = [f"{result['figures'][name]:.4g}" if name in result["figures"] else "—" for result in results.values()]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {goal} |")
+    return "\n".join(lines)
+
+
+def write_block(readme: str | os.PathLike, name: str, body: str) -> None:
+    """Replace the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` with ``body``."""
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
-    for system, result in results.items():
-        pattern = re.compile(rf"(<!-- bench:{system} -->\n).*?(<!-- /bench:{system} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + render_table(result) + "\n" + m.group(2), text)
-    path.write_text(text, encoding="utf-8")
+    pattern = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no <!-- bench:{name} --> … <!-- /bench:{name} --> block")
+    path.write_text(pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text), encoding="utf-8")
 
+
+def update_readme(readme: str | os.PathLike, results: dict[str, dict]) -> None:
+    """Each result's table (``render_table``) into its ``<!-- bench:SYSTEM -->`` block."""
+    for system, result in results.items():
+        write_block(readme, system, render_table(result))

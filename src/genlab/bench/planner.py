@@ -66,6 +66,8 @@ class PlannerBenchConfig:
     concept_gradient: str = field(default="hard_em", metadata={
         "choices": list(CONCEPT_GRADIENTS),
         "help": "how the planner is trained: hard-EM, or (no E-step) straight-through / soft mixture"})
+    concept_temperature: float = field(default=1.0, metadata={
+        "help": "τ of the Gumbel-softmax plan (straight_through / soft_mixture only)"})
     proposer: str | None = field(default=None, metadata={
         "choices": list(PROPOSERS), "help": "E-step proposer (default: keywords on the keywords task)"})
     estep_selection: str = field(default="likelihood", metadata={"choices": list(ESTEP_SELECTIONS)})
@@ -276,6 +278,7 @@ def run(args: PlannerBenchConfig) -> dict:
                 "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "entropy_bonus": args.entropy_bonus,
                 "diverse_beam": args.diverse_beam, "z_dropout": args.z_dropout,
                 "proposer": args.proposer, "concept_gradient": args.concept_gradient,
+                "concept_temperature": args.concept_temperature,
                 "max_text_length": args.max_text_length, "estep_warmup_ended_at": manifest.get("estep_warmup_ended_at")},
         figures=figures, extra={"examples": examples},
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),
