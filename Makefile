@@ -67,14 +67,23 @@ bench-planner: $(STAMP)
 	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --json benchmarks/results/planner-keywords.json
 	$(VENV)/bin/genlab bench planner --steps 2000 --json benchmarks/results/planner.json
 
-# The keywords task's E-step ablations (issue 14), each beside the same AR baseline run.
+# Each planner ablation changes one setting of `make bench-planner`'s keywords run (same AR baseline, same steps);
+# the README's ablation table is generated from their JSONs.
+KEYWORDS_BENCH = $(VENV)/bin/genlab bench planner-keywords --steps 2000 --ar-run-dir runs/bench/planner-keywords-ar
+ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-selection=joint beam:--diverse-beam=2 \
+	learned:--proposer=learned zdrop:--z-dropout=0.3 st:--concept-gradient=straight_through \
+	soft:--concept-gradient=soft_mixture st-t05:--concept-gradient=straight_through,--concept-temperature=0.5 \
+	soft-t05:--concept-gradient=soft_mixture,--concept-temperature=0.5
+ABLATION_FIGURES = delta_nll_shuffle,nll_zstar,nll_planner_z,nll_ar,nll_ratio_vs_ar,keyword_coverage,ar_keyword_coverage
+ABLATION_FIGURES := $(ABLATION_FIGURES),win_proposer,concept_drop_50,executor_decode_ratio,monitor_warnings
+
 bench-planner-ablations: $(STAMP)
-	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --diverse-beam 2 --run-dir runs/bench/planner-keywords-beam \
-		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-beam.json
-	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --z-dropout 0.3 --run-dir runs/bench/planner-keywords-zdrop \
-		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-zdrop.json
-	$(VENV)/bin/genlab bench planner-keywords --steps 2000 --proposer learned --run-dir runs/bench/planner-keywords-learned \
-		--ar-run-dir runs/bench/planner-keywords-ar --json benchmarks/results/planner-keywords-learned.json
+	for ablation in $(ABLATIONS); do name=$${ablation%%:*}; flags=$$(echo $${ablation#*:} | tr , ' '); \
+		$(KEYWORDS_BENCH) $$flags --run-dir runs/bench/planner-keywords-$$name \
+			--json benchmarks/results/planner-keywords-$$name.json || exit 1; done
+	$(VENV)/bin/genlab bench compare benchmarks/results/planner-keywords.json \
+		$(foreach a,$(ABLATIONS),benchmarks/results/planner-keywords-$(firstword $(subst :, ,$(a))).json) \
+		--figures $(ABLATION_FIGURES) --block planner-keywords-ablations --update-readme README.md
 
 # Record the environment `make test` just passed with (see constraints.txt).
 lock: $(STAMP)
