@@ -43,14 +43,12 @@ def test_readme_tables_are_regenerated_between_markers(tmp_path):
 
 
 def test_bench_compare_puts_ablation_runs_side_by_side_in_the_readme(tmp_path, capsys):
-    def run(budget, figures, targets):
-        return {"system": "planner-keywords", "budget": budget, "figures": figures, "targets": targets}
+    def run(figures, targets):
+        return {"system": "planner-keywords", "figures": figures, "targets": targets}
 
     met = {"delta_nll_shuffle": {"goal": "≥ 1", "met": True}}
-    runs = {"planner-keywords": run({"concept_gradient": "hard_em"}, {"delta_nll_shuffle": 1.048, "win_proposer": 0.9},
-                                    met),
-            "planner-keywords-st": run({"concept_gradient": "straight_through"},
-                                       {"delta_nll_shuffle": 0.08195}, {})}
+    runs = {"planner-keywords": run({"delta_nll_shuffle": 1.048, "win_proposer": 0.9}, met),
+            "planner-keywords-st": run({"delta_nll_shuffle": 0.08195}, {})}
     paths = []
     for name, result in runs.items():
         paths.append(str(tmp_path / f"{name}.json"))

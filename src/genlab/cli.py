@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_all.add_argument("--update-readme", default="README.md")
     bench_all.set_defaults(handler=_bench_all)
     compare = bench_systems.add_parser("compare", help="a README table of bench JSONs side by side (ablations)")
-    compare.add_argument("results", nargs="+", help="bench JSONs; the first is the reference the others change")
+    compare.add_argument("results", nargs="+", help="bench JSONs, a column each, named by file stem")
     compare.add_argument("--figures", required=True, help="comma-separated figure names, one row each")
     compare.add_argument("--block", required=True, help="the README's <!-- bench:BLOCK --> block to fill")
     compare.add_argument("--update-readme", default="README.md")
