@@ -81,7 +81,7 @@ def test_cached_executor_decoding_equals_full_forward():
     model = make_model()
     y = text_batch()
     full = model.executor_forward(CONCEPTS, y).logits  # (batch, T, vocab)
-    embeds, positions, _, valid = model.executor_prefix(CONCEPTS)
+    embeds, positions, _, valid, _ = model.executor_prefix(CONCEPTS)
     cache = DynamicCache(config=model.executor.config)
     hidden = model.executor_step(embeds, positions, valid, cache)
     key_valid = valid

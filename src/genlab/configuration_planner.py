@@ -85,6 +85,11 @@ class PlannerExecutorConfig(PretrainedConfig):
         text_concept_types: types whose content concepts ARE text tokens (concept 3 + t stands for token t;
             their vocabulary size must equal ``vocab_size``): their rows are the planner's and the executor's
             text embeddings, and the planner scores them with its own text embeddings (tied, P1/P2).
+        executor_copy: give the executor a pointer-generator head (``pointer_generator``): each text token is
+            generated from the vocabulary or copied from one of the plan's text-concept slots, mixed by a learned
+            gate, so a plan's keywords can be written by pointing at them. Needs ``text_concept_types``.
+        planner_copy: the same head on the planner: a text concept type's concept is generated from the table or
+            copied from u's tokens (a keyword plan picks words of u by pointing at them).
         share_text_embeddings: one text embedding table for the planner's u and the executor's text (and so for
             every text concept), instead of one per stack.
         monitor_steps: N, steps between monitor readings (P6); monitor_batch_size: examples they use.
@@ -109,6 +114,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  estep_selection: str = "joint", estep_warmup_end: str = "steps", proposer: str = "rare_characters",
                  posterior: dict | None = None, posterior_kl_weight: float = 1.0, posterior_temperature: float = 1.0,
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
+                 executor_copy: bool = False, planner_copy: bool = False,
                  monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
@@ -141,6 +147,8 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.posterior_temperature = float(posterior_temperature)
         self.text_concept_types = list(text_concept_types)
         self.share_text_embeddings = bool(share_text_embeddings)
+        self.executor_copy = bool(executor_copy)
+        self.planner_copy = bool(planner_copy)
         self.monitor_steps = monitor_steps
         self.monitor_batch_size = monitor_batch_size
         self.position_buckets = [int(b) for b in position_buckets]
@@ -176,6 +184,10 @@ class PlannerExecutorConfig(PretrainedConfig):
             if self.concept_vocab_sizes[self.concept_types.index(name)] != self.vocab_size:
                 raise ValueError(f"text concept type {name!r} needs concept_vocab_sizes = vocab_size "
                                  f"({self.vocab_size}), got {self.concept_vocab_sizes[self.concept_types.index(name)]}")
+        for field in ("executor_copy", "planner_copy"):
+            if getattr(self, field) and not self.text_concept_types:
+                raise ValueError(f"{field} copies text tokens: it needs text_concept_types, got none "
+                                 f"(concept_types {self.concept_types})")
         for stack in ("planner", "executor", "posterior"):
             extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
             if extra:

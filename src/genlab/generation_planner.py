@@ -91,7 +91,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         max_lengths = torch.tensor(self.config.concept_max_lengths, device=device)  # (types,)
         longest = int(max_lengths.max())
         heads = 1 + (len(self.mtp_proj) if use_mtp else 0)
-        cache, key_valid, u_length = self.encode_input(input_ids, attention_mask)
+        u = self.encode_input(input_ids, attention_mask)
+        cache, key_valid, u_length = u.cache, u.valid, u.length
         key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
         fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
         columns, done, offset = [], torch.zeros(b, k, dtype=torch.bool, device=device), 0
@@ -104,7 +105,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             offset += n
             last = hidden[:, :, -1:]  # (batch, types, 1, hidden)
             guesses = torch.cat([last] + [proj(last) for proj in self.mtp_proj[: heads - 1]], 2)
-            logits = self.planner_logits(guesses)  # (b, k, heads, V)
+            logits = self.planner_logits(guesses, u)  # (b, k, heads, V)
             if num_beam_groups > 1:
                 new = diverse(logits.view(-1, num_beam_groups, *logits.shape[1:]), diversity_penalty).flatten(0, 1)
             else:
@@ -164,7 +165,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                              "fields (max_new_tokens, do_sample, temperature, top_k, top_p, …)")
         max_new = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         processors = self._logits_processors(config, logits_processor)
-        embeds, positions, _, valid = self.executor_prefix(concept_ids, concept_embeds)
+        embeds, positions, _, valid, copy_tokens = self.executor_prefix(concept_ids, concept_embeds)
         b, width = valid.shape
         if streamer is not None and b != 1:
             raise ValueError(f"streamers take one sequence (batch size 1), got a batch of {b}")
@@ -172,10 +173,11 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         key_valid = torch.cat([valid, valid.new_ones(b, max_new)], 1) if not bool(valid.all()) else None
         cache = DynamicCache(config=self.executor.config)
         hidden = self.executor_step(embeds, positions, valid, cache)
+        slots = self.copy_slots(hidden, copy_tokens)  # what the copy head points at (executor_copy)
         text = torch.full((b, 1), self.config.bos_token_id, dtype=torch.long, device=valid.device)
         unfinished = torch.ones(b, dtype=torch.bool, device=valid.device)
         for step in range(1, max_new + 1):
-            scores = processors(text, self.lm_head(hidden[:, -1]).float())
+            scores = processors(text, self.text_logits(hidden[:, -1:], slots)[:, 0].float())
             token = choose(scores, bool(config.do_sample), 1.0, None, generator)
             token = token.masked_fill(~unfinished, self.config.pad_token_id)
             text = torch.cat([text, token[:, None]], 1)

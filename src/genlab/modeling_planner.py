@@ -17,6 +17,9 @@ ready-made 4-D mask; what this file adds to Qwen2 is only the layout of the two 
   (0 = BOS/text, i = type i with its SEP). Plans of unequal lengths are packed and LEFT-padded, so the
   text starts in the same column for the whole batch and KV-cached decoding appends to it.
 
+With ``executor_copy`` the executor's next-token distribution also points at the plan's text concepts
+(``pointer_generator``): a keyword in the plan can be copied into the text rather than generated.
+
 The executor never receives u: its only inputs are the concept ids (or, when the model is trained
 straight-through or as a soft mixture instead of by hard-EM (P4), embeddings computed from the planner's
 distribution over them: ``relaxed_plan``).
@@ -40,6 +43,7 @@ from .configuration_planner import (CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, NUM_
 from .generation_planner import PlannerExecutorGenerationMixin
 from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
 from .modeling_planner_posterior import ConceptPosteriorMixin
+from .pointer_generator import NOT_COPYABLE, CopySlots, PointerGeneratorHead
 from .straight_through import gumbel_softmax_pair, straight_through
 
 TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
@@ -75,6 +79,15 @@ class RelaxedPlan(NamedTuple):
     logits: torch.Tensor  # (batch, types, L, max type vocab): the planner's distribution of each slot
 
 
+class PlannerInput(NamedTuple):
+    """u as the planner has read it (``encode_input``)."""
+
+    cache: Cache  # the planner's KV cache over u
+    valid: torch.Tensor  # (batch, U)
+    length: torch.Tensor  # (batch,) |u|
+    copy_slots: CopySlots | None  # u's tokens as text concepts 3 + t for the planner's copy head (planner_copy)
+
+
 class ExecutorPrefix(NamedTuple):
     """The packed, left-padded executor prefix (P2); every field but ``embeds`` is (batch, P)."""
 
@@ -82,6 +95,7 @@ class ExecutorPrefix(NamedTuple):
     position_ids: torch.Tensor
     type_ids: torch.Tensor
     valid: torch.Tensor
+    copy_tokens: torch.Tensor  # the text token of each text-concept slot, NOT_COPYABLE elsewhere (executor_copy)
 
 
 @dataclass
@@ -145,10 +159,12 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         self.planner_concept_embed = nn.Embedding(k + stored, hidden)
         self.planner_type_embed = nn.Embedding(k + 1, hidden)
         self.planner_head = nn.Linear(hidden, stored, bias=False)
+        self.planner_copy_head = PointerGeneratorHead(hidden) if config.planner_copy else None
         self.mtp_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config.planner_mtp_heads))
         self.executor_prefix_embed = nn.Embedding(1 + k + stored, hidden)
         self.executor_type_embed = nn.Embedding(k + 1, hidden)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        self.copy_head = PointerGeneratorHead(hidden) if config.executor_copy else None
         if config.proposer == "learned":  # q(z | y) reads the executor's text table and keeps a 1-row one of its own
             slots = k * max(config.concept_max_lengths)
             self.posterior = Qwen2Model(config.stack_config("posterior", config.max_text_length + slots, vocab_size=1))
@@ -205,6 +221,11 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         """(types,) ids per type, specials included (built from the config: from_pretrained keeps no buffers)."""
         return torch.tensor(self.config.concept_type_vocab_sizes, device=device)
 
+    def text_types(self, device: torch.device) -> torch.Tensor:
+        """(types,) True for a text concept type (its concept 3 + t is token t)."""
+        return torch.tensor([name in self.config.text_concept_types for name in self.config.concept_types],
+                            device=device)
+
     def predictable(self, device: torch.device) -> torch.Tensor:
         """(types, max type vocab): the ids the planner may emit — ``<eos>`` and the type's content."""
         allowed = torch.arange(self.max_type_vocab, device=device)[None, :] < self.type_vocab_sizes(device)[:, None]
@@ -243,8 +264,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         return concept_ids + offsets[None, :, None]
 
     def encode_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     cache: Cache | None = None):
-        """Run the planner over u. Returns (cache, u validity (batch, U), |u| (batch,))."""
+                     cache: Cache | None = None) -> PlannerInput:
+        """Run the planner over u."""
         self.check_input(input_ids)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
@@ -253,8 +274,11 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         mask = self.attention_masks(self.planner, planner_rule(valid, key_type, TEXT_TYPE), embeds,
                                     valid.shape[1])
         cache = cache if cache is not None else DynamicCache(config=self.planner.config)
-        self.planner(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        return cache, valid, valid.sum(1)
+        hidden = self.planner(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                              use_cache=True).last_hidden_state
+        slots = None if self.planner_copy_head is None else self.planner_copy_head.slots(
+            hidden, (input_ids + NUM_CONCEPT_SPECIALS).masked_fill(~valid, NOT_COPYABLE))
+        return PlannerInput(cache, valid, valid.sum(1), slots)
 
     def planner_segments(self, segment_ids: torch.Tensor, offsets: torch.Tensor, input_length: torch.Tensor,
                          cache: Cache, key_valid: torch.Tensor, key_type: torch.Tensor) -> torch.Tensor:
@@ -275,28 +299,36 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
                               cache=cache, use_cache=True).last_hidden_state
         return hidden.view(b, k, n, -1)
 
-    def planner_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(batch, types, n, hidden) → (batch, types, n, max type vocab); ids a type cannot emit get -inf."""
+    def planner_logits(self, hidden: torch.Tensor, u: PlannerInput) -> torch.Tensor:
+        """(batch, types, n, hidden) → (batch, types, n, max type vocab); ids a type cannot emit get -inf. With
+        ``planner_copy`` a text concept type's scores are the log-probabilities of a pointer-generator over u's
+        tokens (``pointer_generator``): the planner may point at a word of u instead of finding it in the table."""
         k = self.config.num_concept_types
         weight = self.concept_table(self.planner_head.weight, self.planner.embed_tokens.weight, 0)
         weight = weight.view(k, self.max_type_vocab, -1)
         logits = torch.einsum("bknh,kvh->bknv", hidden, weight)
-        return logits.masked_fill(~self.predictable(logits.device)[None, :, None, :], torch.finfo(logits.dtype).min)
+        cannot = ~self.predictable(logits.device)[None, :, None, :]
+        logits = logits.masked_fill(cannot, torch.finfo(logits.dtype).min)
+        if self.planner_copy_head is None:
+            return logits
+        copied = self.planner_copy_head(logits.flatten(1, 2), hidden.flatten(1, 2), u.copy_slots)
+        logits = torch.where(self.text_types(logits.device)[None, :, None, None], copied.view_as(logits), logits)
+        return logits.masked_fill(cannot, torch.finfo(logits.dtype).min)
 
     def planner_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                         concept_ids: torch.Tensor) -> PlannerOutput:
         """Teacher-forced planner over (u, z): loss = CE of every concept and each type's ``<eos>`` (P1)."""
         self.check_concepts(concept_ids)
         b, k, length = concept_ids.shape
-        cache, u_valid, u_length = self.encode_input(input_ids, attention_mask)
+        u = self.encode_input(input_ids, attention_mask)
         slots = concept_slot_mask(concept_ids)
         content = concept_ids.masked_fill(~slots, CONCEPT_PAD)
         seps = torch.arange(k, device=concept_ids.device)[None, :, None].expand(b, k, 1)
         segment_ids = torch.cat([seps, self.planner_concept_ids(content)], -1)  # (batch, types, L + 1)
         offsets = torch.arange(length + 1, device=concept_ids.device)
         key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=input_ids.device)
-        hidden = self.planner_segments(segment_ids, offsets, u_length, cache, u_valid, key_type)
-        logits = self.planner_logits(hidden)
+        hidden = self.planner_segments(segment_ids, offsets, u.length, u.cache, u.valid, key_type)
+        logits = self.planner_logits(hidden, u)
 
         lengths = slots.sum(-1, keepdim=True)  # (batch, types, 1)
         labels = torch.cat([content, content.new_full((b, k, 1), CONCEPT_PAD)], -1)
@@ -305,7 +337,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         nll = nll.view(b, k, length + 1)
         counted = labels != IGNORE
         loss = nll.sum() / counted.sum()
-        mtp_logits = tuple(self.planner_logits(proj(hidden)) for proj in self.mtp_proj)
+        mtp_logits = tuple(self.planner_logits(proj(hidden), u) for proj in self.mtp_proj)
         for d, head_logits in enumerate(mtp_logits, start=1):  # head d at j predicts label j + d
             target = F.pad(labels[..., d:], (0, d), value=IGNORE)
             loss = loss + F.cross_entropy(head_logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE) / len(mtp_logits)
@@ -336,11 +368,17 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         positions = torch.cat([torch.zeros(1, dtype=torch.long, device=device),
                                torch.arange(length + 1, device=device).repeat(k)])  # (F,)
         keep = torch.cat([slots.new_ones(b, 1), F.pad(slots, (1, 0), value=True).flatten(1)], 1)  # (batch, F)
+        text = self.text_types(device)
+        tokens = (content - NUM_CONCEPT_SPECIALS).masked_fill(~(slots & text[None, :, None]), NOT_COPYABLE)
+        tokens = torch.cat([tokens.new_full((b, 1), NOT_COPYABLE),
+                            F.pad(tokens, (1, 0), value=NOT_COPYABLE).flatten(1)], 1)  # (batch, F)
         # Left-pad: stable sort puts dropped entries first and kept ones last, in their original order.
         width = int(keep.sum(1).max())
         source = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - width:]  # (batch, P)
         embeds = embeds.gather(1, source[..., None].expand(-1, -1, embeds.shape[-1]))
-        return ExecutorPrefix(embeds, positions[source], types[source], keep.gather(1, source))
+        kept = keep.gather(1, source)
+        return ExecutorPrefix(embeds, positions[source], types[source], kept,
+                              tokens.gather(1, source).masked_fill(~kept, NOT_COPYABLE))
 
     def executor_step(self, embeds: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor | None,
                       cache: Cache) -> torch.Tensor:
@@ -355,6 +393,17 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         return self.executor(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              cache=cache, use_cache=True).last_hidden_state
 
+    def copy_slots(self, prefix_hidden: torch.Tensor, copy_tokens: torch.Tensor) -> CopySlots | None:
+        """The executor's copy head's view of the prefix (batch, P, hidden) whose text-concept slots hold
+        ``copy_tokens`` (batch, P); None without ``executor_copy``."""
+        return None if self.copy_head is None else self.copy_head.slots(prefix_hidden, copy_tokens)
+
+    def text_logits(self, hidden: torch.Tensor, slots: CopySlots | None) -> torch.Tensor:
+        """Text states (batch, t, hidden) → next-token scores (batch, t, vocab): ``lm_head``'s logits, or with
+        ``executor_copy`` the log-probabilities of the pointer-generator over the prefix's ``slots``."""
+        logits = self.lm_head(hidden)
+        return logits if slots is None else self.copy_head(logits, hidden, slots)
+
     def text_embeds(self, text_ids: torch.Tensor) -> torch.Tensor:
         return self.executor.embed_tokens(text_ids) + self.executor_type_embed.weight[TEXT_TYPE]
 
@@ -362,7 +411,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
                          text_attention_mask: torch.Tensor | None = None,
                          concept_embeds: torch.Tensor | None = None) -> ExecutorOutput:
         """Teacher-forced p(y | z): one pass over [prefix; text] (P3). Text token t has position t (BOS = 0)."""
-        prefix, prefix_positions, _, prefix_valid = self.executor_prefix(concept_ids, concept_embeds)
+        prefix, prefix_positions, _, prefix_valid, copy_tokens = self.executor_prefix(concept_ids, concept_embeds)
         b, t = text_ids.shape
         if t > self.config.max_text_length:
             raise ValueError(f"text_ids has {t} tokens; max_text_length is {self.config.max_text_length}")
@@ -372,7 +421,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         hidden = self.executor_step(embeds, torch.cat([prefix_positions, text_positions], 1),
                                     torch.cat([prefix_valid, text_valid], 1), DynamicCache(config=self.executor.config))
         p = prefix.shape[1]
-        logits = self.lm_head(hidden[:, p - 1 : p - 1 + t])  # the last prefix token predicts text token 1
+        # the last prefix token predicts text token 1
+        logits = self.text_logits(hidden[:, p - 1 : p - 1 + t], self.copy_slots(hidden[:, :p], copy_tokens))
         labels = text_ids.masked_fill(~text_valid, IGNORE)
         token_nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                     reduction="none").view(b, t)
@@ -408,7 +458,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         max_lengths = torch.tensor(config.concept_max_lengths, device=device)  # (types,)
         allowed = self.predictable(device)
         allowed[:, CONCEPT_EOS] = False
-        cache, key_valid, u_length = self.encode_input(input_ids, attention_mask)
+        u = self.encode_input(input_ids, attention_mask)
+        cache, key_valid, u_length = u.cache, u.valid, u.length
         key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
         fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
         ids, weights, all_logits = [], [], []
@@ -417,7 +468,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
                                            key_type)
             key_valid = torch.cat([key_valid, key_valid.new_ones(b, k)], 1)
             key_type = torch.cat([key_type, torch.arange(1, k + 1, device=device)])
-            logits = self.planner_logits(hidden)[:, :, 0].masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+            logits = self.planner_logits(hidden, u)[:, :, 0].masked_fill(~allowed, torch.finfo(hidden.dtype).min)
             hard, soft = gumbel_softmax_pair(logits, config.concept_temperature, noise=noise, generator=generator)
             token = hard.argmax(-1).masked_fill(slot >= max_lengths, CONCEPT_PAD)  # (batch, types)
             ids.append(token)

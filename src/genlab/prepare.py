@@ -109,9 +109,10 @@ def planner_bench(config: PlannerBenchConfig) -> None:
                                    estep_selection=config.estep_selection,
                                    warmup_end=config.warmup_end, entropy_bonus=config.entropy_bonus,
                                    diverse_beam=config.diverse_beam, z_dropout=config.z_dropout,
+                                   executor_copy=config.executor_copy, planner_copy=config.planner_copy,
                                    warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=50,
-                                   max_text_length=config.max_text_length),
+                                   keywords=config.keywords, max_text_length=config.max_text_length),
         default_training_arguments(planner.TRAINING_DEFAULTS, max_steps=config.steps, logging_steps=25,
                                    save_steps=100000, per_device_train_batch_size=config.batch_size,
                                    seed=config.seed, **QUIET)))

@@ -76,9 +76,14 @@ class PlannerBenchConfig:
         "choices": list(ESTEP_WARMUP_ENDS), "help": "when the planner's plans join the E-step (steps: at W; gain)"})
     entropy_bonus: float = field(default=0.0, metadata={"help": "λ of the planner's entropy bonus (0: off)"})
     z_dropout: float = field(default=0.0, metadata={"help": "p of the executor's z-dropout (0: off)"})
+    executor_copy: bool = field(default=False, metadata={
+        "help": "give the executor a pointer-generator head over the plan's keywords"})
+    planner_copy: bool = field(default=False, metadata={
+        "help": "give the planner a pointer-generator head over u's tokens"})
     diverse_beam: float = field(default=0.0, metadata={
         "help": "Hamming penalty of the E-step's diverse beam search over planner plans (0: off)"})
     prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
+    keywords: int = field(default=8, metadata={"help": "longest keyword plan (concepts)"})
     max_text_length: int = field(default=48, metadata={"help": "longest y, in tokens"})
     eval_pairs: int = field(default=256, metadata={"help": "held-out pairs"})
     repeats: int = field(default=7, metadata={"help": "timed repeats per figure (median)"})
@@ -277,9 +282,10 @@ def run(args: PlannerBenchConfig) -> dict:
                 "estep_warmup_steps": args.warmup_estep, "estep_prior_weight": args.prior_weight,
                 "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "entropy_bonus": args.entropy_bonus,
                 "diverse_beam": args.diverse_beam, "z_dropout": args.z_dropout,
+                "executor_copy": args.executor_copy, "planner_copy": args.planner_copy,
                 "proposer": args.proposer, "concept_gradient": args.concept_gradient,
                 "concept_temperature": args.concept_temperature,
-                "max_text_length": args.max_text_length, "estep_warmup_ended_at": manifest.get("estep_warmup_ended_at")},
+                "keywords": args.keywords, "max_text_length": args.max_text_length, "estep_warmup_ended_at": manifest.get("estep_warmup_ended_at")},
         figures=figures, extra={"examples": examples},
         targets={"delta_nll_shuffle": target(figures["delta_nll_shuffle"], "≥", 1.0),
                  "nll_ratio_vs_ar": target(figures["nll_ratio_vs_ar"], "≤", 1.0),

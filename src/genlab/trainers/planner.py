@@ -82,6 +82,12 @@ class PlannerTrainConfig(TrainConfig):
     diverse_beam: float = field(default=0.0, metadata={
         "help": "λ > 0: the planner's E-step candidates also include --estep-top-k plans of a diverse beam search "
                 "with this Hamming penalty (0 = off)"})
+    executor_copy: bool = field(default=False, metadata={
+        "help": "a pointer-generator head: the executor may copy the plan's keywords into the text (keywords and "
+                "learned proposers, whose concepts are text tokens)"})
+    planner_copy: bool = field(default=False, metadata={
+        "help": "a pointer-generator head on the planner: it may copy u's tokens into the plan (keywords and learned "
+                "proposers)"})
     share_text_embeddings: bool = field(default=True, metadata={
         "help": "one text embedding table for the planner and the executor (--no-share-text-embeddings: two)"})
     keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary (rare_characters)"})
@@ -110,6 +116,10 @@ class PlannerTrainConfig(TrainConfig):
             raise ValueError(f"--entropy-bonus: must be ≥ 0, got {self.entropy_bonus}")
         if not 0 <= self.z_dropout < 1:
             raise ValueError(f"--z-dropout: must be in [0, 1), got {self.z_dropout}")
+        for flag in ("executor_copy", "planner_copy"):
+            if getattr(self, flag) and self.proposer == "rare_characters":
+                raise ValueError(f"--{flag.replace('_', '-')} copies text tokens: use --proposer keywords or learned "
+                                 "(rare_characters concepts are hashed ids, not text tokens)")
         if self.diverse_beam < 0:
             raise ValueError(f"--diverse-beam: must be ≥ 0, got {self.diverse_beam}")
         if self.posterior_kl_weight < 0:
@@ -276,7 +286,8 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         share_text_embeddings=config.share_text_embeddings,
         estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
         planner_entropy_weight=config.entropy_bonus, estep_diversity_penalty=config.diverse_beam,
-        executor_z_dropout=config.z_dropout,
+        executor_z_dropout=config.z_dropout, executor_copy=config.executor_copy,
+        planner_copy=config.planner_copy,
         estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
