@@ -73,7 +73,8 @@ KEYWORDS_BENCH = $(VENV)/bin/genlab bench planner-keywords --steps 2000 --ar-run
 ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-selection=joint beam:--diverse-beam=2 \
 	learned:--proposer=learned zdrop:--z-dropout=0.3 st:--concept-gradient=straight_through \
 	soft:--concept-gradient=soft_mixture st-t05:--concept-gradient=straight_through,--concept-temperature=0.5 \
-	soft-t05:--concept-gradient=soft_mixture,--concept-temperature=0.5
+	soft-t05:--concept-gradient=soft_mixture,--concept-temperature=0.5 copy:--executor-copy \
+	copy2-k16:--executor-copy,--planner-copy,--keywords=16
 ABLATION_FIGURES = delta_nll_shuffle,nll_zstar,nll_planner_z,nll_ar,nll_ratio_vs_ar,keyword_coverage,ar_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),win_proposer,concept_drop_50,executor_decode_ratio,monitor_warnings
 
