@@ -73,11 +73,11 @@ def test_cached_decoding_with_copy_equals_the_full_forward_and_ignores_padding()
         torch.testing.assert_close(alone, full[row : row + 1], atol=1e-5, rtol=1e-5)
 
 
-def test_copy_model_survives_a_clean_process_round_trip(tmp_path):
-    model = make_copy_model()
+def test_copy_heads_survive_a_clean_process_round_trip(tmp_path):
+    model = make_copy_model(planner_copy=True)
     inputs = {"input_ids": torch.randint(S, VOCAB, (3, 6), generator=torch.Generator().manual_seed(2)),
               "concept_ids": PLANS, "text_ids": torch.randint(S, VOCAB, (3, 5), generator=torch.Generator().manual_seed(3))}
-    assert_remote_code_roundtrip(model, inputs, tmp_path=tmp_path, output_key=["logits"])
+    assert_remote_code_roundtrip(model, inputs, tmp_path=tmp_path, output_key=["logits", "planner_logits"])
 
 
 def train_to_write_its_plan(copy: bool, steps: int = 120) -> tuple[PlannerExecutorModel, torch.Tensor]:

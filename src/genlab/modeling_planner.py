@@ -18,7 +18,8 @@ ready-made 4-D mask; what this file adds to Qwen2 is only the layout of the two 
   text starts in the same column for the whole batch and KV-cached decoding appends to it.
 
 With ``executor_copy`` the executor's next-token distribution also points at the plan's text concepts
-(``pointer_generator``): a keyword in the plan can be copied into the text rather than generated.
+(``pointer_generator``): a keyword in the plan can be copied into the text rather than generated; with
+``planner_copy`` the planner's distribution of a text concept points at u's tokens the same way.
 
 The executor never receives u: its only inputs are the concept ids (or, when the model is trained
 straight-through or as a soft mixture instead of by hard-EM (P4), embeddings computed from the planner's

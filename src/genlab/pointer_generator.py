@@ -1,14 +1,17 @@
-"""The executor's copy head (``executor_copy``, SPEC P2/P3): a pointer-generator over the plan's text concepts.
+"""The planner–executor's copy heads (SPEC P1–P3): a pointer-generator over tokens the model has read.
 
-A text concept IS a text token (``text_concept_types``), so the executor may write it by pointing at it instead
-of finding it in the vocabulary: at each text position t (See et al., 2017, "Get To The Point")
+A text concept IS a text token (``text_concept_types``), so it may be written by pointing at it instead of being
+found in the vocabulary. ``executor_copy``: the executor points at its plan's text-concept slots while writing y;
+``planner_copy``: the planner points at u's tokens while writing a text concept type's plan. At each output
+position t (See et al., 2017, "Get To The Point")
 
-    a_t = softmax_j(q(h_t) · k_j / √d)                    over the plan's text-concept slots j
+    a_t = softmax_j(q(h_t) · k_j / √d)                    over the copyable slots j
     g_t = σ(w · [h_t; Σ_j a_tj k_j])                      how much of the step is generated
-    p(v) = g_t · softmax(lm_head(h_t))(v) + (1 − g_t) · Σ_j a_tj [token_j = v]
+    p(v) = g_t · softmax(logits_t)(v) + (1 − g_t) · Σ_j a_tj [token_j = v]
 
-with h_t the executor's hidden state at t and k_j its hidden state at slot j. The head returns log p, which a
-cross-entropy and a ``LogitsProcessorList`` take like logits. Rows whose plan has no text concept generate only.
+with h_t the stack's hidden state at t, k_j its hidden state at slot j and logits_t its own output layer's. The
+head returns log p, which a cross-entropy and a ``LogitsProcessorList`` take like logits. Rows with nothing to
+copy generate only.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class CopySlots(NamedTuple):
 
 
 class PointerGeneratorHead(nn.Module):
-    """Mixes the executor's vocabulary distribution with a copy distribution over the plan's text tokens."""
+    """Mixes a stack's output distribution with a copy distribution over the tokens of the slots it reads."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -52,7 +55,7 @@ class PointerGeneratorHead(nn.Module):
                          copyable.any(1)[:, None, None])
 
     def forward(self, logits: torch.Tensor, hidden: torch.Tensor, slots: CopySlots) -> torch.Tensor:
-        """logits (batch, t, vocab) of ``lm_head`` and hidden (batch, t, h) → log p (batch, t, vocab)."""
+        """logits (batch, t, vocab) of the output layer and hidden (batch, t, h) → log p (batch, t, vocab)."""
         attention = (hidden @ slots.keys.transpose(1, 2) + slots.bias).softmax(-1)  # (batch, t, P)
         attention = attention * (slots.bias == 0)  # rows with nothing to copy: all 0
         generate = torch.sigmoid(self.gate(torch.cat([hidden, attention @ slots.values], -1)))  # (batch, t, 1)
