@@ -240,6 +240,20 @@ def test_a_misspelt_generate_argument_is_refused():
         model.generate(u, max_new_token=4)
 
 
+def test_execute_honours_the_generation_configs_processors_and_refuses_beams():
+    """The processors come from transformers' own builder: a field the executor used to ignore silently
+    (``no_repeat_ngram_size``) now acts, and beam search, which it does not do, is refused."""
+    model = make_model()
+    with torch.no_grad():  # an executor that loops: every step's favourite is token 7
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(VOCAB).index_fill(0, torch.tensor([7]), 50.0))
+    looped = model.execute(CONCEPTS, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert (looped == 7).all()
+    blocked = model.execute(CONCEPTS, max_new_tokens=6, min_new_tokens=6, do_sample=False, no_repeat_ngram_size=1)
+    assert all(len(set(row)) == 6 for row in blocked.tolist()), blocked
+    with pytest.raises(ValueError, match="num_beams must be 1, got 4"):
+        model.execute(CONCEPTS, max_new_tokens=2, num_beams=4)
+
+
 def test_a_streamer_gets_every_written_token_in_order():
     from transformers.generation.streamers import BaseStreamer
 

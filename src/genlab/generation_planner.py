@@ -4,7 +4,8 @@
 multi-token-prediction heads) into the planner's KV cache, where a type sees u and its own past only. A type
 ends at its ``<eos>`` or at its max length. ``execute`` prefills the executor with the concept-only prefix
 and decodes text token by token with a KV cache, through a standard ``LogitsProcessorList`` built from the
-``GenerationConfig`` (temperature, top-k, top-p, repetition penalty, min_new_tokens) plus any user processors.
+``GenerationConfig`` by transformers itself (temperature, top-k, top-p, repetition penalty, no_repeat_ngram_size,
+min_new_tokens, …) plus any user processors.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, GenerationMixin, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
-from transformers.generation.logits_process import (MinLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.utils import ModelOutput
 
 from .configuration_planner import CONCEPT_EOS, CONCEPT_PAD
@@ -135,21 +134,16 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             raise ValueError(f"a planner trained with concept_gradient={self.config.concept_gradient!r} plans as it "
                              f"was trained (greedy or do_sample); it does not take {changed}")
 
-    def _logits_processors(self, config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:
-        processors = LogitsProcessorList()
-        if config.min_new_tokens and config.eos_token_id is not None:
-            processors.append(MinLengthLogitsProcessor(1 + config.min_new_tokens, config.eos_token_id))
-        if config.repetition_penalty not in (None, 1.0):
-            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-        processors.extend(extra or [])
-        if config.do_sample:
-            if config.temperature not in (None, 1.0):
-                processors.append(TemperatureLogitsWarper(config.temperature))
-            if config.top_k:
-                processors.append(TopKLogitsWarper(config.top_k))
-            if config.top_p not in (None, 1.0):
-                processors.append(TopPLogitsWarper(config.top_p))
-        return processors
+    def _logits_processors(self, config: GenerationConfig, extra: LogitsProcessorList | None,
+                           device: torch.device) -> LogitsProcessorList:
+        """transformers' own processors for ``config`` (repetition penalty, n-gram blocking, min_new_tokens, bad
+        words, and temperature / top-k / top-p when sampling, …) with the user's ``extra`` ones; the text so far
+        starts with its BOS, the processors' one-token "prompt". ``config`` gets its special-token tensors."""
+        if (config.num_beams or 1) > 1:
+            raise ValueError(f"the executor decodes greedily or by sampling: num_beams must be 1, got {config.num_beams}")
+        self._prepare_special_tokens(config, device=device)
+        return self._get_logits_processor(config, input_ids_seq_length=1, logits_processor=extra or LogitsProcessorList(),
+                                          device=device)
 
     @torch.no_grad()
     def execute(self, concept_ids: torch.Tensor, generation_config: GenerationConfig | None = None,
@@ -164,8 +158,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             raise ValueError(f"unknown generate arguments {sorted(unused)}; the executor takes GenerationConfig "
                              "fields (max_new_tokens, do_sample, temperature, top_k, top_p, …)")
         max_new = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        processors = self._logits_processors(config, logits_processor)
         embeds, positions, _, valid, copy_tokens = self.executor_prefix(concept_ids, concept_embeds)
+        processors = self._logits_processors(config, logits_processor, valid.device)
         b, width = valid.shape
         if streamer is not None and b != 1:
             raise ValueError(f"streamers take one sequence (batch size 1), got a batch of {b}")
