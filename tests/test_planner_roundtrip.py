@@ -17,8 +17,8 @@ def test_save_load_and_clean_process_remote_code(tmp_path):
     checkpoint = assert_save_load_roundtrip(model, FORWARD_INPUTS, tmp_path=tmp_path,
                                             output_key=["logits", "planner_logits"])
     assert (checkpoint / "generation_config.json").is_file()
-    assert {"configuration_planner.py", "modeling_planner.py", "generation_planner.py",
-            "straight_through.py"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"configuration_planner.py", "modeling_planner.py", "generation_planner.py", "straight_through.py",
+            "pointer_generator.py", "unlikelihood.py"} <= {p.name for p in checkpoint.iterdir()}
     assert_save_load_roundtrip(model, {"input_ids": U}, tmp_path=tmp_path, **GENERATE)
     assert_remote_code_roundtrip(model, FORWARD_INPUTS, tmp_path=tmp_path, checkpoint_dir=checkpoint,
                                  output_key=["logits", "planner_logits"])

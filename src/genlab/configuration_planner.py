@@ -90,6 +90,9 @@ class PlannerExecutorConfig(PretrainedConfig):
             gate, so a plan's keywords can be written by pointing at them. Needs ``text_concept_types``.
         planner_copy: the same head on the planner: a text concept type's concept is generated from the table or
             copied from u's tokens (a keyword plan picks words of u by pointing at them).
+        unlikelihood_weight: α ≥ 0; the M-step adds α × the token-level unlikelihood (``unlikelihood``) of the
+            executor's text and of the planner's text-concept plans: each position pushes down the tokens already
+            written before it, against the loops greedy decoding falls into (0 = off).
         share_text_embeddings: one text embedding table for the planner's u and the executor's text (and so for
             every text concept), instead of one per stack.
         monitor_steps: N, steps between monitor readings (P6); monitor_batch_size: examples they use.
@@ -114,7 +117,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  estep_selection: str = "joint", estep_warmup_end: str = "steps", proposer: str = "rare_characters",
                  posterior: dict | None = None, posterior_kl_weight: float = 1.0, posterior_temperature: float = 1.0,
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
-                 executor_copy: bool = False, planner_copy: bool = False,
+                 executor_copy: bool = False, planner_copy: bool = False, unlikelihood_weight: float = 0.0,
                  monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
@@ -149,6 +152,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.share_text_embeddings = bool(share_text_embeddings)
         self.executor_copy = bool(executor_copy)
         self.planner_copy = bool(planner_copy)
+        self.unlikelihood_weight = float(unlikelihood_weight)
         self.monitor_steps = monitor_steps
         self.monitor_batch_size = monitor_batch_size
         self.position_buckets = [int(b) for b in position_buckets]
@@ -184,6 +188,8 @@ class PlannerExecutorConfig(PretrainedConfig):
             if self.concept_vocab_sizes[self.concept_types.index(name)] != self.vocab_size:
                 raise ValueError(f"text concept type {name!r} needs concept_vocab_sizes = vocab_size "
                                  f"({self.vocab_size}), got {self.concept_vocab_sizes[self.concept_types.index(name)]}")
+        if self.unlikelihood_weight < 0:
+            raise ValueError(f"unlikelihood_weight must be ≥ 0, got {self.unlikelihood_weight}")
         for field in ("executor_copy", "planner_copy"):
             if getattr(self, field) and not self.text_concept_types:
                 raise ValueError(f"{field} copies text tokens: it needs text_concept_types, got none "

@@ -46,6 +46,7 @@ from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_
 from .modeling_planner_posterior import ConceptPosteriorMixin
 from .pointer_generator import NOT_COPYABLE, CopySlots, PointerGeneratorHead
 from .straight_through import gumbel_softmax_pair, straight_through
+from .unlikelihood import token_unlikelihood
 
 TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
 IGNORE = -100
@@ -114,6 +115,7 @@ class PlannerExecutorOutput(ModelOutput):
     planner_slots: torch.BoolTensor | None = None  # True where planner_logits scored a trained slot
     posterior_loss: torch.FloatTensor | None = None  # L_q of the learned proposer (its reconstruction + w · KL)
     posterior_kl: torch.FloatTensor | None = None  # KL(q(z|y) ‖ p(z|u)) per text token
+    unlikelihood_loss: torch.FloatTensor | None = None  # mean L_UL of text and text plans (unlikelihood_weight)
 
 
 def concept_slot_mask(concept_ids: torch.Tensor) -> torch.Tensor:
@@ -511,6 +513,9 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         if self.config.proposer == "learned" and input_ids is not None and text_ids is not None:
             posterior_loss, _, kl = self.posterior_loss(input_ids, attention_mask, text_ids, text_attention_mask)
             losses.append(posterior_loss)
+        unlikely = self.unlikelihood_loss(planner_out, executor_out, text_ids, text_attention_mask)
+        if unlikely is not None:
+            losses.append(self.config.unlikelihood_weight * unlikely)
         return PlannerExecutorOutput(
             loss=sum(losses) if losses else None,
             executor_loss=executor_out.loss if executor_out else None,
@@ -521,6 +526,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
             soft_hard_cosine=cosine,
             posterior_loss=posterior_loss,
             posterior_kl=kl,
+            unlikelihood_loss=unlikely,
             concept_ids=concept_ids,
             planner_slots=planner_out.labels != IGNORE if planner_out else None,
         )
@@ -540,11 +546,31 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         loss = executor_out.loss
         if self.config.planner_entropy_weight:
             loss = loss - self.config.planner_entropy_weight * slot_entropy(plan.logits, slots)
+        unlikely = self.unlikelihood_loss(None, executor_out, text_ids, text_attention_mask)
+        if unlikely is not None:
+            loss = loss + self.config.unlikelihood_weight * unlikely
         return PlannerExecutorOutput(
             loss=loss, executor_loss=executor_out.loss, logits=executor_out.logits, planner_logits=plan.logits,
             token_nll=executor_out.token_nll,
             soft_hard_cosine=self.soft_hard_cosine(e_soft, self.concept_rows(plan.concept_ids), slots),
-            concept_ids=plan.concept_ids, planner_slots=slots)
+            unlikelihood_loss=unlikely, concept_ids=plan.concept_ids, planner_slots=slots)
+
+    def unlikelihood_loss(self, planner_out: PlannerOutput | None, executor_out: ExecutorOutput | None,
+                          text_ids: torch.Tensor | None, text_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean token-level unlikelihood (``unlikelihood``) per trained position of the executor's text plus that of
+        the planner's text-concept plans; None when ``unlikelihood_weight`` is 0."""
+        if not self.config.unlikelihood_weight:
+            return None
+        pairs = []  # (log p (n, T, V), labels (n, T))
+        if executor_out is not None:
+            valid = torch.ones_like(text_ids, dtype=torch.bool) if text_attention_mask is None else text_attention_mask.bool()
+            pairs.append((executor_out.logits, text_ids.masked_fill(~valid, IGNORE)))
+        if planner_out is not None and self.config.text_concept_types:
+            text = self.text_types(planner_out.logits.device)
+            pairs.append((planner_out.logits[:, text].flatten(0, 1), planner_out.labels[:, text].flatten(0, 1)))
+        terms = [token_unlikelihood(logits.float().log_softmax(-1), labels, IGNORE).sum()
+                 / (labels != IGNORE).sum().clamp(min=1) for logits, labels in pairs]
+        return sum(terms) if terms else None
 
     @staticmethod
     def soft_hard_cosine(e_soft: torch.Tensor, e_hard: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,9 @@ class PlannerTrainConfig(TrainConfig):
     planner_copy: bool = field(default=False, metadata={
         "help": "a pointer-generator head on the planner: it may copy u's tokens into the plan (keywords and learned "
                 "proposers)"})
+    unlikelihood: float = field(default=0.0, metadata={
+        "help": "α: the M-step adds α × the token-level unlikelihood of tokens already written, in the text and in "
+                "text-concept plans (against greedy loops; 0 = off)"})
     share_text_embeddings: bool = field(default=True, metadata={
         "help": "one text embedding table for the planner and the executor (--no-share-text-embeddings: two)"})
     keyword_vocab: int = field(default=512, metadata={"help": "keyword concept vocabulary (rare_characters)"})
@@ -114,6 +117,8 @@ class PlannerTrainConfig(TrainConfig):
         check_choice(self, "warmup_end", ESTEP_WARMUP_ENDS)
         if self.entropy_bonus < 0:
             raise ValueError(f"--entropy-bonus: must be ≥ 0, got {self.entropy_bonus}")
+        if self.unlikelihood < 0:
+            raise ValueError(f"--unlikelihood: must be ≥ 0, got {self.unlikelihood}")
         if not 0 <= self.z_dropout < 1:
             raise ValueError(f"--z-dropout: must be in [0, 1), got {self.z_dropout}")
         for flag in ("executor_copy", "planner_copy"):
@@ -250,7 +255,7 @@ class PlannerExecutorTrainer(Trainer):
         plans = self.refresh(model, inputs) if self.hard_em else None  # relaxed models plan inside their forward
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], concept_ids=plans,
                         text_ids=inputs["text_ids"], text_attention_mask=inputs["text_attention_mask"])
-        for name in ("executor_loss", "planner_loss", "posterior_loss", "posterior_kl"):
+        for name in ("executor_loss", "planner_loss", "posterior_loss", "posterior_kl", "unlikelihood_loss"):
             if getattr(outputs, name) is not None:
                 self.metrics.add(name, getattr(outputs, name).detach())
         self.metrics.step_done()
@@ -287,7 +292,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         estep_selection=config.estep_selection, estep_warmup_end=config.warmup_end,
         planner_entropy_weight=config.entropy_bonus, estep_diversity_penalty=config.diverse_beam,
         executor_z_dropout=config.z_dropout, executor_copy=config.executor_copy,
-        planner_copy=config.planner_copy,
+        planner_copy=config.planner_copy, unlikelihood_weight=config.unlikelihood,
         estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
