@@ -15,6 +15,9 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
 - ``keyword_coverage`` / ``ar_keyword_coverage``: of u's keywords that y uses (u's "、"-separated words on the
   ``keywords`` task, u's characters otherwise), the share the greedy generation from u contains (CommonGen's
   coverage) — the planner–executor's and the AR model's;
+- where that coverage is lost: ``oracle_keyword_coverage``, the same for the executor's greedy text from the
+  proposer's full plan (an oracle: it sees y), and ``plan_precision`` / ``plan_recall``, the planner's greedy
+  plan against that plan as sets of concepts (pooled over the examples);
 - ``win_<source>``: the share of held-out E-steps whose z* came from each source;
 - with ``--concept-gradient straight_through|soft_mixture`` (no E-step, so no z*, bound or win rates): the NLL
   through the planner's own plan as the executor reads it in training (its ids, or its soft mixture), and the
@@ -203,13 +206,32 @@ def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[li
     return decode(planned), decode(continued[:, width:])
 
 
+def concept_set(plan: torch.Tensor) -> set[tuple[int, int]]:
+    """One example's plan (types, L) → its content concepts as a set of (type, concept id)."""
+    return {(k, int(c)) for k, ids in enumerate(plan) for c in ids[concept_slot_mask(ids)]}
+
+
+def plan_overlap(plans: torch.Tensor, oracle: torch.Tensor) -> tuple[int, int, int]:
+    """(concepts both plans hold, the planner's, the oracle's), summed over the batch of plans (batch, types, L)."""
+    sets = [(concept_set(a), concept_set(b)) for a, b in zip(plans, oracle)]
+    return sum(len(a & b) for a, b in sets), sum(len(a) for a, _ in sets), sum(len(b) for _, b in sets)
+
+
+@torch.no_grad()
 def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_tokens: int) -> tuple[dict, list]:
-    """keyword_coverage / ar_keyword_coverage over the held-out pairs, and a few (u, y, planner, AR) examples."""
-    keywords, planned, continued, shown = [], [], [], []
+    """keyword_coverage / ar_keyword_coverage over the held-out pairs, where the planner–executor loses it (the
+    executor from the oracle plan; the planner's plan against it) and a few (u, y, planner, AR) examples."""
+    proposer = make_proposer(model, tokenizer)
+    decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
+    keywords, planned, continued, oracle_texts, shown = [], [], [], [], []
+    overlap = torch.zeros(3)
     for batch in batches:
         us = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         ys = tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)
         mine, theirs = greedy_texts(model, ar, tokenizer, batch, new_tokens)
+        oracle = proposer(batch)[:, -1]  # its longest granularity: (batch, types, L)
+        oracle_texts += decode(model.execute(oracle, max_new_tokens=new_tokens, do_sample=False))
+        overlap += torch.tensor(plan_overlap(model.plan(batch["input_ids"], batch["attention_mask"]), oracle))
         for u, y, a, b in zip(us, ys, mine, theirs):
             u, y = u.replace(" ", ""), y.replace(" ", "")
             keywords.append(keywords_of(u, y, task))
@@ -217,7 +239,10 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
             continued.append(b)
             if len(shown) < 8:
                 shown.append({"u": u, "y": y, "planner_executor": a, "ar": b})
+    both, mine, theirs = overlap.tolist()
     return {"keyword_coverage": coverage(keywords, planned), "ar_keyword_coverage": coverage(keywords, continued),
+            "oracle_keyword_coverage": coverage(keywords, oracle_texts),
+            "plan_precision": both / max(1, mine), "plan_recall": both / max(1, theirs),
             "keywords_per_example": sum(map(len, keywords)) / max(1, len(keywords))}, shown
 
 

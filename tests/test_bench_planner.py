@@ -1,0 +1,43 @@
+"""`genlab bench planner`'s decomposition of keyword coverage: the planner's plan against the oracle plan."""
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from genlab.bench.planner import coverage_figures, plan_overlap
+from genlab.configuration_planner import CONCEPT_EOS, NUM_CONCEPT_SPECIALS
+from genlab.tokenization import default_tokenizer
+from genlab.trainers.planner_estep import make_proposer
+
+from test_planner_train import batch_of, planner_for
+
+
+def test_plan_overlap_counts_the_content_concepts_of_each_type_once():
+    plans = torch.tensor([[[5, 6, 7, 6], [3, 0, 0, 0]],
+                          [[5, CONCEPT_EOS, 7, 0], [9, 9, 0, 0]]])  # (batch 2, types 2, L 4)
+    oracle = torch.tensor([[[6, 7, 8, 9], [4, 0, 0, 0]],
+                           [[5, 7, 0, 0], [9, 0, 0, 0]]])
+    # row 0: {5,6,7} vs {6,7,8,9} and {3} vs {4}: 2 shared of 4 and 5; row 1: {5} vs {5,7} and {9} vs {9}: 2 of 2 and 3
+    assert plan_overlap(plans, oracle) == (4, 6, 8)
+
+
+@torch.no_grad()
+def test_a_planner_that_writes_the_oracle_plan_loses_nothing_to_planning():
+    tokenizer = default_tokenizer()
+    model = planner_for(tokenizer, concept_types=["keywords"], concept_vocab_sizes=[len(tokenizer)],
+                        concept_max_lengths=[6], text_concept_types=["keywords"], proposer="keywords").eval()
+    batch = batch_of(tokenizer, ["天气、公园、今天、会议", "代表、发言、北京"], ["今天天气很好。", "代表们发言踊跃。"])
+    ar = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)).eval()
+    oracle = make_proposer(model, tokenizer)(batch)[:, -1]
+    model.plan = lambda *args, **kwargs: oracle  # the planner now writes exactly the oracle's plan
+    figures = coverage_figures(model, ar, tokenizer, [batch], "keywords", new_tokens=8)[0]
+    assert figures["plan_precision"] == figures["plan_recall"] == 1.0
+    assert figures["keyword_coverage"] == pytest.approx(figures["oracle_keyword_coverage"])
+    assert figures["keywords_per_example"] == 2.0  # 天气, 今天 / 代表, 发言
+    shorter = oracle.clone()
+    shorter[0, 0, int((oracle[0, 0] >= NUM_CONCEPT_SPECIALS).sum()) - 1] = 0  # row 0 loses its last concept
+    model.plan = lambda *args, **kwargs: shorter
+    figures = coverage_figures(model, ar, tokenizer, [batch], "keywords", new_tokens=8)[0]
+    total = int((oracle >= NUM_CONCEPT_SPECIALS).sum())
+    assert figures["plan_precision"] == 1.0 and figures["plan_recall"] == pytest.approx((total - 1) / total)
