@@ -190,11 +190,12 @@ def coverage(keywords: list[list[str]], texts: list[str]) -> float:
 
 
 @torch.no_grad()
-def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[list[str], list[str]]:
-    """Greedy generations from u: the planner–executor's (plan, then text) and the AR model's (after ``u <sep>``)."""
+def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Greedy generations from u: the planner–executor's (text, and the plan it wrote it from) and the AR model's
+    (after ``u <sep>``)."""
     decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
     planned = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens, do_sample=False,
-                             return_concepts=True).sequences
+                             return_concepts=True)
     prompts = [u[m.bool()].tolist() + [tokenizer.sep_token_id] for u, m in zip(batch["input_ids"], batch["attention_mask"])]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
@@ -203,7 +204,7 @@ def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[li
         ids[i, width - len(prompt):], mask[i, width - len(prompt):] = torch.tensor(prompt), 1
     continued = ar.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return decode(planned), decode(continued[:, width:])
+    return decode(planned.sequences), planned.concept_ids, decode(continued[:, width:])
 
 
 def concept_set(plan: torch.Tensor) -> set[tuple[int, int]]:
@@ -228,10 +229,10 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
     for batch in batches:
         us = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         ys = tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)
-        mine, theirs = greedy_texts(model, ar, tokenizer, batch, new_tokens)
+        mine, plans, theirs = greedy_texts(model, ar, tokenizer, batch, new_tokens)
         oracle = proposer(batch)[:, -1]  # its longest granularity: (batch, types, L)
         oracle_texts += decode(model.execute(oracle, max_new_tokens=new_tokens, do_sample=False))
-        overlap += torch.tensor(plan_overlap(model.plan(batch["input_ids"], batch["attention_mask"]), oracle))
+        overlap += torch.tensor(plan_overlap(plans, oracle))
         for u, y, a, b in zip(us, ys, mine, theirs):
             u, y = u.replace(" ", ""), y.replace(" ", "")
             keywords.append(keywords_of(u, y, task))
