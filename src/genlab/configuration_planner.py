@@ -88,6 +88,9 @@ class PlannerExecutorConfig(PretrainedConfig):
         executor_copy: give the executor a pointer-generator head (``pointer_generator``): each text token is
             generated from the vocabulary or copied from one of the plan's text-concept slots, mixed by a learned
             gate, so a plan's keywords can be written by pointing at them. Needs ``text_concept_types``.
+        executor_checklist: with ``executor_copy``, the head also reads which of the plan's text concepts the text
+            written so far already holds (``pointer_generator``'s checklist): its copy scores and the executor's
+            state learn "written" from "still to write" (against texts that end before every keyword is in).
         planner_copy: the same head on the planner: a text concept type's concept is generated from the table or
             copied from u's tokens (a keyword plan picks words of u by pointing at them).
         unlikelihood_weight: α ≥ 0; the M-step adds α × the token-level unlikelihood (``unlikelihood``) of the
@@ -118,7 +121,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  posterior: dict | None = None, posterior_kl_weight: float = 1.0, posterior_temperature: float = 1.0,
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  executor_copy: bool = False, planner_copy: bool = False, unlikelihood_weight: float = 0.0,
-                 monitor_steps: int = 50, monitor_batch_size: int = 16,
+                 executor_checklist: bool = False, monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
         self.concept_types = list(concept_types)
@@ -152,6 +155,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.share_text_embeddings = bool(share_text_embeddings)
         self.executor_copy = bool(executor_copy)
         self.planner_copy = bool(planner_copy)
+        self.executor_checklist = bool(executor_checklist)
         self.unlikelihood_weight = float(unlikelihood_weight)
         self.monitor_steps = monitor_steps
         self.monitor_batch_size = monitor_batch_size
@@ -194,6 +198,8 @@ class PlannerExecutorConfig(PretrainedConfig):
             if getattr(self, field) and not self.text_concept_types:
                 raise ValueError(f"{field} copies text tokens: it needs text_concept_types, got none "
                                  f"(concept_types {self.concept_types})")
+        if self.executor_checklist and not self.executor_copy:
+            raise ValueError("executor_checklist tracks the copy head's slots: it needs executor_copy=True")
         for stack in ("planner", "executor", "posterior"):
             extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
             if extra:

@@ -20,6 +20,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
 from .configuration_planner import CONCEPT_EOS, CONCEPT_PAD
+from .pointer_generator import write
 
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -168,12 +169,15 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         cache = DynamicCache(config=self.executor.config)
         hidden = self.executor_step(embeds, positions, valid, cache)
         slots = self.copy_slots(hidden, copy_tokens)  # what the copy head points at (executor_copy)
+        written = None if slots is None else torch.zeros_like(copy_tokens, dtype=torch.bool)  # (batch, P)
         text = torch.full((b, 1), self.config.bos_token_id, dtype=torch.long, device=valid.device)
         unfinished = torch.ones(b, dtype=torch.bool, device=valid.device)
         for step in range(1, max_new + 1):
-            scores = processors(text, self.text_logits(hidden[:, -1:], slots)[:, 0].float())
+            checked = None if written is None else written[:, None]  # (batch, 1, P)
+            scores = processors(text, self.text_logits(hidden[:, -1:], slots, checked)[:, 0].float())
             token = choose(scores, bool(config.do_sample), 1.0, None, generator)
             token = token.masked_fill(~unfinished, self.config.pad_token_id)
+            written = None if written is None else write(written, token, slots)
             text = torch.cat([text, token[:, None]], 1)
             if streamer is not None:
                 streamer.put(token.cpu())

@@ -19,7 +19,8 @@ ready-made 4-D mask; what this file adds to Qwen2 is only the layout of the two 
 
 With ``executor_copy`` the executor's next-token distribution also points at the plan's text concepts
 (``pointer_generator``): a keyword in the plan can be copied into the text rather than generated; with
-``planner_copy`` the planner's distribution of a text concept points at u's tokens the same way.
+``planner_copy`` the planner's distribution of a text concept points at u's tokens the same way;
+``executor_checklist`` tells the executor's head which of the plan's keywords its text already holds.
 
 The executor never receives u: its only inputs are the concept ids (or, when the model is trained
 straight-through or as a soft mixture instead of by hard-EM (P4), embeddings computed from the planner's
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 from transformers.utils import ModelOutput
@@ -44,7 +46,7 @@ from .configuration_planner import (CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, NUM_
 from .generation_planner import PlannerExecutorGenerationMixin
 from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
 from .modeling_planner_posterior import ConceptPosteriorMixin
-from .pointer_generator import NOT_COPYABLE, CopySlots, PointerGeneratorHead
+from .pointer_generator import NOT_COPYABLE, Checklist, CopySlots, PointerGeneratorHead, written_slots
 from .straight_through import gumbel_softmax_pair, straight_through
 from .unlikelihood import token_unlikelihood
 
@@ -132,6 +134,13 @@ class PlannerExecutorPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True  # every mask is a genlab.masking rule, so flex gets a BlockMask of it
 
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Checklist):  # starts as the plain copy head: no update, no score for "written"
+            init.zeros_(module.update.weight)
+            init.zeros_(module.update.bias)
+            init.zeros_(module.written_score)
+
     @staticmethod
     def attention_masks(stack, rule: MaskFunction, embeds: torch.Tensor, kv_len: int,
                         q_len: int | None = None) -> dict:
@@ -167,7 +176,7 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         self.executor_prefix_embed = nn.Embedding(1 + k + stored, hidden)
         self.executor_type_embed = nn.Embedding(k + 1, hidden)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
-        self.copy_head = PointerGeneratorHead(hidden) if config.executor_copy else None
+        self.copy_head = PointerGeneratorHead(hidden, config.executor_checklist) if config.executor_copy else None
         if config.proposer == "learned":  # q(z | y) reads the executor's text table and keeps a 1-row one of its own
             slots = k * max(config.concept_max_lengths)
             self.posterior = Qwen2Model(config.stack_config("posterior", config.max_text_length + slots, vocab_size=1))
@@ -401,11 +410,16 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         ``copy_tokens`` (batch, P); None without ``executor_copy``."""
         return None if self.copy_head is None else self.copy_head.slots(prefix_hidden, copy_tokens)
 
-    def text_logits(self, hidden: torch.Tensor, slots: CopySlots | None) -> torch.Tensor:
+    def text_logits(self, hidden: torch.Tensor, slots: CopySlots | None,
+                    written: torch.Tensor | None = None) -> torch.Tensor:
         """Text states (batch, t, hidden) → next-token scores (batch, t, vocab): ``lm_head``'s logits, or with
-        ``executor_copy`` the log-probabilities of the pointer-generator over the prefix's ``slots``."""
+        ``executor_copy`` the log-probabilities of the pointer-generator over the prefix's ``slots``; with
+        ``executor_checklist`` the states first get what of the plan is left, ``written`` (batch, t, P) being
+        which slots' tokens the text before each position holds."""
+        if slots is not None and self.copy_head.checklist is not None:
+            hidden = hidden + self.copy_head.checklist(slots, written)
         logits = self.lm_head(hidden)
-        return logits if slots is None else self.copy_head(logits, hidden, slots)
+        return logits if slots is None else self.copy_head(logits, hidden, slots, written)
 
     def text_embeds(self, text_ids: torch.Tensor) -> torch.Tensor:
         return self.executor.embed_tokens(text_ids) + self.executor_type_embed.weight[TEXT_TYPE]
@@ -425,7 +439,9 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
                                     torch.cat([prefix_valid, text_valid], 1), DynamicCache(config=self.executor.config))
         p = prefix.shape[1]
         # the last prefix token predicts text token 1
-        logits = self.text_logits(hidden[:, p - 1 : p - 1 + t], self.copy_slots(hidden[:, :p], copy_tokens))
+        slots = self.copy_slots(hidden[:, :p], copy_tokens)
+        written = None if slots is None else written_slots(text_ids, slots)
+        logits = self.text_logits(hidden[:, p - 1 : p - 1 + t], slots, written)
         labels = text_ids.masked_fill(~text_valid, IGNORE)
         token_nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                     reduction="none").view(b, t)

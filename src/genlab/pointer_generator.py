@@ -12,6 +12,16 @@ position t (See et al., 2017, "Get To The Point")
 with h_t the stack's hidden state at t, k_j its hidden state at slot j and logits_t its own output layer's. The
 head returns log p, which a cross-entropy and a ``LogitsProcessorList`` take like logits. Rows with nothing to
 copy generate only.
+
+With ``checklist`` the head also knows which slots' tokens the text has already written (a neural checklist,
+Kiddon et al., 2016, "Globally Coherent Text Generation with Neural Checklist Models"): w_t,j = 1 when token_j
+occurs in x_<t. The copy attention's scores get a learned + b · w_t,j, and the stack's state gets what is still
+to be written before its output layer and the gate read it,
+
+    h'_t = h_t + W [mean_{j: w_t,j = 0} k_j ; share of the slots not yet written]          (W starts at 0)
+
+so the model can tell "every keyword written, stop" from "keywords left", which a small stack does not learn by
+comparing tokens through attention (it ends early or writes a keyword twice and skips another).
 """
 
 from __future__ import annotations
@@ -36,13 +46,45 @@ class CopySlots(NamedTuple):
     any: torch.Tensor  # (batch, 1, 1) True where the row has something to copy
 
 
-class PointerGeneratorHead(nn.Module):
-    """Mixes a stack's output distribution with a copy distribution over the tokens of the slots it reads."""
+def written_slots(text_ids: torch.Tensor, slots: CopySlots) -> torch.Tensor:
+    """text_ids (batch, t) of a teacher-forced text → (batch, t, P): True at [i, j] when slot j is copyable and
+    its token occurs in text_ids[:, :i] (the text read by the position that predicts token i)."""
+    occurs = (text_ids[:, :, None] == slots.tokens) & (slots.bias == 0)  # (batch, t, P): token i is slot j's
+    seen = occurs.cummax(1).values  # occurs at i or before
+    return torch.cat([torch.zeros_like(seen[:, :1]), seen[:, :-1]], 1)
+
+
+def write(written: torch.Tensor, token: torch.Tensor, slots: CopySlots) -> torch.Tensor:
+    """One decoding step: written (batch, P) and the token just chosen (batch,) → written with its slots."""
+    return written | ((token[:, None] == slots.tokens[:, 0]) & (slots.bias[:, 0] == 0))
+
+
+class Checklist(nn.Module):
+    """What of the plan is still to be written, as an update of the stack's state (zero at initialisation)."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
+        self.update = nn.Linear(hidden_size + 1, hidden_size)  # zero at initialisation (the model's _init_weights)
+        self.written_score = nn.Parameter(torch.zeros(()))  # b: added to the copy score of a written slot
+
+    def forward(self, slots: CopySlots, written: torch.Tensor) -> torch.Tensor:
+        """written (batch, t, P) → the update of the states (batch, t, h)."""
+        copyable = (slots.bias == 0).to(slots.values.dtype)  # (batch, 1, P)
+        left = copyable * (~written).to(copyable.dtype)  # (batch, t, P)
+        count = left.sum(-1, keepdim=True)
+        state = (left @ slots.values) / count.clamp(min=1)  # (batch, t, h)
+        share = count / copyable.sum(-1, keepdim=True).clamp(min=1)
+        return self.update(torch.cat([state, share], -1))
+
+
+class PointerGeneratorHead(nn.Module):
+    """Mixes a stack's output distribution with a copy distribution over the tokens of the slots it reads."""
+
+    def __init__(self, hidden_size: int, checklist: bool = False):
+        super().__init__()
         self.query = nn.Linear(hidden_size, hidden_size, bias=False)
         self.gate = nn.Linear(2 * hidden_size, 1)
+        self.checklist = Checklist(hidden_size) if checklist else None
 
     def slots(self, slot_hidden: torch.Tensor, slot_tokens: torch.Tensor) -> CopySlots:
         """slot_hidden (batch, P, h) and slot_tokens (batch, P) (``NOT_COPYABLE`` where a slot is not a text
@@ -54,9 +96,14 @@ class PointerGeneratorHead(nn.Module):
         return CopySlots(keys, slot_hidden, bias[:, None], slot_tokens.clamp(min=0)[:, None],
                          copyable.any(1)[:, None, None])
 
-    def forward(self, logits: torch.Tensor, hidden: torch.Tensor, slots: CopySlots) -> torch.Tensor:
-        """logits (batch, t, vocab) of the output layer and hidden (batch, t, h) → log p (batch, t, vocab)."""
-        attention = (hidden @ slots.keys.transpose(1, 2) + slots.bias).softmax(-1)  # (batch, t, P)
+    def forward(self, logits: torch.Tensor, hidden: torch.Tensor, slots: CopySlots,
+                written: torch.Tensor | None = None) -> torch.Tensor:
+        """logits (batch, t, vocab) of the output layer and hidden (batch, t, h) → log p (batch, t, vocab);
+        ``written`` (batch, t, P) with a checklist (hidden then already holds its update)."""
+        scores = hidden @ slots.keys.transpose(1, 2) + slots.bias  # (batch, t, P)
+        if self.checklist is not None:
+            scores = scores + self.checklist.written_score * written
+        attention = scores.softmax(-1)
         attention = attention * (slots.bias == 0)  # rows with nothing to copy: all 0
         generate = torch.sigmoid(self.gate(torch.cat([hidden, attention @ slots.values], -1)))  # (batch, t, 1)
         generate = generate.masked_fill(~slots.any, 1.0)

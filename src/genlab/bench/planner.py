@@ -83,6 +83,8 @@ class PlannerBenchConfig:
         "help": "give the executor a pointer-generator head over the plan's keywords"})
     planner_copy: bool = field(default=False, metadata={
         "help": "give the planner a pointer-generator head over u's tokens"})
+    checklist: bool = field(default=False, metadata={
+        "help": "the executor's copy head reads which plan keywords its text already holds"})
     unlikelihood: float = field(default=0.0, metadata={
         "help": "α of the token-level unlikelihood of already-written tokens in text and plans (0: off)"})
     diverse_beam: float = field(default=0.0, metadata={
@@ -311,7 +313,7 @@ def run(args: PlannerBenchConfig) -> dict:
                 "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "entropy_bonus": args.entropy_bonus,
                 "diverse_beam": args.diverse_beam, "z_dropout": args.z_dropout,
                 "executor_copy": args.executor_copy, "planner_copy": args.planner_copy,
-                "unlikelihood": args.unlikelihood,
+                "unlikelihood": args.unlikelihood, "checklist": args.checklist,
                 "proposer": args.proposer, "concept_gradient": args.concept_gradient,
                 "concept_temperature": args.concept_temperature,
                 "keywords": args.keywords, "max_text_length": args.max_text_length,

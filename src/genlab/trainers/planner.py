@@ -88,6 +88,9 @@ class PlannerTrainConfig(TrainConfig):
     planner_copy: bool = field(default=False, metadata={
         "help": "a pointer-generator head on the planner: it may copy u's tokens into the plan (keywords and learned "
                 "proposers)"})
+    checklist: bool = field(default=False, metadata={
+        "help": "the executor's copy head also reads which of the plan's keywords the text already holds (needs "
+                "--executor-copy)"})
     unlikelihood: float = field(default=0.0, metadata={
         "help": "α: the M-step adds α × the token-level unlikelihood of tokens already written, in the text and in "
                 "text-concept plans (against greedy loops; 0 = off)"})
@@ -125,6 +128,8 @@ class PlannerTrainConfig(TrainConfig):
             if getattr(self, flag) and self.proposer == "rare_characters":
                 raise ValueError(f"--{flag.replace('_', '-')} copies text tokens: use --proposer keywords or learned "
                                  "(rare_characters concepts are hashed ids, not text tokens)")
+        if self.checklist and not self.executor_copy:
+            raise ValueError("--checklist tracks the executor's copy head: it needs --executor-copy")
         if self.diverse_beam < 0:
             raise ValueError(f"--diverse-beam: must be ≥ 0, got {self.diverse_beam}")
         if self.posterior_kl_weight < 0:
@@ -293,6 +298,7 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         planner_entropy_weight=config.entropy_bonus, estep_diversity_penalty=config.diverse_beam,
         executor_z_dropout=config.z_dropout, executor_copy=config.executor_copy,
         planner_copy=config.planner_copy, unlikelihood_weight=config.unlikelihood,
+        executor_checklist=config.checklist,
         estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
