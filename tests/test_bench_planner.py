@@ -1,4 +1,5 @@
-"""`genlab bench planner`'s decomposition of keyword coverage: the planner's plan against the oracle plan."""
+"""`genlab bench planner`'s decomposition of keyword coverage: the planner's plan against the oracle plan, and the
+planner-free plan (u itself) against it."""
 
 import pytest
 import torch
@@ -35,6 +36,8 @@ def test_a_planner_that_writes_the_oracle_plan_loses_nothing_to_planning():
     assert figures["plan_precision"] == figures["plan_recall"] == 1.0
     assert figures["keyword_coverage"] == pytest.approx(figures["oracle_keyword_coverage"])
     assert figures["keywords_per_example"] == 2.0  # 天气, 今天 / 代表, 发言
+    # u as the plan, cut to 6: 天气公园今会 (oracle 天气今: 3 of 6) / 代表发言北京 (oracle 代表发言: 4 of 6)
+    assert figures["u_plan_recall"] == 1.0 and figures["u_plan_precision"] == pytest.approx(7 / 12)
     shorter = oracle.clone()
     shorter[0, 0, int((oracle[0, 0] >= NUM_CONCEPT_SPECIALS).sum()) - 1] = 0  # row 0 loses its last concept
     model.plan = lambda *args, **kwargs: shorter

@@ -18,6 +18,10 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
 - where that coverage is lost: ``oracle_keyword_coverage``, the same for the executor's greedy text from the
   proposer's full plan (an oracle: it sees y), and ``plan_precision`` / ``plan_recall``, the planner's greedy
   plan against that plan as sets of concepts (pooled over the examples);
+- with the keywords proposer, the planner-free baseline the planner has to beat: ``u_plan_keyword_coverage``, the
+  executor's greedy text from u's own characters as the plan (first occurrences, u's order, cut to the longest
+  plan: a planner that drops nothing, distractors included), and ``u_plan_precision`` / ``u_plan_recall`` of
+  that plan against the oracle plan;
 - ``win_<source>``: the share of held-out E-steps whose z* came from each source;
 - with ``--concept-gradient straight_through|soft_mixture`` (no E-step, so no z*, bound or win rates): the NLL
   through the planner's own plan as the executor reads it in training (its ids, or its soft mixture), and the
@@ -209,6 +213,12 @@ def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[li
     return decode(planned.sequences), planned.concept_ids, decode(continued[:, width:])
 
 
+def u_plan(proposer, batch: dict) -> torch.Tensor:
+    """The keywords proposer's plan from a y that holds all of u: u's characters (first occurrences, u's order, cut
+    to the longest plan), (batch, types, L)."""
+    return proposer({**batch, "text_ids": batch["input_ids"], "text_attention_mask": batch["attention_mask"]})[:, -1]
+
+
 def concept_set(plan: torch.Tensor) -> set[tuple[int, int]]:
     """One example's plan (types, L) → its content concepts as a set of (type, concept id)."""
     return {(k, int(c)) for k, ids in enumerate(plan) for c in ids[concept_slot_mask(ids)]}
@@ -226,8 +236,9 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
     executor from the oracle plan; the planner's plan against it) and a few (u, y, planner, AR) examples."""
     proposer = make_proposer(model, tokenizer)
     decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
-    keywords, planned, continued, oracle_texts, shown = [], [], [], [], []
-    overlap = torch.zeros(3)
+    baseline = model.config.proposer == "keywords"  # u's characters are a plan only for text keyword concepts
+    keywords, planned, continued, oracle_texts, u_texts, shown = [], [], [], [], [], []
+    overlap, u_overlap = torch.zeros(3), torch.zeros(3)
     for batch in batches:
         us = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         ys = tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)
@@ -235,6 +246,10 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
         oracle = proposer(batch)[:, -1]  # its longest granularity: (batch, types, L)
         oracle_texts += decode(model.execute(oracle, max_new_tokens=new_tokens, do_sample=False))
         overlap += torch.tensor(plan_overlap(plans, oracle))
+        if baseline:
+            copied = u_plan(proposer, batch)
+            u_texts += decode(model.execute(copied, max_new_tokens=new_tokens, do_sample=False))
+            u_overlap += torch.tensor(plan_overlap(copied, oracle))
         for u, y, a, b in zip(us, ys, mine, theirs):
             u, y = u.replace(" ", ""), y.replace(" ", "")
             keywords.append(keywords_of(u, y, task))
@@ -243,10 +258,15 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
             if len(shown) < 8:
                 shown.append({"u": u, "y": y, "planner_executor": a, "ar": b})
     both, mine, theirs = overlap.tolist()
-    return {"keyword_coverage": coverage(keywords, planned), "ar_keyword_coverage": coverage(keywords, continued),
-            "oracle_keyword_coverage": coverage(keywords, oracle_texts),
-            "plan_precision": both / max(1, mine), "plan_recall": both / max(1, theirs),
-            "keywords_per_example": sum(map(len, keywords)) / max(1, len(keywords))}, shown
+    figures = {"keyword_coverage": coverage(keywords, planned), "ar_keyword_coverage": coverage(keywords, continued),
+               "oracle_keyword_coverage": coverage(keywords, oracle_texts),
+               "plan_precision": both / max(1, mine), "plan_recall": both / max(1, theirs),
+               "keywords_per_example": sum(map(len, keywords)) / max(1, len(keywords))}
+    if baseline:
+        both, mine, theirs = u_overlap.tolist()
+        figures.update(u_plan_keyword_coverage=coverage(keywords, u_texts), u_plan_precision=both / max(1, mine),
+                       u_plan_recall=both / max(1, theirs))
+    return figures, shown
 
 
 def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int, repeats: int) -> tuple[float, float, float]:
