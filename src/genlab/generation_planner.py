@@ -169,7 +169,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         cache = DynamicCache(config=self.executor.config)
         hidden = self.executor_step(embeds, positions, valid, cache)
         slots = self.copy_slots(hidden, copy_tokens)  # what the copy head points at (executor_copy)
-        written = None if slots is None else torch.zeros_like(copy_tokens, dtype=torch.bool)  # (batch, P)
+        checklist = slots is not None and self.copy_head.checklist is not None
+        written = torch.zeros_like(copy_tokens, dtype=torch.bool) if checklist else None  # (batch, P)
         text = torch.full((b, 1), self.config.bos_token_id, dtype=torch.long, device=valid.device)
         unfinished = torch.ones(b, dtype=torch.bool, device=valid.device)
         for step in range(1, max_new + 1):

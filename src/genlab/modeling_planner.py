@@ -440,7 +440,8 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         p = prefix.shape[1]
         # the last prefix token predicts text token 1
         slots = self.copy_slots(hidden[:, :p], copy_tokens)
-        written = None if slots is None else written_slots(text_ids, slots)
+        checklist = slots is not None and self.copy_head.checklist is not None
+        written = written_slots(text_ids, slots) if checklist else None
         logits = self.text_logits(hidden[:, p - 1 : p - 1 + t], slots, written)
         labels = text_ids.masked_fill(~text_valid, IGNORE)
         token_nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
