@@ -10,7 +10,7 @@ from genlab.pointer_generator import CopySlots, write, written_slots
 from genlab.testing import assert_remote_code_roundtrip
 from genlab.trainers.planner import PlannerTrainConfig
 
-from test_planner_copy import PLANS, S, STACK, VOCAB, make_copy_model
+from test_planner_copy import PLANS, S, STACK, VOCAB, assert_cached_decoding_is_the_full_forward, make_copy_model
 
 EOS = 1
 
@@ -66,12 +66,7 @@ def test_cached_decoding_with_a_checklist_equals_the_full_forward_and_ignores_pa
         model.copy_head.gate.bias.fill_(-1.0)
         model.copy_head.checklist.update.weight.normal_(std=0.5)
         model.copy_head.checklist.written_score.fill_(-5.0)
-    text = model.execute(PLANS, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    full = model.executor_forward(PLANS, text).logits
-    assert torch.equal(full.argmax(-1), text)
-    for row in range(3):
-        alone = model.executor_forward(PLANS[row : row + 1], text[row : row + 1]).logits
-        torch.testing.assert_close(alone, full[row : row + 1], atol=1e-5, rtol=1e-5)
+    assert_cached_decoding_is_the_full_forward(model)
 
 
 def keyword_batch(generator: torch.Generator, n: int, longest: int = 4):

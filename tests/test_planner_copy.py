@@ -61,16 +61,22 @@ def test_pointer_generator_is_a_distribution_and_trains_both_its_parts():
         torch.testing.assert_close(probs[row][:, tokens].sum(-1), torch.ones(5), atol=1e-4, rtol=0)
 
 
-def test_cached_decoding_with_copy_equals_the_full_forward_and_ignores_padding():
-    model = make_copy_model()
-    with torch.no_grad():
-        model.copy_head.gate.bias.fill_(-1.0)  # copying matters: most of the mass is on the plan
+def assert_cached_decoding_is_the_full_forward(model: PlannerExecutorModel) -> None:
+    """``execute`` on PLANS writes the full forward's argmax at every step, and each row alone scores as in the
+    padded batch."""
     text = model.execute(PLANS, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     full = model.executor_forward(PLANS, text).logits
     assert torch.equal(full.argmax(-1), text)
     for row in range(3):
         alone = model.executor_forward(PLANS[row : row + 1], text[row : row + 1]).logits
         torch.testing.assert_close(alone, full[row : row + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_cached_decoding_with_copy_equals_the_full_forward_and_ignores_padding():
+    model = make_copy_model()
+    with torch.no_grad():
+        model.copy_head.gate.bias.fill_(-1.0)  # copying matters: most of the mass is on the plan
+    assert_cached_decoding_is_the_full_forward(model)
 
 
 def test_copy_heads_survive_a_clean_process_round_trip(tmp_path):

@@ -15,7 +15,7 @@ copy generate only.
 
 With ``checklist`` the head also knows which slots' tokens the text has already written (a neural checklist,
 Kiddon et al., 2016, "Globally Coherent Text Generation with Neural Checklist Models"): w_t,j = 1 when token_j
-occurs in x_<t. The copy attention's scores get a learned + b · w_t,j, and the stack's state gets what is still
+occurs in x_<t. A written slot's copy score gets a learned term b · w_t,j, and the stack's state gets what is still
 to be written before its output layer and the gate read it,
 
     h'_t = h_t + W [mean_{j: w_t,j = 0} k_j ; share of the slots not yet written]          (W starts at 0)
@@ -46,17 +46,21 @@ class CopySlots(NamedTuple):
     any: torch.Tensor  # (batch, 1, 1) True where the row has something to copy
 
 
+def slot_matches(tokens: torch.Tensor, slots: CopySlots) -> torch.Tensor:
+    """tokens (batch, t) → (batch, t, P): True at [i, j] when slot j is copyable and holds token i."""
+    return (tokens[:, :, None] == slots.tokens) & (slots.bias == 0)
+
+
 def written_slots(text_ids: torch.Tensor, slots: CopySlots) -> torch.Tensor:
     """text_ids (batch, t) of a teacher-forced text → (batch, t, P): True at [i, j] when slot j is copyable and
     its token occurs in text_ids[:, :i] (the text read by the position that predicts token i)."""
-    occurs = (text_ids[:, :, None] == slots.tokens) & (slots.bias == 0)  # (batch, t, P): token i is slot j's
-    seen = occurs.cummax(1).values  # occurs at i or before
+    seen = slot_matches(text_ids, slots).cummax(1).values  # token i or one before it is slot j's
     return torch.cat([torch.zeros_like(seen[:, :1]), seen[:, :-1]], 1)
 
 
 def write(written: torch.Tensor, token: torch.Tensor, slots: CopySlots) -> torch.Tensor:
     """One decoding step: written (batch, P) and the token just chosen (batch,) → written with its slots."""
-    return written | ((token[:, None] == slots.tokens[:, 0]) & (slots.bias[:, 0] == 0))
+    return written | slot_matches(token[:, None], slots)[:, 0]
 
 
 class Checklist(nn.Module):
