@@ -68,7 +68,8 @@ bench-planner: $(STAMP)
 	$(VENV)/bin/genlab bench planner --steps 2000 --json benchmarks/results/planner.json
 
 # Each planner ablation changes one setting of `make bench-planner`'s keywords run (same AR baseline, same steps);
-# the README's ablation table is generated from their JSONs.
+# the README's ablation table is generated from their JSONs. A decoding-only ablation names the run it re-measures
+# (--run-dir=…, which overrides the default) and so trains nothing.
 KEYWORDS_BENCH = $(VENV)/bin/genlab bench planner-keywords --steps 2000 --ar-run-dir runs/bench/planner-keywords-ar
 ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-selection=joint beam:--diverse-beam=2 \
 	learned:--proposer=learned zdrop:--z-dropout=0.3 st:--concept-gradient=straight_through \
@@ -88,7 +89,7 @@ ABLATION_FIGURES := $(ABLATION_FIGURES),executor_decode_ratio,monitor_warnings
 
 bench-planner-ablations: $(STAMP)
 	for ablation in $(ABLATIONS); do name=$${ablation%%:*}; flags=$$(echo $${ablation#*:} | tr , ' '); \
-		$(KEYWORDS_BENCH) $$flags --run-dir runs/bench/planner-keywords-$$name \
+		$(KEYWORDS_BENCH) --run-dir runs/bench/planner-keywords-$$name $$flags \
 			--json benchmarks/results/planner-keywords-$$name.json || exit 1; done
 	$(VENV)/bin/genlab bench compare benchmarks/results/planner-keywords.json \
 		$(foreach a,$(ABLATIONS),benchmarks/results/planner-keywords-$(firstword $(subst :, ,$(a))).json) \

@@ -38,6 +38,12 @@ def test_a_planner_that_writes_the_oracle_plan_loses_nothing_to_planning():
     assert figures["keywords_per_example"] == 2.0  # 天气, 今天 / 代表, 发言
     # u as the plan, cut to 6: 天气公园今会 (oracle 天气今: 3 of 6) / 代表发言北京 (oracle 代表发言: 4 of 6)
     assert figures["u_plan_recall"] == 1.0 and figures["u_plan_precision"] == pytest.approx(7 / 12)
+    for name in ("keyword_coverage", "ar_keyword_coverage", "oracle_keyword_coverage", "u_plan_keyword_coverage"):
+        # a covered text is its free text continued where </s> was refused: it can only gain keywords
+        assert figures[f"covered_{name}"] >= figures[name]
+    for name in ("planner", "ar", "oracle", "u_plan"):
+        assert figures[f"{name}_covered_chars"] >= figures[f"{name}_chars"] > 0
+    assert figures["reference_chars"] == pytest.approx((7 + 8) / 2)  # 今天天气很好。 / 代表们发言踊跃。
     shorter = oracle.clone()
     shorter[0, 0, int((oracle[0, 0] >= NUM_CONCEPT_SPECIALS).sum()) - 1] = 0  # row 0 loses its last concept
     model.plan = lambda *args, **kwargs: shorter

@@ -136,6 +136,29 @@ def test_greedy_plan_replays_as_the_teacher_forced_argmax():
     assert ((plan == CONCEPT_PAD) | (plan >= 3)).all()  # no <mask>, <eos> dropped
 
 
+def test_no_repeat_plans_name_each_concept_once_and_replay_as_the_argmax_over_the_unnamed():
+    model = make_model(planner_mtp_heads=1)
+    scores = model.planner_logits
+    favourite = torch.zeros(model.max_type_vocab).index_fill(0, torch.tensor([9]), 50.0)  # concept 9, always
+    model.planner_logits = lambda hidden, u: scores(hidden, u) + favourite
+    u = text_batch(3, length=8)
+    assert (model.plan(u)[:, 0] == 9).all()  # keywords: 9 at every slot
+    plan = model.plan(u, no_repeat_concepts=True)
+    content = (plan >= 3).long()
+    named = torch.nn.functional.one_hot(plan, model.max_type_vocab) * content[..., None]  # (b, k, L, V)
+    assert named.sum(2).max() == 1 and (plan[:, 0, 0] == 9).all()  # once each, the favourite first
+    out = model.planner_forward(u, None, plan)
+    before = torch.nn.functional.pad(named.cumsum(2), (0, 0, 1, 0))[:, :, :-1].bool()  # named before slot j
+    before = torch.cat([before, named.sum(2, keepdim=True).bool()], 2)  # and before each type's <eos>
+    free = torch.arange(6)[None, :] < torch.tensor(model.config.concept_max_lengths)[:, None]
+    counted = (out.labels != -100) & free
+    replayed = out.logits.masked_fill(before, torch.finfo(out.logits.dtype).min).argmax(-1)
+    assert torch.equal(replayed[counted], out.labels[counted])
+    for use_mtp in (False, True):  # the MTP heads' guesses of one step are checked too
+        plan = model.plan(u, use_mtp=use_mtp, no_repeat_concepts=True)
+        assert (torch.nn.functional.one_hot(plan, model.max_type_vocab) * (plan >= 3).long()[..., None]).sum(2).max() == 1
+
+
 def test_plan_respects_max_lengths_and_mtp_heads_run():
     model = make_model(planner_mtp_heads=2)
     u = text_batch(3, length=8)

@@ -5,7 +5,8 @@ multi-token-prediction heads) into the planner's KV cache, where a type sees u a
 ends at its ``<eos>`` or at its max length. ``execute`` prefills the executor with the concept-only prefix
 and decodes text token by token with a KV cache, through a standard ``LogitsProcessorList`` built from the
 ``GenerationConfig`` by transformers itself (temperature, top-k, top-p, repetition penalty, no_repeat_ngram_size,
-min_new_tokens, …) plus any user processors.
+min_new_tokens, …) plus any user processors; ``cover_plan`` adds :class:`PlanCoverageLogitsProcessor`, which lets
+a row end only once its text holds every text concept of its plan (lexically constrained stopping).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, GenerationMixin, LogitsProcessorList
+import torch.nn.functional as F
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
-from .configuration_planner import CONCEPT_EOS, CONCEPT_PAD
+from .configuration_planner import CONCEPT_EOS, CONCEPT_PAD, NUM_CONCEPT_SPECIALS
 from .pointer_generator import write
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -60,6 +62,29 @@ def diverse(logits: torch.Tensor, penalty: float) -> torch.Tensor:
     return torch.stack(ids, 1)
 
 
+class PlanCoverageLogitsProcessor(LogitsProcessor):
+    """``eos_token_id`` is suppressed in every row whose text (``input_ids`` after its first ``prompt_length``
+    columns) does not yet hold all of the row's ``required`` token ids (batch, R; negative entries require
+    nothing): the text may not stop before its plan is written (P8). A pure function of ``input_ids``, so it runs
+    in any ``generate(logits_processor=...)`` of a batch of ``len(required)`` rows (greedy or sampling). A row can
+    still be cut by ``max_new_tokens``; nothing makes it write a missing token but its own scores."""
+
+    def __init__(self, required: torch.Tensor, eos_token_id: int, prompt_length: int = 0):
+        self.required, self.eos_token_id, self.prompt_length = required, eos_token_id, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != self.required.shape[0]:
+            raise ValueError(f"PlanCoverageLogitsProcessor holds {self.required.shape[0]} rows of required tokens, "
+                             f"got a batch of {input_ids.shape[0]} (num_beams and num_return_sequences must be 1)")
+        required = self.required.to(input_ids.device)
+        text = input_ids[:, self.prompt_length:]
+        held = (text[:, :, None] == required[:, None, :]).any(1) | (required < 0)  # (batch, R)
+        missing = ~held.all(1)
+        scores = scores.clone()
+        scores[missing, self.eos_token_id] = torch.finfo(scores.dtype).min
+        return scores
+
+
 class PlannerExecutorGenerationMixin(GenerationMixin):
     """``plan`` (P1, P5), ``execute`` (P3) and ``generate`` = plan then execute (P8)."""
 
@@ -67,7 +92,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
     def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, use_mtp: bool = False,
              generator: torch.Generator | None = None, num_beam_groups: int = 1,
-             diversity_penalty: float = 0.0) -> torch.Tensor:
+             diversity_penalty: float = 0.0, no_repeat_concepts: bool = False) -> torch.Tensor:
         """u → concept ids (batch, types, max length), ``<pad>`` after each type's end (its ``<eos>`` dropped).
 
         ``use_mtp`` accepts the multi-token-prediction heads' guesses as they are (1 + n tokens per step).
@@ -75,10 +100,12 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         (batch · G, types, max length), each example's G plans together, group 0 the greedy plan (``diverse``).
         A model trained straight-through or as a soft mixture plans as it was trained: ``relaxed_plan``'s ids
         (full length; ``do_sample`` = Gumbel-max sampling at temperature 1).
+        ``no_repeat_concepts``: a type never names a concept it has already named (the keywords proposer's plans
+        never do: they keep first occurrences), the plan-side ``no_repeat_ngram_size=1``.
         """
         if self.config.concept_gradient != "hard_em":
             self.check_relaxed_planning(temperature=temperature, top_k=top_k, use_mtp=use_mtp,
-                                        num_beam_groups=num_beam_groups)
+                                        num_beam_groups=num_beam_groups, no_repeat_concepts=no_repeat_concepts)
             return self.relaxed_plan(input_ids, attention_mask, noise=do_sample, generator=generator).concept_ids
         if num_beam_groups > 1:
             if do_sample or use_mtp:
@@ -96,6 +123,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
         fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
         columns, done, offset = [], torch.zeros(b, k, dtype=torch.bool, device=device), 0
+        named = torch.zeros(b, k, 1, self.max_type_vocab, dtype=torch.bool, device=device) if no_repeat_concepts else None
         while len(columns) <= longest:
             n = fed.shape[2]
             hidden = self.planner_segments(fed, torch.arange(offset, offset + n, device=device), u_length, cache,
@@ -106,14 +134,20 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             last = hidden[:, :, -1:]  # (batch, types, 1, hidden)
             guesses = torch.cat([last] + [proj(last) for proj in self.mtp_proj[: heads - 1]], 2)
             logits = self.planner_logits(guesses, u)  # (b, k, heads, V)
-            if num_beam_groups > 1:
-                new = diverse(logits.view(-1, num_beam_groups, *logits.shape[1:]), diversity_penalty).flatten(0, 1)
-            else:
-                new = choose(logits, do_sample, temperature, top_k, generator)  # (b, k, heads)
             accepted = []
             for head in range(heads):  # at most 1 + planner_mtp_heads columns per step
-                token = torch.where(len(columns) >= max_lengths, CONCEPT_EOS, new[..., head])
+                scores = logits[:, :, head : head + 1]  # (b, k, 1, V)
+                if named is not None:  # what each type has named so far
+                    scores = scores.masked_fill(named, torch.finfo(scores.dtype).min)
+                if num_beam_groups > 1:
+                    new = diverse(scores.view(-1, num_beam_groups, *scores.shape[1:]), diversity_penalty).flatten(0, 1)
+                else:
+                    new = choose(scores, do_sample, temperature, top_k, generator)  # (b, k, 1)
+                token = torch.where(len(columns) >= max_lengths, CONCEPT_EOS, new[..., 0])
                 token = token.masked_fill(done, CONCEPT_PAD)
+                if named is not None:  # specials (<eos>, <pad>) may repeat
+                    content = F.one_hot(token, self.max_type_vocab).bool() & (token >= NUM_CONCEPT_SPECIALS)[..., None]
+                    named = named | content[:, :, None]
                 done = done | (token == CONCEPT_EOS)
                 columns.append(token)
                 accepted.append(token)
@@ -129,7 +163,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
     def check_relaxed_planning(self, **options) -> None:
         """``ValueError`` naming the planning options a relaxed (``straight_through``/``soft_mixture``) planner
         does not take: it plans greedily or by Gumbel-max sampling, one concept per step, in one group."""
-        defaults = {"temperature": 1.0, "top_k": None, "use_mtp": False, "num_beam_groups": 1}
+        defaults = {"temperature": 1.0, "top_k": None, "use_mtp": False, "num_beam_groups": 1,
+                    "no_repeat_concepts": False}
         changed = sorted(name for name, value in options.items() if value != defaults[name])
         if changed:
             raise ValueError(f"a planner trained with concept_gradient={self.config.concept_gradient!r} plans as it "
@@ -149,10 +184,13 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
     @torch.no_grad()
     def execute(self, concept_ids: torch.Tensor, generation_config: GenerationConfig | None = None,
                 logits_processor: LogitsProcessorList | None = None, generator: torch.Generator | None = None,
-                streamer=None, concept_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+                streamer=None, concept_embeds: torch.Tensor | None = None, cover_plan: bool = False,
+                **kwargs) -> torch.Tensor:
         """Concepts → text ids (batch, new tokens) with the executor's KV cache (P3); rows pad after ``</s>``.
         ``streamer`` (a transformers ``BaseStreamer``, batch 1) gets every token as it is written;
-        ``concept_embeds`` (batch, types, L, hidden) replaces the ids' rows (a soft-mixture plan)."""
+        ``concept_embeds`` (batch, types, L, hidden) replaces the ids' rows (a soft-mixture plan); ``cover_plan``:
+        a row may not write ``</s>`` before its text holds every text concept of its plan
+        (:class:`PlanCoverageLogitsProcessor`)."""
         config = copy.deepcopy(generation_config or self.generation_config)
         unused = config.update(**kwargs)
         if unused:  # a misspelt max_new_tokens would otherwise be kept as an attribute and ignored
@@ -161,6 +199,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         max_new = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         embeds, positions, _, valid, copy_tokens = self.executor_prefix(concept_ids, concept_embeds)
         processors = self._logits_processors(config, logits_processor, valid.device)
+        if cover_plan:  # the text so far is BOS + new tokens: the processor skips the BOS
+            processors.append(PlanCoverageLogitsProcessor(copy_tokens, self.config.eos_token_id, prompt_length=1))
         b, width = valid.shape
         if streamer is not None and b != 1:
             raise ValueError(f"streamers take one sequence (batch size 1), got a batch of {b}")
@@ -195,9 +235,12 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                  concept_ids: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  logits_processor: LogitsProcessorList | None = None, return_concepts: bool = False,
                  plan_do_sample: bool = False, plan_temperature: float = 1.0, use_mtp: bool = False,
-                 generator: torch.Generator | None = None, streamer=None, **kwargs):
+                 plan_no_repeat: bool = False, generator: torch.Generator | None = None, streamer=None,
+                 cover_plan: bool = False, **kwargs):
         """Plan from u (unless ``concept_ids`` are given), then execute (P8). A soft-mixture model's executor
-        reads its plan's soft embeddings, as in training (``relaxed_plan``).
+        reads its plan's soft embeddings, as in training (``relaxed_plan``). ``plan_no_repeat``: no type names a
+        concept twice (``plan``'s ``no_repeat_concepts``); ``cover_plan``: the text may not end before it holds
+        every text concept of the plan (``execute``).
 
         Returns the text ids, or a :class:`PlanAndExecuteOutput` with the concepts when ``return_concepts``
         (or ``return_dict_in_generate``) is set.
@@ -208,13 +251,15 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             if input_ids is None:
                 raise ValueError("generate needs input_ids (u) to plan from, or concept_ids to execute")
             if self.config.concept_gradient == "soft_mixture":
-                self.check_relaxed_planning(temperature=plan_temperature, use_mtp=use_mtp)
+                self.check_relaxed_planning(temperature=plan_temperature, use_mtp=use_mtp,
+                                            no_repeat_concepts=plan_no_repeat)
                 with torch.no_grad():
                     concept_ids, concept_embeds = self.relaxed_plan(input_ids, attention_mask, noise=plan_do_sample,
                                                                     generator=generator)[:2]
             else:
                 concept_ids = self.plan(input_ids, attention_mask, do_sample=plan_do_sample,
-                                        temperature=plan_temperature, use_mtp=use_mtp, generator=generator)
+                                        temperature=plan_temperature, use_mtp=use_mtp, generator=generator,
+                                        no_repeat_concepts=plan_no_repeat)
         sequences = self.execute(concept_ids, generation_config, logits_processor, generator, streamer,
-                                 concept_embeds=concept_embeds, **kwargs)
+                                 concept_embeds=concept_embeds, cover_plan=cover_plan, **kwargs)
         return PlanAndExecuteOutput(sequences=sequences, concept_ids=concept_ids) if return_dict else sequences

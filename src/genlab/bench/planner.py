@@ -22,6 +22,11 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
   executor's greedy text from u's own characters as the plan (first occurrences, u's order, cut to the longest
   plan: a planner that drops nothing, distractors included), and ``u_plan_precision`` / ``u_plan_recall`` of
   that plan against the oracle plan;
+- ``covered_<figure>`` for each of those four coverages: the same texts made to cover their plan (the executor
+  may not write ``</s>`` before its text holds every text concept of its plan, ``PlanCoverageLogitsProcessor``;
+  the AR model before it holds every character of the u plan, or, without the keywords proposer, is not
+  measured), with ``<text>_chars``, the mean length in characters of each set of texts beside ``reference_chars``
+  (y's): coverage bought with longer text shows there;
 - ``win_<source>``: the share of held-out E-steps whose z* came from each source;
 - with ``--concept-gradient straight_through|soft_mixture`` (no E-step, so no z*, bound or win rates): the NLL
   through the planner's own plan as the executor reads it in training (its ids, or its soft mixture), and the
@@ -37,12 +42,14 @@ The monitor curves of the planner run (P6) are plotted by ``genlab.report.plot_p
 from __future__ import annotations
 
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Qwen2ForCausalLM
+from transformers import LogitsProcessorList, Qwen2ForCausalLM
 
 from ..configuration_planner import CONCEPT_GRADIENTS, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS
+from ..generation_planner import PlanCoverageLogitsProcessor
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
 from ..timing import paired_seconds
@@ -91,6 +98,8 @@ class PlannerBenchConfig:
         "help": "the executor's copy head reads which plan keywords its text already holds"})
     unlikelihood: float = field(default=0.0, metadata={
         "help": "α of the token-level unlikelihood of already-written tokens in text and plans (0: off)"})
+    plan_no_repeat: bool = field(default=False, metadata={
+        "help": "evaluate with plans that name each concept once (plan's no_repeat_concepts; training unchanged)"})
     diverse_beam: float = field(default=0.0, metadata={
         "help": "Hamming penalty of the E-step's diverse beam search over planner plans (0: off)"})
     prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
@@ -134,9 +143,9 @@ def summed_nll(model, batch: dict):
 
 
 @torch.no_grad()
-def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> dict:
+def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int, plan_no_repeat: bool = False) -> dict:
     """Per-y-token NLLs of the planner–executor (z*, planner z, bound), the AR model, ΔNLL(z*) and the share of
-    z* each E-step source won."""
+    z* each E-step source won. ``plan_no_repeat``: the planner's plan names each concept once."""
     proposer = make_proposer(model, tokenizer)
     generator = torch.Generator().manual_seed(0)
     wins: dict[str, float] = {}
@@ -152,7 +161,8 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int) -> di
         base = nll(z_star)
         sums["nll_zstar"] += base
         sums["nll_bound"] += base - float(model.planner_forward(batch["input_ids"], batch["attention_mask"], z_star).log_prob.sum())
-        sums["nll_planner_z"] += nll(model.plan(batch["input_ids"], batch["attention_mask"]))
+        sums["nll_planner_z"] += nll(model.plan(batch["input_ids"], batch["attention_mask"],
+                                                no_repeat_concepts=plan_no_repeat))
         for name, value in delta_nll(nll, z_star, model.config.concept_vocab_sizes, generator).items():
             sums[name] += value
         sums["zstar_concepts"] += float(concept_slot_mask(z_star).sum())
@@ -195,22 +205,21 @@ def coverage(keywords: list[list[str]], texts: list[str]) -> float:
     return hits / max(1, sum(len(words) for words in keywords))
 
 
-@torch.no_grad()
-def greedy_texts(model, ar, tokenizer, batch: dict, new_tokens: int) -> tuple[list[str], torch.Tensor, list[str]]:
-    """Greedy generations from u: the planner–executor's (text, and the plan it wrote it from) and the AR model's
-    (after ``u <sep>``)."""
-    decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
-    planned = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens, do_sample=False,
-                             return_concepts=True)
+def ar_texts(ar, tokenizer, batch: dict, new_tokens: int, required: torch.Tensor | None = None) -> torch.Tensor:
+    """The AR model's greedy continuations of ``u <sep>`` (batch, new tokens); with ``required`` (batch, R) token
+    ids it may not stop before it has written them all (``PlanCoverageLogitsProcessor``)."""
     prompts = [u[m.bool()].tolist() + [tokenizer.sep_token_id] for u, m in zip(batch["input_ids"], batch["attention_mask"])]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
     mask = torch.zeros_like(ids)
     for i, prompt in enumerate(prompts):  # left padding: generation continues every row at the same column
         ids[i, width - len(prompt):], mask[i, width - len(prompt):] = torch.tensor(prompt), 1
+    processors = LogitsProcessorList(
+        [] if required is None else [PlanCoverageLogitsProcessor(required, tokenizer.eos_token_id, prompt_length=width)])
     continued = ar.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return decode(planned.sequences), planned.concept_ids, decode(continued[:, width:])
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            logits_processor=processors)
+    return continued[:, width:]
 
 
 def u_plan(proposer, batch: dict) -> torch.Tensor:
@@ -231,41 +240,68 @@ def plan_overlap(plans: torch.Tensor, oracle: torch.Tensor) -> tuple[int, int, i
 
 
 @torch.no_grad()
-def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_tokens: int) -> tuple[dict, list]:
-    """keyword_coverage / ar_keyword_coverage over the held-out pairs, where the planner–executor loses it (the
-    executor from the oracle plan; the planner's plan against it) and a few (u, y, planner, AR) examples."""
-    proposer = make_proposer(model, tokenizer)
+def generations(model, ar, tokenizer, batch: dict, proposer, new_tokens: int,
+                plan_no_repeat: bool = False) -> tuple[dict[str, list[str]], dict]:
+    """Every greedy text the coverage figures read, by name, and the plans they come from: the planner–executor's
+    from u (``planner``), the executor's from the ``oracle`` plan and, with the keywords proposer, from the
+    ``u_plan``; each also ``_covered`` (it may not stop before its plan is written); the AR model's (``ar``, and
+    ``ar_covered``: it may not stop before it has written the u plan's characters)."""
     decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
-    baseline = model.config.proposer == "keywords"  # u's characters are a plan only for text keyword concepts
-    keywords, planned, continued, oracle_texts, u_texts, shown = [], [], [], [], [], []
-    overlap, u_overlap = torch.zeros(3), torch.zeros(3)
+    planned = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens, do_sample=False,
+                             return_concepts=True, plan_no_repeat=plan_no_repeat)
+    plans = {"planner": planned.concept_ids, "oracle": proposer(batch)[:, -1]}  # the oracle's longest granularity
+    if model.config.proposer == "keywords":  # u's characters are a plan only for text keyword concepts
+        plans["u_plan"] = u_plan(proposer, batch)
+    texts = {"planner": decode(planned.sequences), "ar": decode(ar_texts(ar, tokenizer, batch, new_tokens)),
+             "planner_covered": decode(model.generate(batch["input_ids"], batch["attention_mask"], cover_plan=True,
+                                                      max_new_tokens=new_tokens, do_sample=False,
+                                                      plan_no_repeat=plan_no_repeat))}
+    for name in plans.keys() - {"planner"}:
+        for cover in (False, True):
+            texts[name + "_covered" * cover] = decode(model.execute(plans[name], max_new_tokens=new_tokens,
+                                                                    do_sample=False, cover_plan=cover))
+    if "u_plan" in plans:
+        required = model.executor_prefix(plans["u_plan"]).copy_tokens
+        texts["ar_covered"] = decode(ar_texts(ar, tokenizer, batch, new_tokens, required))
+    return texts, plans
+
+
+COVERAGE_FIGURES = {"planner": "keyword_coverage", "ar": "ar_keyword_coverage", "oracle": "oracle_keyword_coverage",
+                    "u_plan": "u_plan_keyword_coverage"}
+
+
+@torch.no_grad()
+def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_tokens: int,
+                     plan_no_repeat: bool = False) -> tuple[dict, list]:
+    """keyword_coverage / ar_keyword_coverage over the held-out pairs, where the planner–executor loses it (the
+    executor from the oracle plan; the planner's plan against it), the same with every text made to cover its
+    plan, mean text lengths, and a few (u, y, planner, AR) examples."""
+    proposer = make_proposer(model, tokenizer)
+    keywords, references, texts, shown = [], [], defaultdict(list), []
+    overlap = defaultdict(lambda: torch.zeros(3))
     for batch in batches:
         us = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         ys = tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)
-        mine, plans, theirs = greedy_texts(model, ar, tokenizer, batch, new_tokens)
-        oracle = proposer(batch)[:, -1]  # its longest granularity: (batch, types, L)
-        oracle_texts += decode(model.execute(oracle, max_new_tokens=new_tokens, do_sample=False))
-        overlap += torch.tensor(plan_overlap(plans, oracle))
-        if baseline:
-            copied = u_plan(proposer, batch)
-            u_texts += decode(model.execute(copied, max_new_tokens=new_tokens, do_sample=False))
-            u_overlap += torch.tensor(plan_overlap(copied, oracle))
-        for u, y, a, b in zip(us, ys, mine, theirs):
+        generated, plans = generations(model, ar, tokenizer, batch, proposer, new_tokens, plan_no_repeat)
+        for name, made in generated.items():
+            texts[name] += made
+        for name in plans.keys() - {"oracle"}:
+            overlap[name] += torch.tensor(plan_overlap(plans[name], plans["oracle"]))
+        for i, (u, y) in enumerate(zip(us, ys)):
             u, y = u.replace(" ", ""), y.replace(" ", "")
             keywords.append(keywords_of(u, y, task))
-            planned.append(a)
-            continued.append(b)
+            references.append(y)
             if len(shown) < 8:
-                shown.append({"u": u, "y": y, "planner_executor": a, "ar": b})
-    both, mine, theirs = overlap.tolist()
-    figures = {"keyword_coverage": coverage(keywords, planned), "ar_keyword_coverage": coverage(keywords, continued),
-               "oracle_keyword_coverage": coverage(keywords, oracle_texts),
-               "plan_precision": both / max(1, mine), "plan_recall": both / max(1, theirs),
-               "keywords_per_example": sum(map(len, keywords)) / max(1, len(keywords))}
-    if baseline:
-        both, mine, theirs = u_overlap.tolist()
-        figures.update(u_plan_keyword_coverage=coverage(keywords, u_texts), u_plan_precision=both / max(1, mine),
-                       u_plan_recall=both / max(1, theirs))
+                shown.append({"u": u, "y": y, "planner_executor": generated["planner"][i], "ar": generated["ar"][i]})
+    figures = {"keywords_per_example": sum(map(len, keywords)) / max(1, len(keywords)),
+               "reference_chars": sum(map(len, references)) / max(1, len(references))}
+    for name, made in texts.items():
+        plain = name.removesuffix("_covered")
+        figures[("covered_" if name != plain else "") + COVERAGE_FIGURES[plain]] = coverage(keywords, made)
+        figures[f"{name}_chars"] = sum(map(len, made)) / max(1, len(made))
+    for name, (both, mine, theirs) in overlap.items():
+        label = "plan" if name == "planner" else name  # plan_precision, u_plan_precision
+        figures[f"{label}_precision"], figures[f"{label}_recall"] = both / max(1, mine), both / max(1, theirs)
     return figures, shown
 
 
@@ -300,18 +336,19 @@ def run(args: PlannerBenchConfig) -> dict:
     pairs = pairs.shuffle(seed=args.seed).select(range(min(args.eval_pairs, len(pairs))))
     batches = [collate([pairs[j] for j in range(i, min(i + 32, len(pairs)))]) for i in range(0, len(pairs), 32)]
     hard_em = model.config.concept_gradient == "hard_em"
-    figures = (held_out_figures(model, ar, tokenizer, batches, manifest["steps"]) if hard_em
+    figures = (held_out_figures(model, ar, tokenizer, batches, manifest["steps"], args.plan_no_repeat) if hard_em
                else relaxed_figures(model, ar, tokenizer, batches))
     figures["nll_ratio_vs_ar"] = figures["nll_planner_z"] / figures["nll_ar"]
     if hard_em:
         figures["nll_zstar_ratio_vs_ar"] = figures["nll_zstar"] / figures["nll_ar"]
         figures["nll_bound_ratio_vs_ar"] = figures["nll_bound"] / figures["nll_ar"]
     covered, examples = coverage_figures(model, ar, tokenizer, batches, manifest.get("task", "next_sentence"),
-                                         args.max_text_length)
+                                         args.max_text_length, args.plan_no_repeat)
     figures.update(covered)
     figures["concept_drop_50"] = concept_drop(model, training_plans(model, make_proposer(model, tokenizer)),
                                               batches[:2], [0.5], args.seed)["delta_nll"]["0.5"]
-    concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1])
+    concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1],
+                          no_repeat_concepts=args.plan_no_repeat)
     figures["executor_tok_s_b1"], figures["plain_tok_s_b1"], figures["executor_decode_ratio"] = decode_ratio(
         model, concepts, 1, args.repeats)
     figures["executor_tok_s_b16"], figures["plain_tok_s_b16"], figures["executor_decode_ratio_b16"] = decode_ratio(
@@ -325,7 +362,7 @@ def run(args: PlannerBenchConfig) -> dict:
                 "eval_pairs": len(pairs), "split": "validation",
                 "planner_parameters": manifest["parameters"], "ar_parameters": ar_manifest["parameters"],
                 "ar_layers": ar.config.num_hidden_layers, "planner_config": model.config.to_diff_dict(),
-                "new_tokens": NEW_TOKENS, "repeats": args.repeats,
+                "new_tokens": NEW_TOKENS, "repeats": args.repeats, "plan_no_repeat": args.plan_no_repeat,
                 "monitor_warning_rules": sorted({w["rule"] for w in manifest["monitor_warnings"]})},
         budget={"max_steps": args.steps, "wall_clock_cap_s": args.budget, "planner_steps_done": manifest["steps"],
                 "ar_steps_done": ar_manifest["steps"], "batch_size": args.batch_size, "learning_rate": 1e-3,
