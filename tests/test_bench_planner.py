@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from genlab.bench.planner import coverage_figures, plan_overlap
+from genlab.bench.planner import coverage_figures, plan_overlap, split_share
 from genlab.configuration_planner import CONCEPT_EOS, NUM_CONCEPT_SPECIALS
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.planner_estep import make_proposer
@@ -20,6 +20,8 @@ def test_plan_overlap_counts_the_content_concepts_of_each_type_once():
                            [[5, 7, 0, 0], [9, 0, 0, 0]]])
     # row 0: {5,6,7} vs {6,7,8,9} and {3} vs {4}: 2 shared of 4 and 5; row 1: {5} vs {5,7} and {9} vs {9}: 2 of 2 and 3
     assert plan_overlap(plans, oracle) == (4, 6, 8)
+    # a word separator (here 7) is no concept: {5,6} vs {6,8,9}, {3} vs {4}; {5} vs {5}, {9} vs {9}
+    assert plan_overlap(plans, oracle, ignore=7) == (3, 5, 6)
 
 
 @torch.no_grad()
@@ -50,3 +52,9 @@ def test_a_planner_that_writes_the_oracle_plan_loses_nothing_to_planning():
     figures = coverage_figures(model, ar, tokenizer, [batch], "keywords", new_tokens=8)[0]
     total = int((oracle >= NUM_CONCEPT_SPECIALS).sum())
     assert figures["plan_precision"] == 1.0 and figures["plan_recall"] == pytest.approx((total - 1) / total)
+
+
+def test_split_share_counts_keywords_whose_characters_are_there_but_not_the_word():
+    keywords = [["天气", "今天", "公园"], ["发言"]]
+    texts = ["今天气好", "言发"]  # 天气 inside 今天气: whole; 公园: a character missing; 发言: split
+    assert split_share(keywords, texts) == pytest.approx(1 / 4)

@@ -197,6 +197,22 @@ def test_estep_beam_source_adds_the_diverse_beam_plans(tokenizer):
     assert set(te.win_rates(result)) <= {"win_proposer", "win_planner_greedy", "win_planner_beam"}
 
 
+def test_estep_input_source_scores_the_plan_of_u_itself_from_the_warm_up_on(tokenizer):
+    """input: the keywords proposer's plan of u (every keyword, distractors included) is a candidate, parameter-free
+    like the proposer, so it competes before the planner's plans do; it needs the keywords proposer."""
+    model = keyword_planner(tokenizer, estep_sources=["proposer", "planner_greedy", "input"], estep_warmup_steps=5,
+                            concept_max_lengths=[12])
+    proposer = te.KeywordProposer(model.config, tokenizer)
+    batch = {k: v for k, v in batch_of(tokenizer, ["孩子、公园、汽车"], ["孩子们在公园里。"]).items() if k != "index"}
+    result = te.estep(model, proposer, batch, step=0)  # warm-up: no planner plan
+    assert result.sources == ["proposer"] * 2 + ["input"]
+    spelt = "".join(tokenizer.convert_ids_to_tokens([c - 3 for c in result.candidates[0, 2, 0].tolist() if c >= 3]))
+    assert spelt == "孩子公园汽车"
+    assert te.estep(model, proposer, batch, step=5).sources == ["proposer"] * 2 + ["input", "planner_greedy"]
+    with pytest.raises(ValueError, match="the 'input' E-step source is the keywords proposer's plan of u"):
+        planner_for(tokenizer, estep_sources=["proposer", "input"])
+
+
 def test_concept_cache_staleness_and_save_load(tmp_path):
     cache = te.ZStarStore(4, 2, 3)
     index = torch.tensor([1, 3])

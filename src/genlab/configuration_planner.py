@@ -14,7 +14,7 @@ from transformers import PretrainedConfig, Qwen2Config
 CONCEPT_PAD, CONCEPT_EOS, CONCEPT_MASK = 0, 1, 2
 NUM_CONCEPT_SPECIALS = 3
 CONCEPT_GRADIENTS = ("hard_em", "straight_through", "soft_mixture")
-ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "planner_beam", "previous")
+ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "planner_beam", "previous", "input")
 DEFAULT_ESTEP_SOURCES = ("proposer", "planner_greedy", "planner_sample", "previous")
 PROPOSERS = ("rare_characters", "keywords", "learned")
 ESTEP_SELECTIONS = ("joint", "likelihood")
@@ -50,7 +50,8 @@ class PlannerExecutorConfig(PretrainedConfig):
         concept_temperature: τ > 0 of those relaxations.
         estep_top_k: candidates scored per example in the E-step; estep_sources: where they come from
             (``proposer`` = from y, ``planner_greedy``, ``planner_sample``, ``planner_beam`` = ``estep_top_k``
-            plans of a diverse beam search, ``previous`` = the cached z*).
+            plans of a diverse beam search, ``previous`` = the cached z*, ``input`` = the keywords proposer's plan
+            of u itself: every keyword of u, distractors included — a plan the planner can always predict).
         estep_diversity_penalty: λ of the ``planner_beam`` source: diverse beam search (Vijayakumar et al.) with
             ``estep_top_k`` groups of one beam each; a group's log-probabilities lose λ for every earlier group
             that chose the same concept at the same step (Hamming diversity), so the groups spread over plans.
@@ -93,6 +94,10 @@ class PlannerExecutorConfig(PretrainedConfig):
             state learn "written" from "still to write" (against texts that end before every keyword is in).
         planner_copy: the same head on the planner: a text concept type's concept is generated from the table or
             copied from u's tokens (a keyword plan picks words of u by pointing at them).
+        plan_separator_id: a text token (u's word separator "、" on the keywords task) that separates the words of
+            a text-concept plan: the keywords proposer then plans u's words that y holds whole, in u's order,
+            separator between (``KeywordProposer``), the executor's copy head and checklist ignore its slots, and
+            ``plan(no_repeat_concepts=True)`` lets it repeat. None: plans are characters without word boundaries.
         unlikelihood_weight: α ≥ 0; the M-step adds α × the token-level unlikelihood (``unlikelihood``) of the
             executor's text and of the planner's text-concept plans: each position pushes down the tokens already
             written before it, against the loops greedy decoding falls into (0 = off).
@@ -121,7 +126,7 @@ class PlannerExecutorConfig(PretrainedConfig):
                  posterior: dict | None = None, posterior_kl_weight: float = 1.0, posterior_temperature: float = 1.0,
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  executor_copy: bool = False, planner_copy: bool = False, unlikelihood_weight: float = 0.0,
-                 executor_checklist: bool = False, monitor_steps: int = 50, monitor_batch_size: int = 16,
+                 executor_checklist: bool = False, plan_separator_id: int | None = None, monitor_steps: int = 50, monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
         self.concept_types = list(concept_types)
@@ -156,6 +161,7 @@ class PlannerExecutorConfig(PretrainedConfig):
         self.executor_copy = bool(executor_copy)
         self.planner_copy = bool(planner_copy)
         self.executor_checklist = bool(executor_checklist)
+        self.plan_separator_id = None if plan_separator_id is None else int(plan_separator_id)
         self.unlikelihood_weight = float(unlikelihood_weight)
         self.monitor_steps = monitor_steps
         self.monitor_batch_size = monitor_batch_size
@@ -177,6 +183,9 @@ class PlannerExecutorConfig(PretrainedConfig):
         unknown = [s for s in self.estep_sources if s not in ESTEP_SOURCES]
         if unknown or not self.estep_sources:
             raise ValueError(f"estep_sources must be a non-empty subset of {ESTEP_SOURCES}, got {self.estep_sources}")
+        if "input" in self.estep_sources and self.proposer != "keywords":
+            raise ValueError(f"the 'input' E-step source is the keywords proposer's plan of u: it needs "
+                             f"proposer='keywords', got {self.proposer!r}")
         if self.estep_selection not in ESTEP_SELECTIONS:
             raise ValueError(f"estep_selection must be one of {ESTEP_SELECTIONS}, got {self.estep_selection!r}")
         if self.planner_entropy_weight < 0:
@@ -200,6 +209,11 @@ class PlannerExecutorConfig(PretrainedConfig):
                                  f"(concept_types {self.concept_types})")
         if self.executor_checklist and not self.executor_copy:
             raise ValueError("executor_checklist tracks the copy head's slots: it needs executor_copy=True")
+        if self.plan_separator_id is not None and not (self.text_concept_types
+                                                      and 0 <= self.plan_separator_id < self.vocab_size):
+            raise ValueError(f"plan_separator_id separates text-concept words: it needs text_concept_types and a "
+                             f"token id in [0, {self.vocab_size}), got {self.plan_separator_id} with text_concept_types "
+                             f"{self.text_concept_types}")
         for stack in ("planner", "executor", "posterior"):
             extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
             if extra:

@@ -100,8 +100,9 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         (batch · G, types, max length), each example's G plans together, group 0 the greedy plan (``diverse``).
         A model trained straight-through or as a soft mixture plans as it was trained: ``relaxed_plan``'s ids
         (full length; ``do_sample`` = Gumbel-max sampling at temperature 1).
-        ``no_repeat_concepts``: a type never names a concept it has already named (the keywords proposer's plans
-        never do: they keep first occurrences), the plan-side ``no_repeat_ngram_size=1``.
+        ``no_repeat_concepts``: a type never names a concept it has already named (the keywords proposer's character
+        plans never do: they keep first occurrences), the plan-side ``no_repeat_ngram_size=1``; the word separator
+        (``plan_separator_id``) may repeat.
         """
         if self.config.concept_gradient != "hard_em":
             self.check_relaxed_planning(temperature=temperature, top_k=top_k, use_mtp=use_mtp,
@@ -145,8 +146,11 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                     new = choose(scores, do_sample, temperature, top_k, generator)  # (b, k, 1)
                 token = torch.where(len(columns) >= max_lengths, CONCEPT_EOS, new[..., 0])
                 token = token.masked_fill(done, CONCEPT_PAD)
-                if named is not None:  # specials (<eos>, <pad>) may repeat
-                    content = F.one_hot(token, self.max_type_vocab).bool() & (token >= NUM_CONCEPT_SPECIALS)[..., None]
+                if named is not None:  # specials (<eos>, <pad>) and the word separator may repeat
+                    repeatable = token < NUM_CONCEPT_SPECIALS
+                    if self.config.plan_separator_id is not None:
+                        repeatable |= token == NUM_CONCEPT_SPECIALS + self.config.plan_separator_id
+                    content = F.one_hot(token, self.max_type_vocab).bool() & ~repeatable[..., None]
                     named = named | content[:, :, None]
                 done = done | (token == CONCEPT_EOS)
                 columns.append(token)

@@ -381,7 +381,11 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
                                torch.arange(length + 1, device=device).repeat(k)])  # (F,)
         keep = torch.cat([slots.new_ones(b, 1), F.pad(slots, (1, 0), value=True).flatten(1)], 1)  # (batch, F)
         text = self.text_types(device)
-        tokens = (content - NUM_CONCEPT_SPECIALS).masked_fill(~(slots & text[None, :, None]), NOT_COPYABLE)
+        tokens = content - NUM_CONCEPT_SPECIALS
+        copyable = slots & text[None, :, None]
+        if self.config.plan_separator_id is not None:  # it marks where a word ends: nothing to write
+            copyable &= tokens != self.config.plan_separator_id
+        tokens = tokens.masked_fill(~copyable, NOT_COPYABLE)
         tokens = torch.cat([tokens.new_full((b, 1), NOT_COPYABLE),
                             F.pad(tokens, (1, 0), value=NOT_COPYABLE).flatten(1)], 1)  # (batch, F)
         # Left-pad: stable sort puts dropped entries first and kept ones last, in their original order.

@@ -111,6 +111,7 @@ def planner_bench(config: PlannerBenchConfig) -> None:
                                    diverse_beam=config.diverse_beam, z_dropout=config.z_dropout,
                                    executor_copy=config.executor_copy, planner_copy=config.planner_copy,
                                    unlikelihood=config.unlikelihood, checklist=config.checklist,
+                                   plan_words=config.plan_words, input_plans=config.input_plans,
                                    warmup_estep=config.warmup_estep, prior_weight=config.prior_weight,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=50,
                                    keywords=config.keywords, max_text_length=config.max_text_length),

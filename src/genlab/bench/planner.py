@@ -26,7 +26,8 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
   may not write ``</s>`` before its text holds every text concept of its plan, ``PlanCoverageLogitsProcessor``;
   the AR model before it holds every character of the u plan, or, without the keywords proposer, is not
   measured), with ``<text>_chars``, the mean length in characters of each set of texts beside ``reference_chars``
-  (y's): coverage bought with longer text shows there;
+  (y's): coverage bought with longer text shows there; ``<text>_split``, the share of keywords whose characters
+  the free text holds but never as the word (lost to rendering, not to the plan);
 - ``win_<source>``: the share of held-out E-steps whose z* came from each source;
 - with ``--concept-gradient straight_through|soft_mixture`` (no E-step, so no z*, bound or win rates): the NLL
   through the planner's own plan as the executor reads it in training (its ids, or its soft mixture), and the
@@ -48,7 +49,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessorList, Qwen2ForCausalLM
 
-from ..configuration_planner import CONCEPT_GRADIENTS, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, PROPOSERS
+from ..configuration_planner import (CONCEPT_GRADIENTS, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, NUM_CONCEPT_SPECIALS,
+                                     PROPOSERS)
 from ..generation_planner import PlanCoverageLogitsProcessor
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
@@ -56,7 +58,7 @@ from ..timing import paired_seconds
 from ..tokenization import FIRST_ORDINARY_ID, load_tokenizer
 from ..trainers.planner_baseline import ar_collate
 from ..trainers.planner_data import TASKS, collate, run_pairs
-from ..trainers.planner_estep import estep, make_proposer, win_rates
+from ..trainers.planner_estep import estep, input_plan, make_proposer, win_rates
 from ..trainers.planner_monitors import delta_nll
 from . import target, write_result
 from .probe import concept_drop, training_plans
@@ -96,6 +98,10 @@ class PlannerBenchConfig:
         "help": "give the planner a pointer-generator head over u's tokens"})
     checklist: bool = field(default=False, metadata={
         "help": "the executor's copy head reads which plan keywords its text already holds"})
+    plan_words: bool = field(default=False, metadata={
+        "help": "keyword plans keep u's words whole, \"、\" between them (keywords proposer)"})
+    input_plans: bool = field(default=False, metadata={
+        "help": "the E-step also scores the plan of u itself (source 'input'; keywords proposer)"})
     unlikelihood: float = field(default=0.0, metadata={
         "help": "α of the token-level unlikelihood of already-written tokens in text and plans (0: off)"})
     plan_no_repeat: bool = field(default=False, metadata={
@@ -205,6 +211,12 @@ def coverage(keywords: list[list[str]], texts: list[str]) -> float:
     return hits / max(1, sum(len(words) for words in keywords))
 
 
+def split_share(keywords: list[list[str]], texts: list[str]) -> float:
+    """Share of the keywords whose characters all occur in their text but never as the word (pooled)."""
+    split = sum(w not in text and all(c in text for c in w) for words, text in zip(keywords, texts) for w in words)
+    return split / max(1, sum(len(words) for words in keywords))
+
+
 def ar_texts(ar, tokenizer, batch: dict, new_tokens: int, required: torch.Tensor | None = None) -> torch.Tensor:
     """The AR model's greedy continuations of ``u <sep>`` (batch, new tokens); with ``required`` (batch, R) token
     ids it may not stop before it has written them all (``PlanCoverageLogitsProcessor``)."""
@@ -222,20 +234,15 @@ def ar_texts(ar, tokenizer, batch: dict, new_tokens: int, required: torch.Tensor
     return continued[:, width:]
 
 
-def u_plan(proposer, batch: dict) -> torch.Tensor:
-    """The keywords proposer's plan from a y that holds all of u: u's characters (first occurrences, u's order, cut
-    to the longest plan), (batch, types, L)."""
-    return proposer({**batch, "text_ids": batch["input_ids"], "text_attention_mask": batch["attention_mask"]})[:, -1]
+def concept_set(plan: torch.Tensor, ignore: int | None = None) -> set[tuple[int, int]]:
+    """One example's plan (types, L) → its content concepts but ``ignore`` as a set of (type, concept id)."""
+    return {(k, int(c)) for k, ids in enumerate(plan) for c in ids[concept_slot_mask(ids)] if c != ignore}
 
 
-def concept_set(plan: torch.Tensor) -> set[tuple[int, int]]:
-    """One example's plan (types, L) → its content concepts as a set of (type, concept id)."""
-    return {(k, int(c)) for k, ids in enumerate(plan) for c in ids[concept_slot_mask(ids)]}
-
-
-def plan_overlap(plans: torch.Tensor, oracle: torch.Tensor) -> tuple[int, int, int]:
-    """(concepts both plans hold, the planner's, the oracle's), summed over the batch of plans (batch, types, L)."""
-    sets = [(concept_set(a), concept_set(b)) for a, b in zip(plans, oracle)]
+def plan_overlap(plans: torch.Tensor, oracle: torch.Tensor, ignore: int | None = None) -> tuple[int, int, int]:
+    """(concepts both plans hold, the planner's, the oracle's), summed over the batch of plans (batch, types, L);
+    the concept ``ignore`` (a word separator) is not counted."""
+    sets = [(concept_set(a, ignore), concept_set(b, ignore)) for a, b in zip(plans, oracle)]
     return sum(len(a & b) for a, b in sets), sum(len(a) for a, _ in sets), sum(len(b) for _, b in sets)
 
 
@@ -251,7 +258,7 @@ def generations(model, ar, tokenizer, batch: dict, proposer, new_tokens: int,
                              return_concepts=True, plan_no_repeat=plan_no_repeat)
     plans = {"planner": planned.concept_ids, "oracle": proposer(batch)[:, -1]}  # the oracle's longest granularity
     if model.config.proposer == "keywords":  # u's characters are a plan only for text keyword concepts
-        plans["u_plan"] = u_plan(proposer, batch)
+        plans["u_plan"] = input_plan(proposer, batch)
     texts = {"planner": decode(planned.sequences), "ar": decode(ar_texts(ar, tokenizer, batch, new_tokens)),
              "planner_covered": decode(model.generate(batch["input_ids"], batch["attention_mask"], cover_plan=True,
                                                       max_new_tokens=new_tokens, do_sample=False,
@@ -277,6 +284,7 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
     executor from the oracle plan; the planner's plan against it), the same with every text made to cover its
     plan, mean text lengths, and a few (u, y, planner, AR) examples."""
     proposer = make_proposer(model, tokenizer)
+    separator = None if model.config.plan_separator_id is None else NUM_CONCEPT_SPECIALS + model.config.plan_separator_id
     keywords, references, texts, shown = [], [], defaultdict(list), []
     overlap = defaultdict(lambda: torch.zeros(3))
     for batch in batches:
@@ -286,7 +294,7 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
         for name, made in generated.items():
             texts[name] += made
         for name in plans.keys() - {"oracle"}:
-            overlap[name] += torch.tensor(plan_overlap(plans[name], plans["oracle"]))
+            overlap[name] += torch.tensor(plan_overlap(plans[name], plans["oracle"], separator))
         for i, (u, y) in enumerate(zip(us, ys)):
             u, y = u.replace(" ", ""), y.replace(" ", "")
             keywords.append(keywords_of(u, y, task))
@@ -299,6 +307,8 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
         plain = name.removesuffix("_covered")
         figures[("covered_" if name != plain else "") + COVERAGE_FIGURES[plain]] = coverage(keywords, made)
         figures[f"{name}_chars"] = sum(map(len, made)) / max(1, len(made))
+        if name == plain:
+            figures[f"{name}_split"] = split_share(keywords, made)
     for name, (both, mine, theirs) in overlap.items():
         label = "plan" if name == "planner" else name  # plan_precision, u_plan_precision
         figures[f"{label}_precision"], figures[f"{label}_recall"] = both / max(1, mine), both / max(1, theirs)
@@ -370,7 +380,8 @@ def run(args: PlannerBenchConfig) -> dict:
                 "estep_selection": args.estep_selection, "warmup_end": args.warmup_end, "entropy_bonus": args.entropy_bonus,
                 "diverse_beam": args.diverse_beam, "z_dropout": args.z_dropout,
                 "executor_copy": args.executor_copy, "planner_copy": args.planner_copy,
-                "unlikelihood": args.unlikelihood, "checklist": args.checklist,
+                "unlikelihood": args.unlikelihood, "checklist": args.checklist, "plan_words": args.plan_words,
+                "input_plans": args.input_plans,
                 "proposer": args.proposer, "concept_gradient": args.concept_gradient,
                 "concept_temperature": args.concept_temperature,
                 "keywords": args.keywords, "max_text_length": args.max_text_length,

@@ -91,6 +91,12 @@ class PlannerTrainConfig(TrainConfig):
     checklist: bool = field(default=False, metadata={
         "help": "the executor's copy head also reads which of the plan's keywords the text already holds (needs "
                 "--executor-copy)"})
+    plan_words: bool = field(default=False, metadata={
+        "help": "keyword plans keep u's words whole: the words of u that y holds, in u's order, \"、\" between them "
+                "(--proposer keywords; characters without word boundaries otherwise)"})
+    input_plans: bool = field(default=False, metadata={
+        "help": "the E-step also scores the plan of u itself (every keyword of u, source 'input'; --proposer "
+                "keywords): with --estep-selection joint a plan the planner can predict may win over y's"})
     unlikelihood: float = field(default=0.0, metadata={
         "help": "α: the M-step adds α × the token-level unlikelihood of tokens already written, in the text and in "
                 "text-concept plans (against greedy loops; 0 = off)"})
@@ -130,6 +136,12 @@ class PlannerTrainConfig(TrainConfig):
                                  "(rare_characters concepts are hashed ids, not text tokens)")
         if self.checklist and not self.executor_copy:
             raise ValueError("--checklist tracks the executor's copy head: it needs --executor-copy")
+        if self.input_plans and self.proposer != "keywords":
+            raise ValueError(f"--input-plans are the keywords proposer's plans of u: it needs --proposer keywords, "
+                             f"got {self.proposer!r}")
+        if self.plan_words and self.proposer != "keywords":
+            raise ValueError(f"--plan-words shapes the keywords proposer's plans: it needs --proposer keywords, got "
+                             f"{self.proposer!r}")
         if self.diverse_beam < 0:
             raise ValueError(f"--diverse-beam: must be ≥ 0, got {self.diverse_beam}")
         if self.posterior_kl_weight < 0:
@@ -299,7 +311,9 @@ def build_config(config: PlannerTrainConfig, tokenizer) -> PlannerExecutorConfig
         executor_z_dropout=config.z_dropout, executor_copy=config.executor_copy,
         planner_copy=config.planner_copy, unlikelihood_weight=config.unlikelihood,
         executor_checklist=config.checklist,
-        estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else [])],
+        plan_separator_id=tokenizer.convert_tokens_to_ids("、") if config.plan_words else None,
+        estep_sources=[*DEFAULT_ESTEP_SOURCES, *(["planner_beam"] if config.diverse_beam > 0 else []),
+                       *(["input"] if config.input_plans else [])],
         max_input_length=config.max_input_length, max_text_length=config.max_text_length,
         planner=stack(config.planner_layers), executor=stack(config.executor_layers),
         planner_mtp_heads=config.mtp_heads, concept_gradient=config.concept_gradient,

@@ -97,7 +97,8 @@ class RareCharacterProposer:
 
 
 class KeywordProposer:
-    """z = the characters y shares with u, un-hashed, in u's order (first occurrences), cut to each length."""
+    """z = the characters y shares with u, un-hashed, in u's order (first occurrences), cut to each length; with
+    ``plan_separator_id`` the words of u that y holds whole, in u's order, the separator between them."""
 
     def __init__(self, config: PlannerExecutorConfig, tokenizer, granularities: int | None = None):
         if config.concept_types != ["keywords"] or config.text_concept_types != ["keywords"]:
@@ -107,6 +108,7 @@ class KeywordProposer:
         self.punctuation = torch.tensor([i for i in ids if i != tokenizer.unk_token_id])
         self.longest = config.concept_max_lengths[0]
         self.granularities = plan_lengths(self.longest, granularities or config.estep_top_k)
+        self.separator = config.plan_separator_id
 
     def shared(self, u: torch.Tensor, u_valid: torch.Tensor, y: torch.Tensor, y_valid: torch.Tensor) -> torch.Tensor:
         """(batch, U) True where u's token is an ordinary character that y contains, at its first occurrence in u."""
@@ -115,7 +117,35 @@ class KeywordProposer:
         earlier = (u[:, :, None] == u[:, None, :]).tril(-1) & u_valid[:, None, :]  # same token further left
         return in_y & ordinary & ~earlier.any(-1)
 
+    def words(self, u: list[int], y: list[int]) -> list[int]:
+        """One example's word plan (token ids): u's words (runs between separators) that occur whole in y, in u's
+        order, the separator between each two."""
+        spelt = lambda ids: f" {' '.join(map(str, ids))} "  # noqa: E731  whole-token substring match
+        words, word = [], []
+        for token in u + [self.separator]:
+            if token != self.separator:
+                word.append(token)
+            elif word:
+                words, word = words + [word], []
+        kept = [w for w in words if spelt(w) in spelt(y)]
+        return [t for i, w in enumerate(kept) for t in [self.separator] * (i > 0) + w]
+
+    def word_plans(self, batch: dict) -> torch.Tensor:
+        """(batch, granularities, types = 1, L): each example's word plan cut to each length, never ending on a
+        separator."""
+        rows = [self.words(u[m.bool()].tolist(), y[n.bool()].tolist()) for u, m, y, n in
+                zip(batch["input_ids"], batch["attention_mask"], batch["text_ids"], batch["text_attention_mask"])]
+        plans = torch.full((len(rows), len(self.granularities), 1, self.longest), CONCEPT_PAD, dtype=torch.long)
+        for i, row in enumerate(rows):
+            for g, m in enumerate(self.granularities):
+                cut = row[:m]
+                cut = cut[:-1] if cut and cut[-1] == self.separator else cut
+                plans[i, g, 0, : len(cut)] = NUM_CONCEPT_SPECIALS + torch.tensor(cut, dtype=torch.long)
+        return plans.to(batch["input_ids"].device)
+
     def __call__(self, batch: dict) -> torch.Tensor:
+        if self.separator is not None:
+            return self.word_plans(batch)
         u, u_valid = batch["input_ids"], batch["attention_mask"].bool()
         keep = self.shared(u, u_valid, batch["text_ids"], batch["text_attention_mask"].bool())
         rank = keep.long().cumsum(1) - 1  # (batch, U) place in the plan
@@ -207,7 +237,7 @@ def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previou
     config = model.config
     k = config.estep_top_k
     warm = step >= config.estep_warmup_steps if warm is None else warm
-    allowed = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous")]
+    allowed = config.estep_sources if warm else [s for s in config.estep_sources if s in ("proposer", "previous", "input")]
     width = max(model.config.concept_max_lengths)
     fit = lambda z: torch.nn.functional.pad(z, (0, width - z.shape[-1]), value=CONCEPT_PAD)  # noqa: E731
     pools: list[tuple[str, torch.Tensor]] = []  # (source, (batch, n, types, L) plans)
@@ -216,6 +246,8 @@ def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previou
     if "proposer" in allowed:
         pools.append(("proposer", proposer(batch)))
     u, u_mask = batch["input_ids"], batch["attention_mask"]
+    if "input" in allowed:
+        pools.append(("input", input_plan(proposer, batch)[:, None]))
     if "planner_greedy" in allowed:
         pools.append(("planner_greedy", fit(model.plan(u, u_mask))[:, None]))
     if "planner_sample" in allowed:
@@ -234,6 +266,12 @@ def estep(model: PlannerExecutorModel, proposer, batch: dict, step: int, previou
     best = select(config, scores, likelihood)
     rows = torch.arange(len(best))
     return EStep(candidates[rows, best], scores, candidates, sources, best, likelihood[rows, best], prior[rows, best])
+
+
+def input_plan(proposer: KeywordProposer, batch: dict) -> torch.Tensor:
+    """The keywords proposer's plan from a y that holds all of u (batch, types, L): every keyword of u, in u's order,
+    distractors included, cut to the longest plan (a planner that leaves nothing out)."""
+    return proposer({**batch, "text_ids": batch["input_ids"], "text_attention_mask": batch["attention_mask"]})[:, -1]
 
 
 def win_rates(result: EStep) -> dict[str, torch.Tensor]:
