@@ -24,7 +24,7 @@ With ``executor_copy`` the executor's next-token distribution also points at the
 
 The executor never receives u: its only inputs are the concept ids (or, when the model is trained
 straight-through or as a soft mixture instead of by hard-EM (P4), embeddings computed from the planner's
-distribution over them: ``relaxed_plan``).
+distribution over them: ``relaxed_plan``, ``modeling_planner_relaxed``).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ from .configuration_planner import (CONCEPT_EOS, CONCEPT_MASK, CONCEPT_PAD, NUM_
 from .generation_planner import PlannerExecutorGenerationMixin
 from .masking import MaskFunction, attention_mask, causal_padding_rule, planner_rule
 from .modeling_planner_posterior import ConceptPosteriorMixin
+from .modeling_planner_relaxed import RelaxedPlanningMixin
+from .plan_slots import concept_slot_mask, drop_concepts, slot_entropy
 from .pointer_generator import NOT_COPYABLE, Checklist, CopySlots, PointerGeneratorHead, written_slots
-from .straight_through import gumbel_softmax_pair, straight_through
 from .unlikelihood import token_unlikelihood
 
 TEXT_TYPE = 0  # type id of <BOS>, the text and the planner's input u
@@ -73,14 +74,6 @@ class ExecutorOutput(ModelOutput):
     logits: torch.FloatTensor | None = None  # (batch, T, vocab)
     token_nll: torch.FloatTensor | None = None  # (batch, T), 0 on padding
     log_prob: torch.FloatTensor | None = None  # (batch,) log p(y | z)
-
-
-class RelaxedPlan(NamedTuple):
-    """The planner's own plan with what the executor reads of it (``relaxed_plan``, P4)."""
-
-    concept_ids: torch.Tensor  # (batch, types, L): every type full length, <pad> past its max length
-    concept_embeds: torch.Tensor  # (batch, types, L, hidden): the executor's inputs in place of the ids' rows
-    logits: torch.Tensor  # (batch, types, L, max type vocab): the planner's distribution of each slot
 
 
 class PlannerInput(NamedTuple):
@@ -120,12 +113,6 @@ class PlannerExecutorOutput(ModelOutput):
     unlikelihood_loss: torch.FloatTensor | None = None  # mean L_UL of text and text plans (unlikelihood_weight)
 
 
-def concept_slot_mask(concept_ids: torch.Tensor) -> torch.Tensor:
-    """(batch, types, L) → True on the content slots: before the first ``<pad>``/``<eos>`` of each type."""
-    content = (concept_ids != CONCEPT_PAD) & (concept_ids != CONCEPT_EOS)
-    return content.long().cumprod(-1).bool()
-
-
 class PlannerExecutorPreTrainedModel(PreTrainedModel):
     config_class = PlannerExecutorConfig
     base_model_prefix = "planner_executor"
@@ -152,7 +139,8 @@ class PlannerExecutorPreTrainedModel(PreTrainedModel):
                                                  dtype=embeds.dtype)}
 
 
-class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin, PlannerExecutorPreTrainedModel):
+class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin, RelaxedPlanningMixin,
+                           PlannerExecutorPreTrainedModel):
     """Planner (u → typed concepts, P1) + executor (concepts → text, P2/P3); ``generate`` does both (P8). With
     ``proposer="learned"`` it also holds q(z | y), the E-step's proposer (``modeling_planner_posterior``)."""
 
@@ -470,38 +458,6 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         table = self.executor_table()[1 + k :].view(k, self.max_type_vocab, -1)
         return torch.einsum("bklv,kvh->bklh", weights.to(table.dtype), table)
 
-    def relaxed_plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, noise: bool = False,
-                     generator: torch.Generator | None = None) -> RelaxedPlan:
-        """The planner writes its plan from u slot by slot, differentiably (P4 ``straight_through`` and
-        ``soft_mixture``): each slot's id is argmax(logits + g) (g Gumbel noise if ``noise``, else 0) and is fed
-        back; every type is written to its full length (``<eos>`` is never chosen, so training and decoding see
-        the same plan shapes). The executor's input per slot is straight_through(e_hard, e_soft) or e_soft
-        (``config.concept_gradient``), e_soft = softmax((logits + g) / τ) · table."""
-        config, device = self.config, input_ids.device
-        k, b = config.num_concept_types, input_ids.shape[0]
-        max_lengths = torch.tensor(config.concept_max_lengths, device=device)  # (types,)
-        allowed = self.predictable(device)
-        allowed[:, CONCEPT_EOS] = False
-        u = self.encode_input(input_ids, attention_mask)
-        cache, key_valid, u_length = u.cache, u.valid, u.length
-        key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
-        fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
-        ids, weights, all_logits = [], [], []
-        for slot in range(int(max_lengths.max())):
-            hidden = self.planner_segments(fed, torch.tensor([slot], device=device), u_length, cache, key_valid,
-                                           key_type)
-            key_valid = torch.cat([key_valid, key_valid.new_ones(b, k)], 1)
-            key_type = torch.cat([key_type, torch.arange(1, k + 1, device=device)])
-            logits = self.planner_logits(hidden, u)[:, :, 0].masked_fill(~allowed, torch.finfo(hidden.dtype).min)
-            hard, soft = gumbel_softmax_pair(logits, config.concept_temperature, noise=noise, generator=generator)
-            token = hard.argmax(-1).masked_fill(slot >= max_lengths, CONCEPT_PAD)  # (batch, types)
-            ids.append(token)
-            weights.append(straight_through(hard, soft) if config.concept_gradient == "straight_through" else soft)
-            all_logits.append(logits)
-            fed = self.planner_concept_ids(token[..., None])
-        return RelaxedPlan(torch.stack(ids, -1), self.concept_mixture(torch.stack(weights, 2)),
-                           torch.stack(all_logits, 2))
-
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 concept_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
                 text_attention_mask: torch.Tensor | None = None) -> PlannerExecutorOutput:
@@ -597,19 +553,6 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
     def soft_hard_cosine(e_soft: torch.Tensor, e_hard: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Mean cos(e_soft, e_hard) over the content slots (P6), without gradient."""
         return F.cosine_similarity(e_soft.detach(), e_hard.detach(), dim=-1)[slots].mean()
-
-
-def drop_concepts(concept_ids: torch.Tensor, p: float) -> torch.Tensor:
-    """(batch, types, L) → the same plan with each concept replaced by ``<mask>`` with probability p."""
-    dropped = concept_slot_mask(concept_ids) & (torch.rand(concept_ids.shape, device=concept_ids.device) < p)
-    return concept_ids.masked_fill(dropped, CONCEPT_MASK)
-
-
-def slot_entropy(logits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """Mean entropy, in nats, of the planner's distributions (batch, types, L + 1, vocab) over the ``counted``
-    slots (those it is trained on: each concept and each type's ``<eos>``)."""
-    log_p = logits[counted].float().log_softmax(-1)  # (slots, vocab)
-    return -(log_p.exp() * log_p).sum(-1).mean()  # ids a type cannot emit have p = 0 exactly
 
 
 PlannerExecutorModel.register_for_auto_class("AutoModel")
