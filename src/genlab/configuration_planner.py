@@ -126,7 +126,8 @@ class PlannerExecutorConfig(PretrainedConfig):
                  posterior: dict | None = None, posterior_kl_weight: float = 1.0, posterior_temperature: float = 1.0,
                  text_concept_types: list[str] | tuple[str, ...] = (), share_text_embeddings: bool = False,
                  executor_copy: bool = False, planner_copy: bool = False, unlikelihood_weight: float = 0.0,
-                 executor_checklist: bool = False, plan_separator_id: int | None = None, monitor_steps: int = 50, monitor_batch_size: int = 16,
+                 executor_checklist: bool = False, plan_separator_id: int | None = None, monitor_steps: int = 50,
+                 monitor_batch_size: int = 16,
                  position_buckets: list[int] | tuple[int, ...] = (0, 16, 32, 64), **kwargs):
         self.vocab_size = vocab_size
         self.concept_types = list(concept_types)
@@ -212,8 +213,8 @@ class PlannerExecutorConfig(PretrainedConfig):
         if self.plan_separator_id is not None and not (self.text_concept_types
                                                       and 0 <= self.plan_separator_id < self.vocab_size):
             raise ValueError(f"plan_separator_id separates text-concept words: it needs text_concept_types and a "
-                             f"token id in [0, {self.vocab_size}), got {self.plan_separator_id} with text_concept_types "
-                             f"{self.text_concept_types}")
+                             f"token id in [0, {self.vocab_size}), got {self.plan_separator_id} with "
+                             f"text_concept_types {self.text_concept_types}")
         for stack in ("planner", "executor", "posterior"):
             extra = sorted(set(getattr(self, stack)) - set(STACK_FIELDS))
             if extra:

@@ -124,7 +124,9 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         key_type = torch.zeros(input_ids.shape[1], dtype=torch.long, device=device)
         fed = torch.arange(k, device=device)[None, :, None].expand(b, k, 1)  # the SEPs (planner table rows)
         columns, done, offset = [], torch.zeros(b, k, dtype=torch.bool, device=device), 0
-        named = torch.zeros(b, k, 1, self.max_type_vocab, dtype=torch.bool, device=device) if no_repeat_concepts else None
+        # (b, k, 1, V): what each type has named so far, when it may not name it again
+        named = None if not no_repeat_concepts else torch.zeros(b, k, 1, self.max_type_vocab, dtype=torch.bool,
+                                                                device=device)
         while len(columns) <= longest:
             n = fed.shape[2]
             hidden = self.planner_segments(fed, torch.arange(offset, offset + n, device=device), u_length, cache,
@@ -138,7 +140,7 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             accepted = []
             for head in range(heads):  # at most 1 + planner_mtp_heads columns per step
                 scores = logits[:, :, head : head + 1]  # (b, k, 1, V)
-                if named is not None:  # what each type has named so far
+                if named is not None:
                     scores = scores.masked_fill(named, torch.finfo(scores.dtype).min)
                 if num_beam_groups > 1:
                     new = diverse(scores.view(-1, num_beam_groups, *scores.shape[1:]), diversity_penalty).flatten(0, 1)
