@@ -86,7 +86,8 @@ ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-sel
 	copy-k24-ul-cl-w:--executor-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words \
 	copy-k24-ul-cl-w-s1:--executor-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--seed=1 \
 	copy-k24-ul-cl-w-in:--executor-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--input-plans,--estep-selection=joint \
-	copy2-k24-ul-cl-w:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words
+	copy2-k24-ul-cl-w:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words \
+	copy2-k24-ul-cl-w-s1:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--seed=1
 ABLATION_FIGURES = delta_nll_shuffle,nll_zstar,nll_planner_z,nll_ar,nll_ratio_vs_ar,keyword_coverage,ar_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),oracle_keyword_coverage,plan_precision,plan_recall,u_plan_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),u_plan_recall,covered_keyword_coverage,covered_ar_keyword_coverage
