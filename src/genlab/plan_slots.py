@@ -1,5 +1,5 @@
-"""What the slots of a typed concept plan (batch, types, L) hold (SPEC P1–P7): which are content, dropping some
-(the P7 probe), and the planner's mean entropy over the slots it is trained on."""
+"""What the slots of a typed concept plan (batch, types, L) hold (SPEC P1–P7): which are content, masking some
+(the executor's z-dropout), and the planner's mean entropy over the slots it is trained on."""
 
 from __future__ import annotations
 
