@@ -62,6 +62,60 @@ def diverse(logits: torch.Tensor, penalty: float) -> torch.Tensor:
     return torch.stack(ids, 1)
 
 
+def process_concepts(processors: LogitsProcessorList, columns: list[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
+    """``processors`` on one planning step's scores (batch, types, 1, V): each type is a row whose ``input_ids`` are
+    its concepts so far (``columns``, each (batch, types))."""
+    b, k, _, v = scores.shape
+    history = torch.stack(columns, -1) if columns else scores.new_zeros(b, k, 0, dtype=torch.long)
+    return processors(history.flatten(0, 1), scores.reshape(b * k, v)).view(b, k, 1, v)
+
+
+class WordChoiceLogitsProcessor(LogitsProcessor):
+    """Plans made of whole candidate words, each named at most once (constrained decoding over a trie of words).
+
+    ``words``: per planned row (batch · types, as ``process_concepts`` lays them out) its candidate words as tuples
+    of concept ids, or ``None`` to leave the row free. At a word's start a row may name the first concept of a word
+    it has not named yet, or end; inside a word only a concept that continues some candidate; a finished word may be
+    followed by the end, by ``separator`` while another word is left, or by more (a longer candidate extending it).
+    """
+
+    def __init__(self, words: list[list[tuple[int, ...]] | None], separator: int):
+        self.words, self.separator = words, separator
+
+    def allowed(self, row: int, history: list[int]) -> list[int] | None:
+        """The concept ids row ``row`` may name after ``history`` (its concepts so far); ``None``: any."""
+        words = self.words[row]
+        if words is None:
+            return None
+        if CONCEPT_EOS in history or CONCEPT_PAD in history:  # ended: what it names is dropped
+            return [CONCEPT_EOS]
+        named, partial = [], []
+        for concept in history:
+            if concept == self.separator:
+                named.append(tuple(partial))
+                partial = []
+            else:
+                partial.append(concept)
+        partial = tuple(partial)
+        open_words = [w for w in words if w not in named]
+        next_ids = {w[len(partial)] for w in open_words if len(w) > len(partial) and w[:len(partial)] == partial}
+        if not partial or partial in open_words:  # a separator only where another word may follow
+            next_ids |= {CONCEPT_EOS} | ({self.separator} if partial and len(open_words) > 1 else set())
+        return sorted(next_ids) or [CONCEPT_EOS]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != len(self.words):
+            raise ValueError(f"WordChoiceLogitsProcessor holds words for {len(self.words)} rows, got "
+                             f"{input_ids.shape[0]}")
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        for row, history in enumerate(input_ids.tolist()):
+            allowed = self.allowed(row, history)
+            if allowed is not None:
+                banned[row] = True
+                banned[row, allowed] = False
+        return scores.masked_fill(banned, torch.finfo(scores.dtype).min)
+
+
 class PlanCoverageLogitsProcessor(LogitsProcessor):
     """``eos_token_id`` is suppressed in every row whose text (``input_ids`` after its first ``prompt_length``
     columns) does not yet hold all of the row's ``required`` token ids (batch, R; negative entries require
@@ -92,7 +146,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
     def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, use_mtp: bool = False,
              generator: torch.Generator | None = None, num_beam_groups: int = 1,
-             diversity_penalty: float = 0.0, no_repeat_concepts: bool = False) -> torch.Tensor:
+             diversity_penalty: float = 0.0, no_repeat_concepts: bool = False,
+             logits_processor: LogitsProcessorList | None = None, input_words: bool = False) -> torch.Tensor:
         """u → concept ids (batch, types, max length), ``<pad>`` after each type's end (its ``<eos>`` dropped).
 
         ``use_mtp`` accepts the multi-token-prediction heads' guesses as they are (1 + n tokens per step).
@@ -103,10 +158,17 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         ``no_repeat_concepts``: a type never names a concept it has already named (the keywords proposer's character
         plans never do: they keep first occurrences), the plan-side ``no_repeat_ngram_size=1``; the word separator
         (``plan_separator_id``) may repeat.
+        ``logits_processor``: standard transformers processors on each type's next-concept scores, called with a
+        (batch · types, concept vocab) row per type and that type's concepts so far as ``input_ids`` (batch · types,
+        concepts so far; none at the first step). Concept ids are the planner's (``<eos>`` = ``CONCEPT_EOS``), so
+        ``SequenceBiasLogitsProcessor({(CONCEPT_EOS,): -2.0})`` plans longer and
+        ``MinLengthLogitsProcessor(3, CONCEPT_EOS)`` names at least 3 concepts per type.
+        ``input_words``: every text type names only whole words of u, each at most once (``input_word_choices``).
         """
         if self.config.concept_gradient != "hard_em":
             self.check_relaxed_planning(temperature=temperature, top_k=top_k, use_mtp=use_mtp,
-                                        num_beam_groups=num_beam_groups, no_repeat_concepts=no_repeat_concepts)
+                                        num_beam_groups=num_beam_groups, no_repeat_concepts=no_repeat_concepts,
+                                        logits_processor=bool(logits_processor), input_words=input_words)
             return self.relaxed_plan(input_ids, attention_mask, noise=do_sample, generator=generator).concept_ids
         if num_beam_groups > 1:
             if do_sample or use_mtp:
@@ -114,6 +176,9 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                                  f"got do_sample={do_sample}, use_mtp={use_mtp}")
             input_ids = input_ids.repeat_interleave(num_beam_groups, 0)
             attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beam_groups, 0)
+        if input_words:
+            logits_processor = LogitsProcessorList([*(logits_processor or []),
+                                                    self.input_word_choices(input_ids, attention_mask)])
         k, device = self.config.num_concept_types, input_ids.device
         b = input_ids.shape[0]
         max_lengths = torch.tensor(self.config.concept_max_lengths, device=device)  # (types,)
@@ -142,6 +207,8 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                 scores = logits[:, :, head : head + 1]  # (b, k, 1, V)
                 if named is not None:
                     scores = scores.masked_fill(named, torch.finfo(scores.dtype).min)
+                if logits_processor:
+                    scores = process_concepts(logits_processor, columns, scores)
                 if num_beam_groups > 1:
                     new = diverse(scores.view(-1, num_beam_groups, *scores.shape[1:]), diversity_penalty).flatten(0, 1)
                 else:
@@ -166,11 +233,36 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         concepts = torch.nn.functional.pad(concepts, (0, longest - concepts.shape[-1]), value=CONCEPT_PAD)
         return concepts.masked_fill(concepts == CONCEPT_EOS, CONCEPT_PAD)
 
+    def input_word_choices(self, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None = None) -> WordChoiceLogitsProcessor:
+        """A :class:`WordChoiceLogitsProcessor` for planning from u: each text concept type names only whole words
+        of u (its tokens split at ``plan_separator_id``), each at most once; other types are free."""
+        if self.config.plan_separator_id is None or not self.config.text_concept_types:
+            raise ValueError("planning from u's words needs text_concept_types and plan_separator_id (word plans), got "
+                             f"text_concept_types={self.config.text_concept_types}, "
+                             f"plan_separator_id={self.config.plan_separator_id}")
+        separator = self.config.plan_separator_id
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        text = self.text_types(input_ids.device).tolist()
+        words = []
+        for tokens, valid in zip(input_ids.tolist(), mask.bool().tolist()):
+            concepts = [t + NUM_CONCEPT_SPECIALS for t, keep in zip(tokens, valid) if keep]
+            row, word = [], []
+            for concept in concepts + [separator + NUM_CONCEPT_SPECIALS]:
+                if concept == separator + NUM_CONCEPT_SPECIALS:
+                    if word and tuple(word) not in row:
+                        row.append(tuple(word))
+                    word = []
+                else:
+                    word.append(concept)
+            words += [row if is_text else None for is_text in text]
+        return WordChoiceLogitsProcessor(words, separator + NUM_CONCEPT_SPECIALS)
+
     def check_relaxed_planning(self, **options) -> None:
         """``ValueError`` naming the planning options a relaxed (``straight_through``/``soft_mixture``) planner
         does not take: it plans greedily or by Gumbel-max sampling, one concept per step, in one group."""
         defaults = {"temperature": 1.0, "top_k": None, "use_mtp": False, "num_beam_groups": 1,
-                    "no_repeat_concepts": False}
+                    "no_repeat_concepts": False, "logits_processor": False, "input_words": False}
         changed = sorted(name for name, value in options.items() if value != defaults[name])
         if changed:
             raise ValueError(f"a planner trained with concept_gradient={self.config.concept_gradient!r} plans as it "
@@ -242,10 +334,12 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                  logits_processor: LogitsProcessorList | None = None, return_concepts: bool = False,
                  plan_do_sample: bool = False, plan_temperature: float = 1.0, use_mtp: bool = False,
                  plan_no_repeat: bool = False, generator: torch.Generator | None = None, streamer=None,
-                 cover_plan: bool = False, **kwargs):
+                 cover_plan: bool = False, plan_logits_processor: LogitsProcessorList | None = None,
+                 plan_input_words: bool = False, **kwargs):
         """Plan from u (unless ``concept_ids`` are given), then execute (P8). A soft-mixture model's executor
         reads its plan's soft embeddings, as in training (``relaxed_plan``). ``plan_no_repeat``: no type names a
-        concept twice (``plan``'s ``no_repeat_concepts``); ``cover_plan``: the text may not end before it holds
+        concept twice (``plan``'s ``no_repeat_concepts``); ``plan_logits_processor`` and ``plan_input_words`` go to
+        ``plan`` (``logits_processor``, ``input_words``); ``cover_plan``: the text may not end before it holds
         every text concept of the plan (``execute``).
 
         Returns the text ids, or a :class:`PlanAndExecuteOutput` with the concepts when ``return_concepts``
@@ -258,14 +352,17 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
                 raise ValueError("generate needs input_ids (u) to plan from, or concept_ids to execute")
             if self.config.concept_gradient == "soft_mixture":
                 self.check_relaxed_planning(temperature=plan_temperature, use_mtp=use_mtp,
-                                            no_repeat_concepts=plan_no_repeat)
+                                            no_repeat_concepts=plan_no_repeat,
+                                            logits_processor=bool(plan_logits_processor),
+                                            input_words=plan_input_words)
                 with torch.no_grad():
                     concept_ids, concept_embeds = self.relaxed_plan(input_ids, attention_mask, noise=plan_do_sample,
                                                                     generator=generator)[:2]
             else:
                 concept_ids = self.plan(input_ids, attention_mask, do_sample=plan_do_sample,
                                         temperature=plan_temperature, use_mtp=use_mtp, generator=generator,
-                                        no_repeat_concepts=plan_no_repeat)
+                                        no_repeat_concepts=plan_no_repeat, logits_processor=plan_logits_processor,
+                                        input_words=plan_input_words)
         sequences = self.execute(concept_ids, generation_config, logits_processor, generator, streamer,
                                  concept_embeds=concept_embeds, cover_plan=cover_plan, **kwargs)
         return PlanAndExecuteOutput(sequences=sequences, concept_ids=concept_ids) if return_dict else sequences
