@@ -71,6 +71,8 @@ bench-planner: $(STAMP)
 # the README's ablation table is generated from their JSONs. A decoding-only ablation names the run it re-measures
 # (--run-dir=…, which overrides the default) and so trains nothing.
 KEYWORDS_BENCH = $(VENV)/bin/genlab bench planner-keywords --steps 2000 --ar-run-dir runs/bench/planner-keywords-ar
+COPY2_W = --executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words
+EOS_BIASES = --plan-eos-biases,0,-1,-2,-4,-8,-16,-32
 ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-selection=joint beam:--diverse-beam=2 \
 	learned:--proposer=learned zdrop:--z-dropout=0.3 st:--concept-gradient=straight_through \
 	soft:--concept-gradient=soft_mixture st-t05:--concept-gradient=straight_through,--concept-temperature=0.5 \
@@ -87,12 +89,16 @@ ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-sel
 	copy-k24-ul-cl-w-s1:--executor-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--seed=1 \
 	copy-k24-ul-cl-w-in:--executor-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--input-plans,--estep-selection=joint \
 	copy2-k24-ul-cl-w:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words \
-	copy2-k24-ul-cl-w-s1:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--seed=1
-ABLATION_FIGURES = delta_nll_shuffle,nll_zstar,nll_planner_z,nll_ar,nll_ratio_vs_ar,keyword_coverage,ar_keyword_coverage
+	copy2-k24-ul-cl-w-s1:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--seed=1 \
+	copy2-k24-ul-cl-w-iw:$(COPY2_W),--plan-input-words,--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w \
+	copy2-k24-ul-cl-w-iwb:$(COPY2_W),--plan-input-words,$(EOS_BIASES),--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w \
+	copy2-k24-ul-cl-w-iwb-s1:$(COPY2_W),--plan-input-words,$(EOS_BIASES),--seed=1,--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w-s1
+ABLATION_FIGURES = delta_nll_shuffle,nll_zstar,nll_planner_z,nll_u_plan,nll_ar,nll_ratio_vs_ar,keyword_coverage
+ABLATION_FIGURES := $(ABLATION_FIGURES),ar_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),oracle_keyword_coverage,plan_precision,plan_recall,u_plan_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),u_plan_recall,covered_keyword_coverage,covered_ar_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),oracle_split,planner_split,planner_chars,win_proposer,concept_drop_50
-ABLATION_FIGURES := $(ABLATION_FIGURES),executor_decode_ratio,monitor_warnings
+ABLATION_FIGURES := $(ABLATION_FIGURES),plan_eos_bias,executor_decode_ratio,monitor_warnings
 
 bench-planner-ablations: $(STAMP)
 	for ablation in $(ABLATIONS); do name=$${ablation%%:*}; flags=$$(echo $${ablation#*:} | tr , ' '); \

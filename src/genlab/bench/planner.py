@@ -6,7 +6,8 @@ planner–executor (`genlab train planner`) and an AR Qwen2 of the same total pa
 p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation split, by sentence):
 
 - ``nll_zstar`` NLL(y | z*) per y token, z* from the E-step (which sees y: an oracle plan);
-- ``nll_planner_z`` NLL(y | ẑ) with ẑ the planner's greedy plan from u (the deployable path);
+- ``nll_planner_z`` NLL(y | ẑ) with ẑ the planner's greedy plan from u (the deployable path); with the keywords
+  proposer ``nll_u_plan`` beside it, NLL(y | u's own words as the plan) (the planner-free baseline below);
 - ``nll_bound`` (−log p(y | z*) − log p(z* | u)) per y token, an upper bound on −log p(y | u);
 - ``nll_ar`` the AR model's NLL(y | u); ``nll_ratio_vs_ar`` = nll_planner_z / nll_ar (the figure SPEC B names),
   with ``nll_zstar_ratio_vs_ar`` and ``nll_bound_ratio_vs_ar`` beside it;
@@ -29,6 +30,10 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
   (y's): coverage bought with longer text shows there; ``<text>_split``, the share of keywords whose characters
   the free text holds but never as the word (lost to rendering, not to the plan);
 - ``win_<source>``: the share of held-out E-steps whose z* came from each source;
+- decoding options for the planner's plan (training unchanged): ``--plan-no-repeat``, ``--plan-input-words`` (only
+  whole words of u, each once: ``plan(input_words=True)``) and ``--plan-eos-biases`` (a bias on the plan's
+  ``<eos>``; of several, ``plan_eos_bias`` is the one whose plans give the lowest NLL(y | planner z) on
+  ``--tune-pairs`` validation pairs that are not evaluated, each bias's NLL there in the config);
 - with ``--concept-gradient straight_through|soft_mixture`` (no E-step, so no z*, bound or win rates): the NLL
   through the planner's own plan as the executor reads it in training (its ids, or its soft mixture), and the
   ΔNLLs and concept drop of that plan;
@@ -47,10 +52,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessorList, Qwen2ForCausalLM
+from transformers import LogitsProcessorList, Qwen2ForCausalLM, SequenceBiasLogitsProcessor
 
-from ..configuration_planner import (CONCEPT_GRADIENTS, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS, NUM_CONCEPT_SPECIALS,
-                                     PROPOSERS)
+from ..configuration_planner import (CONCEPT_EOS, CONCEPT_GRADIENTS, ESTEP_SELECTIONS, ESTEP_WARMUP_ENDS,
+                                     NUM_CONCEPT_SPECIALS, PROPOSERS)
 from ..generation_planner import PlanCoverageLogitsProcessor
 from ..modeling_planner import PlannerExecutorModel, concept_slot_mask
 from ..runs import read_manifest
@@ -106,6 +111,12 @@ class PlannerBenchConfig:
         "help": "α of the token-level unlikelihood of already-written tokens in text and plans (0: off)"})
     plan_no_repeat: bool = field(default=False, metadata={
         "help": "evaluate with plans that name each concept once (plan's no_repeat_concepts; training unchanged)"})
+    plan_input_words: bool = field(default=False, metadata={
+        "help": "evaluate with plans made of whole words of u, each once (plan's input_words; word plans)"})
+    plan_eos_biases: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "biases on the plan's <eos> logit (< 0: longer plans); with several, the one with the lowest "
+                "NLL(y | planner z) on --tune-pairs validation pairs that are not evaluated"})
+    tune_pairs: int = field(default=256, metadata={"help": "validation pairs that choose the plan's <eos> bias"})
     diverse_beam: float = field(default=0.0, metadata={
         "help": "Hamming penalty of the E-step's diverse beam search over planner plans (0: off)"})
     prior_weight: float = field(default=1.0, metadata={"help": "β_max of the E-step score (SPEC P4: 1)"})
@@ -149,14 +160,16 @@ def summed_nll(model, batch: dict):
 
 
 @torch.no_grad()
-def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int, plan_no_repeat: bool = False) -> dict:
+def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int, plan_options: dict | None = None) -> dict:
     """Per-y-token NLLs of the planner–executor (z*, planner z, bound), the AR model, ΔNLL(z*) and the share of
-    z* each E-step source won. ``plan_no_repeat``: the planner's plan names each concept once."""
+    z* each E-step source won. ``plan_options``: keyword arguments of the planner's ``plan``."""
     proposer = make_proposer(model, tokenizer)
     generator = torch.Generator().manual_seed(0)
     wins: dict[str, float] = {}
     sums = dict.fromkeys(("nll_zstar", "nll_planner_z", "nll_bound", "nll_ar", "delta_nll_shuffle",
                           "delta_nll_mask", "delta_nll_random", "zstar_concepts"), 0.0)
+    if model.config.proposer == "keywords":
+        sums["nll_u_plan"] = 0.0
     tokens = 0
     for batch in batches:
         nll = summed_nll(model, batch)
@@ -167,8 +180,9 @@ def held_out_figures(model, ar, tokenizer, batches: list[dict], step: int, plan_
         base = nll(z_star)
         sums["nll_zstar"] += base
         sums["nll_bound"] += base - float(model.planner_forward(batch["input_ids"], batch["attention_mask"], z_star).log_prob.sum())
-        sums["nll_planner_z"] += nll(model.plan(batch["input_ids"], batch["attention_mask"],
-                                                no_repeat_concepts=plan_no_repeat))
+        sums["nll_planner_z"] += nll(model.plan(batch["input_ids"], batch["attention_mask"], **(plan_options or {})))
+        if "nll_u_plan" in sums:  # the planner-free plan: every word of u, in u's order
+            sums["nll_u_plan"] += nll(input_plan(proposer, batch))
         for name, value in delta_nll(nll, z_star, model.config.concept_vocab_sizes, generator).items():
             sums[name] += value
         sums["zstar_concepts"] += float(concept_slot_mask(z_star).sum())
@@ -246,23 +260,31 @@ def plan_overlap(plans: torch.Tensor, oracle: torch.Tensor, ignore: int | None =
     return sum(len(a & b) for a, b in sets), sum(len(a) for a, _ in sets), sum(len(b) for _, b in sets)
 
 
+def planned_concepts(model, batch: dict, plan_options: dict | None) -> torch.Tensor | None:
+    """The planner's plan of ``batch`` under ``plan_options`` (``plan``'s keyword arguments), or ``None`` for a
+    soft-mixture model, whose ``generate`` plans itself (its executor reads soft embeddings)."""
+    if model.config.concept_gradient == "soft_mixture":
+        return None
+    return model.plan(batch["input_ids"], batch["attention_mask"], **(plan_options or {}))
+
+
 @torch.no_grad()
 def generations(model, ar, tokenizer, batch: dict, proposer, new_tokens: int,
-                plan_no_repeat: bool = False) -> tuple[dict[str, list[str]], dict]:
+                plan_options: dict | None = None) -> tuple[dict[str, list[str]], dict]:
     """Every greedy text the coverage figures read, by name, and the plans they come from: the planner–executor's
     from u (``planner``), the executor's from the ``oracle`` plan and, with the keywords proposer, from the
     ``u_plan``; each also ``_covered`` (it may not stop before its plan is written); the AR model's (``ar``, and
     ``ar_covered``: it may not stop before it has written the u plan's characters)."""
     decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
     planned = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens, do_sample=False,
-                             return_concepts=True, plan_no_repeat=plan_no_repeat)
+                             return_concepts=True, concept_ids=planned_concepts(model, batch, plan_options))
     plans = {"planner": planned.concept_ids, "oracle": proposer(batch)[:, -1]}  # the oracle's longest granularity
     if model.config.proposer == "keywords":  # u's characters are a plan only for text keyword concepts
         plans["u_plan"] = input_plan(proposer, batch)
     texts = {"planner": decode(planned.sequences), "ar": decode(ar_texts(ar, tokenizer, batch, new_tokens)),
              "planner_covered": decode(model.generate(batch["input_ids"], batch["attention_mask"], cover_plan=True,
                                                       max_new_tokens=new_tokens, do_sample=False,
-                                                      plan_no_repeat=plan_no_repeat))}
+                                                      concept_ids=planned_concepts(model, batch, plan_options)))}
     for name in plans.keys() - {"planner"}:
         for cover in (False, True):
             texts[name + "_covered" * cover] = decode(model.execute(plans[name], max_new_tokens=new_tokens,
@@ -279,7 +301,7 @@ COVERAGE_FIGURES = {"planner": "keyword_coverage", "ar": "ar_keyword_coverage", 
 
 @torch.no_grad()
 def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_tokens: int,
-                     plan_no_repeat: bool = False) -> tuple[dict, list]:
+                     plan_options: dict | None = None) -> tuple[dict, list]:
     """keyword_coverage / ar_keyword_coverage over the held-out pairs, where the planner–executor loses it (the
     executor from the oracle plan; the planner's plan against it), the same with every text made to cover its
     plan, mean text lengths, and a few (u, y, planner, AR) examples."""
@@ -290,7 +312,7 @@ def coverage_figures(model, ar, tokenizer, batches: list[dict], task: str, new_t
     for batch in batches:
         us = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         ys = tokenizer.batch_decode(batch["text_ids"], skip_special_tokens=True)
-        generated, plans = generations(model, ar, tokenizer, batch, proposer, new_tokens, plan_no_repeat)
+        generated, plans = generations(model, ar, tokenizer, batch, proposer, new_tokens, plan_options)
         for name, made in generated.items():
             texts[name] += made
         for name in plans.keys() - {"oracle"}:
@@ -335,6 +357,29 @@ def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int
     return batch * NEW_TOKENS / executor_s, batch * NEW_TOKENS / plain_s, ratio
 
 
+def batches_of(pairs) -> list[dict]:
+    """Collated batches of 32 pairs, in order."""
+    return [collate([pairs[j] for j in range(i, min(i + 32, len(pairs)))]) for i in range(0, len(pairs), 32)]
+
+
+def eos_bias_processor(bias: float) -> LogitsProcessorList | None:
+    """``bias`` added to the plan's ``<eos>`` logit (transformers' ``SequenceBiasLogitsProcessor``); 0: none."""
+    return LogitsProcessorList([SequenceBiasLogitsProcessor({(CONCEPT_EOS,): float(bias)})]) if bias else None
+
+
+@torch.no_grad()
+def tune_eos_bias(model, batches: list[dict], biases: list[float], plan_options: dict) -> tuple[float, dict]:
+    """The bias on the plan's ``<eos>`` whose plans give the lowest NLL(y | planner z) per y token over ``batches``
+    (tuning pairs; the first of equals), and that NLL for every bias."""
+    tokens = sum(int(batch["text_attention_mask"].sum()) for batch in batches)
+    sweep = {}
+    for bias in biases:
+        options = {**plan_options, "logits_processor": eos_bias_processor(bias)}
+        sweep[str(bias)] = sum(summed_nll(model, batch)(model.plan(batch["input_ids"], batch["attention_mask"],
+                                                                   **options)) for batch in batches) / tokens
+    return min(biases, key=lambda bias: sweep[str(bias)]), sweep
+
+
 def run(args: PlannerBenchConfig) -> dict:
     """Measure the planner run against its AR baseline (both complete: see ``genlab.prepare``)."""
     manifest, ar_manifest = read_manifest(args.run_dir), read_manifest(args.ar_run_dir)
@@ -342,23 +387,34 @@ def run(args: PlannerBenchConfig) -> dict:
     tokenizer = load_tokenizer(args.run_dir)
     ar = Qwen2ForCausalLM.from_pretrained(args.ar_run_dir).eval()
 
-    pairs = run_pairs(manifest, "validation", tokenizer, model.config)
-    pairs = pairs.shuffle(seed=args.seed).select(range(min(args.eval_pairs, len(pairs))))
-    batches = [collate([pairs[j] for j in range(i, min(i + 32, len(pairs)))]) for i in range(0, len(pairs), 32)]
+    pairs = run_pairs(manifest, "validation", tokenizer, model.config).shuffle(seed=args.seed)
+    evaluated = min(args.eval_pairs, len(pairs))
+    batches = batches_of(pairs.select(range(evaluated)))
     hard_em = model.config.concept_gradient == "hard_em"
-    figures = (held_out_figures(model, ar, tokenizer, batches, manifest["steps"], args.plan_no_repeat) if hard_em
+    plan_options = {"no_repeat_concepts": args.plan_no_repeat, "input_words": args.plan_input_words}
+    if not hard_em:
+        model.check_relaxed_planning(**plan_options, logits_processor=args.plan_eos_biases != [0.0])
+    eos_bias, eos_sweep = args.plan_eos_biases[0], {}
+    if len(args.plan_eos_biases) > 1:  # chosen on validation pairs that are not evaluated
+        tuning = pairs.select(range(evaluated, min(evaluated + args.tune_pairs, len(pairs))))
+        if not len(tuning):
+            raise ValueError(f"--plan-eos-biases with several values needs validation pairs beyond --eval-pairs "
+                             f"{args.eval_pairs}: the split holds {len(pairs)}")
+        eos_bias, eos_sweep = tune_eos_bias(model, batches_of(tuning), args.plan_eos_biases, plan_options)
+    plan_options["logits_processor"] = eos_bias_processor(eos_bias)
+    figures = (held_out_figures(model, ar, tokenizer, batches, manifest["steps"], plan_options) if hard_em
                else relaxed_figures(model, ar, tokenizer, batches))
+    figures["plan_eos_bias"] = eos_bias
     figures["nll_ratio_vs_ar"] = figures["nll_planner_z"] / figures["nll_ar"]
     if hard_em:
         figures["nll_zstar_ratio_vs_ar"] = figures["nll_zstar"] / figures["nll_ar"]
         figures["nll_bound_ratio_vs_ar"] = figures["nll_bound"] / figures["nll_ar"]
     covered, examples = coverage_figures(model, ar, tokenizer, batches, manifest.get("task", "next_sentence"),
-                                         args.max_text_length, args.plan_no_repeat)
+                                         args.max_text_length, plan_options)
     figures.update(covered)
     figures["concept_drop_50"] = concept_drop(model, training_plans(model, make_proposer(model, tokenizer)),
                                               batches[:2], [0.5], args.seed)["delta_nll"]["0.5"]
-    concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1],
-                          no_repeat_concepts=args.plan_no_repeat)
+    concepts = model.plan(batches[0]["input_ids"][:1], batches[0]["attention_mask"][:1], **plan_options)
     figures["executor_tok_s_b1"], figures["plain_tok_s_b1"], figures["executor_decode_ratio"] = decode_ratio(
         model, concepts, 1, args.repeats)
     figures["executor_tok_s_b16"], figures["plain_tok_s_b16"], figures["executor_decode_ratio_b16"] = decode_ratio(
@@ -373,6 +429,8 @@ def run(args: PlannerBenchConfig) -> dict:
                 "planner_parameters": manifest["parameters"], "ar_parameters": ar_manifest["parameters"],
                 "ar_layers": ar.config.num_hidden_layers, "planner_config": model.config.to_diff_dict(),
                 "new_tokens": NEW_TOKENS, "repeats": args.repeats, "plan_no_repeat": args.plan_no_repeat,
+                "plan_input_words": args.plan_input_words, "plan_eos_biases": args.plan_eos_biases,
+                "plan_eos_bias_tuning_nll": eos_sweep,
                 "monitor_warning_rules": sorted({w["rule"] for w in manifest["monitor_warnings"]})},
         budget={"max_steps": args.steps, "wall_clock_cap_s": args.budget, "planner_steps_done": manifest["steps"],
                 "ar_steps_done": ar_manifest["steps"], "batch_size": args.batch_size, "learning_rate": 1e-3,
