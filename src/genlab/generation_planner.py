@@ -70,6 +70,17 @@ def process_concepts(processors: LogitsProcessorList, columns: list[torch.Tensor
     return processors(history.flatten(0, 1), scores.reshape(b * k, v)).view(b, k, 1, v)
 
 
+def split_words(concepts: list[int], separator: int) -> list[tuple[int, ...]]:
+    """Concept ids split at ``separator`` into words, the last one as far as it goes (empty after a separator)."""
+    words = [[]]
+    for concept in concepts:
+        if concept == separator:
+            words.append([])
+        else:
+            words[-1].append(concept)
+    return [tuple(word) for word in words]
+
+
 class WordChoiceLogitsProcessor(LogitsProcessor):
     """Plans made of whole candidate words, each named at most once (constrained decoding over a trie of words).
 
@@ -89,14 +100,7 @@ class WordChoiceLogitsProcessor(LogitsProcessor):
             return None
         if CONCEPT_EOS in history or CONCEPT_PAD in history:  # ended: what it names is dropped
             return [CONCEPT_EOS]
-        named, partial = [], []
-        for concept in history:
-            if concept == self.separator:
-                named.append(tuple(partial))
-                partial = []
-            else:
-                partial.append(concept)
-        partial = tuple(partial)
+        *named, partial = split_words(history, self.separator)
         open_words = [w for w in words if w not in named]
         next_ids = {w[len(partial)] for w in open_words if len(w) > len(partial) and w[:len(partial)] == partial}
         if not partial or partial in open_words:  # a separator only where another word may follow
@@ -241,22 +245,15 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
             raise ValueError("planning from u's words needs text_concept_types and plan_separator_id (word plans), got "
                              f"text_concept_types={self.config.text_concept_types}, "
                              f"plan_separator_id={self.config.plan_separator_id}")
-        separator = self.config.plan_separator_id
+        separator = self.config.plan_separator_id + NUM_CONCEPT_SPECIALS
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         text = self.text_types(input_ids.device).tolist()
         words = []
         for tokens, valid in zip(input_ids.tolist(), mask.bool().tolist()):
             concepts = [t + NUM_CONCEPT_SPECIALS for t, keep in zip(tokens, valid) if keep]
-            row, word = [], []
-            for concept in concepts + [separator + NUM_CONCEPT_SPECIALS]:
-                if concept == separator + NUM_CONCEPT_SPECIALS:
-                    if word and tuple(word) not in row:
-                        row.append(tuple(word))
-                    word = []
-                else:
-                    word.append(concept)
+            row = list(dict.fromkeys(word for word in split_words(concepts, separator) if word))  # once each
             words += [row if is_text else None for is_text in text]
-        return WordChoiceLogitsProcessor(words, separator + NUM_CONCEPT_SPECIALS)
+        return WordChoiceLogitsProcessor(words, separator)
 
     def check_relaxed_planning(self, **options) -> None:
         """``ValueError`` naming the planning options a relaxed (``straight_through``/``soft_mixture``) planner
