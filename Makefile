@@ -73,6 +73,7 @@ bench-planner: $(STAMP)
 KEYWORDS_BENCH = $(VENV)/bin/genlab bench planner-keywords --steps 2000 --ar-run-dir runs/bench/planner-keywords-ar
 COPY2_W = --executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words
 EOS_BIASES = --plan-eos-biases,0,-1,-2,-4,-8,-16,-32
+STEPS_4K = --steps=4000,--ar-run-dir=runs/bench/planner-keywords-ar4000
 ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-selection=joint beam:--diverse-beam=2 \
 	learned:--proposer=learned zdrop:--z-dropout=0.3 st:--concept-gradient=straight_through \
 	soft:--concept-gradient=soft_mixture st-t05:--concept-gradient=straight_through,--concept-temperature=0.5 \
@@ -92,7 +93,9 @@ ABLATIONS = gain:--warmup-end=gain entropy:--entropy-bonus=0.1 joint:--estep-sel
 	copy2-k24-ul-cl-w-s1:--executor-copy,--planner-copy,--keywords=24,--unlikelihood=1,--checklist,--plan-words,--seed=1 \
 	copy2-k24-ul-cl-w-iw:$(COPY2_W),--plan-input-words,--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w \
 	copy2-k24-ul-cl-w-iwb:$(COPY2_W),--plan-input-words,$(EOS_BIASES),--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w \
-	copy2-k24-ul-cl-w-iwb-s1:$(COPY2_W),--plan-input-words,$(EOS_BIASES),--seed=1,--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w-s1
+	copy2-k24-ul-cl-w-iwb-s1:$(COPY2_W),--plan-input-words,$(EOS_BIASES),--seed=1,--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w-s1 \
+	copy2-k24-ul-cl-w-4k-iw:$(COPY2_W),--plan-input-words,$(STEPS_4K),--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w-4k \
+	copy2-k24-ul-cl-w-4k-iwb:$(COPY2_W),--plan-input-words,$(EOS_BIASES),$(STEPS_4K),--run-dir=runs/bench/planner-keywords-copy2-k24-ul-cl-w-4k
 ABLATION_FIGURES = delta_nll_shuffle,nll_zstar,nll_planner_z,nll_u_plan,nll_ar,nll_ratio_vs_ar,keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),ar_keyword_coverage
 ABLATION_FIGURES := $(ABLATION_FIGURES),oracle_keyword_coverage,plan_precision,plan_recall,u_plan_keyword_coverage
