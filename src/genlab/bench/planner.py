@@ -276,15 +276,16 @@ def generations(model, ar, tokenizer, batch: dict, proposer, new_tokens: int,
     ``u_plan``; each also ``_covered`` (it may not stop before its plan is written); the AR model's (``ar``, and
     ``ar_covered``: it may not stop before it has written the u plan's characters)."""
     decode = lambda ids: [t.replace(" ", "") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]  # noqa: E731
+    concepts = planned_concepts(model, batch, plan_options)
     planned = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens, do_sample=False,
-                             return_concepts=True, concept_ids=planned_concepts(model, batch, plan_options))
+                             return_concepts=True, concept_ids=concepts)
     plans = {"planner": planned.concept_ids, "oracle": proposer(batch)[:, -1]}  # the oracle's longest granularity
     if model.config.proposer == "keywords":  # u's characters are a plan only for text keyword concepts
         plans["u_plan"] = input_plan(proposer, batch)
     texts = {"planner": decode(planned.sequences), "ar": decode(ar_texts(ar, tokenizer, batch, new_tokens)),
              "planner_covered": decode(model.generate(batch["input_ids"], batch["attention_mask"], cover_plan=True,
                                                       max_new_tokens=new_tokens, do_sample=False,
-                                                      concept_ids=planned_concepts(model, batch, plan_options)))}
+                                                      concept_ids=concepts))}
     for name in plans.keys() - {"planner"}:
         for cover in (False, True):
             texts[name + "_covered" * cover] = decode(model.execute(plans[name], max_new_tokens=new_tokens,
