@@ -63,14 +63,20 @@ class Recorder(LogitsProcessor):
         return scores
 
 
-@torch.no_grad()
-def test_a_planner_that_stops_at_once_plans_every_word_of_u_when_eos_is_biased_away(tokenizer):
+def quitting_planner(tokenizer):
+    """A word-plan planner whose ``<eos>`` outscores every concept by 20 nats: it wants to stop at once."""
     model = keyword_planner(tokenizer, plan_separator_id=tokenizer.convert_tokens_to_ids("、"),
                             concept_max_lengths=[12]).eval()
     quitter = torch.zeros(model.max_type_vocab)
     quitter[CONCEPT_EOS] = 20.0
     scores = model.planner_logits
     model.planner_logits = lambda hidden, u: scores(hidden, u) + quitter
+    return model
+
+
+@torch.no_grad()
+def test_a_planner_that_stops_at_once_plans_every_word_of_u_when_eos_is_biased_away(tokenizer):
+    model = quitting_planner(tokenizer)
     batch = batch_of(tokenizer, ["法律、属于、毛"], [""])
     assert (model.plan(batch["input_ids"], input_words=True) == CONCEPT_PAD).all()  # the empty plan
     recorder = Recorder()
@@ -86,12 +92,7 @@ def test_a_planner_that_stops_at_once_plans_every_word_of_u_when_eos_is_biased_a
 
 @torch.no_grad()
 def test_the_bench_keeps_the_eos_bias_whose_plans_explain_y_best(tokenizer):
-    model = keyword_planner(tokenizer, plan_separator_id=tokenizer.convert_tokens_to_ids("、"),
-                            concept_max_lengths=[12]).eval()
-    quitter = torch.zeros(model.max_type_vocab)
-    quitter[CONCEPT_EOS] = 20.0
-    scores = model.planner_logits
-    model.planner_logits = lambda hidden, u: scores(hidden, u) + quitter
+    model = quitting_planner(tokenizer)
     batch = batch_of(tokenizer, ["法律、属于、毛", "公园、孩子"], ["这属于法律。", "孩子在公园。"])
     bias, sweep = tune_eos_bias(model, [batch], [0.0, -1000.0], {"input_words": True})
     tokens = int(batch["text_attention_mask"].sum())
