@@ -31,6 +31,9 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
     assert figures["delete_threshold"] in (0.5, 0.9)
     for fill in ("free", "confusion"):  # each fill rule measured; the headline is the one validation chose
         assert 0 <= figures[f"sighan15_{fill}_correction_f1"] <= 1 and 0 <= figures[f"baseline_{fill}_clean_fpr"] <= 1
+    assert figures["sighan15_diagnostic/substitution_pairs"] > 0  # where errors are lost: finding or filling
+    for name in ("picker_auc", "oracle_fill_accuracy", "baseline_detection_auc", "baseline_oracle_fill_accuracy"):
+        assert 0 <= figures[f"sighan15_diagnostic/{name}"] <= 1, name
     chosen = result["config"]["fill"]
     assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]
     for name in ("merge", "baseline"):  # both fillers start from the AR trained first

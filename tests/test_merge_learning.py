@@ -3,14 +3,15 @@ fill targets, gradients into every head, and a tiny model that overfits a few (d
 them exactly, leaves a clean sentence alone and ranks the planted wrong character first."""
 
 import random
+from collections import Counter
 
 import pytest
 import torch
 
-from genlab.bench.merge import csc_scores
+from genlab.bench.merge import auc, csc_scores, diagnose_batch
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
-from genlab.spelling import TypoNoise, confusion_sets, sighan15, typo_noise
+from genlab.spelling import TypoNoise, character_frequencies, confusion_sets, sighan15, substitute, typo_noise
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
 from test_merge_model import BOS, MASK, PAD, grad_norm, tiny_model
@@ -180,6 +181,30 @@ def test_substitution_candidates_on_a_hand_made_round():
     assert allowed[0, 1].all() and allowed[0, 3].nonzero().flatten().tolist() == [11, 15]
 
 
+def test_auc_on_hand_made_scores():
+    wrong = torch.tensor([True, False, False, True])
+    assert auc(torch.tensor([0.9, 0.1, 0.2, 0.8]), wrong) == 1.0
+    assert auc(torch.tensor([0.1, 0.9, 0.8, 0.2]), wrong) == 0.0
+    assert auc(torch.tensor([0.5, 0.5, 0.1, 0.3]), wrong) == 0.625  # (1 + 0.5 + 1 + 0) / 4: a tie counts half
+
+
+def test_diagnostics_find_and_fill_the_planted_character(overfit):
+    """TRAIN[0] has 40 where 12 belongs, TRAIN[3] is clean: the overfit Picker ranks 40 above every other token
+    (AUC 1), and told where the error is, the filler writes 12 when 40 → 12 is allowed and cannot when only 40
+    itself is — the oracle figure follows the candidates, it is not read off the gold row."""
+    model, _ = overfit
+    rows = [TRAIN[0][0], TRAIN[3][0] + [PAD]]  # (draft, gold) pairs of equal length
+    ids, gold = torch.tensor(rows), torch.tensor([TRAIN[0][1], TRAIN[3][1] + [PAD]])
+    valid = ids != PAD
+    confusable = torch.eye(64, dtype=torch.bool)
+    confusable[40, 12] = True
+    found = diagnose_batch(model, model, ids, valid, gold, confusable, unk_id=1)
+    assert found["wrong"].sum() == 1 and auc(found["merge_score"], found["wrong"]) == 1.0
+    assert found["merge_right"].tolist() == [True]
+    kept = diagnose_batch(model, model, ids, valid, gold, torch.eye(64, dtype=torch.bool), unk_id=1)
+    assert kept["merge_right"].tolist() == [False] and kept["baseline_right"].tolist() == [False]
+
+
 def test_untrained_model_does_not_already_repair(overfit):
     """The repair above is learned: the same architecture before training does not do it."""
     _, batch = overfit
@@ -198,9 +223,9 @@ def test_typo_noise_uses_confusion_sets_and_leaves_clean_rows():
     table = confusion_sets()
     assert "气" in table["汽"] or "汽" in table["气"]
     sentence = "我们今天下午去公园散步，天气很好。"
-    vocabulary = set(sentence) | {c for similar in table.values() for c in similar}
+    frequencies = dict.fromkeys(set(sentence) | {c for similar in table.values() for c in similar}, 1)
     rng = random.Random(0)
-    drafts = [typo_noise(sentence, rng, vocabulary, TypoNoise(clean_fraction=0.25)) for _ in range(400)]
+    drafts = [typo_noise(sentence, rng, frequencies, TypoNoise(clean_fraction=0.25)) for _ in range(400)]
     clean = sum(d == sentence for d in drafts) / len(drafts)
     assert 0.15 < clean < 0.4
     substituted = [d for d in drafts if len(d) == len(sentence) and d != sentence]
@@ -209,6 +234,23 @@ def test_typo_noise_uses_confusion_sets_and_leaves_clean_rows():
         for wrong, right in zip(draft, sentence):
             # a substitute is confusable with the character it replaced (or a transposition of neighbours)
             assert wrong == right or wrong in table.get(right, ()) or wrong in sentence
+
+
+def test_character_frequencies_count_only_writable_characters():
+    assert character_frequencies(["天气好", "天天"], vocabulary="天气汽") == {"天": 3, "气": 1, "汽": 0}
+
+
+def test_typo_substitutes_are_drawn_by_frequency_then_rank():
+    char = "气"
+    first, second = [c for c in confusion_sets()[char] if c != char][:2]  # ranks 0 and 1 of 气's list
+    def draws(frequencies, power):
+        rng = random.Random(0)
+        return Counter(substitute(char, rng, frequencies, TypoNoise(frequency_power=power)) for _ in range(2000))
+    by_frequency = draws({first: 0, second: 999}, power=1.0)
+    assert by_frequency[second] > 50 * by_frequency[first]  # weights 1 : 1000·e^-0.3 ≈ 1 : 740
+    by_rank = draws({first: 0, second: 999}, power=0.0)
+    assert 1.1 < by_rank[first] / by_rank[second] < 1.7  # e^0.3 ≈ 1.35, whatever the counts
+    assert substitute(char, random.Random(0), {"天": 5}, TypoNoise()) is None  # no writable confusable
 
 
 def test_sighan15_is_the_published_test_set():

@@ -10,13 +10,18 @@ only its ``data/`` folder is read, the package is never imported):
 
 :func:`typo_noise` turns a clean sentence into a draft the way people mistype Chinese: most errors are a
 character swapped for a confusable one (same sound first, then same shape), a few are insertions, deletions
-or transpositions.
+or transpositions. The confusable written is a character the writer knows: it is drawn in proportion to its
+frequency in the training corpus (:func:`character_frequencies`), so typos are common characters in the wrong
+place — as in learners' essays — and a detector cannot get by on spotting rare characters.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -75,32 +80,54 @@ def sighan15() -> list[tuple[str, str]]:
     return pairs
 
 
+RANK_DECAY = 0.3  # a confusable's prior falls by e^-0.3 per place down its list (nearer sounds first)
+
+
 @dataclass(frozen=True)
 class TypoNoise:
     """How :func:`typo_noise` corrupts: ``clean_fraction`` of sentences stay unchanged; the rest get 1 to
     ``max_errors`` errors (about one per ``chars_per_error`` characters), each a confusion-set substitution
-    with probability ``p_confusion``, else an insertion, deletion or transposition of neighbours."""
+    with probability ``p_confusion``, else an insertion, deletion or transposition of neighbours. A substitute
+    is drawn with weight e^(−0.3·rank) · (count + 1)^``frequency_power`` (rank in the confusion list, count in
+    the corpus); ``frequency_power`` 0 draws by rank alone, whatever the character's frequency."""
 
     clean_fraction: float = 0.25
     max_errors: int = 3
     chars_per_error: int = 15
     p_confusion: float = 0.85
+    frequency_power: float = 1.0
 
 
-def typo_noise(text: str, rng: random.Random, vocabulary: set[str], noise: TypoNoise = TypoNoise()) -> str:
-    """A draft of ``text`` with typing errors (``text`` itself for a clean row); substitutes are limited to
-    ``vocabulary`` so the target stays writable by the tokenizer."""
+def character_frequencies(texts: Iterable[str], vocabulary: Iterable[str]) -> dict[str, int]:
+    """How often each character of ``vocabulary`` (the characters a typo may write) occurs in ``texts``."""
+    counts = Counter(char for text in texts for char in text)
+    return {char: counts[char] for char in vocabulary}
+
+
+def substitute(char: str, rng: random.Random, frequencies: Mapping[str, int], noise: TypoNoise) -> str | None:
+    """A confusable character written for ``char`` (None when it has none among ``frequencies``' keys)."""
+    similar = [c for c in confusion_sets().get(char, ()) if c in frequencies]
+    if not similar:
+        return None
+    weights = [math.exp(-RANK_DECAY * rank) * (frequencies[c] + 1) ** noise.frequency_power
+               for rank, c in enumerate(similar)]
+    return rng.choices(similar, weights)[0]
+
+
+def typo_noise(text: str, rng: random.Random, frequencies: Mapping[str, int], noise: TypoNoise = TypoNoise()) -> str:
+    """A draft of ``text`` with typing errors (``text`` itself for a clean row). Substitutes are keys of
+    ``frequencies`` (:func:`character_frequencies`: the characters the tokenizer writes, so the target stays
+    writable), drawn as :class:`TypoNoise` says."""
     if len(text) < 2 or rng.random() < noise.clean_fraction:
         return text
-    table = confusion_sets()
     chars = list(text)
     errors = rng.randint(1, max(1, min(noise.max_errors, len(text) // noise.chars_per_error + 1)))
     for _ in range(errors):
         i = rng.randrange(len(chars))
-        similar = [c for c in table.get(chars[i], ()) if c in vocabulary]
         roll = rng.random()
-        if similar and roll < noise.p_confusion:
-            chars[i] = similar[min(int(rng.expovariate(0.3)), len(similar) - 1)]  # nearer sounds more often
+        written = substitute(chars[i], rng, frequencies, noise) if roll < noise.p_confusion else None
+        if written is not None:
+            chars[i] = written
         elif roll < noise.p_confusion + (1 - noise.p_confusion) / 3 or len(chars) < 3:
             chars.insert(i, chars[rng.randrange(len(chars))])  # a stray character from the sentence
         elif roll < noise.p_confusion + 2 * (1 - noise.p_confusion) / 3:

@@ -38,10 +38,11 @@ from transformers import AutoModelForCausalLM
 
 from ..clouds import load_cloud
 from ..data import load_corpus
-from ..edits import changed_positions
+from ..edits import changed_positions, edit_labels
+from ..generation_refinement import substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import TypoNoise, confusion_candidates, sighan15, typo_noise
+from ..spelling import TypoNoise, character_frequencies, confusion_candidates, sighan15, typo_noise
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -163,6 +164,73 @@ def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 
     return outputs
 
 
+# -- where errors are lost: finding them, or filling them ---------------------------------------------------------
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Chance that a random positive scores above a random negative (ties count half); NaN without both."""
+    pos, neg = scores[positive], scores[~positive]
+    if not pos.numel() or not neg.numel():
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()
+    return float(above)
+
+
+def substitution_pairs(tokenizer, sources: list[str], targets: list[str]) -> list[tuple[str, str]]:
+    """The pairs that differ, by substitutions only, with one token per character (the oracle script is then
+    one deletion + one mask per wrong character)."""
+    return [(s, t) for s, t in zip(sources, targets) if s != t and len(s) == len(t)
+            and len(tokenizer(s, add_special_tokens=False)["input_ids"]) == len(s)]
+
+
+@torch.no_grad()
+def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold: torch.Tensor,
+                   fill_candidates: torch.Tensor, unk_id: int) -> dict[str, torch.Tensor]:
+    """One batch of same-length (draft, gold) rows (B, L), right-padded: per scored draft token whether it is
+    wrong and the two detectors' scores (MERGE's P(wrong), the baseline's 1 − p(token | row)); per wrong token
+    whether MERGE's filler (a mask there from the true edit script, the Picker and Inserter bypassed) and the
+    baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``."""
+    scripts = [edit_labels(row[m].tolist(), want[m].tolist()) for row, want, m in zip(ids, gold, valid)]
+    delete, insert = (torch.tensor([getattr(e, k) + [0] * (ids.shape[1] - len(e.delete)) for e in scripts])
+                      for k in ("delete", "insert"))
+    never = torch.tensor(merge._never_filled + [unk_id])
+    out = merge(ids, valid.long(), edit=torch.ones(len(ids)), delete_labels=delete, insert_labels=insert)
+    logits = out.logits.float().index_fill(-1, never, float("-inf"))
+    allowed = substitution_candidates(ids, valid, out.deletions, out.mask_positions, fill_candidates)
+    filled = logits.masked_fill(~allowed, float("-inf")).argmax(-1)  # (B, N) N ≥ L: the fused row is gold's
+    merge_right = (filled[:, : ids.shape[1]] == gold)[out.mask_positions[:, : ids.shape[1]]]
+    none = torch.zeros(len(ids))
+    base = baseline(ids, valid.long(), edit=none, num_insertions=none.long()).logits.float()  # (B, L, V)
+    p_draft = base.log_softmax(-1).gather(-1, ids[..., None])[..., 0].exp()
+    base = base.index_fill(-1, never, float("-inf")).masked_fill(~fill_candidates[ids], float("-inf"))
+    wrong = (ids != gold) & valid
+    scored = valid & (ids != ids[:, :1])  # every token but <s>
+    return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
+            "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong]}
+
+
+def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: list[str],
+                      fill_candidates: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
+    """Threshold-free figures on the substitution pairs (:func:`substitution_pairs`) that separate the two
+    ways a corrector fails (:func:`diagnose_batch`): ``picker_auc`` and ``baseline_detection_auc``, how well
+    each ranks the wrong characters above the right ones (finding the errors); ``oracle_fill_accuracy`` and
+    ``baseline_oracle_fill_accuracy``, the share of wrong characters each writes right when told where they
+    are (fixing them; confusion rule)."""
+    pairs = substitution_pairs(tokenizer, sources, targets)
+    parts = []
+    for chunk in batched(pairs, batch_size):
+        batch = padded(tokenizer, [s for s, _ in chunk])
+        gold = padded(tokenizer, [t for _, t in chunk])["input_ids"]
+        parts.append(diagnose_batch(merge, baseline, batch["input_ids"], batch["attention_mask"].bool(), gold,
+                                    fill_candidates, tokenizer.unk_token_id))
+    if not parts:
+        return {"substitution_pairs": 0}
+    whole = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {"substitution_pairs": len(pairs), "substitution_errors": int(whole["wrong"].sum()),
+            "picker_auc": auc(whole["merge_score"], whole["wrong"]),
+            "oracle_fill_accuracy": float(whole["merge_right"].float().mean()),
+            "baseline_detection_auc": auc(whole["baseline_score"], whole["wrong"]),
+            "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
+
+
 # -- scores ------------------------------------------------------------------------------------------------------
 def f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -196,11 +264,13 @@ def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -
 
 
 def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
-    """(draft, sentence) pairs from the corpus's validation split: typo noise as in training, half clean."""
-    rng, vocabulary = random.Random(seed), character_vocabulary(tokenizer)
-    sentences = [s for s in load_corpus("all")["validation"]["text"] if 8 <= len(s) <= 64][:count]
+    """(draft, sentence) pairs from the corpus's validation split: typo noise as in training (substitutes drawn by
+    their training-split frequency), half clean."""
+    corpus = load_corpus("all")
+    rng, frequencies = random.Random(seed), character_frequencies(corpus["train"]["text"], character_vocabulary(tokenizer))
+    sentences = [s for s in corpus["validation"]["text"] if 8 <= len(s) <= 64][:count]
     noise = TypoNoise(clean_fraction=0.5)
-    return [typo_noise(s, rng, vocabulary, noise) for s in sentences], sentences
+    return [typo_noise(s, rng, frequencies, noise) for s in sentences], sentences
 
 
 def best_row(curve: list[dict], max_fpr: float) -> dict:
@@ -337,6 +407,9 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
         figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, correct(sources)).items()})
     for headline, chosen in (("sighan15", f"sighan15_{fill}"), ("baseline", f"baseline_{baseline_fill}")):
         figures.update({f"{headline}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
+    for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
+        diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted, candidates["confusion"])
+        figures.update({f"{name}_diagnostic/{k}": v for k, v in diagnostics.items()})
     used: list[int] = []
     merge.config.delete_threshold = thresholds[fill]["threshold"]
     merge_correct(merge, tokenizer, sources, rounds=used, fill_candidates=candidates[fill], **edit)

@@ -63,6 +63,8 @@ class MergeTrainConfig(TrainConfig):
                                                       "help": "MERGE rounds, or the per-character baseline"})
     edit_fraction: float = field(default=0.7, metadata={"help": "share of edit pairs (the rest: generation pairs)"})
     clean_fraction: float = field(default=0.25, metadata={"help": "aligned: edit pairs left without typos"})
+    typo_frequency_power: float = field(default=1.0, metadata={
+        "help": "aligned: a typo's confusable is drawn ∝ (corpus count + 1)^this (0: by confusion-list rank only)"})
     lambda_mlm: float = field(default=1.0, metadata={"help": "aligned: weight of the packed-text MLM term"})
     pack_width: int = field(default=128, metadata={"help": "aligned: characters per packed MLM row (+ <s>)"})
     max_corruption: float = field(default=0.2, metadata={"help": "straight-through: noise rate ~ U(0.05, this)"})
@@ -332,7 +334,8 @@ def training_pairs(config: MergeTrainConfig, split, tokenizer, seed: int):
     """The recipe's (draft, target) pairs of ``split``."""
     if config.recipe == "aligned":
         return make_aligned_pairs(split, tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
-                                  noise=TypoNoise(clean_fraction=config.clean_fraction), seed=seed,
+                                  noise=TypoNoise(clean_fraction=config.clean_fraction,
+                                                  frequency_power=config.typo_frequency_power), seed=seed,
                                   objective=config.objective)
     return make_pairs(split, tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
                       max_rate=config.max_corruption, seed=seed)

@@ -21,7 +21,7 @@ import datasets
 import torch
 
 from ..edits import edit_labels
-from ..spelling import TypoNoise, typo_noise
+from ..spelling import TypoNoise, character_frequencies, typo_noise
 from ..tokenization import FIRST_ORDINARY_ID
 
 OBJECTIVES = ("merge", "per_character")  # MERGE's edit rounds, or the per-character corrector baseline
@@ -85,10 +85,10 @@ def make_aligned_pairs(split: datasets.Dataset, tokenizer, *, max_chars: int, ed
     """Aligned recipe: ``draft_ids``, ``labels`` (``<s>`` + chars), ``delete_labels``, ``insert_labels`` (the
     draft → target edit script, per draft token) and ``is_edit``. ``per_character``: edit pairs only, and
     drafts whose typos changed the length are replaced by the clean sentence (the baseline predicts one
-    character per position, as MacBERT4CSC does)."""
+    character per position, as MacBERT4CSC does). Typo substitutes are drawn by their frequency in ``split``."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    bos, vocabulary = tokenizer.bos_token_id, character_vocabulary(tokenizer)
+    bos, frequencies = tokenizer.bos_token_id, character_frequencies(split["text"], character_vocabulary(tokenizer))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
 
     def build(batch, indices):
@@ -98,7 +98,7 @@ def make_aligned_pairs(split: datasets.Dataset, tokenizer, *, max_chars: int, ed
             rng = random.Random(seed * 1_000_003 + index)
             is_edit = objective == "per_character" or rng.random() < edit_fraction
             if is_edit:
-                draft = [bos] + encode(typo_noise(text[:max_chars], rng, vocabulary, noise))
+                draft = [bos] + encode(typo_noise(text[:max_chars], rng, frequencies, noise))
                 if objective == "per_character" and len(draft) != len(target):
                     draft = list(target)
             else:
