@@ -5,11 +5,13 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from genlab.bench.planner import coverage_figures, plan_overlap, split_share
+from genlab.bench import planner as bench_planner
+from genlab.bench.planner import NEW_TOKENS, coverage_figures, decode_ratio, plan_overlap, split_share
 from genlab.configuration_planner import CONCEPT_EOS, NUM_CONCEPT_SPECIALS
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.planner_estep import make_proposer
 
+from test_planner_copy import PLANS, make_copy_model
 from test_planner_train import batch_of, planner_for
 
 
@@ -58,3 +60,22 @@ def test_split_share_counts_keywords_whose_characters_are_there_but_not_the_word
     keywords = [["天气", "今天", "公园"], ["发言"]]
     texts = ["今天气好", "言发"]  # 天气 inside 今天气: whole; 公园: a character missing; 发言: split
     assert split_share(keywords, texts) == pytest.approx(1 / 4)
+
+
+@torch.no_grad()
+def test_decode_ratio_times_both_sides_writing_every_token_with_eos_held_back(monkeypatch):
+    """The two timed calls each write NEW_TOKENS tokens per row: the executor with </s> its favourite token, the
+    plain Qwen2 with the executor's </s> as its own (one processor holds it back on either side)."""
+    model = make_copy_model(executor_checklist=True)
+    eos = model.config.eos_token_id
+    favourite = torch.zeros(1, 1, model.config.vocab_size)
+    favourite[..., eos] = 10.0
+    model.text_logits = lambda hidden, *rest: favourite.expand(hidden.shape[0], hidden.shape[1], -1)
+    outputs = []
+    monkeypatch.setattr(bench_planner, "paired_seconds",
+                        lambda first, second, repeats: (outputs.extend([first(), second()]), (1.0, 2.0, 2.0))[1])
+    assert decode_ratio(model, PLANS, batch=2, repeats=1) == (2 * NEW_TOKENS, NEW_TOKENS, 2.0)
+    executed, generated = outputs
+    assert executed.shape == (2, NEW_TOKENS) and not (executed == eos).any()
+    prefix = model.executor_prefix(PLANS[:1]).valid.shape[1]
+    assert generated.shape == (2, prefix + NEW_TOKENS)

@@ -19,7 +19,7 @@ def hand_made_slots() -> CopySlots:
     """One row; slots hold tokens 7, 9, (not copyable), 3."""
     tokens = torch.tensor([[7, 9, 0, 3]])
     bias = torch.tensor([[[0.0, 0.0, torch.finfo(torch.float32).min, 0.0]]])
-    return CopySlots(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2), bias, tokens[:, None], torch.tensor([[[True]]]))
+    return CopySlots(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2), bias, tokens[:, None], torch.tensor([[[False]]]))
 
 
 def test_written_slots_are_the_tokens_of_the_text_before_each_position():
@@ -27,10 +27,10 @@ def test_written_slots_are_the_tokens_of_the_text_before_each_position():
     # text 5 7 5 9 0: the position predicting token i has read tokens 0 … i−1; the uncopyable slot's 0 never counts
     written = written_slots(torch.tensor([[5, 7, 5, 9, 0]]), slots)
     assert written[0].int().tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
-    step = torch.zeros(1, 4, dtype=torch.bool)
+    step = torch.zeros(1, 1, 4, dtype=torch.bool)
     for token, expected in ((5, [0, 0, 0, 0]), (3, [0, 0, 0, 1]), (0, [0, 0, 0, 1]), (7, [1, 0, 0, 1])):
         step = write(step, torch.tensor([token]), slots)
-        assert step[0].int().tolist() == expected
+        assert step[0, 0].int().tolist() == expected
 
 
 def test_checklist_needs_the_copy_head():

@@ -34,7 +34,7 @@ def test_execute_writes_its_plan_before_it_may_stop():
     for row, tokens in enumerate([[10, 11], [20, 22], [30]]):
         for rank, token in enumerate(tokens):
             favourite[row, :, token] = 5.0 - rank
-    model.text_logits = lambda hidden, slots, written=None: favourite[: hidden.shape[0]].expand(-1, hidden.shape[1], -1)
+    model.text_logits = lambda hidden, slots, *checklist: favourite[: hidden.shape[0]].expand(-1, hidden.shape[1], -1)
     fixed = dict(max_new_tokens=5, do_sample=False, no_repeat_ngram_size=1)
     assert model.execute(PLANS, **fixed)[:, 0].tolist() == [EOS] * 3
     covered = model.execute(PLANS, cover_plan=True, **fixed)

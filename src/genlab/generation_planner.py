@@ -305,15 +305,19 @@ class PlannerExecutorGenerationMixin(GenerationMixin):
         hidden = self.executor_step(embeds, positions, valid, cache)
         slots = self.copy_slots(hidden, copy_tokens)  # what the copy head points at (executor_copy)
         checklist = slots is not None and self.copy_head.checklist is not None
-        written = torch.zeros_like(copy_tokens, dtype=torch.bool) if checklist else None  # (batch, P)
+        written = torch.zeros_like(copy_tokens, dtype=torch.bool)[:, None] if checklist else None  # (batch, 1, P)
+        # what of the plan is left (batch, 1, hidden) changes only when a token writes a slot: recomputed then
+        update = self.copy_head.checklist(slots, written) if checklist else None
         text = torch.full((b, 1), self.config.bos_token_id, dtype=torch.long, device=valid.device)
         unfinished = torch.ones(b, dtype=torch.bool, device=valid.device)
         for step in range(1, max_new + 1):
-            checked = None if written is None else written[:, None]  # (batch, 1, P)
-            scores = processors(text, self.text_logits(hidden[:, -1:], slots, checked)[:, 0].float())
+            scores = processors(text, self.text_logits(hidden[:, -1:], slots, written, update)[:, 0].float())
             token = choose(scores, bool(config.do_sample), 1.0, None, generator)
             token = token.masked_fill(~unfinished, self.config.pad_token_id)
-            written = None if written is None else write(written, token, slots)
+            if checklist:
+                now = write(written, token, slots)
+                if not now.equal(written):
+                    written, update = now, self.copy_head.checklist(slots, now)
             text = torch.cat([text, token[:, None]], 1)
             if streamer is not None:
                 streamer.put(token.cpu())

@@ -402,14 +402,16 @@ class PlannerExecutorModel(PlannerExecutorGenerationMixin, ConceptPosteriorMixin
         ``copy_tokens`` (batch, P); None without ``executor_copy``."""
         return None if self.copy_head is None else self.copy_head.slots(prefix_hidden, copy_tokens)
 
-    def text_logits(self, hidden: torch.Tensor, slots: CopySlots | None,
-                    written: torch.Tensor | None = None) -> torch.Tensor:
+    def text_logits(self, hidden: torch.Tensor, slots: CopySlots | None, written: torch.Tensor | None = None,
+                    checklist_update: torch.Tensor | None = None) -> torch.Tensor:
         """Text states (batch, t, hidden) → next-token scores (batch, t, vocab): ``lm_head``'s logits, or with
         ``executor_copy`` the log-probabilities of the pointer-generator over the prefix's ``slots``; with
         ``executor_checklist`` the states first get what of the plan is left, ``written`` (batch, t, P) being
-        which slots' tokens the text before each position holds."""
+        which slots' tokens the text before each position holds (``checklist_update``: that update, when the
+        caller already has it for ``written``)."""
         if slots is not None and self.copy_head.checklist is not None:
-            hidden = hidden + self.copy_head.checklist(slots, written)
+            update = self.copy_head.checklist(slots, written) if checklist_update is None else checklist_update
+            hidden = hidden + update
         logits = self.lm_head(hidden)
         return logits if slots is None else self.copy_head(logits, hidden, slots, written)
 

@@ -43,7 +43,7 @@ class CopySlots(NamedTuple):
     values: torch.Tensor  # (batch, P, h) the slots' states
     bias: torch.Tensor  # (batch, 1, P) 0 on a copyable slot, the dtype's min elsewhere
     tokens: torch.Tensor  # (batch, 1, P) each slot's token (0 where not copyable: it gets no mass)
-    any: torch.Tensor  # (batch, 1, 1) True where the row has something to copy
+    nothing: torch.Tensor  # (batch, 1, 1) True where the row has nothing to copy
 
 
 def slot_matches(tokens: torch.Tensor, slots: CopySlots) -> torch.Tensor:
@@ -59,8 +59,8 @@ def written_slots(text_ids: torch.Tensor, slots: CopySlots) -> torch.Tensor:
 
 
 def write(written: torch.Tensor, token: torch.Tensor, slots: CopySlots) -> torch.Tensor:
-    """One decoding step: written (batch, P) and the token just chosen (batch,) → written with its slots."""
-    return written | slot_matches(token[:, None], slots)[:, 0]
+    """One decoding step: written (batch, 1, P) and the token just chosen (batch,) → written with its slots."""
+    return written | slot_matches(token[:, None], slots)
 
 
 class Checklist(nn.Module):
@@ -98,7 +98,7 @@ class PointerGeneratorHead(nn.Module):
         bias = torch.zeros_like(slot_tokens, dtype=slot_hidden.dtype).masked_fill(
             ~copyable, torch.finfo(slot_hidden.dtype).min)
         return CopySlots(keys, slot_hidden, bias[:, None], slot_tokens.clamp(min=0)[:, None],
-                         copyable.any(1)[:, None, None])
+                         ~copyable.any(1)[:, None, None])
 
     def forward(self, logits: torch.Tensor, hidden: torch.Tensor, slots: CopySlots,
                 written: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,10 +107,9 @@ class PointerGeneratorHead(nn.Module):
         scores = hidden @ slots.keys.transpose(1, 2) + slots.bias  # (batch, t, P)
         if self.checklist is not None:
             scores = scores + self.checklist.written_score * written
-        attention = scores.softmax(-1)
-        attention = attention * (slots.bias == 0)  # rows with nothing to copy: all 0
+        attention = scores.softmax(-1)  # 0 on the slots that are not copyable (score: the dtype's min)
         generate = torch.sigmoid(self.gate(torch.cat([hidden, attention @ slots.values], -1)))  # (batch, t, 1)
-        generate = generate.masked_fill(~slots.any, 1.0)
+        generate = generate.masked_fill(slots.nothing, 1.0)  # such a row's attention is spread, and gets no mass
         p = (generate * logits.softmax(-1)).scatter_add_(
             -1, slots.tokens.expand(-1, hidden.shape[1], -1), ((1 - generate) * attention).to(logits.dtype))
         return p.clamp_(min=torch.finfo(p.dtype).tiny).log_()

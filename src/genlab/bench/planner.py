@@ -39,7 +39,9 @@ p(y | u) (``u <sep> y </s>``, loss on y only). On held-out pairs (the validation
   ΔNLLs and concept drop of that plan;
 - ``executor_decode_ratio``: executor KV-cached greedy decoding tokens/s over a plain ``Qwen2ForCausalLM`` of
   the executor's size with an equally long prompt, loaded the same way (batch 1; ``_b16`` too), target ≥ 0.95;
-  the two are timed back to back and the ratio is the median of the per-pair ratios.
+  both write exactly 64 tokens, the executor's ``</s>`` held back by one transformers processor on either side
+  (before, only the executor ran one: the plain model had no ``</s>``), timed back to back; the ratio is the
+  median of the per-pair ratios.
 
 The monitor curves of the planner run (P6) are plotted by ``genlab.report.plot_planner_monitors``;
 `genlab bench planner` puts them beside the JSON as ``<json stem>_monitors.png``.
@@ -349,11 +351,15 @@ def decode_ratio(model: PlannerExecutorModel, concepts: torch.Tensor, batch: int
         plain = Qwen2ForCausalLM.from_pretrained(tmp).eval()
     prompt = torch.randint(FIRST_ORDINARY_ID, config.vocab_size, (batch, prefix_length),
                            generator=torch.Generator().manual_seed(0))
-    fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    # both write NEW_TOKENS tokens, </s> held back by one transformers processor on each side: min_new_tokens
+    # for the executor (its text starts at its BOS), min_length for generate (its min_new_tokens would add both)
+    fixed = dict(max_new_tokens=NEW_TOKENS, do_sample=False)
     with torch.no_grad():
         executor_s, plain_s, ratio = paired_seconds(
-            lambda: model.execute(concepts, **fixed),
-            lambda: plain.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0, **fixed),
+            lambda: model.execute(concepts, min_new_tokens=NEW_TOKENS, **fixed),
+            lambda: plain.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0,
+                                   eos_token_id=model.config.eos_token_id, min_length=prefix_length + NEW_TOKENS,
+                                   **fixed),
             repeats=repeats)
     return batch * NEW_TOKENS / executor_s, batch * NEW_TOKENS / plain_s, ratio
 
