@@ -66,7 +66,7 @@ class MergeBenchConfig:
     json: str | None = field(default=None, metadata={"help": "where to write the benchmark JSON"})
     runs: str = field(default="runs/bench/merge", metadata={"help": "where the trained models are (reused if complete)"})
     preset: str = field(default="tiny", metadata={"help": "AR preset; MERGE's width/depth are matched to it"})
-    train_steps: int = field(default=600, metadata={"help": "training steps of MERGE and the baseline"})
+    train_steps: int = field(default=1600, metadata={"help": "training steps of MERGE and the baseline"})
     ar_steps: int = field(default=1600, metadata={"help": "training steps of the AR (the generation baseline, "
                                                           "and the fillers' start with --filler-init)"})
     judge: str = field(default="gemma3", metadata={"help": "the judge of generated text: a built-in cloud "
@@ -202,7 +202,7 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     p_draft = base.log_softmax(-1).gather(-1, ids[..., None])[..., 0].exp()
     base = base.index_fill(-1, never, float("-inf")).masked_fill(~fill_candidates[ids], float("-inf"))
     wrong = (ids != gold) & valid
-    scored = valid & (ids != ids[:, :1])  # every token but <s>
+    scored = valid & (ids != merge.config.bos_token_id)  # every token but <s>
     return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
             "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong]}
 
