@@ -267,7 +267,8 @@ def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str]
     """(draft, sentence) pairs from the corpus's validation split: typo noise as in training (substitutes drawn by
     their training-split frequency), half clean."""
     corpus = load_corpus("all")
-    rng, frequencies = random.Random(seed), character_frequencies(corpus["train"]["text"], character_vocabulary(tokenizer))
+    rng = random.Random(seed)
+    frequencies = character_frequencies(corpus["train"]["text"], character_vocabulary(tokenizer))
     sentences = [s for s in corpus["validation"]["text"] if 8 <= len(s) <= 64][:count]
     noise = TypoNoise(clean_fraction=0.5)
     return [typo_noise(s, rng, frequencies, noise) for s in sentences], sentences
