@@ -199,7 +199,7 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     merge_right = (filled[:, : ids.shape[1]] == gold)[out.mask_positions[:, : ids.shape[1]]]
     none = torch.zeros(len(ids))
     base = baseline(ids, valid.long(), edit=none, num_insertions=none.long()).logits.float()  # (B, L, V)
-    p_draft = base.log_softmax(-1).gather(-1, ids[..., None])[..., 0].exp()
+    p_draft = base.softmax(-1).gather(-1, ids[..., None])[..., 0]
     base = base.index_fill(-1, never, float("-inf")).masked_fill(~fill_candidates[ids], float("-inf"))
     wrong = (ids != gold) & valid
     scored = valid & (ids != merge.config.bos_token_id)  # every token but <s>
