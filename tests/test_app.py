@@ -100,9 +100,9 @@ def test_the_merge_tab_repairs_with_the_threshold_and_fill_the_demo_chose(tmp_pa
     plain = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
     assert plain[2] is None and plain[0].config.delete_threshold == 0.5  # no bench.json: as saved, free fill
     (tmp_path / "merge" / "bench.json").write_text(json.dumps(
-        {"figures": {"delete_threshold": 0.7}, "config": {"fill": "confusion"}}), encoding="utf-8")
+        {"figures": {"delete_threshold": 0.7}, "config": {"detector": "fill", "fill": "confusion"}}), encoding="utf-8")
     model, tokenizer, candidates = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
-    assert model.config.delete_threshold == 0.7
+    assert model.config.delete_threshold == 0.7 and model.generation_config.detector == "fill"
     assert candidates.dtype == torch.bool and candidates.shape == (len(tokenizer), len(tokenizer))
     assert "deletion threshold 0.70, confusion-set fill" in views.merge_view(model, tokenizer, candidates, "天汽好")
 

@@ -129,6 +129,93 @@ def test_batch_and_padding_invariance(model, mode):
         assert strip(reordered[2 - i]) == alone[i]
 
 
+def brute_force_wrong_prob(model, row: list[int]) -> list[float]:
+    """1 − p(x_i) read off ``encode_draft`` of the row with x_i masked, one forward per token (tokens the filler
+    never writes excluded, as in generation)."""
+    wrong = [0.0]
+    for i in range(1, len(row)):
+        probe = torch.tensor([row[:i] + [MASK] + row[i + 1:]])
+        logits, _ = model.encode_draft(probe, torch.ones_like(probe, dtype=torch.bool))
+        logits = logits[0, i].index_fill(0, torch.tensor(model._never_filled), float("-inf"))
+        wrong.append(1.0 - logits.softmax(-1)[row[i]].item())
+    return wrong
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_fill_detector_masks_each_token_alone_whatever_the_padding(shifted):
+    """fill_wrong_prob equals one masked forward per token, and a row's values do not depend on the other rows
+    or on the side it is padded on."""
+    model = tiny_model(seed=2, shifted_logits=shifted).eval()
+    expected = [brute_force_wrong_prob(model, row) for row in ROWS]
+    with torch.no_grad():
+        right = model.fill_wrong_prob(right_padded(ROWS), right_padded(ROWS).ne(PAD), chunk_size=5)
+        left = model.fill_wrong_prob(left_padded(ROWS, 12), left_padded(ROWS, 12).ne(PAD))
+    for i, row in enumerate(ROWS):
+        assert right[i, : len(row)].tolist() == pytest.approx(expected[i], abs=1e-5)
+        assert right[i, len(row):].eq(0).all()
+        assert left[i, 12 - len(row):].tolist() == pytest.approx(expected[i], abs=1e-5)
+    nothing_to_score = torch.tensor([[BOS, PAD]])  # a row edit mode has emptied: no token to mask
+    assert model.fill_wrong_prob(nothing_to_score, nothing_to_score.ne(PAD)).eq(0).all()
+
+
+def test_fill_detector_renormalises_over_the_candidates(model):
+    """With each token allowed only itself nothing can be wrong; allowing one more token for 11 gives
+    P(wrong) = p(other) / (p(11) + p(other)) at that position."""
+    itself = torch.eye(model.config.vocab_size, dtype=torch.bool)
+    ids = right_padded(ROWS)
+    assert model.fill_wrong_prob(ids, ids.ne(PAD), itself).eq(0).all()
+    table = itself.clone()
+    table[11, 40] = True
+    probe = torch.tensor([[BOS, 10, MASK, 12, 13, 14, 15, 16, 17]])
+    with torch.no_grad():
+        p = model.encode_draft(probe, torch.ones_like(probe, dtype=torch.bool))[0][0, 2].softmax(-1)
+    wrong = model.fill_wrong_prob(ids, ids.ne(PAD), table)
+    assert wrong[0, 2].item() == pytest.approx((p[40] / (p[11] + p[40])).item(), rel=1e-4)
+    assert wrong.count_nonzero() == 1
+
+
+def test_fill_detector_deletes_the_likeliest_wrong_token_above_the_threshold(model):
+    """detector='fill' deletes one token per row and round: the one fill_wrong_prob scores highest, when it
+    exceeds delete_threshold (a row whose highest is below deletes nothing)."""
+    ids = right_padded(ROWS)
+    wrong = model.fill_wrong_prob(ids, ids.ne(PAD))
+    highest = wrong.amax(-1).sort().values
+    threshold = highest[:2].mean().item()  # between the lowest row maximum and the next
+    model.config.delete_threshold = threshold
+    try:
+        out = model.generate(ids, mode="edit", max_rounds=1, detector="fill", return_dict_in_generate=True)
+    finally:
+        model.config.delete_threshold = 0.5
+    expected = (wrong == wrong.amax(-1, keepdim=True)) & (wrong > threshold)
+    assert out.deleted[0].equal(expected) and out.deleted[0].sum() == 2
+
+
+def test_fill_detector_rows_stop_when_a_round_edits_nothing(model):
+    """One edit per round: confidence does not stop a row that edited (with the Picker, confidence_stop=0 stops
+    every row after round 1); it stops when a round changes nothing, or at max_rounds."""
+    ids = right_padded(ROWS)
+    settings = dict(mode="edit", max_rounds=3, confidence_stop=0.0, return_dict_in_generate=True)
+    model.config.delete_threshold = 0.0
+    try:
+        picker = model.generate(ids, **settings)
+        fill = model.generate(ids, detector="fill", **settings)
+    finally:
+        model.config.delete_threshold = 0.5
+    assert picker.rounds.tolist() == [1, 1, 1]
+    edited = [strip(after) != strip(before) for after, before in zip(fill.round_sequences[0], ids)]
+    assert any(edited)
+    for row, did_edit in enumerate(edited):
+        assert (fill.rounds[row] > 1) == did_edit
+
+
+def test_unknown_detector_is_rejected(model):
+    with pytest.raises(ValueError, match="detector must be 'picker' or 'fill', got 'oracle'"):
+        model.generate(right_padded(ROWS), mode="edit", detector="oracle")
+    no_picker = tiny_model(seed=1, picker="none").eval()
+    with pytest.raises(ValueError, match="picker='none'"):
+        no_picker.generate(right_padded(ROWS), mode="edit", detector="fill")
+
+
 def test_output_is_right_padded_and_starts_with_bos(model):
     out = model.generate(left_padded(ROWS, 12), mode="edit")
     lengths = out.ne(PAD).sum(-1)

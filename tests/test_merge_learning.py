@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from genlab.bench.merge import auc, csc_scores, diagnose_batch
+from genlab.bench.merge import auc, csc_scores, diagnose_batch, fill_detector_sweep, merge_correct, padded
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
 from genlab.spelling import TypoNoise, character_frequencies, confusion_sets, sighan15, substitute, typo_noise
+from genlab.tokenization import default_tokenizer
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
 from test_merge_model import BOS, MASK, PAD, grad_norm, tiny_model
@@ -99,13 +100,14 @@ TRAIN = [([BOS, 10, 11, 40, 13, 14], [BOS, 10, 11, 12, 13, 14]),  # a wrong char
          ([BOS, 50, 51, 52, 53], [BOS, 50, 51, 52, 53])]  # clean
 
 
-def train_on_pairs(**overrides):
-    """A tiny MERGE trained for a fixed 300 aligned steps on TRAIN (packed MLM + one teacher-forced round)."""
-    model = tiny_model(vocab_size=64, **overrides).train()
-    batch = pairs_batch(TRAIN)
+def train_on_pairs(pairs=TRAIN, steps: int = 300, **overrides):
+    """A tiny MERGE trained for a fixed number of aligned steps on ``pairs`` (packed MLM + one teacher-forced
+    round)."""
+    model = tiny_model(**{"vocab_size": 64, **overrides}).train()
+    batch = pairs_batch(pairs)
     schedule = MergeSchedule(stage1_steps=0, recipe="aligned", pack_width=16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(300):
+    for step in range(steps):
         aligned_loss(model, batch, schedule, step)["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -146,6 +148,62 @@ def test_picker_ranks_the_planted_wrong_character_first(overfit):
     planted = [3, 4]  # 40 in row 0, 41 in row 1
     assert out.delete_prob.argmax(-1).tolist() == planted
     assert (out.delete_prob[[0, 1], planted] > model.config.delete_threshold).all()
+
+
+def progression(start: int, wrong_at: int | None = None, wrong: int = 0) -> list[int]:
+    """<s> s, s+1, …, s+5: a language where every token follows from its neighbours; ``wrong_at`` (1..6)
+    substitutes ``wrong`` there."""
+    row = [BOS] + list(range(start, start + 6))
+    if wrong_at is not None:
+        row[wrong_at] = wrong
+    return row
+
+
+@pytest.fixture(scope="module")
+def progressions():
+    """Trained on 24 progressions, each clean and with one token substituted (by 40..63) at two places; the
+    filler learns a language in which a token is predictable from its context, what a masked-LM detector needs."""
+    pairs = []
+    for start in range(10, 34):
+        pairs += [(progression(start, 1 + start % 6, 40 + start * 7 % 24), progression(start)),
+                  (progression(start, 1 + (start + 2) % 6, 40 + start * 5 % 24), progression(start)),
+                  (progression(start), progression(start))]
+    return train_on_pairs(pairs)[0]
+
+
+def test_fill_detector_finds_and_repairs_unseen_substitutions(progressions):
+    """detector='fill' on drafts not trained on (another place, another wrong token): the filler alone, each
+    token masked in turn, gives the substituted token P(wrong) ≈ 1 and every token of a clean row < 0.5, and
+    one edit round with it repairs each draft and leaves the clean rows as they are."""
+    model = progressions
+    places = [1 + (start + 4) % 6 for start in range(12, 28, 3)]
+    drafts = [progression(start, at, 40 + start * 11 % 24) for start, at in zip(range(12, 28, 3), places)]
+    rows = drafts + [progression(start) for start in (11, 17, 23)]
+    ids = torch.tensor(rows)
+    wrong = model.fill_wrong_prob(ids, torch.ones_like(ids))
+    assert wrong[: len(drafts)].argmax(-1).tolist() == places
+    assert (wrong[: len(drafts)].amax(-1) > 0.99).all() and (wrong[len(drafts):] < 0.5).all()
+    out = model.generate(ids, mode="edit", max_rounds=1, detector="fill")
+    assert out.tolist() == [progression(row[1]) for row in rows]
+
+
+def test_fill_detector_sweep_equals_one_run_per_threshold():
+    """The bench's one-run sweep gives, at every threshold, what edit mode gives when run at that threshold (a
+    model trained a little on the texts, so P(wrong) is spread and rows edit over different numbers of rounds)."""
+    tokenizer = default_tokenizer()
+    texts = ["今天天气很好。", "我们去公园散步", "这本书很有意思啊", "好"]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    model, _ = train_on_pairs([(row[:2] + row[3:2:-1] + row[2:3] + row[4:], row) for row in ids if len(row) > 4]
+                              + [(row, row) for row in ids], steps=40, vocab_size=len(tokenizer))
+    batch = padded(tokenizer, texts)
+    tops = model.fill_wrong_prob(batch["input_ids"], batch["attention_mask"]).amax(-1).sort().values.tolist()
+    grid = [tops[0] - 1e-4] + [(a + b) / 2 for a, b in zip(tops, tops[1:])] + [1.0]
+    settings = dict(mode="edit", max_rounds=3)
+    swept = fill_detector_sweep(model, tokenizer, texts, grid, batch_size=3, **settings)
+    for threshold in grid:
+        model.config.delete_threshold = threshold
+        assert swept[threshold] == merge_correct(model, tokenizer, texts, 3, detector="fill", **settings), threshold
+    assert swept[grid[-1]] == texts and len({tuple(v) for v in swept.values()}) > 2
 
 
 def test_confusion_candidates_keep_the_repair_or_forbid_it(overfit):

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("texts", nargs="+", help="texts to edit")
     edit.add_argument("--model", default="runs/merge-tiny", help="MERGE run directory written by `genlab train merge`")
     edit.add_argument("--rounds", type=int, default=None, help="at most this many rounds (default: the model's)")
+    edit.add_argument("--detector", choices=("picker", "fill"), default="picker",
+                      help="what finds the wrong characters: the Picker, or the filler with each token masked")
+    edit.add_argument("--fill", choices=("free", "confusion"), default="free",
+                      help="a wrong character becomes any character, or one of its confusion set")
+    edit.add_argument("--threshold", type=float, default=None,
+                      help="deletion threshold on P(wrong) (default: the model's delete_threshold)")
     edit.set_defaults(handler=_edit)
 
     card = commands.add_parser("card", help="write README.md (model card) into a run directory")
@@ -225,7 +231,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _edit(args: argparse.Namespace) -> None:
     sound_manifest(args.model)
-    for text in merge.edit_texts(args.model, args.texts, args.rounds):
+    for text in merge.edit_texts(args.model, args.texts, args.rounds, args.detector, args.fill, args.threshold):
         print(text)
 
 

@@ -4,7 +4,8 @@
 settings from ``GenerationConfig`` (saved as ``generation_config.json``): ``mode``, ``max_rounds`` (L_max 6),
 ``confidence_stop`` (0.9, over the masks a round filled), ``levenshtein_stop`` (1: stop when a round edits
 nothing), ``max_new_tokens`` / ``min_new_tokens`` (bounds on the net growth of each sequence), ``num_deletions``
-(K_del override for the bottom-K Picker) and ``return_dict_in_generate``.
+(K_del override for the bottom-K Picker), ``detector`` (what the Picker's rule reads as P(wrong): ``"picker"``,
+its own scores; ``"fill"``, the filler's, ``fill_wrong_prob``) and ``return_dict_in_generate``.
 
 Gen mode is Mask-Predict after round 0 (issue 12): round 0 inserts the masks and fills them; round r ≥ 1 keeps
 the length, re-masks the ⌊K·(R − r)/R⌋ least confident of the K generated tokens (R = ``max_rounds``) and
@@ -25,6 +26,7 @@ from transformers import GenerationConfig, GenerationMixin
 from transformers.utils import ModelOutput
 
 MODES = ("edit", "gen", "auto")
+DETECTORS = ("picker", "fill")
 
 
 def default_refinement_config(config) -> GenerationConfig:
@@ -32,14 +34,15 @@ def default_refinement_config(config) -> GenerationConfig:
     return GenerationConfig(
         mode="auto", max_rounds=config.max_rounds, confidence_stop=config.confidence_stop,
         levenshtein_stop=config.levenshtein_stop, max_new_tokens=None, min_new_tokens=None, num_deletions=None,
-        do_sample=False, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        detector="picker", do_sample=False, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id)
 
 
 @dataclass
 class MergeGenerateOutput(ModelOutput):
     """``sequences`` (B, N) right-padded; ``rounds`` (B,) rounds used; per-round trace (B, R) with NaN once a row
-    has stopped: ``gate`` (g of the round), ``inserted`` (masks inserted), ``confidence`` (mean fill confidence);
+    has stopped: ``gate`` (g of the round), ``inserted`` (masks inserted), ``confidence`` (mean fill confidence),
+    ``top_delete_prob`` (the highest p_del the round gave a token of the row; the aligned recipe's P(wrong));
     ``deleted``: one (B, L_r) bool mask per round over that round's input; ``round_sequences``: one (B, N_r)
     right-padded tensor per round, each row's text after that round (a stopped row keeps its last text)."""
 
@@ -49,6 +52,7 @@ class MergeGenerateOutput(ModelOutput):
     gate: torch.FloatTensor | None = None
     inserted: torch.FloatTensor | None = None
     confidence: torch.FloatTensor | None = None
+    top_delete_prob: torch.FloatTensor | None = None
     deleted: tuple[torch.BoolTensor, ...] | None = None
     round_sequences: tuple[torch.LongTensor, ...] | None = None
 
@@ -141,13 +145,19 @@ class MergeGenerationMixin(GenerationMixin):
 
     def _refinement_settings(self, generation_config, kwargs) -> GenerationConfig:
         settings = copy.deepcopy(generation_config or self.generation_config)
+        if not hasattr(settings, "detector"):  # saved before the setting existed
+            settings.detector = "picker"
         unused = settings.update(**kwargs)
         if unused:
             raise ValueError(f"unknown generate arguments {sorted(unused)}; MERGE takes mode, max_rounds, "
                              f"confidence_stop, levenshtein_stop, max_new_tokens, min_new_tokens, num_deletions, "
-                             f"return_dict_in_generate")
+                             f"detector, return_dict_in_generate")
         if settings.mode not in MODES:
             raise ValueError(f"mode must be 'edit', 'gen' or 'auto', got {settings.mode!r}")
+        if settings.detector not in DETECTORS:
+            raise ValueError(f"detector must be 'picker' or 'fill', got {settings.detector!r}")
+        if settings.detector == "fill" and self.picker is None:
+            raise ValueError("detector='fill' feeds the Picker's deletion rule, and this model has picker='none'")
         if not settings.max_rounds or settings.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {settings.max_rounds}")
         if settings.do_sample or (settings.num_beams or 1) != 1:
@@ -202,9 +212,13 @@ class MergeGenerationMixin(GenerationMixin):
         else:
             forced = {"edit": 1.0, "gen": 0.0}.get(settings.mode)
             edit = None if forced is None else torch.full((batch,), forced, device=state.ids.device)
+            wrong_prob = None
+            if settings.detector == "fill" and settings.mode != "gen":
+                wrong_prob = self._fill_detector(state, fill_candidates)
             out = self(input_ids=state.ids, attention_mask=state.valid, prev_logits=state.prev_logits,
                        prev_hidden=state.prev_hidden, round_index=round_index, edit=edit,
-                       num_deletions=settings.num_deletions, min_length=min_length, max_length=max_length)
+                       num_deletions=settings.num_deletions, wrong_prob=wrong_prob, min_length=min_length,
+                       max_length=max_length)
         logits = out.logits.float()
         logits[..., self._never_filled] = torch.finfo(logits.dtype).min
         masks = out.mask_positions
@@ -216,6 +230,47 @@ class MergeGenerationMixin(GenerationMixin):
         token_prob = torch.where(masks, prob, torch.ones_like(prob))
         confidence = torch.where(masks.any(-1), (prob * masks).sum(-1) / masks.sum(-1).clamp(min=1), 1.0)  # B4
         return out, filled, token_prob, confidence
+
+    def _fill_detector(self, state: RefinementState, fill_candidates: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) ``fill_wrong_prob`` of the rows still refining, kept only at each row's highest: one token per
+        round, since a wrong token also makes its neighbours look wrong (the next round scores them again)."""
+        active = ~state.done
+        wrong = torch.zeros(state.ids.shape, device=state.ids.device)
+        if bool(active.any()):
+            wrong[active] = self.fill_wrong_prob(state.ids[active], state.valid[active], fill_candidates)
+        return wrong * (wrong == wrong.amax(-1, keepdim=True))
+
+    @torch.no_grad()
+    def fill_wrong_prob(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        fill_candidates: torch.Tensor | None = None, chunk_size: int = 512) -> torch.Tensor:
+        """(B, L) P(wrong) of every token by the filler alone, a masked-LM detector as Kenlm-CSC's is an n-gram
+        one: token i is masked on its own, and P(wrong_i) = 1 − p̃(x_i | X without x_i), with p̃ the filler's
+        distribution renormalised over the tokens that may stand at i (``fill_candidates[x_i]``, x_i included;
+        every fillable token without them). 0 on ``<s>`` and padding. One filler pass per scored token, run
+        ``chunk_size`` rows at a time; only the masked position is read out."""
+        c = self.config
+        valid = attention_mask.bool()
+        row, col = (valid & (input_ids != c.bos_token_id)).nonzero(as_tuple=True)  # (K,) the scored tokens
+        probe = input_ids[row].clone()  # (K, L): row r's draft with its token col[r] masked
+        probe[torch.arange(len(row), device=probe.device), col] = c.mask_token_id
+        probe_valid = valid[row]
+        positions = (probe_valid.long().cumsum(-1) - 1).clamp(min=0)
+        ratio = 1.0 / probe_valid.sum(-1)  # t: one mask per row
+        token = input_ids[row, col]
+        wrong = torch.zeros(input_ids.shape, device=input_ids.device)
+        for start in range(0, len(row), chunk_size):  # none when no row has a token to score
+            part = torch.arange(start, min(start + chunk_size, len(row)), device=input_ids.device)
+            hidden = self.fill_states(self.get_input_embeddings()(probe[part]), probe_valid[part], positions[part],
+                                      ratio[part])  # (k, L, H)
+            read = col[part] - int(c.shifted_logits)  # the state that predicts the masked token
+            at_mask = hidden[torch.arange(len(part), device=read.device), read]  # (k, H)
+            logits = self.get_output_embeddings()(at_mask).float()  # (k, V)
+            logits[:, self._never_filled] = torch.finfo(logits.dtype).min
+            if fill_candidates is not None:
+                logits = logits.masked_fill(~fill_candidates[token[part]], torch.finfo(logits.dtype).min)
+            kept = logits.log_softmax(-1).gather(1, token[part, None]).squeeze(1).exp()
+            wrong[row[part], col[part]] = 1.0 - kept
+        return wrong
 
     def _remask(self, state: RefinementState, round_index: int, settings) -> torch.Tensor:
         """(B, L) ids with the n = ⌊K·(R − r)/R⌋ lowest-probability generated tokens of each row set to [MASK]."""
@@ -238,7 +293,9 @@ class MergeGenerationMixin(GenerationMixin):
 
         Each round: Gate (or ``mode``) → delete (Picker) → insert counted masks → greedy fill (gen mode: Mask-Predict
         re-masking after round 0); a row stops when the mean confidence of its filled masks > ``confidence_stop``,
-        or Levenshtein(X_new, X) < ``levenshtein_stop``, or at L_max.
+        or Levenshtein(X_new, X) < ``levenshtein_stop``, or at L_max. With ``detector="fill"`` a round deletes one
+        token (the likeliest wrong one, when above ``config.delete_threshold``), so the confidence stop is off
+        in edit and auto mode: a row stops when a round edits nothing.
         Returns the sequences, or a ``MergeGenerateOutput`` with the trace when ``return_dict_in_generate``.
         A ``streamer`` (batch 1, as HF's streamers require) receives the input, then the final sequence: every
         round may rewrite any token, so no token is final before the last round.
@@ -254,17 +311,21 @@ class MergeGenerationMixin(GenerationMixin):
             streamer.put(state.ids[0, : int(state.valid.sum())].cpu())
         min_length, max_length = self._length_bounds(state.valid.sum(-1), settings)
         nan = torch.tensor(float("nan"), device=state.ids.device)
-        trace = {"gate": [], "inserted": [], "confidence": [], "deleted": [], "sequences": []}
+        trace = {"gate": [], "inserted": [], "confidence": [], "top_delete_prob": [], "deleted": [], "sequences": []}
+        one_edit_per_round = settings.detector == "fill" and settings.mode != "gen"  # confidence is no stop sign
+        confidence_stop = float("inf") if one_edit_per_round else settings.confidence_stop
         for round_index in range(settings.max_rounds):
             out, filled, token_prob, confidence = self.refine_round(state, round_index, settings, min_length,
                                                                      max_length, fill_candidates)
             active = ~state.done
             old_len, new_len = state.valid.sum(-1), out.attention_mask.sum(-1)
             unchanged = changed_less_than(filled, new_len, state.ids, old_len, settings.levenshtein_stop)
-            stop = (confidence > settings.confidence_stop) | unchanged | (round_index == settings.max_rounds - 1)
+            stop = (confidence > confidence_stop) | unchanged | (round_index == settings.max_rounds - 1)
             trace["gate"].append(torch.where(active, out.gate, nan))
             trace["inserted"].append(torch.where(active, out.insert_counts.sum(-1), nan))
             trace["confidence"].append(torch.where(active, confidence, nan))
+            top = nan if out.delete_prob is None else out.delete_prob.amax(-1)
+            trace["top_delete_prob"].append(torch.where(active, top, nan))
             trace["deleted"].append((out.deletions > 0.5) & active[:, None])
             state = self._advance(state, out, filled, token_prob, active, stop,
                                   kept_layout=settings.mode == "gen" and round_index > 0)
@@ -279,8 +340,9 @@ class MergeGenerationMixin(GenerationMixin):
             return sequences
         return MergeGenerateOutput(sequences=sequences, attention_mask=state.valid.long(), rounds=state.rounds,
                                    gate=torch.stack(trace["gate"], 1), inserted=torch.stack(trace["inserted"], 1),
-                                   confidence=torch.stack(trace["confidence"], 1), deleted=tuple(trace["deleted"]),
-                                   round_sequences=tuple(trace["sequences"]))
+                                   confidence=torch.stack(trace["confidence"], 1),
+                                   top_delete_prob=torch.stack(trace["top_delete_prob"], 1),
+                                   deleted=tuple(trace["deleted"]), round_sequences=tuple(trace["sequences"]))
 
     def _advance(self, state: RefinementState, out, filled, token_prob, active, stop,
                  kept_layout: bool) -> RefinementState:

@@ -192,14 +192,19 @@ class MaskPicker(nn.Module):
         return (deletable.sum(-1) * config.delete_ratio).round().long().clamp(config.delete_min, config.delete_max)
 
     def decide(self, config: MergeConfig, hidden: torch.Tensor, deletable: torch.Tensor, gate: torch.Tensor,
-               num_deletions, tau_del: float) -> tuple[torch.Tensor, torch.Tensor]:
+               num_deletions, tau_del: float, wrong_prob: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which tokens to delete: (hard deletions (B, L) with ST gradient, p_del (B, L)); the tokens whose
         P(wrong) = σ(−s) exceeds ``delete_threshold`` (``threshold``), bottom-K_del scores (``bottomk``) or a
         Bernoulli per token (``bernoulli``), only where deletable and in rows that edit. The aligned recipe's
-        p_del is P(wrong); the straight-through recipe's is its soft Bottom-K weight at ``tau_del``."""
-        scores = self(hidden)  # (B, L)
-        if config.picker == "threshold":
+        p_del is P(wrong); the straight-through recipe's is its soft Bottom-K weight at ``tau_del``.
+        ``wrong_prob`` (B, L): another detector's P(wrong), read as σ(−s) by every rule (inference)."""
+        if wrong_prob is None:
+            scores = self(hidden)  # (B, L)
             wrong = torch.sigmoid(-scores)
+        else:
+            scores, wrong = torch.logit(wrong_prob.clamp(1e-6, 1 - 1e-6)).neg(), wrong_prob  # σ(−s) ≈ wrong_prob
+        if config.picker == "threshold":
             deletions = straight_through((wrong > config.delete_threshold).float(), wrong)
         elif config.picker == "bernoulli":
             deletions = 1.0 - bernoulli_st(logits=scores, noise=self.training)
@@ -208,7 +213,7 @@ class MaskPicker(nn.Module):
             deletions = bottomk_st(scores, k, tau_del, valid_mask=deletable)
         deletions = deletions * deletable * gate[:, None]
         if config.recipe == "aligned":
-            return deletions, torch.sigmoid(-scores) * deletable  # 0 on <s> and padding
+            return deletions, wrong * deletable  # 0 on <s> and padding
         return deletions, soft_deletion_weights(scores, tau_del)
 
 
@@ -337,12 +342,17 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         return self.lm_head
 
     # -- E (M5) -------------------------------------------------------------------------------------------------
+    def fill_states(self, embeds: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor,
+                    mask_ratio: torch.Tensor) -> torch.Tensor:
+        """E's last states (B, N, H) of Ŝ, conditioned on its mask ratio t (B,)."""
+        conditioned = embeds + self.mask_ratio_proj(mask_ratio[:, None, None].to(embeds.dtype))
+        return self.encoder(conditioned, valid, position_ids)
+
     def fill(self, embeds: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor,
              mask_ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """E(Ŝ, t): (B, N, H) embeddings → (logits (B, N, V), hidden (B, N, H)); with ``shifted_logits`` the
         logits at i come from the state at i − 1 (position 0, ``<s>``, keeps its own)."""
-        conditioned = embeds + self.mask_ratio_proj(mask_ratio[:, None, None].to(embeds.dtype))
-        hidden = self.encoder(conditioned, valid, position_ids)
+        hidden = self.fill_states(embeds, valid, position_ids, mask_ratio)
         logits = self.lm_head(hidden)
         if self.config.shifted_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
@@ -402,6 +412,7 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         edit: torch.Tensor | None = None,
         num_deletions: int | torch.Tensor | None = None,
         num_insertions: torch.Tensor | None = None,
+        wrong_prob: torch.Tensor | None = None,
         min_length: torch.Tensor | None = None,
         max_length: torch.Tensor | None = None,
         tau_gate: float | None = None,
@@ -415,7 +426,8 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         (``genlab.edits``), are the round's decisions (teacher-forced, LevT-style), so Ŝ is aligned with Y* by
         construction; the Picker and Gate read E's states of X_l itself. Straight-through recipe:
         ``prev_logits``/``prev_hidden`` (B, L, ·) are E's outputs of the previous round, and with labels
-        K_ins = |Y*| − |S|."""
+        K_ins = |Y*| − |S|. ``wrong_prob`` (B, L): P(wrong) from another detector (``fill_wrong_prob``), which the
+        Picker's rule reads in place of its own σ(−s)."""
         c = self.config
         valid = (input_ids != c.pad_token_id) if attention_mask is None else attention_mask.bool()
         tau_gate = c.tau_gate_end if tau_gate is None else tau_gate
@@ -436,7 +448,8 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
             if prev_hidden is None:
                 _, prev_hidden = self.encode_draft(input_ids, valid)
             picker_states = prev_hidden if aligned else prev_hidden.detach()
-            deletions, delete_prob = self.picker.decide(c, picker_states, deletable, gate, num_deletions, tau_del)
+            deletions, delete_prob = self.picker.decide(c, picker_states, deletable, gate, num_deletions, tau_del,
+                                                        wrong_prob)
         else:
             deletions, delete_prob = torch.zeros_like(embeds[..., 0]), None
         if delete_labels is not None:

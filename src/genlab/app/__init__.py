@@ -49,14 +49,15 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
 
 
 def use_chosen_settings(model, tokenizer, where: str):
-    """Give a MERGE run the deletion threshold and fill rule the demo's bench chose on the validation split (its
-    ``bench.json``, issue 12) → the fill candidates to generate with (``None``: free fill). A Hub repo or a run
-    without the file keeps its saved threshold and fills freely."""
+    """Give a MERGE run the detector, deletion threshold and fill rule the demo's bench chose on the validation
+    split (its ``bench.json``, issue 12) → the fill candidates to generate with (``None``: free fill). A Hub repo
+    or a run without the file keeps its saved settings and fills freely."""
     path = Path(where) / "bench.json"
     if not path.is_file():
         return None
     bench = json.loads(path.read_text(encoding="utf-8"))
     model.config.delete_threshold = bench["figures"]["delete_threshold"]
+    model.generation_config.detector = bench["config"]["detector"]
     return confusion_candidates(tokenizer) if bench["config"]["fill"] == "confusion" else None
 
 

@@ -5,14 +5,16 @@ The same-size AR is trained first (``--ar-steps``), then MERGE and the per-chara
 number of steps (``--train-steps``), both fillers starting from that AR (``--filler-init``), on the same corpus
 (``genlab.prepare.merge_bench``); then everything is measured in one process:
 
-- **SIGHAN-15** (pycorrector's ``sighan2015_test.tsv``, 707 sentences, 373 with errors): MERGE in edit mode and
-  in auto mode, the per-character corrector of the same size, data and steps (the filler reading the unmasked
-  sentence and predicting every character, MacBERT4CSC's recipe) and the identity. Sentence-level correction
-  precision / recall / F1 as pycorrector scores them (a sentence with errors counts when the output equals the
-  reference; a clean sentence is a false positive when the output changes it), the strict SIGHAN detection
-  F1 (the changed positions equal the erroneous ones), the false-positive rate on the clean sentences, and
-  sentences/s at batch 1 and 32 (one thread, medians). The deletion threshold of the Picker is chosen on
-  typo-noised sentences of the corpus's validation split (half of them clean), never on SIGHAN.
+- **SIGHAN-15** (pycorrector's ``sighan2015_test.tsv``, 707 sentences, 373 with errors): MERGE in edit mode
+  (``SYSTEMS``: the Picker or the filler itself, ``detector="fill"``, finds the wrong characters; the free or
+  the confusion-set rule fills them) and in auto mode, the per-character corrector of the same size, data and
+  steps (the filler reading the unmasked sentence and predicting every character, MacBERT4CSC's recipe) and the
+  identity. Sentence-level correction precision / recall / F1 as pycorrector scores them (a sentence with
+  errors counts when the output equals the reference; a clean sentence is a false positive when the output
+  changes it), the strict SIGHAN detection F1 (the changed positions equal the erroneous ones), the
+  false-positive rate on the clean sentences, and sentences/s at batch 1 and 32 (one thread, medians). Each
+  system's deletion threshold, and the headline system, are chosen on typo-noised sentences of the corpus's
+  validation split (half of them clean), never on SIGHAN.
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
   MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new
   tokens, one thread, medians), the judge's perplexity of
@@ -39,7 +41,7 @@ from transformers import AutoModelForCausalLM
 from ..clouds import load_cloud
 from ..data import load_corpus
 from ..edits import changed_positions, edit_labels
-from ..generation_refinement import substitution_candidates
+from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
 from ..spelling import TypoNoise, character_frequencies, confusion_candidates, sighan15, typo_noise
@@ -51,6 +53,7 @@ from .ar import generate_tok_s
 
 NEW_TOKENS = 64
 FILLS = ("free", "confusion")  # a substituted character becomes any token, or one of its confusion set
+SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS)  # what finds × what fixes
 CSC_SCORES = ("correction_precision", "correction_recall", "correction_f1", "detection_precision",
               "detection_recall", "detection_f1", "clean_fpr")
 ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
@@ -76,7 +79,7 @@ class MergeBenchConfig:
     ablation_steps: int = field(default=300, metadata={"help": "training steps per trained ablation"})
     sighan_sentences: int = field(default=0, metadata={"help": "first N SIGHAN-15 sentences (0: all 707; smoke tests)"})
     validation_sentences: int = field(default=400, metadata={"help": "noised validation sentences (threshold)"})
-    thresholds: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    thresholds: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99,0.995,0.998,0.999,0.9995,0.9999",
                             metadata={"help": "deletion thresholds tried on the validation split"})
     max_fpr: float = field(default=0.1, metadata={"help": "most validation clean-sentence FPR a threshold may have"})
     edit_rounds: int = field(default=3, metadata={"help": "max_rounds of edit and auto mode"})
@@ -135,10 +138,38 @@ def merge_correct(model, tokenizer, texts: list[str], batch_size: int = 32, roun
                              return_dict_in_generate=True, **generate_kwargs)
         if rounds is not None:
             rounds.extend(out.rounds.tolist())
-        for text, ids, row in zip(chunk, batch["input_ids"], out.sequences):
-            source = [t for t in ids.tolist() if t not in (tokenizer.pad_token_id, tokenizer.bos_token_id)]
-            output = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.bos_token_id)]
-            outputs.append(restore_text(text, source, output, tokenizer))
+        outputs.extend(decode_rows(tokenizer, chunk, batch["input_ids"], out.sequences))
+    return outputs
+
+
+def decode_rows(tokenizer, texts: list[str], input_ids: torch.Tensor, sequences: torch.Tensor) -> list[str]:
+    """Each output row as text (:func:`restore_text` against its input row)."""
+    special = (tokenizer.pad_token_id, tokenizer.bos_token_id)
+    return [restore_text(text, [t for t in ids.tolist() if t not in special],
+                         [t for t in row.tolist() if t not in special], tokenizer)
+            for text, ids, row in zip(texts, input_ids, sequences)]
+
+
+@torch.no_grad()
+def fill_detector_sweep(model, tokenizer, texts: list[str], grid: list[float], batch_size: int = 32,
+                        **generate_kwargs) -> dict[float, list[str]]:
+    """Edit mode with ``detector="fill"`` at every threshold of ``grid``, from one run at the lowest. Exact: a round
+    edits only the token it scores highest, when that score exceeds the threshold, so up to the first round
+    whose highest score is ≤ τ every τ ≥ the lowest makes the same edits; the output at τ is the text before
+    that round (``top_delete_prob`` and ``round_sequences`` of the trace)."""
+    model.config.delete_threshold = min(grid)
+    outputs: dict[float, list[str]] = {threshold: [] for threshold in grid}
+    for chunk in batched(texts, batch_size):
+        batch = padded(tokenizer, chunk)
+        out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], detector="fill",
+                             return_dict_in_generate=True, **generate_kwargs)
+        texts_after = (batch["input_ids"], *out.round_sequences)  # the input, then each round's output
+        width = max(s.shape[1] for s in texts_after)
+        steps = torch.stack([pad_to(s, width, tokenizer.pad_token_id) for s in texts_after], 1)  # (B, R + 1, N)
+        for threshold in grid:
+            edited = (out.top_delete_prob > threshold).long().cumprod(-1).sum(-1)  # (B,) rounds that edit at τ
+            final = steps[torch.arange(len(chunk)), edited]
+            outputs[threshold].extend(decode_rows(tokenizer, chunk, batch["input_ids"], final))
     return outputs
 
 
@@ -187,7 +218,9 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     """One batch of same-length (draft, gold) rows (B, L), right-padded: per scored draft token whether it is
     wrong and the two detectors' scores (MERGE's P(wrong), the baseline's 1 − p(token | row)); per wrong token
     whether MERGE's filler (a mask there from the true edit script, the Picker and Inserter bypassed) and the
-    baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``."""
+    baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``; and the fill
+    detector's P(wrong) (``fill_wrong_prob``), over every token (``fill_score``) and over the candidates
+    (``fill_confusion_score``)."""
     scripts = [edit_labels(row[m].tolist(), want[m].tolist()) for row, want, m in zip(ids, gold, valid)]
     delete, insert = (torch.tensor([getattr(e, k) + [0] * (ids.shape[1] - len(e.delete)) for e in scripts])
                       for k in ("delete", "insert"))
@@ -204,14 +237,17 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     wrong = (ids != gold) & valid
     scored = valid & (ids != merge.config.bos_token_id)  # every token but <s>
     return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
+            "fill_score": merge.fill_wrong_prob(ids, valid)[scored],
+            "fill_confusion_score": merge.fill_wrong_prob(ids, valid, fill_candidates)[scored],
             "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong]}
 
 
 def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: list[str],
                       fill_candidates: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
     """Threshold-free figures on the substitution pairs (:func:`substitution_pairs`) that separate the two
-    ways a corrector fails (:func:`diagnose_batch`): ``picker_auc`` and ``baseline_detection_auc``, how well
-    each ranks the wrong characters above the right ones (finding the errors); ``oracle_fill_accuracy`` and
+    ways a corrector fails (:func:`diagnose_batch`): ``picker_auc``, ``fill_detector_auc`` /
+    ``fill_detector_confusion_auc`` and ``baseline_detection_auc``, how well each detector ranks the wrong
+    characters above the right ones (finding the errors); ``oracle_fill_accuracy`` and
     ``baseline_oracle_fill_accuracy``, the share of wrong characters each writes right when told where they
     are (fixing them; confusion rule)."""
     pairs = substitution_pairs(tokenizer, sources, targets)
@@ -226,6 +262,8 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
     whole = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return {"substitution_pairs": len(pairs), "substitution_errors": int(whole["wrong"].sum()),
             "picker_auc": auc(whole["merge_score"], whole["wrong"]),
+            "fill_detector_auc": auc(whole["fill_score"], whole["wrong"]),
+            "fill_detector_confusion_auc": auc(whole["fill_confusion_score"], whole["wrong"]),
             "oracle_fill_accuracy": float(whole["merge_right"].float().mean()),
             "baseline_detection_auc": auc(whole["baseline_score"], whole["wrong"]),
             "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
@@ -283,13 +321,16 @@ def best_row(curve: list[dict], max_fpr: float) -> dict:
 
 
 def choose_threshold(model, tokenizer, grid: list[float], drafts, sentences, max_fpr: float, **kwargs) -> dict:
-    """The Picker's deletion threshold of ``best_row`` on the validation pairs (set on the model); the whole
-    curve is returned too."""
-    curve = []
-    for threshold in grid:
-        model.config.delete_threshold = threshold
-        scores = csc_scores(drafts, sentences, merge_correct(model, tokenizer, drafts, **kwargs))
-        curve.append({"threshold": threshold, **scores})
+    """The deletion threshold of ``best_row`` on the validation pairs (set on the model); the whole curve is
+    returned too. The fill detector's outputs at every threshold come from one run (:func:`fill_detector_sweep`)."""
+    if kwargs.get("detector") == "fill":
+        outputs_at = fill_detector_sweep(model, tokenizer, drafts, grid,
+                                         **{k: v for k, v in kwargs.items() if k != "detector"}).__getitem__
+    else:
+        def outputs_at(threshold: float) -> list[str]:
+            model.config.delete_threshold = threshold
+            return merge_correct(model, tokenizer, drafts, **kwargs)
+    curve = [{"threshold": t, **csc_scores(drafts, sentences, outputs_at(t))} for t in grid]
     best = best_row(curve, max_fpr)
     model.config.delete_threshold = best["threshold"]
     return {"threshold": best["threshold"], "best": best, "curve": curve}
@@ -375,64 +416,78 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
-    """SIGHAN-15 figures of MERGE (edit, auto, bottom-K ablation), the baseline and the identity, each fill rule
-    (``FILLS``) at its validation threshold, and as headline the rule that did best on the validation split
-    (never on SIGHAN); the choices made there are returned too."""
+    """SIGHAN-15 figures of MERGE in edit mode (each of ``SYSTEMS``: the Picker or the fill detector finds the
+    errors, the free or the confusion rule fills them, each at its own validation threshold), in auto mode, the
+    bottom-K ablation, the baseline and the identity; as headline the system that did best on the validation
+    split (never on SIGHAN). The choices made there are returned too."""
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences)
     candidates = {"free": None, "confusion": confusion_candidates(tokenizer)}
     edit = dict(mode="edit", max_rounds=args.edit_rounds)
-    thresholds = {fill: choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
-                                         fill_candidates=candidates[fill], **edit) for fill in FILLS}
-    fill = best_row([{**thresholds[f]["best"], "fill": f} for f in FILLS], args.max_fpr)["fill"]
+    settings = {f"{d}_{f}": dict(detector=d, fill_candidates=candidates[f], **edit) for d in DETECTORS for f in FILLS}
+    thresholds = {name: choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
+                                         **settings[name]) for name in SYSTEMS}
+    headline = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS], args.max_fpr)["system"]
     baseline_validation = [{**csc_scores(drafts, sentences, per_character_correct(
         baseline, tokenizer, drafts, fill_candidates=candidates[f])), "fill": f} for f in FILLS]
     baseline_fill = best_row(baseline_validation, args.max_fpr)["fill"]
 
-    def merge_system(f: str, **mode):
-        def correct(texts, b=32):
-            merge.config.delete_threshold = thresholds[f]["threshold"]
-            return merge_correct(merge, tokenizer, texts, b, fill_candidates=candidates[f], **{**edit, **mode})
+    def merge_system(name: str, **mode):
+        def correct(texts, b=32, rounds=None):
+            merge.config.delete_threshold = thresholds[name]["threshold"]
+            return merge_correct(merge, tokenizer, texts, b, rounds, **{**settings[name], **mode})
         return correct
 
     systems = {
-        **{f"sighan15_{f}": merge_system(f) for f in FILLS},
-        "sighan15_auto": merge_system(fill, mode="auto"),
+        **{f"sighan15_{name}": merge_system(name) for name in SYSTEMS},
+        "sighan15_auto": merge_system(headline, mode="auto"),
         **{f"baseline_{f}": lambda texts, b=32, f=f: per_character_correct(baseline, tokenizer, texts, b,
                                                                            candidates[f]) for f in FILLS},
         "identity": lambda texts, b=32: list(texts),
     }
-    figures = {}
+    figures, used = {}, []  # used: the headline's rounds per SIGHAN sentence
     for name, correct in systems.items():
-        figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, correct(sources)).items()})
-    for headline, chosen in (("sighan15", f"sighan15_{fill}"), ("baseline", f"baseline_{baseline_fill}")):
-        figures.update({f"{headline}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
+        outputs = correct(sources, rounds=used) if name == f"sighan15_{headline}" else correct(sources)
+        figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, outputs).items()})
+    for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
+        figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
         diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted, candidates["confusion"])
         figures.update({f"{name}_diagnostic/{k}": v for k, v in diagnostics.items()})
-    used: list[int] = []
-    merge.config.delete_threshold = thresholds[fill]["threshold"]
-    merge_correct(merge, tokenizer, sources, rounds=used, fill_candidates=candidates[fill], **edit)
     rounds = torch.tensor(used)
     for r in range(1, args.edit_rounds + 1):
         figures[f"edit_rounds_frac_{r}"] = float((rounds == r).float().mean())
     figures["edit_mean_rounds"] = float(rounds.float().mean())
     merge.config.picker = "bottomk"  # M9: K_del = 15 % of the tokens, whatever the scores say
-    bottomk = csc_scores(sources, targets, merge_correct(merge, tokenizer, sources, fill_candidates=candidates[fill],
-                                                         **edit))
+    bottomk = csc_scores(sources, targets, merge_correct(merge, tokenizer, sources,
+                                                         **{**settings[headline], "detector": "picker"}))
     merge.config.picker = "threshold"
     figures.update({f"ablation/picker_bottomk/{k}": v for k, v in bottomk.items()})
-    timed = sources[:64]
+    figures.update(correction_speeds(systems, headline, baseline_fill, thresholds, sources[:64], args))
+    choice = {"system": headline, "threshold": thresholds[headline]["threshold"], "baseline_fill": baseline_fill,
+              "curves": {name: thresholds[name]["curve"] for name in SYSTEMS},
+              "baseline_validation": baseline_validation}
+    return figures, choice
+
+
+def correction_speeds(systems: dict, headline: str, baseline_fill: str, thresholds: dict, timed: list[str],
+                      args: MergeBenchConfig) -> dict[str, float]:
+    """Sentences/s (one thread) of the validation's best system of each detector at batch 1 and 32 (the
+    headline's as ``sighan15_sentences_per_s_b*``) and of the baseline at batch 1."""
+    figures = {}
     with single_thread():
-        for batch in (1, 32):
-            figures[f"sighan15_sentences_per_s_b{batch}"] = sentences_per_s(systems[f"sighan15_{fill}"], timed,
-                                                                             batch, args.repeats)
+        for detector in DETECTORS:
+            best = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS if n.startswith(detector)],
+                            args.max_fpr)["system"]
+            for batch in (1, 32):
+                speed = sentences_per_s(systems[f"sighan15_{best}"], timed, batch, args.repeats)
+                figures[f"sighan15_{detector}_sentences_per_s_b{batch}"] = speed
+                if best == headline:
+                    figures[f"sighan15_sentences_per_s_b{batch}"] = speed
         figures["baseline_sentences_per_s_b1"] = sentences_per_s(systems[f"baseline_{baseline_fill}"], timed, 1,
                                                                  args.repeats)
-    choice = {"fill": fill, "threshold": thresholds[fill]["threshold"], "baseline_fill": baseline_fill,
-              "curves": {f: thresholds[f]["curve"] for f in FILLS}, "baseline_validation": baseline_validation}
-    return figures, choice
+    return figures
 
 
 class single_thread:
@@ -446,16 +501,17 @@ class single_thread:
         torch.set_num_threads(self.threads)
 
 
-def ablation_figures(tokenizer, args: MergeBenchConfig, fill: str) -> dict:
+def ablation_figures(tokenizer, args: MergeBenchConfig, system: str) -> dict:
     """SIGHAN-15 correction F1 and clean FPR of each trained ablation at its validation-chosen threshold, with
-    the headline's fill rule."""
+    the headline's detector and fill rule."""
+    detector, fill = system.split("_")
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences // 2)
     figures = {}
     for name in ABLATIONS:
         model = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
-        edit = dict(mode="edit", max_rounds=args.edit_rounds,
+        edit = dict(mode="edit", max_rounds=args.edit_rounds, detector=detector,
                     fill_candidates=confusion_candidates(tokenizer) if fill == "confusion" else None)
         if model.config.picker == "threshold":
             choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
@@ -485,16 +541,17 @@ def run(args: MergeBenchConfig) -> dict:
                     "merge_parameters": manifests["merge"]["parameters"],
                     "ar_parameters": manifests["ar"]["parameters"]})
     if not args.skip_ablations:
-        figures.update(ablation_figures(tokenizer, args, choice["fill"]))
+        figures.update(ablation_figures(tokenizer, args, choice["system"]))
 
     result = write_result(
         args.json, "merge",
         config={"preset": args.preset, "runs": args.runs,
                 "sighan15": f"pycorrector data/sighan2015_test.tsv, {args.sighan_sentences or 707} sentences",
                 "validation": f"{args.validation_sentences} corpus validation sentences, typo noise, half clean",
-                "threshold_rule": f"best validation correction F1 with clean FPR <= {args.max_fpr}, per fill "
-                                  f"rule; the headline fill rule the better of the two on validation",
-                "fill": choice["fill"], "baseline_fill": choice["baseline_fill"],
+                "threshold_rule": f"best validation correction F1 with clean FPR <= {args.max_fpr}, per "
+                                  f"detector_fill system; the headline system the best of them on validation",
+                "system": choice["system"], "detector": choice["system"].split("_")[0],
+                "fill": choice["system"].split("_")[1], "baseline_fill": choice["baseline_fill"],
                 "threshold_curves": choice["curves"], "baseline_validation": choice["baseline_validation"], "edit_rounds": args.edit_rounds, "gen_rounds": args.gen_rounds,
                 "new_tokens": NEW_TOKENS, "samples": len(test), "repeats": args.repeats, "threads_timed": 1,
                 "sampling": "greedy (both models); prompts = first 2 characters of test sentences",

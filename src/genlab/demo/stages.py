@@ -77,7 +77,8 @@ def stage_merge(demo: Demo) -> dict:
             validation_sentences=s.edit_sentences, sighan_sentences=s.sighan_sentences, samples=s.samples,
             repeats=s.repeats)
         bench = bench_merge.run(config)
-        chosen = dict(threshold=bench["figures"]["delete_threshold"], fill=bench["config"]["fill"])
+        chosen = dict(threshold=bench["figures"]["delete_threshold"], fill=bench["config"]["fill"],
+                      detector=bench["config"]["detector"])
         return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"],
                 **merge_examples(run_dir, s.shown, **chosen)}
 
@@ -86,11 +87,12 @@ def stage_merge(demo: Demo) -> dict:
 
 
 @torch.no_grad()
-def merge_examples(run_dir, shown: int, threshold: float, fill: str) -> dict:
-    """SIGHAN-15 sentences with errors, repaired with the bench's validation-chosen deletion threshold and fill
-    rule, and generations from the demo prompts, each with its round-by-round trace."""
+def merge_examples(run_dir, shown: int, threshold: float, fill: str, detector: str) -> dict:
+    """SIGHAN-15 sentences with errors, repaired with the bench's validation-chosen detector, deletion threshold
+    and fill rule, and generations from the demo prompts, each with its round-by-round trace."""
     model = MergeForMaskedRefinement.from_pretrained(run_dir).eval()
     model.config.delete_threshold = threshold
+    model.generation_config.detector = detector
     tokenizer = load_tokenizer(run_dir)
     candidates = confusion_candidates(tokenizer) if fill == "confusion" else None
     pairs = [(source, target) for source, target in sighan15() if source != target][:shown]
