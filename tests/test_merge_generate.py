@@ -211,9 +211,13 @@ def test_fill_detector_rows_stop_when_a_round_edits_nothing(model):
 def test_unknown_detector_is_rejected(model):
     with pytest.raises(ValueError, match="detector must be 'picker' or 'fill', got 'oracle'"):
         model.generate(right_padded(ROWS), mode="edit", detector="oracle")
-    no_picker = tiny_model(seed=1, picker="none").eval()
-    with pytest.raises(ValueError, match="picker='none'"):
-        no_picker.generate(right_padded(ROWS), mode="edit", detector="fill")
+    for picker in ("none", "bottomk"):  # the fill detector replaces the scores of the threshold rule only
+        other = tiny_model(seed=1, picker=picker).eval()
+        with pytest.raises(ValueError, match=f"picker='{picker}'"):
+            other.generate(right_padded(ROWS), mode="edit", detector="fill")
+    bottomk = tiny_model(seed=1, picker="bottomk").eval()
+    with pytest.raises(ValueError, match="picker must be 'threshold', got 'bottomk'"):
+        bottomk(right_padded(ROWS), edit=torch.ones(3), wrong_prob=torch.full(right_padded(ROWS).shape, 0.9))
 
 
 def test_output_is_right_padded_and_starts_with_bos(model):

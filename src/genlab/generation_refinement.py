@@ -156,8 +156,9 @@ class MergeGenerationMixin(GenerationMixin):
             raise ValueError(f"mode must be 'edit', 'gen' or 'auto', got {settings.mode!r}")
         if settings.detector not in DETECTORS:
             raise ValueError(f"detector must be 'picker' or 'fill', got {settings.detector!r}")
-        if settings.detector == "fill" and self.picker is None:
-            raise ValueError("detector='fill' feeds the Picker's deletion rule, and this model has picker='none'")
+        if settings.detector == "fill" and self.config.picker != "threshold":
+            raise ValueError(f"detector='fill' feeds the threshold deletion rule; this model has "
+                             f"picker={self.config.picker!r}")
         if not settings.max_rounds or settings.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {settings.max_rounds}")
         if settings.do_sample or (settings.num_beams or 1) != 1:

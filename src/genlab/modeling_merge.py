@@ -198,12 +198,16 @@ class MaskPicker(nn.Module):
         P(wrong) = σ(−s) exceeds ``delete_threshold`` (``threshold``), bottom-K_del scores (``bottomk``) or a
         Bernoulli per token (``bernoulli``), only where deletable and in rows that edit. The aligned recipe's
         p_del is P(wrong); the straight-through recipe's is its soft Bottom-K weight at ``tau_del``.
-        ``wrong_prob`` (B, L): another detector's P(wrong), read as σ(−s) by every rule (inference)."""
-        if wrong_prob is None:
-            scores = self(hidden)  # (B, L)
-            wrong = torch.sigmoid(-scores)
-        else:
-            scores, wrong = torch.logit(wrong_prob.clamp(1e-6, 1 - 1e-6)).neg(), wrong_prob  # σ(−s) ≈ wrong_prob
+        ``wrong_prob`` (B, L): another detector's P(wrong) (``fill_wrong_prob``) in place of σ(−s), for the
+        ``threshold`` rule only (inference)."""
+        if wrong_prob is not None:
+            if config.picker != "threshold":
+                raise ValueError(f"wrong_prob (detector='fill') feeds the threshold rule; picker must be "
+                                 f"'threshold', got {config.picker!r}")
+            deletions = straight_through((wrong_prob > config.delete_threshold).float(), wrong_prob)
+            return deletions * deletable * gate[:, None], wrong_prob * deletable
+        scores = self(hidden)  # (B, L)
+        wrong = torch.sigmoid(-scores)
         if config.picker == "threshold":
             deletions = straight_through((wrong > config.delete_threshold).float(), wrong)
         elif config.picker == "bernoulli":
@@ -427,7 +431,7 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         construction; the Picker and Gate read E's states of X_l itself. Straight-through recipe:
         ``prev_logits``/``prev_hidden`` (B, L, ·) are E's outputs of the previous round, and with labels
         K_ins = |Y*| − |S|. ``wrong_prob`` (B, L): P(wrong) from another detector (``fill_wrong_prob``), which the
-        Picker's rule reads in place of its own σ(−s)."""
+        threshold Picker reads in place of its own σ(−s)."""
         c = self.config
         valid = (input_ids != c.pad_token_id) if attention_mask is None else attention_mask.bool()
         tau_gate = c.tau_gate_end if tau_gate is None else tau_gate

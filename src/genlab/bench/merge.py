@@ -511,7 +511,8 @@ def ablation_figures(tokenizer, args: MergeBenchConfig, system: str) -> dict:
     figures = {}
     for name in ABLATIONS:
         model = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
-        edit = dict(mode="edit", max_rounds=args.edit_rounds, detector=detector,
+        edit = dict(mode="edit", max_rounds=args.edit_rounds,  # the fill detector feeds the threshold rule
+                    detector=detector if model.config.picker == "threshold" else "picker",
                     fill_candidates=confusion_candidates(tokenizer) if fill == "confusion" else None)
         if model.config.picker == "threshold":
             choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
