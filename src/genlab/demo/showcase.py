@@ -69,14 +69,15 @@ def render_plan(plan: torch.Tensor, config, text_ids: list[int], tokenizer) -> s
 
 
 @torch.no_grad()
-def planner_examples(run_dir: Path, shown: int) -> list[dict]:
-    """Held-out u → the planner's concepts → the executor's text, and the text written from the next row's plan."""
+def planner_examples(run_dir: Path, shown: int, plan_options: dict | None = None) -> list[dict]:
+    """Held-out u → the planner's concepts → the executor's text, and the text written from the next row's plan.
+    ``plan_options``: keyword arguments of ``model.plan`` (the bench's decoding of the plan)."""
     model = PlannerExecutorModel.from_pretrained(run_dir).eval()
     tokenizer, config = load_tokenizer(run_dir), model.config
     pairs = run_pairs(read_manifest(run_dir), "validation", tokenizer, config)
     pairs = pairs.shuffle(seed=0).select(range(max(2, shown)))
     batch = collate([pairs[i] for i in range(len(pairs))])
-    plans = model.plan(batch["input_ids"], batch["attention_mask"])
+    plans = model.plan(batch["input_ids"], batch["attention_mask"], **(plan_options or {}))
     texts = model.execute(plans, max_new_tokens=48)
     shuffled = corrupt_concepts(plans, "shuffle", config.concept_vocab_sizes)
     return [{"u": u, "y": y, "concepts": render_plan(p, config, t, tokenizer),

@@ -132,9 +132,18 @@ def stage_concept(demo: Demo) -> dict:
 
 
 # -- stage 4: planner–executor ----------------------------------------------------------------------------------
+# `make bench-planner`'s keywords recipe (KEYWORDS_RECIPE in the Makefile): its training settings, shared by the
+# planner's training and its bench, and the <eos> biases its plans are tuned over
+KEYWORDS_RECIPE = dict(executor_copy=True, planner_copy=True, keywords=24, unlikelihood=1.0, checklist=True,
+                       plan_words=True)
+PLAN_EOS_BIASES = [0.0, -1.0, -2.0, -4.0, -8.0, -16.0, -32.0]
+
+
 def stage_planner(demo: Demo) -> dict:
-    """Hard-EM planner–executor on the keywords task (u = a sentence's content words + distractors) and its
-    same-size AR p(y|u) baseline; ``genlab bench planner`` on both."""
+    """Hard-EM planner–executor on the keywords task (u = a sentence's content words + distractors), with
+    ``make bench-planner``'s recipe (``KEYWORDS_RECIPE`` there: copy heads, word plans, unlikelihood, checklist;
+    plans of u's words with an ``<eos>`` bias chosen on tuning pairs), and its same-size AR p(y|u) baseline;
+    ``genlab bench planner`` on both."""
     s = demo.scale
     run_dir, ar_dir = demo.dir("planner"), demo.dir("planner-ar")
     manifest = ensure_run("planner–executor", run_dir, PlannerExecutorModel.from_pretrained, lambda callbacks: planner.train_planner(
@@ -142,7 +151,7 @@ def stage_planner(demo: Demo) -> dict:
                                    estep_selection="likelihood", hidden_size=s.planner_hidden,
                                    warmup_estep=s.planner_warmup,
                                    estep_top_k=2, refresh_steps=100, monitor_steps=max(1, s.planner_steps // 16),
-                                   max_text_length=48, budget=demo.budget),
+                                   max_text_length=48, budget=demo.budget, **KEYWORDS_RECIPE),
         default_training_arguments(planner.TRAINING_DEFAULTS, **demo.quiet_training(s.planner_steps)), callbacks),
         demo, s.planner_steps)
     ensure_run("planner's AR baseline p(y|u)", ar_dir, Qwen2ForCausalLM.from_pretrained,
@@ -157,8 +166,12 @@ def stage_planner(demo: Demo) -> dict:
         bench = bench_planner.run(bench_planner.PlannerBenchConfig(
             json=str(run_dir / "bench.json"), run_dir=str(run_dir), ar_run_dir=str(ar_dir),
             steps=s.planner_steps, budget=demo.budget, warmup_estep=s.planner_warmup,
-            max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats))
-        return {"figures": bench["figures"], "targets": bench["targets"], "examples": planner_examples(run_dir, s.shown)}
+            max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats, **KEYWORDS_RECIPE,
+            plan_input_words=True, plan_eos_biases=PLAN_EOS_BIASES))
+        plan_options = {"input_words": True,
+                        "logits_processor": bench_planner.eos_bias_processor(bench["figures"]["plan_eos_bias"])}
+        return {"figures": bench["figures"], "targets": bench["targets"],
+                "examples": planner_examples(run_dir, s.shown, plan_options)}
 
     return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir, ar_dir], measure)}
 
