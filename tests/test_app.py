@@ -11,6 +11,7 @@ import torch
 from genlab.app import build_app, load_models, views
 from genlab.app.settings import AppConfig
 from genlab.cli import main
+from genlab.configuration_planner import NUM_CONCEPT_SPECIALS
 
 COMMON = ["--max-steps", "2", "--batch-size", "4", "--report-to", "none", "--save-steps", "2", "--logging-steps", "1"]
 
@@ -29,7 +30,8 @@ def run_dir(tmp_path_factory, small_corpus):
                     ["train", "concept", "--base", str(root / "ar"), "--block-size", "32", "--eval-blocks", "4",
                      "--concept-vocab", "64", *data],
                     ["train", "planner", "--pairs", str(pairs), "--proposer", "keywords", "--hidden-size", "32",
-                     "--planner-layers", "1", "--executor-layers", "1", "--warmup-estep", "1", "--estep-top-k", "2"],
+                     "--planner-layers", "1", "--executor-layers", "1", "--warmup-estep", "1", "--estep-top-k", "2",
+                     "--plan-words"],
                     ["train", "edge", "--cloud", str(root / "ar"), "--num-layers", "1", "--cloud-continuations", "0",
                      "--block-size", "32", *data]):
         folder = {"ar": "ar", "merge": "merge", "concept": "concept", "planner": "planner", "edge": "edge"}[command[1]]
@@ -105,6 +107,21 @@ def test_the_merge_tab_repairs_with_the_threshold_and_fill_the_demo_chose(tmp_pa
     assert model.config.delete_threshold == 0.7 and model.generation_config.detector == "fill"
     assert candidates.dtype == torch.bool and candidates.shape == (len(tokenizer), len(tokenizer))
     assert "deletion threshold 0.70, confusion-set fill" in views.merge_view(model, tokenizer, candidates, "天汽好")
+
+
+def test_the_planner_tab_plans_as_the_demo_bench_did(tmp_path, run_dir):
+    shutil.copytree(run_dir / "planner", tmp_path / "planner")
+    assert load_models(AppConfig(run_dir=str(tmp_path)))["planner"][2] == {}  # no bench.json: the greedy plan
+    (tmp_path / "planner" / "bench.json").write_text(json.dumps(
+        {"figures": {"plan_eos_bias": -32.0}, "config": {"plan_input_words": True}}), encoding="utf-8")
+    model, tokenizer, options = load_models(AppConfig(run_dir=str(tmp_path)))["planner"]
+    assert options["input_words"] and options["logits_processor"] is not None
+    u = tokenizer(["经济、发展"], add_special_tokens=False, return_tensors="pt")
+    plan = model.plan(u["input_ids"], u["attention_mask"], **options)[0, 0]  # (concepts,) the keywords type
+    named = plan[plan >= NUM_CONCEPT_SPECIALS] - NUM_CONCEPT_SPECIALS
+    assert set(named.tolist()) == set(u["input_ids"][0].tolist())  # every word of u, and nothing else
+    view = views.planner_view(model, tokenizer, options, "经济、发展")
+    assert "经 济" in view and "发 展" in view  # the view plans the same way
 
 
 def test_space_files_serve_the_given_hub_repos(tmp_path):

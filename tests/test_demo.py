@@ -229,6 +229,7 @@ def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, h
     planner_config = json.loads((root / "planner" / "config.json").read_text(encoding="utf-8"))
     assert all(planner_config[k] for k in ("executor_copy", "planner_copy", "executor_checklist", "plan_separator_id"))
     assert raw["planner"]["figures"]["plan_eos_bias"] in (0, -1, -2, -4, -8, -16, -32)
+    assert f"at NLL {raw['planner']['figures']['nll_u_plan']:.3f}" in report  # the planner-free plan beside it
     assert f"{spec['lossless_speedup_vs_cloud']:.2f}×" in report
     assert {r["arm"] for r in raw["speculative"]["rates"]} == {"with CJK processors", "without processors"}
     assert all(row["steps"] for row in raw["merge"]["repairs"]), "every repair has its round trace"

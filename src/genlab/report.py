@@ -206,7 +206,10 @@ def section_planner(result: dict) -> list[str]:
              f"{f['delta_nll_random']:+.3f}); dropping half of the concepts {f['concept_drop_50']:+.3f}. Executor "
              f"decoding runs at {f['executor_decode_ratio']:.2f}× a plain Qwen2 of its size (*: that is the reference "
              "in the speed plot).", "",
-             "Concepts are u's characters that the sentence uses (text tokens, un-hashed).", ""]
+             f"Without a planner — u's own words, distractors included, as the plan — the executor covers "
+             f"{f['u_plan_keyword_coverage']:.0%} at NLL {f['nll_u_plan']:.3f}: what the planner's selection adds "
+             "is the difference.", "",
+             "Concepts are u's words that the sentence uses (text tokens, un-hashed, \"、\" between words).", ""]
     return lines + _table(["context u", "planner's concepts", "executor's text", "text from shuffled concepts"],
                           [[e["u"], e["concepts"], e["text"], e["shuffled_text"]] for e in result["examples"]])
 

@@ -6,7 +6,8 @@ as the cloud and ``edge``) or the Hub repos given instead:
 - **MERGE** — repair (or continue) a text; every round nested under the input with its edits marked (M8), at the
   deletion threshold and fill rule `make demo` chose on the validation split (``bench.json`` beside the run);
 - **Concepts** — where the ConceptHead fires, highlighted over the text, and the rate against its target;
-- **Planner** — u → the plan → the text the executor writes from the plan alone;
+- **Planner** — u → the plan → the text the executor writes from the plan alone, the plan decoded as `make demo`'s
+  bench decoded it (u's whole words, its chosen ``<eos>`` bias; ``bench.json`` beside the run);
 - **Edge/cloud** — speculative decoding streamed live, then each token coloured by who wrote it (accepted edge
   draft / unverified edge draft / cloud token, rejected drafts struck through) with acceptance, cloud calls and
   the speed beside cloud-only decoding of the same prompt.
@@ -23,6 +24,7 @@ from pathlib import Path
 import gradio as gr
 from transformers import AutoTokenizer
 
+from ..bench.planner import eos_bias_processor
 from ..spelling import confusion_candidates
 from . import views
 from .settings import EXAMPLES, MODELS, AppConfig
@@ -31,7 +33,8 @@ CSS = views.CSS
 
 
 def load_models(config: AppConfig) -> dict[str, tuple | str]:
-    """name → (model, tokenizer), or the reason it is not there."""
+    """name → (model, tokenizer), plus MERGE's fill candidates and the planner's plan options, or the reason it is
+    not there."""
     loaded = {}
     for name, (_, auto_class) in MODELS.items():
         where = config.location(name)
@@ -43,6 +46,8 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
             loaded[name] = (model, AutoTokenizer.from_pretrained(where, trust_remote_code=True))
             if name == "merge":
                 loaded[name] += (use_chosen_settings(*loaded[name], where),)
+            if name == "planner":
+                loaded[name] += (chosen_plan_options(where),)
         except Exception as error:  # shown in the tab: the other systems stay usable
             loaded[name] = f"could not load {name} from {where}: {type(error).__name__}: {error}"
     return loaded
@@ -59,6 +64,18 @@ def use_chosen_settings(model, tokenizer, where: str):
     model.config.delete_threshold = bench["figures"]["delete_threshold"]
     model.generation_config.detector = bench["config"]["detector"]
     return confusion_candidates(tokenizer) if bench["config"]["fill"] == "confusion" else None
+
+
+def chosen_plan_options(where: str) -> dict:
+    """``model.plan`` options of the decoding the demo's bench measured (its ``bench.json``, issue 14): plans of
+    u's whole words when it planned them, and the ``<eos>`` bias it chose on tuning pairs. A Hub repo or a run
+    without the file plans greedily: ``{}``."""
+    path = Path(where) / "bench.json"
+    if not path.is_file():
+        return {}
+    bench = json.loads(path.read_text(encoding="utf-8"))
+    return {"input_words": bool(bench["config"].get("plan_input_words", False)),
+            "logits_processor": eos_bias_processor(bench["figures"].get("plan_eos_bias", 0.0))}
 
 
 def _missing(loaded: dict, *names: str) -> str | None:

@@ -87,10 +87,10 @@ def concept_view(model, tokenizer, text: str) -> str:
 
 
 @torch.no_grad()
-def planner_view(model, tokenizer, u: str, max_new_tokens: int = 48) -> str:
-    """u → the planner's concepts → the executor's text (P1–P3)."""
+def planner_view(model, tokenizer, plan_options: dict, u: str, max_new_tokens: int = 48) -> str:
+    """u → the planner's concepts (``model.plan(**plan_options)``) → the executor's text (P1–P3)."""
     batch = tokenizer([u], add_special_tokens=False, return_tensors="pt")
-    plans = model.plan(batch["input_ids"], batch["attention_mask"])
+    plans = model.plan(batch["input_ids"], batch["attention_mask"], **plan_options)
     texts = model.execute(plans, max_new_tokens=max_new_tokens)
     plan = render_plan(plans[0], model.config, batch["input_ids"][0].tolist(), tokenizer)
     text = tokenizer.decode(texts[0], skip_special_tokens=True)
