@@ -172,6 +172,8 @@ def test_fill_detector_renormalises_over_the_candidates(model):
     wrong = model.fill_wrong_prob(ids, ids.ne(PAD), table)
     assert wrong[0, 2].item() == pytest.approx((p[40] / (p[11] + p[40])).item(), rel=1e-4)
     assert wrong.count_nonzero() == 1
+    free, restricted = model.fill_wrong_probs(ids, ids.ne(PAD), (None, table))  # one pass, both rules
+    assert torch.equal(restricted, wrong) and torch.equal(free, model.fill_wrong_prob(ids, ids.ne(PAD)))
 
 
 def test_fill_detector_deletes_the_likeliest_wrong_token_above_the_threshold(model):

@@ -241,7 +241,6 @@ class MergeGenerationMixin(GenerationMixin):
             wrong[active] = self.fill_wrong_prob(state.ids[active], state.valid[active], fill_candidates)
         return wrong * (wrong == wrong.amax(-1, keepdim=True))
 
-    @torch.no_grad()
     def fill_wrong_prob(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         fill_candidates: torch.Tensor | None = None, chunk_size: int = 512) -> torch.Tensor:
         """(B, L) P(wrong) of every token by the filler alone, a masked-LM detector as Kenlm-CSC's is an n-gram
@@ -249,6 +248,14 @@ class MergeGenerationMixin(GenerationMixin):
         distribution renormalised over the tokens that may stand at i (``fill_candidates[x_i]``, x_i included;
         every fillable token without them). 0 on ``<s>`` and padding. One filler pass per scored token, run
         ``chunk_size`` rows at a time; only the masked position is read out."""
+        return self.fill_wrong_probs(input_ids, attention_mask, (fill_candidates,), chunk_size)[0]
+
+    @torch.no_grad()
+    def fill_wrong_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         candidate_sets: tuple[torch.Tensor | None, ...], chunk_size: int = 512
+                         ) -> tuple[torch.Tensor, ...]:
+        """``fill_wrong_prob`` under each of ``candidate_sets`` (``None``: every fillable token), from the same
+        filler passes."""
         c = self.config
         valid = attention_mask.bool()
         row, col = (valid & (input_ids != c.bos_token_id)).nonzero(as_tuple=True)  # (K,) the scored tokens
@@ -258,7 +265,7 @@ class MergeGenerationMixin(GenerationMixin):
         positions = (probe_valid.long().cumsum(-1) - 1).clamp(min=0)
         ratio = 1.0 / probe_valid.sum(-1)  # t: one mask per row
         token = input_ids[row, col]
-        wrong = torch.zeros(input_ids.shape, device=input_ids.device)
+        wrongs = tuple(torch.zeros(input_ids.shape, device=input_ids.device) for _ in candidate_sets)
         for start in range(0, len(row), chunk_size):  # none when no row has a token to score
             part = torch.arange(start, min(start + chunk_size, len(row)), device=input_ids.device)
             hidden = self.fill_states(self.get_input_embeddings()(probe[part]), probe_valid[part], positions[part],
@@ -267,11 +274,12 @@ class MergeGenerationMixin(GenerationMixin):
             at_mask = hidden[torch.arange(len(part), device=read.device), read]  # (k, H)
             logits = self.get_output_embeddings()(at_mask).float()  # (k, V)
             logits[:, self._never_filled] = torch.finfo(logits.dtype).min
-            if fill_candidates is not None:
-                logits = logits.masked_fill(~fill_candidates[token[part]], torch.finfo(logits.dtype).min)
-            kept = logits.log_softmax(-1).gather(1, token[part, None]).squeeze(1).exp()
-            wrong[row[part], col[part]] = 1.0 - kept
-        return wrong
+            for wrong, candidates in zip(wrongs, candidate_sets):
+                allowed = logits if candidates is None else logits.masked_fill(~candidates[token[part]],
+                                                                               torch.finfo(logits.dtype).min)
+                kept = allowed.log_softmax(-1).gather(1, token[part, None]).squeeze(1).exp()
+                wrong[row[part], col[part]] = 1.0 - kept
+        return wrongs
 
     def _remask(self, state: RefinementState, round_index: int, settings) -> torch.Tensor:
         """(B, L) ids with the n = ⌊K·(R − r)/R⌋ lowest-probability generated tokens of each row set to [MASK]."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import gradio as gr
 from transformers import AutoTokenizer
 
-from ..bench.planner import eos_bias_processor
+from ..bench.planner import measured_plan_options
 from ..spelling import confusion_candidates
 from . import views
 from .settings import EXAMPLES, MODELS, AppConfig
@@ -57,10 +57,9 @@ def use_chosen_settings(model, tokenizer, where: str):
     """Give a MERGE run the detector, deletion threshold and fill rule the demo's bench chose on the validation
     split (its ``bench.json``, issue 12) → the fill candidates to generate with (``None``: free fill). A Hub repo
     or a run without the file keeps its saved settings and fills freely."""
-    path = Path(where) / "bench.json"
-    if not path.is_file():
+    bench = demo_bench(where)
+    if bench is None:
         return None
-    bench = json.loads(path.read_text(encoding="utf-8"))
     model.config.delete_threshold = bench["figures"]["delete_threshold"]
     model.generation_config.detector = bench["config"]["detector"]
     return confusion_candidates(tokenizer) if bench["config"]["fill"] == "confusion" else None
@@ -70,12 +69,14 @@ def chosen_plan_options(where: str) -> dict:
     """``model.plan`` options of the decoding the demo's bench measured (its ``bench.json``, issue 14): plans of
     u's whole words when it planned them, and the ``<eos>`` bias it chose on tuning pairs. A Hub repo or a run
     without the file plans greedily: ``{}``."""
+    bench = demo_bench(where)
+    return {} if bench is None else measured_plan_options(bench)
+
+
+def demo_bench(where: str) -> dict | None:
+    """The benchmark JSON `make demo` wrote beside a run (``bench.json``); ``None`` for a Hub repo or without it."""
     path = Path(where) / "bench.json"
-    if not path.is_file():
-        return {}
-    bench = json.loads(path.read_text(encoding="utf-8"))
-    return {"input_words": bool(bench["config"].get("plan_input_words", False)),
-            "logits_processor": eos_bias_processor(bench["figures"].get("plan_eos_bias", 0.0))}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _missing(loaded: dict, *names: str) -> str | None:

@@ -239,9 +239,9 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     base = base.index_fill(-1, never, float("-inf")).masked_fill(~fill_candidates[ids], float("-inf"))
     wrong = (ids != gold) & valid
     scored = valid & (ids != merge.config.bos_token_id)  # every token but <s>
+    fill_free, fill_confusion = merge.fill_wrong_probs(ids, valid, (None, fill_candidates))
     return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
-            "fill_score": merge.fill_wrong_prob(ids, valid)[scored],
-            "fill_confusion_score": merge.fill_wrong_prob(ids, valid, fill_candidates)[scored],
+            "fill_score": fill_free[scored], "fill_confusion_score": fill_confusion[scored],
             "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong]}
 
 

@@ -374,6 +374,13 @@ def eos_bias_processor(bias: float) -> LogitsProcessorList | None:
     return LogitsProcessorList([SequenceBiasLogitsProcessor({(CONCEPT_EOS,): float(bias)})]) if bias else None
 
 
+def measured_plan_options(result: dict) -> dict:
+    """``model.plan`` options of the decoding a planner bench ``result`` (its JSON) measured: u's whole words when
+    it planned them, and the ``<eos>`` bias it chose."""
+    return {"input_words": bool(result["config"].get("plan_input_words", False)),
+            "logits_processor": eos_bias_processor(result["figures"].get("plan_eos_bias", 0.0))}
+
+
 @torch.no_grad()
 def tune_eos_bias(model, batches: list[dict], biases: list[float], plan_options: dict) -> tuple[float, dict]:
     """The bias on the plan's ``<eos>`` whose plans give the lowest NLL(y | planner z) per y token over ``batches``

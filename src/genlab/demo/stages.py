@@ -168,10 +168,8 @@ def stage_planner(demo: Demo) -> dict:
             steps=s.planner_steps, budget=demo.budget, warmup_estep=s.planner_warmup,
             max_text_length=48, eval_pairs=s.eval_pairs, repeats=s.repeats, **KEYWORDS_RECIPE,
             plan_input_words=True, plan_eos_biases=PLAN_EOS_BIASES))
-        plan_options = {"input_words": True,
-                        "logits_processor": bench_planner.eos_bias_processor(bench["figures"]["plan_eos_bias"])}
         return {"figures": bench["figures"], "targets": bench["targets"],
-                "examples": planner_examples(run_dir, s.shown, plan_options)}
+                "examples": planner_examples(run_dir, s.shown, bench_planner.measured_plan_options(bench))}
 
     return {"manifest": manifest, **measured(demo, run_dir / "demo.json", [run_dir, ar_dir], measure)}
 
