@@ -8,7 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from genlab.bench.merge import auc, csc_scores, diagnose_batch, fill_detector_sweep, merge_correct, padded
+from genlab.bench.merge import (auc, csc_scores, diagnose_batch, fill_detector_sweep, merge_correct, padded,
+                                validation_pairs)
+from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
 from genlab.spelling import TypoNoise, character_frequencies, confusion_sets, sighan15, substitute, typo_noise
@@ -314,6 +316,16 @@ def test_typo_substitutes_are_drawn_by_frequency_then_rank():
 def test_sighan15_is_the_published_test_set():
     pairs = sighan15()
     assert len(pairs) == 707 and sum(s != t for s, t in pairs) == 373
+
+
+def test_validation_pairs_sample_the_whole_split_half_clean():
+    corpus = load_corpus("all")["validation"]
+    source = {text: kind for text, kind in zip(corpus["text"], corpus["source"])}
+    drafts, sentences = validation_pairs(default_tokenizer(), 200)
+    kinds = Counter(source[s] for s in sentences)
+    assert len(sentences) == 200 and all(8 <= len(s) <= 64 for s in sentences)
+    assert kinds["news"] >= 40 and kinds["reviews"] >= 80  # the split is about 35 % news, 65 % reviews
+    assert 70 <= sum(d == s for d, s in zip(drafts, sentences)) <= 130  # half stay clean
 
 
 def test_csc_scores_on_hand_made_outputs():

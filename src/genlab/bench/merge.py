@@ -306,11 +306,13 @@ def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -
 
 def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
     """(draft, sentence) pairs from the corpus's validation split: typo noise as in training (substitutes drawn by
-    their training-split frequency), half clean."""
+    their training-split frequency), half clean. The sentences are a seeded sample of the whole split, so news
+    and reviews appear in the corpus's proportions (the split lists all news first)."""
     corpus = load_corpus("all")
     rng = random.Random(seed)
     frequencies = character_frequencies(corpus["train"]["text"], character_vocabulary(tokenizer))
-    sentences = [s for s in corpus["validation"]["text"] if 8 <= len(s) <= 64][:count]
+    eligible = [s for s in corpus["validation"]["text"] if 8 <= len(s) <= 64]
+    sentences = rng.sample(eligible, min(count, len(eligible)))
     noise = TypoNoise(clean_fraction=0.5)
     return [typo_noise(s, rng, frequencies, noise) for s in sentences], sentences
 
