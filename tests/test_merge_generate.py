@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from genlab.generation_refinement import RefinementState, changed_less_than, levenshtein
+from genlab.generation_refinement import RefinementState, bag_distance, changed_less_than, levenshtein
 from test_merge_model import BOS, MASK, PAD, tiny_model
 
 ROWS = [[BOS, 10, 11, 12, 13, 14, 15, 16, 17], [BOS, 20, 21, 22], [BOS, 30, 31, 32, 33, 34]]
@@ -298,4 +298,13 @@ def test_batched_levenshtein_matches_dynamic_programming():
     b_len = torch.tensor([len(p[1]) for p in pairs])
     expected = torch.tensor([python_levenshtein(x, y) for x, y in pairs])
     assert torch.equal(levenshtein(a, a_len, b, b_len), expected)
-    assert torch.equal(changed_less_than(a, a_len, b, b_len, 2), expected < 2)
+    for threshold in range(5):
+        assert torch.equal(changed_less_than(a, a_len, b, b_len, threshold), expected < threshold), threshold
+    assert bool((bag_distance(a, a_len, b, b_len) <= expected).all())  # a lower bound, so no row is misjudged
+
+
+def test_bag_distance_on_hand_made_rows():
+    a_rows = [[1, 2, 3, 3], [1, 2, 3], [1, 2]]
+    b_rows = [[3, 3, 2, 1], [1, 2, 3, 4], [3, 4]]  # a permutation; one insertion; two substitutions
+    a_len, b_len = (torch.tensor([len(r) for r in rows]) for rows in (a_rows, b_rows))
+    assert bag_distance(right_padded(a_rows, 4), a_len, right_padded(b_rows, 4), b_len).tolist() == [0, 1, 2]

@@ -75,15 +75,27 @@ def levenshtein(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: to
     return result
 
 
+def bag_distance(a, a_len, b, b_len) -> torch.Tensor:
+    """(B,) the larger count, over the two sides, of tokens the other side's multiset cannot match: a lower bound
+    of Levenshtein (an edit removes at most one unmatched token from each side)."""
+    vocab = int(max(a.max(), b.max())) + 1
+
+    def histogram(x, x_len):  # (B, vocab) token counts within each row's length
+        inside = torch.arange(x.shape[1], device=x.device) < x_len[:, None]
+        return x.new_zeros(x.shape[0], vocab).scatter_add(1, x.clamp(min=0), inside.long())
+
+    diff = histogram(a, a_len) - histogram(b, b_len)
+    return torch.maximum(diff.clamp(min=0).sum(-1), (-diff).clamp(min=0).sum(-1))
+
+
 def changed_less_than(a, a_len, b, b_len, threshold: int) -> torch.Tensor:
     """(B,) bool: Levenshtein(a, b) < threshold, running the DP only for rows the cheap bounds leave open."""
     width = max(a.shape[1], b.shape[1])
     a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1]), value=-1) for x in (a, b))
-    lower = (a_len - b_len).abs()  # lev ≥ |len difference|
     same = a_len == b_len
     hamming = (a != b).sum(-1)  # lev ≤ hamming when the lengths agree (padding compares equal)
     decided_yes = same & (hamming < threshold)
-    open_rows = ~decided_yes & (lower < threshold)
+    open_rows = ~decided_yes & (bag_distance(a, a_len, b, b_len) < threshold)  # ≥ |len difference| too
     if not bool(open_rows.any()):
         return decided_yes
     return decided_yes | (open_rows & (levenshtein(a, a_len, b, b_len) < threshold))
@@ -220,16 +232,16 @@ class MergeGenerationMixin(GenerationMixin):
                        prev_hidden=state.prev_hidden, round_index=round_index, edit=edit,
                        num_deletions=settings.num_deletions, wrong_prob=wrong_prob, min_length=min_length,
                        max_length=max_length)
-        logits = out.logits.float()
-        logits[..., self._never_filled] = torch.finfo(logits.dtype).min
-        masks = out.mask_positions
+        masks = out.mask_positions  # (B, N)
+        logits = out.logits[masks].float()  # (K, V): only the masks are filled
+        logits[:, self._never_filled] = torch.finfo(logits.dtype).min
         if fill_candidates is not None:
             allowed = substitution_candidates(state.ids, state.valid, out.deletions, masks, fill_candidates)
-            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-        prob, best = torch.softmax(logits, dim=-1).max(-1)  # (B, N)
-        filled = torch.where(masks, best, out.fused_ids)
-        token_prob = torch.where(masks, prob, torch.ones_like(prob))
-        confidence = torch.where(masks.any(-1), (prob * masks).sum(-1) / masks.sum(-1).clamp(min=1), 1.0)  # B4
+            logits = logits.masked_fill(~allowed[masks], torch.finfo(logits.dtype).min)
+        prob, best = torch.softmax(logits, dim=-1).max(-1)  # (K,)
+        filled = out.fused_ids.masked_scatter(masks, best)
+        token_prob = torch.ones(masks.shape, device=prob.device).masked_scatter(masks, prob)  # (B, N), 1 off the masks
+        confidence = torch.where(masks.any(-1), (token_prob * masks).sum(-1) / masks.sum(-1).clamp(min=1), 1.0)  # B4
         return out, filled, token_prob, confidence
 
     def _fill_detector(self, state: RefinementState, fill_candidates: torch.Tensor | None) -> torch.Tensor:

@@ -66,7 +66,7 @@ class MergeRoundOutput(ModelOutput):
     insert_counts: torch.FloatTensor | None = None  # (B, G) masks per gap, G indexed by skeleton token (ST)
     gap_probs: torch.FloatTensor | None = None  # (B, G) z_g
     gap_logits: torch.FloatTensor | None = None  # (B, G, max_insert_count + 1) masks per gap (gap_count inserter)
-    count_logits: torch.FloatTensor | None = None  # (B, max_insert_count + 1)
+    count_logits: torch.FloatTensor | None = None  # (B, max_insert_count + 1); None when a round inserts nothing
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -469,30 +469,19 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
         skeleton_ids = input_ids.gather(1, order).masked_fill(~skeleton_valid, c.pad_token_id)
         skeleton_embeds = soft_embeds.gather(1, order[..., None].expand_as(soft_embeds))
         skeleton_pos = (valid.long().cumsum(-1) - 1).gather(1, order)  # pos_orig in X_l
-        skeleton_len = skeleton_valid.sum(-1)
         gap_of = (keep.long().cumsum(-1) - 1).clamp(min=0)  # (B, L) skeleton rank of the kept token on the left
         deleted_after = torch.zeros_like(gap_of).scatter_add(1, gap_of, (valid & ~keep).long())  # (B, S)
 
         inserter_pos = skeleton_pos if c.positions == "relative" else (skeleton_valid.cumsum(-1) - 1).clamp(min=0)
-        gap_logits, count_logits = self.inserter(skeleton_embeds, skeleton_valid, inserter_pos * skeleton_valid,
-                                                 deleted_after)
-        if c.inserter == "gap_count":
-            if insert_labels is not None:
-                counts = insert_labels.gather(1, order).masked_fill(~skeleton_valid, 0).float()
-            elif num_insertions is not None:
-                total = num_insertions.to(skeleton_len.device).long()
-                counts = self.inserter.gap_counts(gap_logits, skeleton_valid, total, total)
-            else:
-                counts = self.inserter.gap_counts(gap_logits, skeleton_valid,
-                                                  None if min_length is None else min_length - skeleton_len,
-                                                  None if max_length is None else max_length - skeleton_len)
-            gap_probs = None
+        if labels is None and num_insertions is not None and not bool(num_insertions.any()):
+            # nothing to insert (Mask-Predict re-masking, the MLM term): no gap encoder pass
+            counts = torch.zeros_like(skeleton_valid, dtype=torch.float)
+            gap_logits = count_logits = gap_probs = None
         else:
-            labels_len = (labels != -100).sum(-1) if labels is not None else None
-            total = self.inserter.num_insertions(c, count_logits, skeleton_len, labels_len, num_insertions,
-                                                 min_length, max_length)
-            counts = self.inserter.distribute(c, gap_logits, total, skeleton_valid)
-            gap_probs = torch.softmax(gap_logits.masked_fill(~skeleton_valid, torch.finfo(gap_logits.dtype).min), -1)
+            gap_logits, count_logits = self.inserter(skeleton_embeds, skeleton_valid,
+                                                     inserter_pos * skeleton_valid, deleted_after)
+            counts, gap_probs = self.insert_counts(gap_logits, count_logits, skeleton_valid, order, labels,
+                                                   insert_labels, num_insertions, min_length, max_length)
 
         fused_ids, fused_embeds, fused_valid, is_mask, positions = self.fuse(
             skeleton_ids, skeleton_embeds, skeleton_valid, skeleton_pos, counts)
@@ -513,9 +502,32 @@ class MergeForMaskedRefinement(MergeGenerationMixin, MergePreTrainedModel):
                                     gate_learned=gate_learned, skeleton_labels=counts.long(),
                                     skeleton_valid=skeleton_valid)
         elif labels is not None:
+            missing = ((labels != -100).sum(-1) - skeleton_valid.sum(-1)).clamp(0, c.max_insert_count)
             self.add_losses(output, labels, prev_logits=prev_logits, gate_learned=gate_learned, deletable=deletable,
-                            missing=(labels_len - skeleton_len).clamp(0, c.max_insert_count))
+                            missing=missing)
         return output
+
+    def insert_counts(self, gap_logits, count_logits, skeleton_valid, order, labels, insert_labels, num_insertions,
+                      min_length, max_length) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Masks per skeleton gap (B, S) float, and the ST inserters' gap distribution (B, S) (None for
+        ``gap_count``): the edit script's counts when given (aligned training), else a row total held to
+        ``num_insertions`` or to the length bounds."""
+        c = self.config
+        skeleton_len = skeleton_valid.sum(-1)
+        if c.inserter == "gap_count":
+            if insert_labels is not None:
+                return insert_labels.gather(1, order).masked_fill(~skeleton_valid, 0).float(), None
+            if num_insertions is not None:
+                total = num_insertions.to(skeleton_len.device).long()
+                return self.inserter.gap_counts(gap_logits, skeleton_valid, total, total), None
+            return self.inserter.gap_counts(gap_logits, skeleton_valid,
+                                            None if min_length is None else min_length - skeleton_len,
+                                            None if max_length is None else max_length - skeleton_len), None
+        labels_len = (labels != -100).sum(-1) if labels is not None else None
+        total = self.inserter.num_insertions(c, count_logits, skeleton_len, labels_len, num_insertions, min_length,
+                                             max_length)
+        counts = self.inserter.distribute(c, gap_logits, total, skeleton_valid)
+        return counts, torch.softmax(gap_logits.masked_fill(~skeleton_valid, torch.finfo(gap_logits.dtype).min), -1)
 
     # -- M6 -----------------------------------------------------------------------------------------------------
     @staticmethod
