@@ -431,8 +431,13 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     candidates = {"free": None, "confusion": confusion_candidates(tokenizer)}
     edit = dict(mode="edit", max_rounds=args.edit_rounds)
     settings = {f"{d}_{f}": dict(detector=d, fill_candidates=candidates[f], **edit) for d in DETECTORS for f in FILLS}
-    thresholds = {name: choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
-                                         **settings[name]) for name in SYSTEMS}
+    thresholds = {}
+    for name in SYSTEMS:
+        thresholds[name] = choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
+                                            **settings[name])
+        best = thresholds[name]["best"]
+        progress(f"validation {name}: threshold {thresholds[name]['threshold']:g}, correction F1 "
+                 f"{best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f}")
     headline = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS], args.max_fpr)["system"]
     baseline_validation = [{**csc_scores(drafts, sentences, per_character_correct(
         baseline, tokenizer, drafts, fill_candidates=candidates[f])), "fill": f} for f in FILLS]
@@ -455,6 +460,8 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     for name, correct in systems.items():
         outputs = correct(sources, rounds=used) if name == f"sighan15_{headline}" else correct(sources)
         figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, outputs).items()})
+        progress(f"SIGHAN-15 {name}: correction F1 {figures[f'{name}_correction_f1']:.3f}, clean FPR "
+                 f"{figures[f'{name}_clean_fpr']:.3f}")
     for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
         figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
@@ -469,6 +476,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
                                                          **{**settings[headline], "detector": "picker"}))
     merge.config.picker = "threshold"
     figures.update({f"ablation/picker_bottomk/{k}": v for k, v in bottomk.items()})
+    progress("diagnostics and the bottom-K ablation done; timing the correctors")
     figures.update(correction_speeds(systems, headline, baseline_fill, thresholds, sources[:64], args))
     choice = {"system": headline, "threshold": thresholds[headline]["threshold"], "baseline_fill": baseline_fill,
               "curves": {name: thresholds[name]["curve"] for name in SYSTEMS},
@@ -493,6 +501,10 @@ def correction_speeds(systems: dict, headline: str, baseline_fill: str, threshol
         figures["baseline_sentences_per_s_b1"] = sentences_per_s(systems[f"baseline_{baseline_fill}"], timed, 1,
                                                                  args.repeats)
     return figures
+
+
+def progress(message: str) -> None:
+    print(f"[bench merge {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class single_thread:
@@ -539,6 +551,7 @@ def run(args: MergeBenchConfig) -> dict:
     figures, choice = sighan_figures(merge, baseline, tokenizer, args)
     figures["correction_f1_over_baseline"] = figures["sighan15_correction_f1"] - figures["baseline_correction_f1"]
     test = [s for s in load_corpus("all")["test"]["text"] if 8 <= len(s) <= 64][: args.samples]
+    progress("timing and judging generation")
     with single_thread():
         figures.update(generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, test, args))
     figures.update({"train_steps": manifests["merge"]["steps"], "delete_threshold": choice["threshold"],
