@@ -36,7 +36,7 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
         assert figures[f"sighan15_{detector}_sentences_per_s_b32"] > 0
     assert figures["sighan15_diagnostic/substitution_pairs"] > 0  # where errors are lost: finding or filling
     for name in ("picker_auc", "fill_detector_auc", "fill_detector_confusion_auc", "oracle_fill_accuracy",
-                 "baseline_detection_auc", "baseline_oracle_fill_accuracy"):
+                 "confusion_coverage", "baseline_detection_auc", "baseline_oracle_fill_accuracy"):
         assert 0 <= figures[f"sighan15_diagnostic/{name}"] <= 1, name
     chosen = result["config"]["system"]
     assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]

@@ -260,9 +260,10 @@ def test_diagnostics_find_and_fill_the_planted_character(overfit):
     confusable[40, 12] = True
     found = diagnose_batch(model, model, ids, valid, gold, confusable, unk_id=1)
     assert found["wrong"].sum() == 1 and auc(found["merge_score"], found["wrong"]) == 1.0
-    assert found["merge_right"].tolist() == [True]
+    assert found["merge_right"].tolist() == [True] and found["covered"].tolist() == [True]
     kept = diagnose_batch(model, model, ids, valid, gold, torch.eye(64, dtype=torch.bool), unk_id=1)
     assert kept["merge_right"].tolist() == [False] and kept["baseline_right"].tolist() == [False]
+    assert kept["covered"].tolist() == [False]  # 12 is not among 40's candidates: no fill could reach it
 
 
 def test_untrained_model_does_not_already_repair(overfit):

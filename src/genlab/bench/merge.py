@@ -223,7 +223,8 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     whether MERGE's filler (a mask there from the true edit script, the Picker and Inserter bypassed) and the
     baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``; and the fill
     detector's P(wrong) (``fill_wrong_prob``), over every token (``fill_score``) and over the candidates
-    (``fill_confusion_score``)."""
+    (``fill_confusion_score``); per wrong token whether the gold token is among its candidates at all
+    (``covered``)."""
     scripts = [edit_labels(row[m].tolist(), want[m].tolist()) for row, want, m in zip(ids, gold, valid)]
     delete, insert = (torch.tensor([getattr(e, k) + [0] * (ids.shape[1] - len(e.delete)) for e in scripts])
                       for k in ("delete", "insert"))
@@ -242,7 +243,8 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     fill_free, fill_confusion = merge.fill_wrong_probs(ids, valid, (None, fill_candidates))
     return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
             "fill_score": fill_free[scored], "fill_confusion_score": fill_confusion[scored],
-            "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong]}
+            "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong],
+            "covered": fill_candidates[ids[wrong], gold[wrong]]}
 
 
 def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: list[str],
@@ -252,7 +254,8 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
     ``fill_detector_confusion_auc`` and ``baseline_detection_auc``, how well each detector ranks the wrong
     characters above the right ones (finding the errors); ``oracle_fill_accuracy`` and
     ``baseline_oracle_fill_accuracy``, the share of wrong characters each writes right when told where they
-    are (fixing them; confusion rule)."""
+    are (fixing them; confusion rule), and ``confusion_coverage``, the share whose right character is among the
+    wrong one's candidates at all (the most the confusion rule can fix)."""
     pairs = substitution_pairs(tokenizer, sources, targets)
     parts = []
     for chunk in batched(pairs, batch_size):
@@ -268,6 +271,7 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
             "fill_detector_auc": auc(whole["fill_score"], whole["wrong"]),
             "fill_detector_confusion_auc": auc(whole["fill_confusion_score"], whole["wrong"]),
             "oracle_fill_accuracy": float(whole["merge_right"].float().mean()),
+            "confusion_coverage": float(whole["covered"].float().mean()),
             "baseline_detection_auc": auc(whole["baseline_score"], whole["wrong"]),
             "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
 
