@@ -29,14 +29,15 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
     assert 0 <= figures["sighan15_correction_f1"] <= 1 and 0 <= figures["sighan15_clean_fpr"] <= 1
     assert figures["identity_correction_f1"] == 0 and figures["identity_clean_fpr"] == 0  # changes nothing
     assert figures["delete_threshold"] in (0.5, 0.9)
-    for detector in ("picker", "fill"):  # each detector × fill rule measured; the headline is validation's choice
-        for fill in ("free", "confusion"):
-            assert 0 <= figures[f"sighan15_{detector}_{fill}_correction_f1"] <= 1
-            assert 0 <= figures[f"baseline_{fill}_clean_fpr"] <= 1
+    for system in ("picker_free", "picker_confusion", "fill_free", "fill_confusion", "fill_lexicon"):
+        assert 0 <= figures[f"sighan15_{system}_correction_f1"] <= 1  # the headline is validation's choice
+    for fill in ("free", "confusion", "lexicon"):
+        assert 0 <= figures[f"baseline_{fill}_clean_fpr"] <= 1
+    for detector in ("picker", "fill"):
         assert figures[f"sighan15_{detector}_sentences_per_s_b32"] > 0
     assert figures["sighan15_diagnostic/substitution_pairs"] > 0  # where errors are lost: finding or filling
-    for name in ("picker_auc", "fill_detector_auc", "fill_detector_confusion_auc", "oracle_fill_accuracy",
-                 "confusion_coverage", "baseline_detection_auc", "baseline_oracle_fill_accuracy"):
+    for name in ("picker_auc", "fill_detector_auc", "fill_detector_confusion_auc", "fill_detector_lexicon_auc",
+                 "oracle_fill_accuracy", "oracle_fill_lexicon_accuracy", "confusion_coverage", "baseline_detection_auc", "baseline_oracle_fill_accuracy"):
         assert 0 <= figures[f"sighan15_diagnostic/{name}"] <= 1, name
     chosen = result["config"]["system"]
     assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]

@@ -1,6 +1,7 @@
 """MERGE decoding (SPEC M8, issue 12): modes force the gate, auto mode consults it, each stop rule fires,
 confidence over filled masks only, Mask-Predict re-masking in gen mode, batch/padding invariance, bad input."""
 
+import math
 import random
 
 import pytest
@@ -174,6 +175,17 @@ def test_fill_detector_renormalises_over_the_candidates(model):
     assert wrong.count_nonzero() == 1
     free, restricted = model.fill_wrong_probs(ids, ids.ne(PAD), (None, table))  # one pass, both rules
     assert torch.equal(restricted, wrong) and torch.equal(free, model.fill_wrong_prob(ids, ids.ne(PAD)))
+    tripled = model.fill_wrong_prob(ids, ids.ne(PAD), table, fill_processor=adding_to(40, math.log(3)))
+    assert tripled[0, 2].item() == pytest.approx((3 * p[40] / (p[11] + 3 * p[40])).item(), rel=1e-4)
+
+
+def adding_to(token: int, value: float):
+    """A FillProcessor that adds ``value`` to ``token``'s logit (a prior weight e^value)."""
+    def processor(input_ids, positions, scores):
+        scores = scores.clone()
+        scores[:, token] += value
+        return scores
+    return processor
 
 
 def test_fill_detector_deletes_the_likeliest_wrong_token_above_the_threshold(model):

@@ -2,6 +2,7 @@
 fill targets, gradients into every head, and a tiny model that overfits a few (draft, target) pairs repairs
 them exactly, leaves a clean sentence alone and ranks the planted wrong character first."""
 
+import math
 import random
 from collections import Counter
 
@@ -13,7 +14,8 @@ from genlab.bench.merge import (auc, csc_scores, diagnose_batch, fill_detector_s
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
-from genlab.spelling import TypoNoise, character_frequencies, confusion_sets, sighan15, substitute, typo_noise
+from genlab.spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_sets, sighan15,
+                             substitute, typo_noise)
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
@@ -220,6 +222,31 @@ def test_confusion_candidates_keep_the_repair_or_forbid_it(overfit):
     assert repaired[0].tolist() == TRAIN[0][1]
     kept = model.generate(batch["input_ids"][:1], fill_candidates=itself, **kwargs)
     assert kept[0].tolist() == TRAIN[0][0]
+    overruled = model.generate(batch["input_ids"][:1], fill_candidates=confusable, fill_processor=ruling_out(12),
+                               **kwargs)  # the processor's scores decide the fill: 12 is out, 40 is what is left
+    assert overruled[0].tolist() == TRAIN[0][0]
+
+
+def ruling_out(token: int):
+    """A FillProcessor that forbids ``token``."""
+    return lambda input_ids, positions, scores: scores.index_fill(-1, torch.tensor([token]),
+                                                                  torch.finfo(scores.dtype).min)
+
+
+def test_lexicon_prior_rewards_the_candidate_that_forms_a_word():
+    """今天天汽很好 with 汽 being filled, candidates 气 / 汽 / 器: only 气 forms words with its neighbours (天气 100,
+    天气很好 1000: the most frequent counts), so only it gains 0.5 · log(1001); 汽车 needs a 车 that is not
+    there; tokens ruled out before stay ruled out."""
+    tokenizer = default_tokenizer()
+    processor = LexiconFillProcessor(tokenizer, weight=0.5, words={"天气": 100, "天气很好": 1000, "汽车": 50})
+    ids = torch.tensor([tokenizer("今天天汽很好")["input_ids"]])  # <s> 今 天 天 汽 很 好
+    vocab, lowest = tokenizer.get_vocab(), torch.finfo(torch.float).min
+    scores = torch.full((1, len(tokenizer)), lowest)
+    scores[0, [vocab[c] for c in "气汽器"]] = torch.tensor([1.0, 2.0, 3.0])
+    out = processor(ids, torch.tensor([4]), scores)
+    assert out[0, [vocab[c] for c in "气汽器"]].tolist() == pytest.approx([1.0 + 0.5 * math.log(1001), 2.0, 3.0])
+    assert (out == lowest).sum() == len(tokenizer) - 3
+    assert processor.bonus("", "车", "汽") == pytest.approx(math.log(51)) and processor.bonus("", "", "汽") == 0
 
 
 def test_substitution_candidates_on_a_hand_made_round():
@@ -258,10 +285,12 @@ def test_diagnostics_find_and_fill_the_planted_character(overfit):
     valid = ids != PAD
     confusable = torch.eye(64, dtype=torch.bool)
     confusable[40, 12] = True
-    found = diagnose_batch(model, model, ids, valid, gold, confusable, unk_id=1)
+    found = diagnose_batch(model, model, ids, valid, gold, confusable, unk_id=1, fill_processor=ruling_out(12))
     assert found["wrong"].sum() == 1 and auc(found["merge_score"], found["wrong"]) == 1.0
     assert found["merge_right"].tolist() == [True] and found["covered"].tolist() == [True]
-    kept = diagnose_batch(model, model, ids, valid, gold, torch.eye(64, dtype=torch.bool), unk_id=1)
+    assert found["merge_lexicon_right"].tolist() == [False]  # the processor's fill: 12 ruled out
+    kept = diagnose_batch(model, model, ids, valid, gold, torch.eye(64, dtype=torch.bool), unk_id=1,
+                          fill_processor=ruling_out(50))
     assert kept["merge_right"].tolist() == [False] and kept["baseline_right"].tolist() == [False]
     assert kept["covered"].tolist() == [False]  # 12 is not among 40's candidates: no fill could reach it
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from transformers import GenerationConfig, GenerationMixin
@@ -27,6 +28,15 @@ from transformers.utils import ModelOutput
 
 MODES = ("edit", "gen", "auto")
 DETECTORS = ("picker", "fill")
+
+
+class FillProcessor(Protocol):
+    """What a ``LogitsProcessor`` is to one next token, for MERGE's fill: rescores the logits (K, V) of K tokens
+    being filled, the k-th at column ``positions[k]`` of row ``input_ids[k]`` (K, L) (which holds ``[MASK]``, or
+    the token itself for a per-character corrector); returns the new (K, V). Tokens at ``finfo.min`` are ruled
+    out (``fill_candidates``) and should stay so."""
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor) -> torch.Tensor: ...
 
 
 def default_refinement_config(config) -> GenerationConfig:
@@ -213,10 +223,10 @@ class MergeGenerationMixin(GenerationMixin):
         return min_length, max_length
 
     def refine_round(self, state: RefinementState, round_index: int, settings, min_length, max_length,
-                     fill_candidates: torch.Tensor | None = None):
+                     fill_candidates: torch.Tensor | None = None, fill_processor: FillProcessor | None = None):
         """One M8 round on every row: (round output, filled ids (B, N), per-token fill probability (B, N),
         mean confidence of the filled masks (B,); 1 where a row filled none). ``fill_candidates``: see
-        ``substitution_candidates``."""
+        ``substitution_candidates``; ``fill_processor``: see ``generate``."""
         batch = state.done.shape[0]
         if settings.mode == "gen" and round_index > 0:  # Mask-Predict: same length, re-mask the least confident
             none = torch.zeros(batch, device=state.ids.device)
@@ -227,7 +237,7 @@ class MergeGenerationMixin(GenerationMixin):
             edit = None if forced is None else torch.full((batch,), forced, device=state.ids.device)
             wrong_prob = None
             if settings.detector == "fill" and settings.mode != "gen":
-                wrong_prob = self._fill_detector(state, fill_candidates)
+                wrong_prob = self._fill_detector(state, fill_candidates, fill_processor)
             out = self(input_ids=state.ids, attention_mask=state.valid, prev_logits=state.prev_logits,
                        prev_hidden=state.prev_hidden, round_index=round_index, edit=edit,
                        num_deletions=settings.num_deletions, wrong_prob=wrong_prob, min_length=min_length,
@@ -238,36 +248,43 @@ class MergeGenerationMixin(GenerationMixin):
         if fill_candidates is not None:
             allowed = substitution_candidates(state.ids, state.valid, out.deletions, masks, fill_candidates)
             logits = logits.masked_fill(~allowed[masks], torch.finfo(logits.dtype).min)
+        if fill_processor is not None:
+            rows, cols = masks.nonzero(as_tuple=True)  # (K,) each mask's row and column, the order of `logits`
+            logits = fill_processor(out.fused_ids[rows], cols, logits)
         prob, best = torch.softmax(logits, dim=-1).max(-1)  # (K,)
         filled = out.fused_ids.masked_scatter(masks, best)
         token_prob = torch.ones(masks.shape, device=prob.device).masked_scatter(masks, prob)  # (B, N), 1 off the masks
         confidence = torch.where(masks.any(-1), (token_prob * masks).sum(-1) / masks.sum(-1).clamp(min=1), 1.0)  # B4
         return out, filled, token_prob, confidence
 
-    def _fill_detector(self, state: RefinementState, fill_candidates: torch.Tensor | None) -> torch.Tensor:
+    def _fill_detector(self, state: RefinementState, fill_candidates: torch.Tensor | None,
+                       fill_processor: FillProcessor | None) -> torch.Tensor:
         """(B, L) ``fill_wrong_prob`` of the rows still refining, kept only at each row's highest: one token per
         round, since a wrong token also makes its neighbours look wrong (the next round scores them again)."""
         active = ~state.done
         wrong = torch.zeros(state.ids.shape, device=state.ids.device)
         if bool(active.any()):
-            wrong[active] = self.fill_wrong_prob(state.ids[active], state.valid[active], fill_candidates)
+            wrong[active] = self.fill_wrong_prob(state.ids[active], state.valid[active], fill_candidates,
+                                                 fill_processor=fill_processor)
         return wrong * (wrong == wrong.amax(-1, keepdim=True))
 
     def fill_wrong_prob(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        fill_candidates: torch.Tensor | None = None, chunk_size: int = 512) -> torch.Tensor:
+                        fill_candidates: torch.Tensor | None = None, chunk_size: int = 512,
+                        fill_processor: FillProcessor | None = None) -> torch.Tensor:
         """(B, L) P(wrong) of every token by the filler alone, a masked-LM detector as Kenlm-CSC's is an n-gram
         one: token i is masked on its own, and P(wrong_i) = 1 − p̃(x_i | X without x_i), with p̃ the filler's
         distribution renormalised over the tokens that may stand at i (``fill_candidates[x_i]``, x_i included;
-        every fillable token without them). 0 on ``<s>`` and padding. One filler pass per scored token, run
-        ``chunk_size`` rows at a time; only the masked position is read out."""
-        return self.fill_wrong_probs(input_ids, attention_mask, (fill_candidates,), chunk_size)[0]
+        every fillable token without them), after ``fill_processor`` when given (see ``generate``). 0 on ``<s>``
+        and padding. One filler pass per scored token, run ``chunk_size`` rows at a time; only the masked
+        position is read out."""
+        return self.fill_wrong_probs(input_ids, attention_mask, (fill_candidates,), chunk_size, fill_processor)[0]
 
     @torch.no_grad()
     def fill_wrong_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         candidate_sets: tuple[torch.Tensor | None, ...], chunk_size: int = 512
-                         ) -> tuple[torch.Tensor, ...]:
+                         candidate_sets: tuple[torch.Tensor | None, ...], chunk_size: int = 512,
+                         fill_processor: FillProcessor | None = None) -> tuple[torch.Tensor, ...]:
         """``fill_wrong_prob`` under each of ``candidate_sets`` (``None``: every fillable token), from the same
-        filler passes."""
+        filler passes; ``fill_processor`` rescores each set's allowed tokens."""
         c = self.config
         valid = attention_mask.bool()
         row, col = (valid & (input_ids != c.bos_token_id)).nonzero(as_tuple=True)  # (K,) the scored tokens
@@ -289,6 +306,8 @@ class MergeGenerationMixin(GenerationMixin):
             for wrong, candidates in zip(wrongs, candidate_sets):
                 allowed = logits if candidates is None else logits.masked_fill(~candidates[token[part]],
                                                                                torch.finfo(logits.dtype).min)
+                if fill_processor is not None:
+                    allowed = fill_processor(probe[part], col[part], allowed)
                 kept = allowed.log_softmax(-1).gather(1, token[part, None]).squeeze(1).exp()
                 wrong[row[part], col[part]] = 1.0 - kept
         return wrongs
@@ -309,7 +328,8 @@ class MergeGenerationMixin(GenerationMixin):
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer=None,
-                 fill_candidates: torch.Tensor | None = None, **kwargs):
+                 fill_candidates: torch.Tensor | None = None, fill_processor: FillProcessor | None = None,
+                 **kwargs):
         """Refine ``input_ids`` (``<s>`` + text; ``None`` = unconditional) over at most ``max_rounds`` rounds (M8).
 
         Each round: Gate (or ``mode``) → delete (Picker) → insert counted masks → greedy fill (gen mode: Mask-Predict
@@ -323,6 +343,8 @@ class MergeGenerationMixin(GenerationMixin):
         ``fill_candidates`` (V, V) bool, row v = the tokens that may replace v (v itself included), e.g. a
         spelling confusion set: a mask that replaces a deleted token is filled only from that token's row
         (``substitution_candidates``); other masks are unconstrained.
+        ``fill_processor`` (a ``FillProcessor``, e.g. ``genlab.spelling.LexiconFillProcessor``) rescores the fill
+        logits of every mask after ``fill_candidates``, and, with ``detector="fill"``, those the detector reads.
         """
         settings = self._refinement_settings(generation_config, kwargs)
         state = self._initial_state(input_ids, attention_mask, settings)
@@ -337,7 +359,7 @@ class MergeGenerationMixin(GenerationMixin):
         confidence_stop = float("inf") if one_edit_per_round else settings.confidence_stop
         for round_index in range(settings.max_rounds):
             out, filled, token_prob, confidence = self.refine_round(state, round_index, settings, min_length,
-                                                                     max_length, fill_candidates)
+                                                                     max_length, fill_candidates, fill_processor)
             active = ~state.done
             old_len, new_len = state.valid.sum(-1), out.attention_mask.sum(-1)
             unchanged = changed_less_than(filled, new_len, state.ids, old_len, settings.levenshtein_stop)

@@ -44,7 +44,8 @@ from ..edits import changed_positions, edit_labels
 from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import TypoNoise, character_frequencies, confusion_candidates, sighan15, typo_noise
+from ..spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_candidates, sighan15,
+                        typo_noise)
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -52,8 +53,10 @@ from . import target, write_result
 from .ar import generate_tok_s
 
 NEW_TOKENS = 64
-FILLS = ("free", "confusion")  # a substituted character becomes any token, or one of its confusion set
-SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS)  # what finds × what fixes
+FILLS = ("free", "confusion", "lexicon")  # a substituted character becomes any token, or one of its confusion
+# set, or one of its confusion set rescored by the word-list prior (`LexiconFillProcessor`)
+SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes; the
+                if (detector, fill) != ("picker", "lexicon"))  # prior is for the fill detector, which reads it
 CSC_SCORES = ("correction_precision", "correction_recall", "correction_f1", "detection_precision",
               "detection_recall", "detection_f1", "clean_fpr")
 ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
@@ -86,6 +89,8 @@ class MergeBenchConfig:
         metadata={"help": "deletion thresholds tried on the validation split (from 0.99 to 0.9997 at most 0.4 "
                           "apart in logit, where the fill detector's FPR falls fastest)"})
     max_fpr: float = field(default=0.1, metadata={"help": "most validation clean-sentence FPR a threshold may have"})
+    lexicon_weight: float = field(default=0.5, metadata={"help": "weight of the word-list prior of the 'lexicon' "
+                                                                 "fill rule (LexiconFillProcessor)"})
     edit_rounds: int = field(default=3, metadata={"help": "max_rounds of edit and auto mode"})
     gen_rounds: int = field(default=4, metadata={"help": "max_rounds of gen mode (Mask-Predict iterations)"})
     samples: int = field(default=32, metadata={"help": "samples per model for judge perplexity and distinct-2"})
@@ -179,9 +184,10 @@ def fill_detector_sweep(model, tokenizer, texts: list[str], grid: list[float], b
 
 @torch.no_grad()
 def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 32,
-                          fill_candidates: torch.Tensor | None = None) -> list[str]:
+                          fill_candidates: torch.Tensor | None = None, fill_processor=None) -> list[str]:
     """The baseline: one round that deletes and inserts nothing; every character becomes the filler's argmax
-    (among its ``fill_candidates`` row when given: the character itself or a confusable one)."""
+    (among its ``fill_candidates`` row when given: the character itself or a confusable one; rescored by
+    ``fill_processor`` when given, as in MERGE's ``generate``)."""
     outputs, special = [], torch.tensor(model._never_filled + [tokenizer.unk_token_id])
     for chunk in batched(texts, batch_size):
         batch = padded(tokenizer, chunk)
@@ -190,6 +196,9 @@ def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 
         logits = out.logits.float().index_fill(-1, special, float("-inf"))
         if fill_candidates is not None:
             logits = logits.masked_fill(~fill_candidates[batch["input_ids"]], float("-inf"))
+        if fill_processor is not None:
+            rows, cols = batch["attention_mask"].nonzero(as_tuple=True)
+            logits[rows, cols] = fill_processor(batch["input_ids"][rows], cols, logits[rows, cols])
         best = logits.argmax(-1)
         keep = torch.isin(batch["input_ids"], special)  # <s>, padding and <unk> stay as they are
         predicted = torch.where(keep, batch["input_ids"], best)
@@ -218,14 +227,14 @@ def substitution_pairs(tokenizer, sources: list[str], targets: list[str]) -> lis
 
 @torch.no_grad()
 def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold: torch.Tensor,
-                   fill_candidates: torch.Tensor, unk_id: int) -> dict[str, torch.Tensor]:
+                   fill_candidates: torch.Tensor, unk_id: int, fill_processor) -> dict[str, torch.Tensor]:
     """One batch of same-length (draft, gold) rows (B, L), right-padded: per scored draft token whether it is
     wrong and the two detectors' scores (MERGE's P(wrong), the baseline's 1 − p(token | row)); per wrong token
     whether MERGE's filler (a mask there from the true edit script, the Picker and Inserter bypassed) and the
     baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``; and the fill
     detector's P(wrong) (``fill_wrong_prob``), over every token (``fill_score``) and over the candidates
     (``fill_confusion_score``); per wrong token whether the gold token is among its candidates at all
-    (``covered``)."""
+    (``covered``); and MERGE's oracle fill and fill detector with ``fill_processor`` on top of the candidates."""
     scripts = [edit_labels(row[m].tolist(), want[m].tolist()) for row, want, m in zip(ids, gold, valid)]
     delete, insert = (torch.tensor([getattr(e, k) + [0] * (ids.shape[1] - len(e.delete)) for e in scripts])
                       for k in ("delete", "insert"))
@@ -233,8 +242,12 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     out = merge(ids, valid.long(), edit=torch.ones(len(ids)), delete_labels=delete, insert_labels=insert)
     logits = out.logits.float().index_fill(-1, never, float("-inf"))
     allowed = substitution_candidates(ids, valid, out.deletions, out.mask_positions, fill_candidates)
-    filled = logits.masked_fill(~allowed, float("-inf")).argmax(-1)  # (B, N) N ≥ L: the fused row is gold's
-    merge_right = (filled[:, : ids.shape[1]] == gold)[out.mask_positions[:, : ids.shape[1]]]
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    filled = logits.argmax(-1)  # (B, N) N ≥ L: the fused row is gold's
+    masks = out.mask_positions[:, : ids.shape[1]]
+    merge_right = (filled[:, : ids.shape[1]] == gold)[masks]
+    rows, cols = masks.nonzero(as_tuple=True)  # the order of merge_right
+    rescored = fill_processor(out.fused_ids[rows], cols, logits[rows, cols])
     none = torch.zeros(len(ids))
     base = baseline(ids, valid.long(), edit=none, num_insertions=none.long()).logits.float()  # (B, L, V)
     p_draft = base.softmax(-1).gather(-1, ids[..., None])[..., 0]
@@ -242,20 +255,22 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     wrong = (ids != gold) & valid
     scored = valid & (ids != merge.config.bos_token_id)  # every token but <s>
     fill_free, fill_confusion = merge.fill_wrong_probs(ids, valid, (None, fill_candidates))
+    fill_lexicon = merge.fill_wrong_prob(ids, valid, fill_candidates, fill_processor=fill_processor)
     return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
             "fill_score": fill_free[scored], "fill_confusion_score": fill_confusion[scored],
-            "merge_right": merge_right, "baseline_right": (base.argmax(-1) == gold)[wrong],
+            "fill_lexicon_score": fill_lexicon[scored], "merge_right": merge_right,
+            "merge_lexicon_right": rescored.argmax(-1) == gold[rows, cols], "baseline_right": (base.argmax(-1) == gold)[wrong],
             "covered": fill_candidates[ids[wrong], gold[wrong]]}
 
 
 def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: list[str],
-                      fill_candidates: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
+                      fill_candidates: torch.Tensor, fill_processor, batch_size: int = 32) -> dict[str, float]:
     """Threshold-free figures on the substitution pairs (:func:`substitution_pairs`) that separate the two
     ways a corrector fails (:func:`diagnose_batch`): ``picker_auc``, ``fill_detector_auc`` /
-    ``fill_detector_confusion_auc`` and ``baseline_detection_auc``, how well each detector ranks the wrong
+    ``fill_detector_confusion_auc`` / ``fill_detector_lexicon_auc`` and ``baseline_detection_auc``, how well each detector ranks the wrong
     characters above the right ones (finding the errors); ``oracle_fill_accuracy`` and
     ``baseline_oracle_fill_accuracy``, the share of wrong characters each writes right when told where they
-    are (fixing them; confusion rule), and ``confusion_coverage``, the share whose right character is among the
+    are (fixing them; confusion rule; ``oracle_fill_lexicon_accuracy`` with ``fill_processor`` too), and ``confusion_coverage``, the share whose right character is among the
     wrong one's candidates at all (the most the confusion rule can fix)."""
     pairs = substitution_pairs(tokenizer, sources, targets)
     parts = []
@@ -263,7 +278,7 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
         batch = padded(tokenizer, [s for s, _ in chunk])
         gold = padded(tokenizer, [t for _, t in chunk])["input_ids"]
         parts.append(diagnose_batch(merge, baseline, batch["input_ids"], batch["attention_mask"].bool(), gold,
-                                    fill_candidates, tokenizer.unk_token_id))
+                                    fill_candidates, tokenizer.unk_token_id, fill_processor))
     if not parts:
         return {"substitution_pairs": 0}
     whole = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -271,7 +286,9 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
             "picker_auc": auc(whole["merge_score"], whole["wrong"]),
             "fill_detector_auc": auc(whole["fill_score"], whole["wrong"]),
             "fill_detector_confusion_auc": auc(whole["fill_confusion_score"], whole["wrong"]),
+            "fill_detector_lexicon_auc": auc(whole["fill_lexicon_score"], whole["wrong"]),
             "oracle_fill_accuracy": float(whole["merge_right"].float().mean()),
+            "oracle_fill_lexicon_accuracy": float(whole["merge_lexicon_right"].float().mean()),
             "confusion_coverage": float(whole["covered"].float().mean()),
             "baseline_detection_auc": auc(whole["baseline_score"], whole["wrong"]),
             "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
@@ -425,6 +442,13 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
+def fill_rules(tokenizer, lexicon_weight: float) -> dict[str, dict]:
+    """Each of ``FILLS`` → its keywords for ``generate`` and :func:`per_character_correct`."""
+    confusion = confusion_candidates(tokenizer)
+    return {"free": {}, "confusion": {"fill_candidates": confusion},
+            "lexicon": {"fill_candidates": confusion, "fill_processor": LexiconFillProcessor(tokenizer, lexicon_weight)}}
+
+
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
     """SIGHAN-15 figures of MERGE in edit mode (each of ``SYSTEMS``: the Picker or the fill detector finds the
     errors, the free or the confusion rule fills them, each at its own validation threshold), in auto mode, the
@@ -433,9 +457,9 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences)
-    candidates = {"free": None, "confusion": confusion_candidates(tokenizer)}
+    rules = fill_rules(tokenizer, args.lexicon_weight)
     edit = dict(mode="edit", max_rounds=args.edit_rounds)
-    settings = {f"{d}_{f}": dict(detector=d, fill_candidates=candidates[f], **edit) for d in DETECTORS for f in FILLS}
+    settings = {name: dict(detector=name.split("_")[0], **rules[name.split("_")[1]], **edit) for name in SYSTEMS}
     thresholds = {}
     for name in SYSTEMS:
         thresholds[name] = choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
@@ -445,7 +469,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
                  f"{best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f}")
     headline = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS], args.max_fpr)["system"]
     baseline_validation = [{**csc_scores(drafts, sentences, per_character_correct(
-        baseline, tokenizer, drafts, fill_candidates=candidates[f])), "fill": f} for f in FILLS]
+        baseline, tokenizer, drafts, **rules[f])), "fill": f} for f in FILLS]
     baseline_fill = best_row(baseline_validation, args.max_fpr)["fill"]
 
     def merge_system(name: str, **mode):
@@ -457,8 +481,8 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     systems = {
         **{f"sighan15_{name}": merge_system(name) for name in SYSTEMS},
         "sighan15_auto": merge_system(headline, mode="auto"),
-        **{f"baseline_{f}": lambda texts, b=32, f=f: per_character_correct(baseline, tokenizer, texts, b,
-                                                                           candidates[f]) for f in FILLS},
+        **{f"baseline_{f}": lambda texts, b=32, f=f: per_character_correct(baseline, tokenizer, texts, b, **rules[f])
+           for f in FILLS},
         "identity": lambda texts, b=32: list(texts),
     }
     figures, used = {}, []  # used: the headline's rounds per SIGHAN sentence
@@ -470,7 +494,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
         figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
-        diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted, candidates["confusion"])
+        diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted, **rules["lexicon"])
         figures.update({f"{name}_diagnostic/{k}": v for k, v in diagnostics.items()})
     rounds = torch.tensor(used)
     for r in range(1, args.edit_rounds + 1):
@@ -530,12 +554,11 @@ def ablation_figures(tokenizer, args: MergeBenchConfig, system: str) -> dict:
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences // 2)
-    figures = {}
+    rules, figures = fill_rules(tokenizer, args.lexicon_weight), {}
     for name in ABLATIONS:
         model = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
         edit = dict(mode="edit", max_rounds=args.edit_rounds,  # the fill detector feeds the threshold rule
-                    detector=detector if model.config.picker == "threshold" else "picker",
-                    fill_candidates=confusion_candidates(tokenizer) if fill == "confusion" else None)
+                    detector=detector if model.config.picker == "threshold" else "picker", **rules[fill])
         if model.config.picker == "threshold":
             choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
         scores = csc_scores(sources, targets, merge_correct(model, tokenizer, sources, **edit))
