@@ -12,6 +12,7 @@ from genlab.app import build_app, load_models, views
 from genlab.app.settings import AppConfig
 from genlab.cli import main
 from genlab.configuration_planner import NUM_CONCEPT_SPECIALS
+from genlab.spelling import LexiconFillProcessor
 
 COMMON = ["--max-steps", "2", "--batch-size", "4", "--report-to", "none", "--save-steps", "2", "--logging-steps", "1"]
 
@@ -100,13 +101,18 @@ def test_a_missing_model_is_named_in_its_tab_and_the_others_load(tmp_path, run_d
 def test_the_merge_tab_repairs_with_the_threshold_and_fill_the_demo_chose(tmp_path, run_dir):
     shutil.copytree(run_dir / "merge", tmp_path / "merge")
     plain = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
-    assert plain[2] is None and plain[0].config.delete_threshold == 0.5  # no bench.json: as saved, free fill
+    assert plain[2] == {} and plain[0].config.delete_threshold == 0.5  # no bench.json: as saved, free fill
     (tmp_path / "merge" / "bench.json").write_text(json.dumps(
         {"figures": {"delete_threshold": 0.7}, "config": {"detector": "fill", "fill": "confusion"}}), encoding="utf-8")
-    model, tokenizer, candidates = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
+    model, tokenizer, fill = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
     assert model.config.delete_threshold == 0.7 and model.generation_config.detector == "fill"
-    assert candidates.dtype == torch.bool and candidates.shape == (len(tokenizer), len(tokenizer))
-    assert "deletion threshold 0.70, confusion-set fill" in views.merge_view(model, tokenizer, candidates, "天汽好")
+    assert fill["fill_candidates"].dtype == torch.bool and fill["fill_candidates"].shape == (len(tokenizer),) * 2
+    assert "deletion threshold 0.7, confusion-set fill" in views.merge_view(model, tokenizer, fill, "天汽好")
+    (tmp_path / "merge" / "bench.json").write_text(json.dumps(
+        {"figures": {"delete_threshold": 0.9975}, "config": {"detector": "fill", "fill": "lexicon"}}), encoding="utf-8")
+    model, tokenizer, fill = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
+    assert isinstance(fill["fill_processor"], LexiconFillProcessor)
+    assert "deletion threshold 0.9975, word-list + confusion-set fill" in views.merge_view(model, tokenizer, fill, "天汽好")
 
 
 def test_the_planner_tab_plans_as_the_demo_bench_did(tmp_path, run_dir):

@@ -9,13 +9,13 @@ from collections import Counter
 import pytest
 import torch
 
-from genlab.bench.merge import (auc, csc_scores, diagnose_batch, fill_detector_sweep, merge_correct, padded,
-                                validation_pairs)
+from genlab.bench.csc import auc, csc_scores
+from genlab.bench.merge import diagnose_batch, fill_detector_sweep, merge_correct, padded, validation_pairs
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
-from genlab.spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_sets, sighan15,
-                             substitute, typo_noise)
+from genlab.spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_sets, fill_rule,
+                             sighan15, substitute, typo_noise)
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
@@ -247,6 +247,8 @@ def test_lexicon_prior_rewards_the_candidate_that_forms_a_word():
     assert out[0, [vocab[c] for c in "气汽器"]].tolist() == pytest.approx([1.0 + 0.5 * math.log(1001), 2.0, 3.0])
     assert (out == lowest).sum() == len(tokenizer) - 3
     assert processor.bonus("", "车", "汽") == pytest.approx(math.log(51)) and processor.bonus("", "", "汽") == 0
+    with pytest.raises(ValueError, match="fill must be one of"):
+        fill_rule(tokenizer, "kenlm")
 
 
 def test_substitution_candidates_on_a_hand_made_round():

@@ -30,6 +30,7 @@ from .bench import render_comparison, update_readme, write_block
 from .bench.probe import ConceptProbeConfig, PlannerProbeConfig, run_concept, run_planner
 from .hub_cards import push_with_card, write_card
 from .runs import TRAINER_LOG, sound_manifest
+from .spelling import FILL_RULES
 from .trainers import ar, concept, edge, merge, planner
 from .trainers.common import COMMON_TRAINING_DEFAULTS, LR_SCHEDULERS, TrainingInterrupted, default_warmup_steps
 
@@ -119,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--rounds", type=int, default=None, help="at most this many rounds (default: the model's)")
     edit.add_argument("--detector", choices=("picker", "fill"), default="picker",
                       help="what finds the wrong characters: the Picker, or the filler with each token masked")
-    edit.add_argument("--fill", choices=("free", "confusion"), default="free",
-                      help="a wrong character becomes any character, or one of its confusion set")
+    edit.add_argument("--fill", choices=FILL_RULES, default="free",
+                      help="a wrong character becomes any character, or one of its confusion set (lexicon: rescored "
+                           "by a word-list prior)")
     edit.add_argument("--threshold", type=float, default=None,
                       help="deletion threshold on P(wrong) (default: the model's delete_threshold)")
     edit.set_defaults(handler=_edit)

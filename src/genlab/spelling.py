@@ -115,6 +115,23 @@ class LexiconFillProcessor:
         return scores + self.weight * bonus
 
 
+FILL_RULES = ("free", "confusion", "lexicon")
+
+
+def fill_rule(tokenizer, name: str, lexicon_weight: float = 0.5) -> dict:
+    """The ``generate`` keywords of a fill rule: ``free``, a wrong character's mask may become any token;
+    ``confusion``, only itself or a confusable one (``fill_candidates``: :func:`confusion_candidates`);
+    ``lexicon``, the same candidates rescored by :class:`LexiconFillProcessor`."""
+    if name not in FILL_RULES:
+        raise ValueError(f"fill must be one of {FILL_RULES}, got {name!r}")
+    if name == "free":
+        return {}
+    rule = {"fill_candidates": confusion_candidates(tokenizer)}
+    if name == "lexicon":
+        rule["fill_processor"] = LexiconFillProcessor(tokenizer, lexicon_weight)
+    return rule
+
+
 def sighan15() -> list[tuple[str, str]]:
     """SIGHAN-15 test pairs ``(erroneous, correct)`` as pycorrector ships them (never used for training or
     for choosing anything: thresholds come from the corpus's validation split)."""

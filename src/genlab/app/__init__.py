@@ -25,7 +25,7 @@ import gradio as gr
 from transformers import AutoTokenizer
 
 from ..bench.planner import measured_plan_options
-from ..spelling import confusion_candidates
+from ..spelling import fill_rule
 from . import views
 from .settings import EXAMPLES, MODELS, AppConfig
 
@@ -33,7 +33,7 @@ CSS = views.CSS
 
 
 def load_models(config: AppConfig) -> dict[str, tuple | str]:
-    """name → (model, tokenizer), plus MERGE's fill candidates and the planner's plan options, or the reason it is
+    """name → (model, tokenizer), plus MERGE's fill rule and the planner's plan options, or the reason it is
     not there."""
     loaded = {}
     for name, (_, auto_class) in MODELS.items():
@@ -55,14 +55,14 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
 
 def use_chosen_settings(model, tokenizer, where: str):
     """Give a MERGE run the detector, deletion threshold and fill rule the demo's bench chose on the validation
-    split (its ``bench.json``, issue 12) → the fill candidates to generate with (``None``: free fill). A Hub repo
+    split (its ``bench.json``, issue 12) → the fill rule's ``generate`` keywords (``{}``: free fill). A Hub repo
     or a run without the file keeps its saved settings and fills freely."""
     bench = demo_bench(where)
     if bench is None:
-        return None
+        return {}
     model.config.delete_threshold = bench["figures"]["delete_threshold"]
     model.generation_config.detector = bench["config"]["detector"]
-    return confusion_candidates(tokenizer) if bench["config"]["fill"] == "confusion" else None
+    return fill_rule(tokenizer, bench["config"]["fill"])
 
 
 def chosen_plan_options(where: str) -> dict:

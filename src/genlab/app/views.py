@@ -52,12 +52,13 @@ def diff_html(before: str, after: str) -> str:
 
 
 @torch.no_grad()
-def merge_view(model, tokenizer, fill_candidates, text: str, mode: str = "edit", max_rounds: int = 3) -> str:
+def merge_view(model, tokenizer, fill: dict, text: str, mode: str = "edit", max_rounds: int = 3) -> str:
     """MERGE on one text: each round nested under the input, its edits marked, with the Gate's choice, the
-    masks inserted and the fill confidence (M8); ``fill_candidates`` as in ``MergeForMaskedRefinement.generate``."""
+    masks inserted and the fill confidence (M8); ``fill``: a fill rule's ``generate`` keywords
+    (``genlab.spelling.fill_rule``)."""
     tokenizer.padding_side = "right"
     batch = tokenizer([text], return_tensors="pt", padding=True)
-    row = merge_trace(model, tokenizer, batch, mode=mode, max_rounds=max_rounds, fill_candidates=fill_candidates)[0]
+    row = merge_trace(model, tokenizer, batch, mode=mode, max_rounds=max_rounds, **fill)[0]
     items, previous = [], text
     for step in row["steps"]:
         gate = "edit" if step["gate"] >= 0.5 else "generate"
@@ -66,8 +67,9 @@ def merge_view(model, tokenizer, fill_candidates, text: str, mode: str = "edit",
                      f"<span class='merge-round'>{diff_html(previous, step['text'])}</span></li>")
         previous = step["text"]
     final = row["steps"][-1]["text"] if row["steps"] else text
-    rule = "confusion-set" if fill_candidates is not None else "free"
-    settings = f"deletion threshold {model.config.delete_threshold:.2f}, {rule} fill"
+    rule = ("word-list + confusion-set" if "fill_processor" in fill else "confusion-set" if "fill_candidates" in fill
+            else "free")
+    settings = f"deletion threshold {model.config.delete_threshold:g}, {rule} fill"
     return (f"<div class='genlab-out' id='merge-trace'><div class='meta'>input ({settings})</div>{_e(text)}"
             f"<ol>{''.join(items)}</ol><div class='meta'>output after {row['rounds']} round(s)</div>"
             f"<b id='merge-final'>{_e(final)}</b></div>")

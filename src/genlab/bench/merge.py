@@ -40,25 +40,23 @@ from transformers import AutoModelForCausalLM
 
 from ..clouds import load_cloud
 from ..data import load_corpus
-from ..edits import changed_positions, edit_labels
+from ..edits import edit_labels
 from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_candidates, sighan15,
-                        typo_noise)
+from ..spelling import FILL_RULES, TypoNoise, character_frequencies, fill_rule, sighan15, typo_noise
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
 from . import target, write_result
+from .csc import CSC_SCORES, auc, csc_scores
 from .ar import generate_tok_s
 
 NEW_TOKENS = 64
-FILLS = ("free", "confusion", "lexicon")  # a substituted character becomes any token, or one of its confusion
-# set, or one of its confusion set rescored by the word-list prior (`LexiconFillProcessor`)
+FILLS = FILL_RULES  # a substituted character becomes any token, or one of its confusion set, or one of its
+# confusion set rescored by the word-list prior (`genlab.spelling.fill_rule`)
 SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes; the
                 if (detector, fill) != ("picker", "lexicon"))  # prior is for the fill detector, which reads it
-CSC_SCORES = ("correction_precision", "correction_recall", "correction_f1", "detection_precision",
-              "detection_recall", "detection_f1", "clean_fpr")
 ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
     "reference": {},
     "straight_through": {"recipe": "straight_through", "picker": "bottomk", "inserter": "multinomial"},
@@ -209,15 +207,6 @@ def per_character_correct(model, tokenizer, texts: list[str], batch_size: int = 
 
 
 # -- where errors are lost: finding them, or filling them ---------------------------------------------------------
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    """Chance that a random positive scores above a random negative (ties count half); NaN without both."""
-    pos, neg = scores[positive], scores[~positive]
-    if not pos.numel() or not neg.numel():
-        return float("nan")
-    above = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()
-    return float(above)
-
-
 def substitution_pairs(tokenizer, sources: list[str], targets: list[str]) -> list[tuple[str, str]]:
     """The pairs that differ, by substitutions only, with one token per character (the oracle script is then
     one deletion + one mask per wrong character)."""
@@ -292,38 +281,6 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
             "confusion_coverage": float(whole["covered"].float().mean()),
             "baseline_detection_auc": auc(whole["baseline_score"], whole["wrong"]),
             "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
-
-
-# -- scores ------------------------------------------------------------------------------------------------------
-def f1(precision: float, recall: float) -> float:
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -> dict[str, float]:
-    """Sentence-level CSC scores. ``correction_*``: pycorrector's (``eval_model_batch``): an erroneous sentence is
-    a TP when corrected exactly (else FN), a clean one a FP when changed (else TN). ``detection_*``: SIGHAN's
-    strict detection: a changed sentence is right when its changed positions are exactly the erroneous ones.
-    ``clean_fpr``: share of clean sentences changed."""
-    tp = fp = fn = detected = flagged = 0
-    positives = clean = 0
-    for source, gold, predicted in zip(sources, targets, predictions):
-        erroneous = source != gold
-        positives += erroneous
-        clean += not erroneous
-        if erroneous:
-            tp += predicted == gold
-            fn += predicted != gold
-        else:
-            fp += predicted != source
-        if predicted != source:
-            flagged += 1
-            detected += erroneous and changed_positions(source, predicted) == changed_positions(source, gold)
-    precision = tp / (tp + fp) if tp else 0.0
-    recall = tp / (tp + fn) if tp else 0.0
-    det_precision = detected / flagged if flagged else 0.0
-    det_recall = detected / positives if positives else 0.0
-    return dict(zip(CSC_SCORES, (precision, recall, f1(precision, recall), det_precision, det_recall,
-                                 f1(det_precision, det_recall), fp / clean if clean else 0.0)))
 
 
 def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
@@ -444,9 +401,7 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 # -- the benchmark -----------------------------------------------------------------------------------------------
 def fill_rules(tokenizer, lexicon_weight: float) -> dict[str, dict]:
     """Each of ``FILLS`` → its keywords for ``generate`` and :func:`per_character_correct`."""
-    confusion = confusion_candidates(tokenizer)
-    return {"free": {}, "confusion": {"fill_candidates": confusion},
-            "lexicon": {"fill_candidates": confusion, "fill_processor": LexiconFillProcessor(tokenizer, lexicon_weight)}}
+    return {name: fill_rule(tokenizer, name, lexicon_weight) for name in FILLS}
 
 
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:

@@ -18,7 +18,7 @@ from ..data import load_corpus
 from ..modeling_merge import MergeForMaskedRefinement
 from ..modeling_planner import PlannerExecutorModel
 from ..runs import is_complete, read_manifest
-from ..spelling import confusion_candidates, sighan15
+from ..spelling import fill_rule, sighan15
 from ..tokenization import load_tokenizer
 from ..trainers import ar, concept, edge, merge, planner, planner_baseline
 from ..trainers.common import default_training_arguments
@@ -94,13 +94,12 @@ def merge_examples(run_dir, shown: int, threshold: float, fill: str, detector: s
     model.config.delete_threshold = threshold
     model.generation_config.detector = detector
     tokenizer = load_tokenizer(run_dir)
-    candidates = confusion_candidates(tokenizer) if fill == "confusion" else None
     pairs = [(source, target) for source, target in sighan15() if source != target][:shown]
     drafts = bench_merge.padded(tokenizer, [source for source, _ in pairs])
     tokenizer.padding_side = "right"
     prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
     return {"repairs": [{"target": target, "draft": source, **row} for (source, target), row in zip(
-                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3, fill_candidates=candidates))],
+                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3, **fill_rule(tokenizer, fill)))],
             "generations": [{"prompt": p, **row} for p, row in zip(
                 PROMPTS[:shown], merge_trace(model, tokenizer, prompts, mode="gen", max_new_tokens=24))]}
 

@@ -36,7 +36,7 @@ from ..generation_refinement import fit_width
 from ..modeling_merge import MergeForMaskedRefinement
 from ..presets import AR_PRESETS
 from ..runs import RunDir, export_model_run, prepare_run_dir, read_manifest
-from ..spelling import TypoNoise, confusion_candidates
+from ..spelling import TypoNoise, fill_rule
 from ..tokenization import load_tokenizer, resolve_tokenizer
 from .callbacks import TimeBudgetCallback, WindowedMetrics
 from .common import (TrainConfig, announce, check_choice, check_positive, default_training_arguments,
@@ -425,17 +425,16 @@ def generate_texts(run_dir: str, prompts: list[str], max_new_tokens: int, greedy
 def edit_texts(run_dir: str, texts: list[str], rounds: int | None = None, detector: str = "picker",
                fill: str = "free", threshold: float | None = None) -> list[str]:
     """`genlab edit --model RUN_DIR TEXT…`: edit mode; one repaired text per input. ``detector``: what finds the
-    wrong characters (``generate(detector=…)``); ``fill``: ``free``, or ``confusion`` (a wrong character becomes
-    itself or one of its confusion set, ``genlab.spelling.confusion_candidates``); ``threshold``: the deletion
+    wrong characters (``generate(detector=…)``); ``fill``: ``free``, ``confusion`` (a wrong character becomes
+    itself or one of its confusion set) or ``lexicon`` (the same, with a word-list prior; ``genlab.spelling.fill_rule``);
+    ``threshold``: the deletion
     threshold (default: the model's ``delete_threshold``), e.g. the one `genlab bench merge` chose."""
     model, tokenizer = _load(run_dir)
     if threshold is not None:
         if not 0 <= threshold <= 1:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
         model.config.delete_threshold = threshold
-    kwargs = {"detector": detector}
+    kwargs = {"detector": detector, **fill_rule(tokenizer, fill)}
     if rounds is not None:
         kwargs["max_rounds"] = rounds
-    if fill == "confusion":
-        kwargs["fill_candidates"] = confusion_candidates(tokenizer)
     return refine_texts(model, tokenizer, texts, mode="edit", **kwargs)

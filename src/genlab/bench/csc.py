@@ -1,0 +1,51 @@
+"""Scores of Chinese spelling correction (issue 12): SIGHAN's sentence-level correction / detection precision,
+recall and F1 as pycorrector computes them, and the AUC of a per-character error detector."""
+
+from __future__ import annotations
+
+import torch
+
+from ..edits import changed_positions
+
+CSC_SCORES = ("correction_precision", "correction_recall", "correction_f1", "detection_precision",
+              "detection_recall", "detection_f1", "clean_fpr")
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Chance that a random positive scores above a random negative (ties count half); NaN without both."""
+    pos, neg = scores[positive], scores[~positive]
+    if not pos.numel() or not neg.numel():
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()
+    return float(above)
+
+
+def f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -> dict[str, float]:
+    """Sentence-level CSC scores. ``correction_*``: pycorrector's (``eval_model_batch``): an erroneous sentence is
+    a TP when corrected exactly (else FN), a clean one a FP when changed (else TN). ``detection_*``: SIGHAN's
+    strict detection: a changed sentence is right when its changed positions are exactly the erroneous ones.
+    ``clean_fpr``: share of clean sentences changed."""
+    tp = fp = fn = detected = flagged = 0
+    positives = clean = 0
+    for source, gold, predicted in zip(sources, targets, predictions):
+        erroneous = source != gold
+        positives += erroneous
+        clean += not erroneous
+        if erroneous:
+            tp += predicted == gold
+            fn += predicted != gold
+        else:
+            fp += predicted != source
+        if predicted != source:
+            flagged += 1
+            detected += erroneous and changed_positions(source, predicted) == changed_positions(source, gold)
+    precision = tp / (tp + fp) if tp else 0.0
+    recall = tp / (tp + fn) if tp else 0.0
+    det_precision = detected / flagged if flagged else 0.0
+    det_recall = detected / positives if positives else 0.0
+    return dict(zip(CSC_SCORES, (precision, recall, f1(precision, recall), det_precision, det_recall,
+                                 f1(det_precision, det_recall), fp / clean if clean else 0.0)))
