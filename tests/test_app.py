@@ -112,7 +112,8 @@ def test_the_merge_tab_repairs_with_the_threshold_and_fill_the_demo_chose(tmp_pa
         {"figures": {"delete_threshold": 0.9975}, "config": {"detector": "fill", "fill": "lexicon"}}), encoding="utf-8")
     model, tokenizer, fill = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
     assert isinstance(fill["fill_processor"], LexiconFillProcessor)
-    assert "deletion threshold 0.9975, word-list + confusion-set fill" in views.merge_view(model, tokenizer, fill, "天汽好")
+    shown = views.merge_view(model, tokenizer, fill, "天汽好")
+    assert "deletion threshold 0.9975, word-list + confusion-set fill" in shown
 
 
 def test_the_planner_tab_plans_as_the_demo_bench_did(tmp_path, run_dir):

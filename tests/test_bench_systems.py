@@ -22,7 +22,7 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
     assert main(["bench", "merge", "--json", str(out), "--runs", str(tmp_path / "runs"), "--preset", "nano",
                  "--train-steps", "3", "--ar-steps", "4", "--judge", str(tmp_path / "runs" / "ar-nano"), "--skip-ablations",
                  "--validation-sentences", "8", "--sighan-sentences", "12",
-                 "--thresholds", "0.5,0.9", "--samples", "2", "--repeats", "1"]) == 0
+                 "--thresholds", "0.5,0.9", "--lexicon-weights", "0.5,2", "--samples", "2", "--repeats", "1"]) == 0
     result = read_figures(out)
     figures = result["figures"]
     assert figures["speedup_b1"] > 0 and 1 <= figures["mean_rounds"] <= 4
@@ -37,9 +37,15 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
         assert figures[f"sighan15_{detector}_sentences_per_s_b32"] > 0
     assert figures["sighan15_diagnostic/substitution_pairs"] > 0  # where errors are lost: finding or filling
     for name in ("picker_auc", "fill_detector_auc", "fill_detector_confusion_auc", "fill_detector_lexicon_auc",
-                 "oracle_fill_accuracy", "oracle_fill_lexicon_accuracy", "confusion_coverage", "baseline_detection_auc", "baseline_oracle_fill_accuracy"):
+                 "oracle_fill_accuracy", "oracle_fill_lexicon_accuracy", "confusion_coverage", "baseline_detection_auc",
+                 "baseline_oracle_fill_accuracy"):
         assert 0 <= figures[f"sighan15_diagnostic/{name}"] <= 1, name
     chosen = result["config"]["system"]
+    weights = result["config"]["lexicon_weights_validation"]["fill_lexicon"]  # each weight's best on validation
+    assert set(weights) == {"0.5", "2.0"} and result["config"]["lexicon_weight"] in ((0.5, 2.0) if chosen.endswith(
+        "lexicon") else (None,))
+    assert result["config"]["baseline_lexicon_weight"] in ((0.5, 2.0) if result["config"]["baseline_fill"] == "lexicon"
+                                                           else (None,))
     assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]
     assert figures["sighan15_sentences_per_s_b1"] == figures[f"sighan15_{chosen.split('_')[0]}_sentences_per_s_b1"]
     for name in ("merge", "baseline"):  # both fillers start from the AR trained first

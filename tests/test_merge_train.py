@@ -146,7 +146,7 @@ def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
     for fill in ("confusion", "lexicon"):
         assert main(["edit", "--model", str(run_dir), "--detector", "fill", "--fill", fill, "--threshold", "0.9",
-                     "今天天汽很好。"]) == 0
+                     "--lexicon-weight", "1", "今天天汽很好。"]) == 0
         assert len(capsys.readouterr().out.strip().splitlines()) == 1
     assert main(["edit", "--model", str(run_dir), "--threshold", "1.5", "今天"]) == 2
     assert "--threshold must be in [0, 1], got 1.5" in capsys.readouterr().err

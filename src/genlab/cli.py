@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--fill", choices=FILL_RULES, default="free",
                       help="a wrong character becomes any character, or one of its confusion set (lexicon: rescored "
                            "by a word-list prior)")
+    edit.add_argument("--lexicon-weight", type=float, default=None,
+                      help="weight of the word-list prior with --fill lexicon (default 0.5; `genlab bench merge` "
+                           "chooses one on validation)")
     edit.add_argument("--threshold", type=float, default=None,
                       help="deletion threshold on P(wrong) (default: the model's delete_threshold)")
     edit.set_defaults(handler=_edit)
@@ -233,7 +236,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _edit(args: argparse.Namespace) -> None:
     sound_manifest(args.model)
-    for text in merge.edit_texts(args.model, args.texts, args.rounds, args.detector, args.fill, args.threshold):
+    for text in merge.edit_texts(args.model, args.texts, args.rounds, args.detector, args.fill, args.threshold,
+                                 args.lexicon_weight):
         print(text)
 
 

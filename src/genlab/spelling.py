@@ -87,8 +87,7 @@ class LexiconFillProcessor:
     the most frequent word of 2 to ``max_chars`` characters that c forms with its neighbours in the row (0 when
     none). A typo rarely forms a word with its neighbours; the character it replaced usually does. Only the
     candidates above ``finfo.min`` are looked up, so it is meant with ``fill_candidates`` (a confusion set: tens
-    of candidates, not the vocabulary). ``weight`` 0.5 was chosen on the corpus's validation typos (fill-detector
-    AUC and oracle fill accuracy, ``genlab bench merge``'s diagnostics)."""
+    of candidates, not the vocabulary). ``genlab bench merge`` chooses ``weight`` on the corpus's validation typos."""
 
     def __init__(self, tokenizer, weight: float = 0.5, words: dict[str, int] | None = None, max_chars: int = 4):
         self.weight, self.max_chars = weight, max_chars
@@ -118,17 +117,18 @@ class LexiconFillProcessor:
 FILL_RULES = ("free", "confusion", "lexicon")
 
 
-def fill_rule(tokenizer, name: str, lexicon_weight: float = 0.5) -> dict:
+def fill_rule(tokenizer, name: str, lexicon_weight: float | None = None) -> dict:
     """The ``generate`` keywords of a fill rule: ``free``, a wrong character's mask may become any token;
     ``confusion``, only itself or a confusable one (``fill_candidates``: :func:`confusion_candidates`);
-    ``lexicon``, the same candidates rescored by :class:`LexiconFillProcessor`."""
+    ``lexicon``, the same candidates rescored by :class:`LexiconFillProcessor` (``lexicon_weight``; ``None``: its
+    default)."""
     if name not in FILL_RULES:
         raise ValueError(f"fill must be one of {FILL_RULES}, got {name!r}")
     if name == "free":
         return {}
     rule = {"fill_candidates": confusion_candidates(tokenizer)}
     if name == "lexicon":
-        rule["fill_processor"] = LexiconFillProcessor(tokenizer, lexicon_weight)
+        rule["fill_processor"] = LexiconFillProcessor(tokenizer, *([] if lexicon_weight is None else [lexicon_weight]))
     return rule
 
 

@@ -62,7 +62,7 @@ def use_chosen_settings(model, tokenizer, where: str):
         return {}
     model.config.delete_threshold = bench["figures"]["delete_threshold"]
     model.generation_config.detector = bench["config"]["detector"]
-    return fill_rule(tokenizer, bench["config"]["fill"])
+    return fill_rule(tokenizer, bench["config"]["fill"], bench["config"].get("lexicon_weight"))
 
 
 def chosen_plan_options(where: str) -> dict:

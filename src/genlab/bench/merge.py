@@ -83,12 +83,13 @@ class MergeBenchConfig:
         "help": "noised validation sentences (threshold); half are clean, so 1000 measure the FPR to about ±1.3 %"})
     thresholds: str = field(
         default="0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99,0.993,0.995,0.996,0.997,0.9975,0.998,0.9985,0.999,0.9993,"
-                "0.9995,0.9997,0.9999",
-        metadata={"help": "deletion thresholds tried on the validation split (from 0.99 to 0.9997 at most 0.4 "
-                          "apart in logit, where the fill detector's FPR falls fastest)"})
+                "0.9995,0.9997,0.9998,0.9999,0.99993,0.99995,0.99998,0.99999",
+        metadata={"help": "deletion thresholds tried on the validation split (from 0.99 up at most 0.9 apart in "
+                          "logit, where the fill detector's FPR falls fastest; the word-list prior sharpens it)"})
     max_fpr: float = field(default=0.1, metadata={"help": "most validation clean-sentence FPR a threshold may have"})
-    lexicon_weight: float = field(default=0.5, metadata={"help": "weight of the word-list prior of the 'lexicon' "
-                                                                 "fill rule (LexiconFillProcessor)"})
+    lexicon_weights: str = field(default="0.5,1,2", metadata={
+        "help": "weights of the 'lexicon' fill rule's word-list prior (LexiconFillProcessor) tried on the validation "
+                "split, with every threshold; the best is kept, for MERGE and the baseline each"})
     edit_rounds: int = field(default=3, metadata={"help": "max_rounds of edit and auto mode"})
     gen_rounds: int = field(default=4, metadata={"help": "max_rounds of gen mode (Mask-Predict iterations)"})
     samples: int = field(default=32, metadata={"help": "samples per model for judge perplexity and distinct-2"})
@@ -108,6 +109,9 @@ class MergeBenchConfig:
 
     def threshold_grid(self) -> list[float]:
         return [float(t) for t in self.thresholds.split(",")]
+
+    def lexicon_weight_grid(self) -> list[float]:
+        return [float(w) for w in self.lexicon_weights.split(",")]
 
 
 # -- correcting sentences --------------------------------------------------------------------------------------
@@ -248,19 +252,20 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     return {"wrong": wrong[scored], "merge_score": out.delete_prob[scored], "baseline_score": 1 - p_draft[scored],
             "fill_score": fill_free[scored], "fill_confusion_score": fill_confusion[scored],
             "fill_lexicon_score": fill_lexicon[scored], "merge_right": merge_right,
-            "merge_lexicon_right": rescored.argmax(-1) == gold[rows, cols], "baseline_right": (base.argmax(-1) == gold)[wrong],
-            "covered": fill_candidates[ids[wrong], gold[wrong]]}
+            "merge_lexicon_right": rescored.argmax(-1) == gold[rows, cols],
+            "baseline_right": (base.argmax(-1) == gold)[wrong], "covered": fill_candidates[ids[wrong], gold[wrong]]}
 
 
 def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: list[str],
                       fill_candidates: torch.Tensor, fill_processor, batch_size: int = 32) -> dict[str, float]:
     """Threshold-free figures on the substitution pairs (:func:`substitution_pairs`) that separate the two
     ways a corrector fails (:func:`diagnose_batch`): ``picker_auc``, ``fill_detector_auc`` /
-    ``fill_detector_confusion_auc`` / ``fill_detector_lexicon_auc`` and ``baseline_detection_auc``, how well each detector ranks the wrong
-    characters above the right ones (finding the errors); ``oracle_fill_accuracy`` and
-    ``baseline_oracle_fill_accuracy``, the share of wrong characters each writes right when told where they
-    are (fixing them; confusion rule; ``oracle_fill_lexicon_accuracy`` with ``fill_processor`` too), and ``confusion_coverage``, the share whose right character is among the
-    wrong one's candidates at all (the most the confusion rule can fix)."""
+    ``fill_detector_confusion_auc`` / ``fill_detector_lexicon_auc`` and ``baseline_detection_auc``, how well
+    each detector ranks the wrong characters above the right ones (finding the errors); ``oracle_fill_accuracy``
+    and ``baseline_oracle_fill_accuracy``, the share of wrong characters each writes right when told where they
+    are (fixing them; confusion rule; ``oracle_fill_lexicon_accuracy`` with ``fill_processor`` too), and
+    ``confusion_coverage``, the share whose right character is among the wrong one's candidates at all (the most
+    the confusion rule can fix)."""
     pairs = substitution_pairs(tokenizer, sources, targets)
     parts = []
     for chunk in batched(pairs, batch_size):
@@ -399,33 +404,46 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
-def fill_rules(tokenizer, lexicon_weight: float) -> dict[str, dict]:
-    """Each of ``FILLS`` → its keywords for ``generate`` and :func:`per_character_correct`."""
-    return {name: fill_rule(tokenizer, name, lexicon_weight) for name in FILLS}
+def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | None, dict]:
+    """The variants of a fill rule tried on validation → their keywords for ``generate`` and
+    :func:`per_character_correct`: one per lexicon weight for ``lexicon``, the rule alone (``None``) otherwise."""
+    if fill != "lexicon":
+        return {None: fill_rule(tokenizer, fill)}
+    return {w: fill_rule(tokenizer, fill, w) for w in weights}
 
 
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
     """SIGHAN-15 figures of MERGE in edit mode (each of ``SYSTEMS``: the Picker or the fill detector finds the
-    errors, the free or the confusion rule fills them, each at its own validation threshold), in auto mode, the
-    bottom-K ablation, the baseline and the identity; as headline the system that did best on the validation
-    split (never on SIGHAN). The choices made there are returned too."""
+    errors, a fill rule fixes them, each at its own validation threshold and lexicon weight), in auto mode, the
+    bottom-K ablation, the baseline (its fill rule and lexicon weight chosen likewise) and the identity; as headline
+    the system that did best on the validation split (never on SIGHAN). The choices made there are returned too."""
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences)
-    rules = fill_rules(tokenizer, args.lexicon_weight)
-    edit = dict(mode="edit", max_rounds=args.edit_rounds)
-    settings = {name: dict(detector=name.split("_")[0], **rules[name.split("_")[1]], **edit) for name in SYSTEMS}
-    thresholds = {}
+    edit, weights = dict(mode="edit", max_rounds=args.edit_rounds), args.lexicon_weight_grid()
+    thresholds, settings = {}, {}
     for name in SYSTEMS:
-        thresholds[name] = choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
-                                            **settings[name])
+        detector, fill = name.split("_")
+        variants = rule_variants(tokenizer, fill, weights)
+        tried = {w: choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
+                                     detector=detector, **rule, **edit) for w, rule in variants.items()}
+        weight = best_row([{**t["best"], "weight": w} for w, t in tried.items()], args.max_fpr)["weight"]
+        thresholds[name] = {**tried[weight], "lexicon_weight": weight,
+                            "by_weight": {str(w): t["best"] for w, t in tried.items() if w is not None}}
+        settings[name] = dict(detector=detector, **variants[weight], **edit)
         best = thresholds[name]["best"]
-        progress(f"validation {name}: threshold {thresholds[name]['threshold']:g}, correction F1 "
-                 f"{best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f}")
+        progress(f"validation {name}: threshold {thresholds[name]['threshold']:g}, lexicon weight {weight}, "
+                 f"correction F1 {best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f}")
     headline = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS], args.max_fpr)["system"]
-    baseline_validation = [{**csc_scores(drafts, sentences, per_character_correct(
-        baseline, tokenizer, drafts, **rules[f])), "fill": f} for f in FILLS]
-    baseline_fill = best_row(baseline_validation, args.max_fpr)["fill"]
+    baseline_validation, baseline_rules = [], {}
+    for fill in FILLS:
+        variants = rule_variants(tokenizer, fill, weights)
+        rows = [{**csc_scores(drafts, sentences, per_character_correct(baseline, tokenizer, drafts, **rule)),
+                 "fill": fill, "lexicon_weight": w} for w, rule in variants.items()]
+        baseline_rules[fill] = variants[best_row(rows, args.max_fpr)["lexicon_weight"]]
+        baseline_validation.extend(rows)
+    baseline_choice = best_row(baseline_validation, args.max_fpr)
+    baseline_fill = baseline_choice["fill"]
 
     def merge_system(name: str, **mode):
         def correct(texts, b=32, rounds=None):
@@ -436,8 +454,8 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     systems = {
         **{f"sighan15_{name}": merge_system(name) for name in SYSTEMS},
         "sighan15_auto": merge_system(headline, mode="auto"),
-        **{f"baseline_{f}": lambda texts, b=32, f=f: per_character_correct(baseline, tokenizer, texts, b, **rules[f])
-           for f in FILLS},
+        **{f"baseline_{f}": lambda texts, b=32, f=f: per_character_correct(baseline, tokenizer, texts, b,
+                                                                           **baseline_rules[f]) for f in FILLS},
         "identity": lambda texts, b=32: list(texts),
     }
     figures, used = {}, []  # used: the headline's rounds per SIGHAN sentence
@@ -449,7 +467,8 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
         figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
-        diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted, **rules["lexicon"])
+        diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted,
+                                        **{k: v for k, v in settings["fill_lexicon"].items() if k.startswith("fill_")})
         figures.update({f"{name}_diagnostic/{k}": v for k, v in diagnostics.items()})
     rounds = torch.tensor(used)
     for r in range(1, args.edit_rounds + 1):
@@ -463,7 +482,12 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     progress("diagnostics and the bottom-K ablation done; timing the correctors")
     figures.update(correction_speeds(systems, headline, baseline_fill, thresholds, sources[:64], args))
     choice = {"system": headline, "threshold": thresholds[headline]["threshold"], "baseline_fill": baseline_fill,
+              "lexicon_weight": thresholds[headline]["lexicon_weight"],
+              "baseline_lexicon_weight": baseline_choice["lexicon_weight"],
+              "rule": {k: v for k, v in settings[headline].items() if k.startswith("fill_")},
               "curves": {name: thresholds[name]["curve"] for name in SYSTEMS},
+              "lexicon_weights_validation": {name: thresholds[name]["by_weight"] for name in SYSTEMS
+                                             if thresholds[name]["by_weight"]},
               "baseline_validation": baseline_validation}
     return figures, choice
 
@@ -502,18 +526,18 @@ class single_thread:
         torch.set_num_threads(self.threads)
 
 
-def ablation_figures(tokenizer, args: MergeBenchConfig, system: str) -> dict:
+def ablation_figures(tokenizer, args: MergeBenchConfig, system: str, rule: dict) -> dict:
     """SIGHAN-15 correction F1 and clean FPR of each trained ablation at its validation-chosen threshold, with
-    the headline's detector and fill rule."""
-    detector, fill = system.split("_")
+    the headline's detector and fill rule (``rule``: its ``generate`` keywords)."""
+    detector = system.split("_")[0]
     pairs = sighan15()[: args.sighan_sentences or None]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     drafts, sentences = validation_pairs(tokenizer, args.validation_sentences // 2)
-    rules, figures = fill_rules(tokenizer, args.lexicon_weight), {}
+    figures = {}
     for name in ABLATIONS:
         model = MergeForMaskedRefinement.from_pretrained(args.run_dir(f"ablation-{name}")).eval()
         edit = dict(mode="edit", max_rounds=args.edit_rounds,  # the fill detector feeds the threshold rule
-                    detector=detector if model.config.picker == "threshold" else "picker", **rules[fill])
+                    detector=detector if model.config.picker == "threshold" else "picker", **rule)
         if model.config.picker == "threshold":
             choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
         scores = csc_scores(sources, targets, merge_correct(model, tokenizer, sources, **edit))
@@ -543,7 +567,7 @@ def run(args: MergeBenchConfig) -> dict:
                     "merge_parameters": manifests["merge"]["parameters"],
                     "ar_parameters": manifests["ar"]["parameters"]})
     if not args.skip_ablations:
-        figures.update(ablation_figures(tokenizer, args, choice["system"]))
+        figures.update(ablation_figures(tokenizer, args, choice["system"], choice["rule"]))
 
     result = write_result(
         args.json, "merge",
@@ -554,6 +578,9 @@ def run(args: MergeBenchConfig) -> dict:
                                   f"detector_fill system; the headline system the best of them on validation",
                 "system": choice["system"], "detector": choice["system"].split("_")[0],
                 "fill": choice["system"].split("_")[1], "baseline_fill": choice["baseline_fill"],
+                "lexicon_weight": choice["lexicon_weight"],
+                "baseline_lexicon_weight": choice["baseline_lexicon_weight"],
+                "lexicon_weights_validation": choice["lexicon_weights_validation"],
                 "threshold_curves": choice["curves"], "baseline_validation": choice["baseline_validation"], "edit_rounds": args.edit_rounds, "gen_rounds": args.gen_rounds,
                 "new_tokens": NEW_TOKENS, "samples": len(test), "repeats": args.repeats, "threads_timed": 1,
                 "sampling": "greedy (both models); prompts = first 2 characters of test sentences",

@@ -78,6 +78,7 @@ def stage_merge(demo: Demo) -> dict:
             repeats=s.repeats)
         bench = bench_merge.run(config)
         chosen = dict(threshold=bench["figures"]["delete_threshold"], fill=bench["config"]["fill"],
+                      lexicon_weight=bench["config"]["lexicon_weight"],
                       detector=bench["config"]["detector"])
         return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"],
                 **merge_examples(run_dir, s.shown, **chosen)}
@@ -87,7 +88,8 @@ def stage_merge(demo: Demo) -> dict:
 
 
 @torch.no_grad()
-def merge_examples(run_dir, shown: int, threshold: float, fill: str, detector: str) -> dict:
+def merge_examples(run_dir, shown: int, threshold: float, fill: str, lexicon_weight: float | None,
+                   detector: str) -> dict:
     """SIGHAN-15 sentences with errors, repaired with the bench's validation-chosen detector, deletion threshold
     and fill rule, and generations from the demo prompts, each with its round-by-round trace."""
     model = MergeForMaskedRefinement.from_pretrained(run_dir).eval()
@@ -98,8 +100,9 @@ def merge_examples(run_dir, shown: int, threshold: float, fill: str, detector: s
     drafts = bench_merge.padded(tokenizer, [source for source, _ in pairs])
     tokenizer.padding_side = "right"
     prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
+    rule = fill_rule(tokenizer, fill, lexicon_weight)
     return {"repairs": [{"target": target, "draft": source, **row} for (source, target), row in zip(
-                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3, **fill_rule(tokenizer, fill)))],
+                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3, **rule))],
             "generations": [{"prompt": p, **row} for p, row in zip(
                 PROMPTS[:shown], merge_trace(model, tokenizer, prompts, mode="gen", max_new_tokens=24))]}
 

@@ -423,18 +423,18 @@ def generate_texts(run_dir: str, prompts: list[str], max_new_tokens: int, greedy
 
 
 def edit_texts(run_dir: str, texts: list[str], rounds: int | None = None, detector: str = "picker",
-               fill: str = "free", threshold: float | None = None) -> list[str]:
+               fill: str = "free", threshold: float | None = None, lexicon_weight: float | None = None) -> list[str]:
     """`genlab edit --model RUN_DIR TEXT…`: edit mode; one repaired text per input. ``detector``: what finds the
     wrong characters (``generate(detector=…)``); ``fill``: ``free``, ``confusion`` (a wrong character becomes
-    itself or one of its confusion set) or ``lexicon`` (the same, with a word-list prior; ``genlab.spelling.fill_rule``);
-    ``threshold``: the deletion
+    itself or one of its confusion set) or ``lexicon`` (the same, with a word-list prior): see
+    ``genlab.spelling.fill_rule``, with ``lexicon_weight``; ``threshold``: the deletion
     threshold (default: the model's ``delete_threshold``), e.g. the one `genlab bench merge` chose."""
     model, tokenizer = _load(run_dir)
     if threshold is not None:
         if not 0 <= threshold <= 1:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
         model.config.delete_threshold = threshold
-    kwargs = {"detector": detector, **fill_rule(tokenizer, fill)}
+    kwargs = {"detector": detector, **fill_rule(tokenizer, fill, lexicon_weight)}
     if rounds is not None:
         kwargs["max_rounds"] = rounds
     return refine_texts(model, tokenizer, texts, mode="edit", **kwargs)
