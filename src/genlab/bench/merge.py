@@ -7,12 +7,12 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
 
 - **SIGHAN-15** (pycorrector's ``sighan2015_test.tsv``, 707 sentences, 373 with errors): MERGE in edit mode
   (``SYSTEMS``: the Picker or the filler itself, ``detector="fill"``, finds the wrong characters; the free rule,
-  the confusion-set rule or the confusion set with a word-list prior fills them) and in auto mode, the per-character corrector of the same size, data and
-  steps (the filler reading the unmasked sentence and predicting every character, MacBERT4CSC's recipe) and the
-  identity. Sentence-level correction precision / recall / F1 as pycorrector scores them (a sentence with
-  errors counts when the output equals the reference; a clean sentence is a false positive when the output
-  changes it), the strict SIGHAN detection F1 (the changed positions equal the erroneous ones), the
-  false-positive rate on the clean sentences, and sentences/s at batch 1 and 32 (one thread, medians). Each
+  the confusion-set rule or the confusion set with a word-list prior fills them) and in auto mode, the
+  per-character corrector of the same size, data and steps (the filler reading the unmasked sentence and
+  predicting every character, MacBERT4CSC's recipe) and the identity. Sentence-level correction precision /
+  recall / F1 as pycorrector scores them (a sentence with errors counts when the output equals the reference;
+  a clean sentence is a false positive when the output changes it), the strict SIGHAN detection F1 (the changed
+  positions equal the erroneous ones), the false-positive rate on the clean sentences, and sentences/s at batch 1 and 32 (one thread, medians). Each
   system's deletion threshold (and the prior's weight), and the headline system, are chosen on typo-noised
   sentences of the corpus's validation split (half of them clean), never on SIGHAN.
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
