@@ -12,9 +12,10 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
   predicting every character, MacBERT4CSC's recipe) and the identity. Sentence-level correction precision /
   recall / F1 as pycorrector scores them (a sentence with errors counts when the output equals the reference;
   a clean sentence is a false positive when the output changes it), the strict SIGHAN detection F1 (the changed
-  positions equal the erroneous ones), the false-positive rate on the clean sentences, and sentences/s at batch 1 and 32 (one thread, medians). Each
-  system's deletion threshold (and the prior's weight), and the headline system, are chosen on typo-noised
-  sentences of the corpus's validation split (half of them clean), never on SIGHAN.
+  positions equal the erroneous ones), the false-positive rate on the clean sentences, and sentences/s at
+  batch 1 and 32 (one thread, medians). Each system's deletion threshold (and the prior's weight), and the
+  headline system, are chosen on typo-noised sentences of the corpus's validation split (half of them clean),
+  never on SIGHAN.
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
   MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new
   tokens, one thread, medians), the judge's perplexity of
