@@ -29,22 +29,23 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
     assert 0 <= figures["sighan15_correction_f1"] <= 1 and 0 <= figures["sighan15_clean_fpr"] <= 1
     assert figures["identity_correction_f1"] == 0 and figures["identity_clean_fpr"] == 0  # changes nothing
     assert figures["delete_threshold"] in (0.5, 0.9)
-    for system in ("picker_free", "picker_confusion", "fill_free", "fill_confusion", "fill_lexicon"):
+    for system in ("picker_free", "picker_confusion", "fill_free", "fill_confusion", "fill_lexicon", "fill_fuzzy"):
         assert 0 <= figures[f"sighan15_{system}_correction_f1"] <= 1  # the headline is validation's choice
-    for fill in ("free", "confusion", "lexicon"):
+    for fill in ("free", "confusion", "lexicon", "fuzzy"):
         assert 0 <= figures[f"baseline_{fill}_clean_fpr"] <= 1
     for detector in ("picker", "fill"):
         assert figures[f"sighan15_{detector}_sentences_per_s_b32"] > 0
     assert figures["sighan15_diagnostic/substitution_pairs"] > 0  # where errors are lost: finding or filling
     for name in ("picker_auc", "fill_detector_auc", "fill_detector_confusion_auc", "fill_detector_lexicon_auc",
                  "oracle_fill_accuracy", "oracle_fill_lexicon_accuracy", "confusion_coverage", "baseline_detection_auc",
-                 "baseline_oracle_fill_accuracy"):
+                 "baseline_oracle_fill_accuracy", "confusion_coverage_fuzzy"):
         assert 0 <= figures[f"sighan15_diagnostic/{name}"] <= 1, name
     chosen = result["config"]["system"]
-    weights = result["config"]["lexicon_weights_validation"]["fill_lexicon"]  # each weight's best on validation
-    assert set(weights) == {"0.5", "2.0"} and result["config"]["lexicon_weight"] in ((0.5, 2.0) if chosen.endswith(
-        "lexicon") else (None,))
-    assert result["config"]["baseline_lexicon_weight"] in ((0.5, 2.0) if result["config"]["baseline_fill"] == "lexicon"
+    for system in ("fill_lexicon", "fill_fuzzy"):  # each weight's best on validation
+        assert set(result["config"]["lexicon_weights_validation"][system]) == {"0.5", "2.0"}
+    prior = ("lexicon", "fuzzy")
+    assert result["config"]["lexicon_weight"] in ((0.5, 2.0) if chosen.endswith(prior) else (None,))
+    assert result["config"]["baseline_lexicon_weight"] in ((0.5, 2.0) if result["config"]["baseline_fill"] in prior
                                                            else (None,))
     assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]
     assert figures["sighan15_sentences_per_s_b1"] == figures[f"sighan15_{chosen.split('_')[0]}_sentences_per_s_b1"]

@@ -15,7 +15,7 @@ from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
 from genlab.spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_sets, fill_rule,
-                             sighan15, substitute, typo_noise)
+                             fuzzy_readings, sighan15, substitute, typo_noise)
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
@@ -326,6 +326,25 @@ def test_typo_noise_uses_confusion_sets_and_leaves_clean_rows():
         for wrong, right in zip(draft, sentence):
             # a substitute is confusable with the character it replaced (or a transposition of neighbours)
             assert wrong == right or wrong in table.get(right, ()) or wrong in sentence
+
+
+def test_fuzzy_readings_swap_one_initial_pair_and_one_final_pair():
+    assert fuzzy_readings("shang") == {"shang", "sang", "shan", "san"}
+    assert fuzzy_readings("lin") == {"lin", "ling", "nin", "ning", "rin", "ring"}  # l/n, l/r; in/ing
+    assert fuzzy_readings("hu") == {"hu", "fu"} and fuzzy_readings("ma") == {"ma"}
+
+
+def test_fuzzy_confusion_sets_keep_the_plain_lists_first_and_add_what_they_miss():
+    plain, fuzzy = confusion_sets(), confusion_sets(fuzzy=True)
+    assert all(fuzzy[char][: len(similar)] == similar for char, similar in plain.items())
+    assert "她" in fuzzy["他"] and "她" not in plain.get("他", ())  # same reading, missing from pycorrector's list
+    assert "因" in fuzzy["应"] and "因" not in plain["应"]  # ying / yin
+    assert substitute("他", random.Random(0), {"她": 5}, TypoNoise(fuzzy=True)) == "她"
+    assert substitute("他", random.Random(0), {"她": 5}, TypoNoise()) is None
+    tokenizer = default_tokenizer()
+    wide, narrow = fill_rule(tokenizer, "fuzzy", 2.0), fill_rule(tokenizer, "lexicon")
+    assert bool((wide["fill_candidates"] >= narrow["fill_candidates"]).all())
+    assert wide["fill_candidates"].sum() > narrow["fill_candidates"].sum() and wide["fill_processor"].weight == 2.0
 
 
 def test_character_frequencies_count_only_writable_characters():

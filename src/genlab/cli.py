@@ -122,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what finds the wrong characters: the Picker, or the filler with each token masked")
     edit.add_argument("--fill", choices=FILL_RULES, default="free",
                       help="a wrong character becomes any character, or one of its confusion set (lexicon: rescored "
-                           "by a word-list prior)")
+                           "by a word-list prior; fuzzy: the same over a wider set, fuzzy pinyin)")
     edit.add_argument("--lexicon-weight", type=float, default=None,
-                      help="weight of the word-list prior with --fill lexicon (default 0.5; `genlab bench merge` "
+                      help="weight of the word-list prior with --fill lexicon/fuzzy (default 0.5; `genlab bench merge` "
                            "chooses one on validation)")
     edit.add_argument("--threshold", type=float, default=None,
                       help="deletion threshold on P(wrong) (default: the model's delete_threshold)")

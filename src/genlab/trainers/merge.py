@@ -426,7 +426,8 @@ def edit_texts(run_dir: str, texts: list[str], rounds: int | None = None, detect
                fill: str = "free", threshold: float | None = None, lexicon_weight: float | None = None) -> list[str]:
     """`genlab edit --model RUN_DIR TEXT…`: edit mode; one repaired text per input. ``detector``: what finds the
     wrong characters (``generate(detector=…)``); ``fill``: ``free``, ``confusion`` (a wrong character becomes
-    itself or one of its confusion set) or ``lexicon`` (the same, with a word-list prior): see
+    itself or one of its confusion set), ``lexicon`` (the same, with a word-list prior) or ``fuzzy`` (the prior over
+    a wider confusion set, with fuzzy pinyin): see
     ``genlab.spelling.fill_rule``, with ``lexicon_weight``; ``threshold``: the deletion
     threshold (default: the model's ``delete_threshold``), e.g. the one `genlab bench merge` chose."""
     model, tokenizer = _load(run_dir)
