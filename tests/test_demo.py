@@ -7,6 +7,7 @@ benchmarked, carded), and the whole demo with every system on nano models (~1 mi
 import json
 import re
 import struct
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from huggingface_hub import ModelCard
 
 from genlab import demo
 from genlab.demo import reuse, settings, stages
+from genlab.demo.settings import SCALES
 from genlab.cli import main
 from genlab.runs import RunDir, read_manifest, write_manifest
 
@@ -33,6 +35,16 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--run-dir", str(blocker / "demo"), "--preset", "nano"]) == 2
     err = capsys.readouterr().err
     assert "genlab: error:" in err and "is not writable" in err and str(blocker / "demo") in err
+
+
+def test_a_run_dir_made_with_another_preset_is_refused_before_any_training(tmp_path, capsys):
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "demo_scale.json").write_text(json.dumps({"preset": "nano", **asdict(SCALES["nano"])}), encoding="utf-8")
+    assert main(["demo", "--run-dir", str(root)]) == 2  # tiny: its runs would be reused as tiny ones
+    err = capsys.readouterr().err
+    assert "holds a demo made with --preset nano" in err and "ar_steps" in err
+    assert sorted(p.name for p in root.iterdir()) == ["demo_scale.json"]  # nothing trained
 
 
 def test_unknown_preset_is_rejected(capsys):
@@ -229,6 +241,8 @@ def test_demo_end_to_end_report_plots_cards_push_and_corrupted_rerun(tmp_path, h
     planner_config = json.loads((root / "planner" / "config.json").read_text(encoding="utf-8"))
     assert all(planner_config[k] for k in ("executor_copy", "planner_copy", "executor_checklist", "plan_separator_id"))
     assert raw["planner"]["figures"]["plan_eos_bias"] in (0, -1, -2, -4, -8, -16, -32)
+    planner_bench = json.loads((root / "planner" / "bench.json").read_text(encoding="utf-8"))["config"]
+    assert planner_bench["eval_pairs"] == min(8, planner_bench["validation_pairs"])  # evaluated, not the split
     assert f"at NLL {raw['planner']['figures']['nll_u_plan']:.3f}" in report  # the planner-free plan beside it
     assert f"{spec['lossless_speedup_vs_cloud']:.2f}×" in report
     assert {r["arm"] for r in raw["speculative"]["rates"]} == {"with CJK processors", "without processors"}

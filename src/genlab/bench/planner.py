@@ -439,7 +439,7 @@ def run(args: PlannerBenchConfig) -> dict:
     result = write_result(
         args.json, "planner-keywords" if manifest.get("task") == "keywords" else "planner",
         config={"run_dir": args.run_dir, "ar_run_dir": args.ar_run_dir, "task": manifest.get("task"),
-                "eval_pairs": len(pairs), "split": "validation",
+                "eval_pairs": evaluated, "validation_pairs": len(pairs), "split": "validation",
                 "planner_parameters": manifest["parameters"], "ar_parameters": ar_manifest["parameters"],
                 "ar_layers": ar.config.num_hidden_layers, "planner_config": model.config.to_diff_dict(),
                 "new_tokens": NEW_TOKENS, "repeats": args.repeats, "plan_no_repeat": args.plan_no_repeat,

@@ -17,7 +17,8 @@ with ``genlab.bench``, and returns a JSON-able dict that ``genlab.report`` rende
 The terminal shows one progress bar per stage, the lines that matter and the verdicts (``console``); each
 stage's full output goes to ``RUN_DIR/<stage>.log``.
 
-Reuse: a stage whose run directory is complete (``genlab.runs.is_complete``) is loaded instead of retrained;
+Reuse: a stage whose run directory is complete (``genlab.runs.is_complete``) is loaded instead of retrained (the
+root records its preset, ``demo_scale.json``, and refuses another, whose steps and sizes differ);
 when its model files fail to load, the run is reported as corrupted, deleted and retrained. Measurements are
 cached next to the run (``RUN_DIR/<stage>/demo.json``) under a key made of the manifests they were taken on,
 so a rerun recomputes nothing unless a model changed (``reuse``). Every figure comes from the benchmark code
@@ -33,7 +34,7 @@ from dataclasses import asdict
 from ..hub_cards import push_with_card, write_card
 from ..report import section_verdicts, write_report
 from ..runs import prepare_run_dir
-from .reuse import training_log
+from .reuse import claim_root, training_log
 from .console import Console, logged_to
 from .settings import SCALES, Demo, DemoConfig
 from .stages import STAGES, planned_steps
@@ -66,6 +67,7 @@ def run(config: DemoConfig) -> dict:
     root = prepare_run_dir(config.run_dir)
     demo = Demo(root=root, budget=config.budget, scale=SCALES[config.preset], preset=config.preset,
                 console=Console())
+    claim_root(demo)
     steps = planned_steps(demo.scale)
     print(f"[genlab demo] preset {config.preset}: 7 models trained for fixed steps ("
           + ", ".join(f"{name} {n}" for name, n in steps.items()) + f"), each capped at {config.budget:g} s; "

@@ -8,6 +8,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,22 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from ..runs import MANIFEST, TRAINER_LOG, RunDir, checksum_errors, is_complete, last_checkpoint, read_manifest
 from .console import Console
 from .settings import Demo
+
+SCALE_RECORD = "demo_scale.json"
+
+
+def claim_root(demo: Demo) -> None:
+    """Record the preset and its sizes in ``ROOT/demo_scale.json``; a root that records others is a ``ValueError``
+    (its complete runs would be reused as if trained with this preset's steps). A root without the record (made
+    before it existed) is taken as it is."""
+    path, wanted = demo.root / SCALE_RECORD, {"preset": demo.preset, **asdict(demo.scale)}
+    if path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if found != wanted:
+            differ = ", ".join(sorted(k for k in wanted if found.get(k) != wanted[k]))
+            raise ValueError(f"--run-dir {demo.root} holds a demo made with --preset {found.get('preset')} (other "
+                             f"{differ}): pass another --run-dir, or delete it to retrain")
+    path.write_text(json.dumps(wanted, indent=1), encoding="utf-8")
 
 
 def load_error(run_dir: Path, load: Callable[[Path], object]) -> str | None:
