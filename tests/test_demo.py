@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from genlab import demo
 from genlab.demo import reuse, settings, stages
 from genlab.demo.settings import SCALES
-from genlab.cli import main
+from genlab.cli import _config, build_parser, main
 from genlab.runs import RunDir, read_manifest, write_manifest
 
 
@@ -45,6 +45,16 @@ def test_a_run_dir_made_with_another_preset_is_refused_before_any_training(tmp_p
     err = capsys.readouterr().err
     assert "holds a demo made with --preset nano" in err and "ar_steps" in err
     assert sorted(p.name for p in root.iterdir()) == ["demo_scale.json"]  # nothing trained
+
+
+def test_the_demo_planner_recipe_is_the_makefiles():
+    """stages.KEYWORDS_RECIPE / PLAN_EOS_BIASES mirror `make bench-planner`'s KEYWORDS_RECIPE flags: parsed by the
+    CLI, the Makefile's flags give the same settings."""
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text(encoding="utf-8").replace("\\\n", " ")
+    flags = re.search(r"^KEYWORDS_RECIPE = (.*)$", makefile, re.M).group(1).split()
+    config = _config(build_parser().parse_args(["bench", "planner-keywords", *flags]))
+    assert {k: getattr(config, k) for k in stages.KEYWORDS_RECIPE} == stages.KEYWORDS_RECIPE
+    assert [float(b) for b in config.plan_eos_biases] == stages.PLAN_EOS_BIASES and config.plan_input_words
 
 
 def test_unknown_preset_is_rejected(capsys):

@@ -134,8 +134,9 @@ def stage_concept(demo: Demo) -> dict:
 
 
 # -- stage 4: planner–executor ----------------------------------------------------------------------------------
-# `make bench-planner`'s keywords recipe (KEYWORDS_RECIPE in the Makefile): its training settings, shared by the
-# planner's training and its bench, and the <eos> biases its plans are tuned over
+# `make bench-planner`'s keywords recipe (KEYWORDS_RECIPE in the Makefile; a test parses those flags and checks
+# they agree): its training settings, shared by the planner's training and its bench, and the <eos> biases its
+# plans are tuned over
 KEYWORDS_RECIPE = dict(executor_copy=True, planner_copy=True, keywords=24, unlikelihood=1.0, checklist=True,
                        plan_words=True)
 PLAN_EOS_BIASES = [0.0, -1.0, -2.0, -4.0, -8.0, -16.0, -32.0]
