@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from genlab.bench.csc import auc, csc_scores
-from genlab.bench.merge import diagnose_batch, fill_detector_sweep, merge_correct, padded, validation_pairs
+from genlab.bench.merge import (diagnose_batch, fill_detector_sweep, fuzzy_coverage, merge_correct, padded,
+                                validation_pairs)
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
@@ -295,6 +296,13 @@ def test_diagnostics_find_and_fill_the_planted_character(overfit):
                           fill_processor=ruling_out(50))
     assert kept["merge_right"].tolist() == [False] and kept["baseline_right"].tolist() == [False]
     assert kept["covered"].tolist() == [False]  # 12 is not among 40's candidates: no fill could reach it
+
+
+def test_fuzzy_coverage_counts_the_wrong_characters_the_fuzzy_set_can_reach():
+    tokenizer = default_tokenizer()
+    sources, targets = ["他很好", "应为下雨", "我很好", "天汽好"], ["她很好", "因为下雨", "我很好", "天马好"]
+    assert fuzzy_coverage(tokenizer, sources[:2], targets[:2]) == 1.0  # ta / ta; ying / yin
+    assert fuzzy_coverage(tokenizer, sources, targets) == 2 / 3  # the clean pair has no wrong character; 汽 → 马 no
 
 
 def test_untrained_model_does_not_already_repair(overfit):
