@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 import torch
 
-from genlab.bench.csc import auc, csc_scores
-from genlab.bench.merge import (diagnose_batch, fill_detector_sweep, fuzzy_coverage, merge_correct, padded,
+from genlab.bench.csc import auc, csc_scores, rate_upper_bound
+from genlab.bench.merge import (best_row, diagnose_batch, fill_detector_sweep, fuzzy_coverage, merge_correct, padded,
                                 validation_pairs)
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
@@ -276,6 +276,17 @@ def test_auc_on_hand_made_scores():
     assert auc(torch.tensor([0.9, 0.1, 0.2, 0.8]), wrong) == 1.0
     assert auc(torch.tensor([0.1, 0.9, 0.8, 0.2]), wrong) == 0.0
     assert auc(torch.tensor([0.5, 0.5, 0.1, 0.3]), wrong) == 0.625  # (1 + 0.5 + 1 + 0) / 4: a tie counts half
+
+
+def test_the_fpr_cap_is_on_the_upper_end_of_a_wilson_interval():
+    # 10 % of 500 clean sentences: (0.1 + z²/1000 + z·sqrt(0.09/500 + z²/10⁶)) / (1 + z²/500), z = 1.645
+    assert rate_upper_bound(0.1, 500, 0.95) == pytest.approx(0.12427, abs=1e-4)
+    assert rate_upper_bound(0.1, 500, 0.5) == pytest.approx(0.1) and rate_upper_bound(0.0, 500, 0.95) > 0
+    assert rate_upper_bound(0.0, 0, 0.95) == 1.0
+    curve = [{"threshold": 0.9, "correction_f1": 0.5, "clean_fpr": 0.09, "clean_fpr_bound": 0.115},
+             {"threshold": 0.99, "correction_f1": 0.4, "clean_fpr": 0.07, "clean_fpr_bound": 0.092}]
+    assert best_row(curve, 0.1)["threshold"] == 0.99  # 9 % measured is not enough: the bound must be under 10 %
+    assert best_row(curve, 0.05)["threshold"] == 0.99  # none qualifies: the lowest bound
 
 
 def test_diagnostics_find_and_fill_the_planted_character(overfit):

@@ -3,6 +3,9 @@ recall and F1 as pycorrector computes them, and the AUC of a per-character error
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 import torch
 
 from ..edits import changed_positions
@@ -18,6 +21,17 @@ def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
         return float("nan")
     above = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()
     return float(above)
+
+
+def rate_upper_bound(rate: float, count: int, confidence: float) -> float:
+    """Upper end of the one-sided ``confidence`` Wilson score interval of a rate measured on ``count`` trials (the
+    rate itself at ``confidence`` 0.5; 1 without trials)."""
+    if count == 0:
+        return 1.0
+    z = NormalDist().inv_cdf(confidence)
+    centre = rate + z * z / (2 * count)
+    spread = z * math.sqrt(rate * (1 - rate) / count + z * z / (4 * count * count))
+    return (centre + spread) / (1 + z * z / count)
 
 
 def f1(precision: float, recall: float) -> float:

@@ -16,7 +16,7 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
   positions equal the erroneous ones), the false-positive rate on the clean sentences, and sentences/s at
   batch 1 and 32 (one thread, medians). Each system's deletion threshold (and the prior's weight), and the
   headline system, are chosen on typo-noised sentences of the corpus's validation split (half of them clean),
-  never on SIGHAN.
+  never on SIGHAN: the best correction F1 whose clean FPR is within the cap with 95 % confidence (Wilson bound).
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
   MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new
   tokens, one thread, medians), the judge's perplexity of
@@ -52,7 +52,7 @@ from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
 from . import target, write_result
-from .csc import CSC_SCORES, auc, csc_scores
+from .csc import CSC_SCORES, auc, csc_scores, rate_upper_bound
 from .ar import generate_tok_s
 
 NEW_TOKENS = 64
@@ -90,7 +90,10 @@ class MergeBenchConfig:
                 "0.9995,0.9997,0.9998,0.9999,0.99993,0.99995,0.99998,0.99999,0.999995,0.999999",
         metadata={"help": "deletion thresholds tried on the validation split (from 0.99 up at most 0.9 apart in "
                           "logit, where the fill detector's FPR falls fastest; the word-list prior sharpens it)"})
-    max_fpr: float = field(default=0.1, metadata={"help": "most validation clean-sentence FPR a threshold may have"})
+    max_fpr: float = field(default=0.1, metadata={"help": "most clean-sentence FPR a threshold may have"})
+    fpr_confidence: float = field(default=0.95, metadata={
+        "help": "a threshold qualifies when the upper end of this one-sided Wilson interval of its validation clean FPR "
+                "is at most --max-fpr, so the cap holds on unseen text too (0.5: the validation FPR itself)"})
     lexicon_weights: str = field(default="0.5,1", metadata={
         "help": "weights of the word-list prior (LexiconFillProcessor) of the 'lexicon' and 'fuzzy' fill rules tried "
                 "on the validation split, with every threshold; the best is kept, for MERGE and the baseline each"})
@@ -316,17 +319,26 @@ def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str]
     return [typo_noise(s, rng, frequencies, noise) for s in sentences], sentences
 
 
+def validation_scores(drafts: list[str], sentences: list[str], outputs: list[str], confidence: float) -> dict:
+    """``csc_scores`` on the validation pairs, and ``clean_fpr_bound``: the upper end of the one-sided ``confidence``
+    Wilson interval of the clean FPR, which the threshold rule caps (:func:`best_row`)."""
+    scores = csc_scores(drafts, sentences, outputs)
+    clean = sum(draft == sentence for draft, sentence in zip(drafts, sentences))
+    return {**scores, "clean_fpr_bound": rate_upper_bound(scores["clean_fpr"], clean, confidence)}
+
+
 def best_row(curve: list[dict], max_fpr: float) -> dict:
-    """The row with the best correction F1 among those whose clean FPR is at most ``max_fpr`` (ties: the lower
-    FPR); the lowest-FPR row when none qualifies."""
-    allowed = [row for row in curve if row["clean_fpr"] <= max_fpr]
+    """The row with the best correction F1 among those whose ``clean_fpr_bound`` is at most ``max_fpr`` (ties: the
+    lower FPR); the lowest-bound row when none qualifies."""
+    allowed = [row for row in curve if row["clean_fpr_bound"] <= max_fpr]
     return (max(allowed, key=lambda r: (r["correction_f1"], -r["clean_fpr"])) if allowed
-            else min(curve, key=lambda r: r["clean_fpr"]))
+            else min(curve, key=lambda r: r["clean_fpr_bound"]))
 
 
-def choose_threshold(model, tokenizer, grid: list[float], drafts, sentences, max_fpr: float, **kwargs) -> dict:
-    """The deletion threshold of ``best_row`` on the validation pairs (set on the model); the whole curve is
-    returned too. The fill detector's outputs at every threshold come from one run (:func:`fill_detector_sweep`)."""
+def choose_threshold(model, tokenizer, drafts, sentences, args: MergeBenchConfig, **kwargs) -> dict:
+    """The deletion threshold of ``best_row`` on the validation pairs (set on the model; ``args``: its grid, FPR cap
+    and confidence); the whole curve is returned too. The fill detector's outputs at every threshold come from one run (:func:`fill_detector_sweep`)."""
+    grid = args.threshold_grid()
     if kwargs.get("detector") == "fill":
         outputs_at = fill_detector_sweep(model, tokenizer, drafts, grid,
                                          **{k: v for k, v in kwargs.items() if k != "detector"}).__getitem__
@@ -334,8 +346,9 @@ def choose_threshold(model, tokenizer, grid: list[float], drafts, sentences, max
         def outputs_at(threshold: float) -> list[str]:
             model.config.delete_threshold = threshold
             return merge_correct(model, tokenizer, drafts, **kwargs)
-    curve = [{"threshold": t, **csc_scores(drafts, sentences, outputs_at(t))} for t in grid]
-    best = best_row(curve, max_fpr)
+    curve = [{"threshold": t, **validation_scores(drafts, sentences, outputs_at(t), args.fpr_confidence)}
+             for t in grid]
+    best = best_row(curve, args.max_fpr)
     model.config.delete_threshold = best["threshold"]
     return {"threshold": best["threshold"], "best": best, "curve": curve}
 
@@ -441,7 +454,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     for name in SYSTEMS:
         detector, fill = name.split("_")
         variants = rule_variants(tokenizer, fill, weights)
-        tried = {w: choose_threshold(merge, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr,
+        tried = {w: choose_threshold(merge, tokenizer, drafts, sentences, args,
                                      detector=detector, **rule, **edit) for w, rule in variants.items()}
         weight = best_row([{**t["best"], "weight": w} for w, t in tried.items()], args.max_fpr)["weight"]
         thresholds[name] = {**tried[weight], "lexicon_weight": weight,
@@ -449,12 +462,14 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
         settings[name] = dict(detector=detector, **variants[weight], **edit)
         best = thresholds[name]["best"]
         progress(f"validation {name}: threshold {thresholds[name]['threshold']:g}, lexicon weight {weight}, "
-                 f"correction F1 {best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f}")
+                 f"correction F1 {best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f} (bound "
+                 f"{best['clean_fpr_bound']:.3f})")
     headline = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS], args.max_fpr)["system"]
     baseline_validation, baseline_rules = [], {}
     for fill in FILLS:
         variants = rule_variants(tokenizer, fill, weights)
-        rows = [{**csc_scores(drafts, sentences, per_character_correct(baseline, tokenizer, drafts, **rule)),
+        rows = [{**validation_scores(drafts, sentences, per_character_correct(baseline, tokenizer, drafts, **rule),
+                                     args.fpr_confidence),
                  "fill": fill, "lexicon_weight": w} for w, rule in variants.items()]
         baseline_rules[fill] = variants[best_row(rows, args.max_fpr)["lexicon_weight"]]
         baseline_validation.extend(rows)
@@ -556,7 +571,7 @@ def ablation_figures(tokenizer, args: MergeBenchConfig, system: str, rule: dict)
         edit = dict(mode="edit", max_rounds=args.edit_rounds,  # the fill detector feeds the threshold rule
                     detector=detector if model.config.picker == "threshold" else "picker", **rule)
         if model.config.picker == "threshold":
-            choose_threshold(model, tokenizer, args.threshold_grid(), drafts, sentences, args.max_fpr, **edit)
+            choose_threshold(model, tokenizer, drafts, sentences, args, **edit)
         scores = csc_scores(sources, targets, merge_correct(model, tokenizer, sources, **edit))
         figures.update({f"ablation/{name}/{k}": scores[k] for k in ("correction_f1", "detection_f1", "clean_fpr")})
     return figures
@@ -591,8 +606,10 @@ def run(args: MergeBenchConfig) -> dict:
         config={"preset": args.preset, "runs": args.runs,
                 "sighan15": f"pycorrector data/sighan2015_test.tsv, {args.sighan_sentences or 707} sentences",
                 "validation": f"{args.validation_sentences} corpus validation sentences, typo noise, half clean",
-                "threshold_rule": f"best validation correction F1 with clean FPR <= {args.max_fpr}, per "
+                "threshold_rule": f"best validation correction F1 whose clean FPR's one-sided {args.fpr_confidence:g} "
+                                  f"Wilson upper bound is <= {args.max_fpr}, per "
                                   f"detector_fill system; the headline system the best of them on validation",
+                "max_fpr": args.max_fpr, "fpr_confidence": args.fpr_confidence,
                 "system": choice["system"], "detector": choice["system"].split("_")[0],
                 "fill": choice["system"].split("_")[1], "baseline_fill": choice["baseline_fill"],
                 "lexicon_weight": choice["lexicon_weight"],
