@@ -92,8 +92,8 @@ class MergeBenchConfig:
                           "logit, where the fill detector's FPR falls fastest; the word-list prior sharpens it)"})
     max_fpr: float = field(default=0.1, metadata={"help": "most clean-sentence FPR a threshold may have"})
     fpr_confidence: float = field(default=0.95, metadata={
-        "help": "a threshold qualifies when the upper end of this one-sided Wilson interval of its validation clean FPR "
-                "is at most --max-fpr, so the cap holds on unseen text too (0.5: the validation FPR itself)"})
+        "help": "a threshold qualifies when the upper end of this one-sided Wilson interval of its validation "
+                "clean FPR is at most --max-fpr, so the cap holds on unseen text too (0.5: the validation FPR itself)"})
     lexicon_weights: str = field(default="0.5,1", metadata={
         "help": "weights of the word-list prior (LexiconFillProcessor) of the 'lexicon' and 'fuzzy' fill rules tried "
                 "on the validation split, with every threshold; the best is kept, for MERGE and the baseline each"})
@@ -299,8 +299,8 @@ def fuzzy_coverage(tokenizer, sources: list[str], targets: list[str]) -> float:
     """``confusion_coverage`` under the ``fuzzy`` rule's candidates: the share of the substitution pairs' wrong
     characters whose right character is in ``confusion_candidates(fuzzy=True)``'s row."""
     candidates, hits = confusion_candidates(tokenizer, fuzzy=True), []
-    for source, target in substitution_pairs(tokenizer, sources, targets):
-        wrong, right = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in (source, target))
+    for source, wanted in substitution_pairs(tokenizer, sources, targets):
+        wrong, right = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in (source, wanted))
         hits.extend(bool(candidates[w, r]) for w, r in zip(wrong, right) if w != r)
     return sum(hits) / len(hits) if hits else float("nan")
 
@@ -308,8 +308,8 @@ def fuzzy_coverage(tokenizer, sources: list[str], targets: list[str]) -> float:
 def validation_pairs(tokenizer, count: int, seed: int = 1234) -> tuple[list[str], list[str]]:
     """(draft, sentence) pairs from the corpus's validation split: typo noise as in training (substitutes drawn by
     their training-split frequency) but from the fuzzy-pinyin confusion sets, so that the ``fuzzy`` fill rule's
-    extra candidates can both help and hurt there, half clean. The sentences are a seeded sample of the whole split, so news
-    and reviews appear in the corpus's proportions (the split lists all news first)."""
+    extra candidates can both help and hurt there, half clean. The sentences are a seeded sample of the whole
+    split, so news and reviews appear in the corpus's proportions (the split lists all news first)."""
     corpus = load_corpus("all")
     rng = random.Random(seed)
     frequencies = character_frequencies(corpus["train"]["text"], character_vocabulary(tokenizer))
@@ -337,7 +337,8 @@ def best_row(curve: list[dict], max_fpr: float) -> dict:
 
 def choose_threshold(model, tokenizer, drafts, sentences, args: MergeBenchConfig, **kwargs) -> dict:
     """The deletion threshold of ``best_row`` on the validation pairs (set on the model; ``args``: its grid, FPR cap
-    and confidence); the whole curve is returned too. The fill detector's outputs at every threshold come from one run (:func:`fill_detector_sweep`)."""
+    and confidence); the whole curve is returned too. The fill detector's outputs at every threshold come from one
+    run (:func:`fill_detector_sweep`)."""
     grid = args.threshold_grid()
     if kwargs.get("detector") == "fill":
         outputs_at = fill_detector_sweep(model, tokenizer, drafts, grid,
