@@ -9,6 +9,9 @@ only its ``data/`` folder is read, the package is never imported):
 * ``sighan2015_test.tsv`` — the SIGHAN-15 CSC test set, ``erroneous<TAB>correct`` per line (707 essay
   sentences by learners of Chinese as pycorrector ships them; 373 have an error, 334 have none).
 
+The fuzzy-pinyin confusion sets (``confusion_sets(fuzzy=True)``) also read snownlp's ``normal/pinyin.txt``, each
+character's toneless readings.
+
 :func:`typo_noise` turns a clean sentence into a draft the way people mistype Chinese: most errors are a
 character swapped for a confusable one (same sound first, then same shape), a few are insertions, deletions
 or transpositions. The confusable written is a character the writer knows: it is drawn in proportion to its
