@@ -166,6 +166,7 @@ class LexiconFillProcessor:
 
 
 FILL_RULES = ("free", "confusion", "lexicon", "fuzzy")
+PRIOR_RULES = ("lexicon", "fuzzy")  # the rules with the word-list prior (a LexiconFillProcessor)
 
 
 def fill_rule(tokenizer, name: str, lexicon_weight: float | None = None) -> dict:
@@ -178,7 +179,7 @@ def fill_rule(tokenizer, name: str, lexicon_weight: float | None = None) -> dict
     if name == "free":
         return {}
     rule = {"fill_candidates": confusion_candidates(tokenizer, fuzzy=name == "fuzzy")}
-    if name in ("lexicon", "fuzzy"):
+    if name in PRIOR_RULES:
         rule["fill_processor"] = LexiconFillProcessor(tokenizer, *([] if lexicon_weight is None else [lexicon_weight]))
     return rule
 

@@ -46,8 +46,8 @@ from ..edits import edit_labels
 from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import (FILL_RULES, TypoNoise, character_frequencies, confusion_candidates, fill_rule, sighan15,
-                        typo_noise)
+from ..spelling import (FILL_RULES, PRIOR_RULES, LexiconFillProcessor, TypoNoise, character_frequencies,
+                        confusion_candidates, fill_rule, sighan15, typo_noise)
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -58,9 +58,8 @@ from .ar import generate_tok_s
 NEW_TOKENS = 64
 FILLS = FILL_RULES  # a substituted character becomes any token, or one of its confusion set, or one of its
 # confusion set rescored by the word-list prior, or the same over the fuzzy-pinyin set (`genlab.spelling.fill_rule`)
-PRIORS = ("lexicon", "fuzzy")  # the rules with a word-list prior: for the fill detector, which reads it
-SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes
-                if detector == "fill" or fill not in PRIORS)
+SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes; a
+                if detector == "fill" or fill not in PRIOR_RULES)  # prior is for the fill detector, which reads it
 ABLATIONS = {  # name → the `MergeTrainConfig` fields it changes (M9); trained for --ablation-steps each
     "reference": {},
     "straight_through": {"recipe": "straight_through", "picker": "bottomk", "inserter": "multinomial"},
@@ -436,10 +435,11 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | None, dict]:
     """The variants of a fill rule tried on validation → their keywords for ``generate`` and
     :func:`per_character_correct`: one per lexicon weight for a rule with a prior, the rule alone (``None``)
-    otherwise."""
-    if fill not in PRIORS:
-        return {None: fill_rule(tokenizer, fill)}
-    return {w: fill_rule(tokenizer, fill, w) for w in weights}
+    otherwise. The candidate table is built once and shared by the variants."""
+    rule = fill_rule(tokenizer, fill)
+    if fill not in PRIOR_RULES:
+        return {None: rule}
+    return {w: {**rule, "fill_processor": LexiconFillProcessor(tokenizer, w)} for w in weights}
 
 
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
