@@ -103,9 +103,11 @@ def test_the_merge_tab_repairs_with_the_threshold_and_fill_the_demo_chose(tmp_pa
     plain = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
     assert plain[2] == {} and plain[0].config.delete_threshold == 0.5  # no bench.json: as saved, free fill
     (tmp_path / "merge" / "bench.json").write_text(json.dumps(
-        {"figures": {"delete_threshold": 0.7}, "config": {"detector": "fill", "fill": "confusion"}}), encoding="utf-8")
+        {"figures": {"delete_threshold": 0.7}, "config": {"detector": "fill", "fill": "confusion", "rounds": 2}}),
+        encoding="utf-8")
     model, tokenizer, fill = load_models(AppConfig(run_dir=str(tmp_path)))["merge"]
     assert model.config.delete_threshold == 0.7 and model.generation_config.detector == "fill"
+    assert model.generation_config.max_rounds == 2 and plain[0].generation_config.max_rounds != 2
     assert fill["fill_candidates"].dtype == torch.bool and fill["fill_candidates"].shape == (len(tokenizer),) * 2
     assert "deletion threshold 0.7, confusion-set fill" in views.merge_view(model, tokenizer, fill, "天汽好")
     (tmp_path / "merge" / "bench.json").write_text(json.dumps(

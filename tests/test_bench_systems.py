@@ -29,6 +29,11 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
     assert 0 <= figures["sighan15_correction_f1"] <= 1 and 0 <= figures["sighan15_clean_fpr"] <= 1
     assert figures["identity_correction_f1"] == 0 and figures["identity_clean_fpr"] == 0  # changes nothing
     assert figures["delete_threshold"] in (0.5, 0.9)
+    curves = result["config"]["threshold_curves"]  # every (threshold, round cap ≤ 3) tried on validation
+    assert {(row["threshold"], row["rounds"]) for row in curves["fill_lexicon"]} == {
+        (t, r) for t in (0.5, 0.9) for r in (1, 2, 3)}
+    assert figures["edit_rounds_chosen"] == result["config"]["rounds"] in (1, 2, 3)
+    assert sum(figures[f"edit_rounds_frac_{r}"] for r in range(1, result["config"]["rounds"] + 1)) == pytest.approx(1)
     for system in ("picker_free", "picker_confusion", "fill_free", "fill_confusion", "fill_lexicon", "fill_fuzzy"):
         assert 0 <= figures[f"sighan15_{system}_correction_f1"] <= 1  # the headline is validation's choice
     for fill in ("free", "confusion", "lexicon", "fuzzy"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genlab.bench.csc import auc, csc_scores, rate_upper_bound
-from genlab.bench.merge import (best_row, diagnose_batch, fill_detector_sweep, fuzzy_coverage, merge_correct, padded,
+from genlab.bench.merge import (best_row, diagnose_batch, edit_sweep, fuzzy_coverage, merge_correct, padded,
                                 validation_pairs)
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
@@ -192,23 +192,33 @@ def test_fill_detector_finds_and_repairs_unseen_substitutions(progressions):
     assert out.tolist() == [progression(row[1]) for row in rows]
 
 
-def test_fill_detector_sweep_equals_one_run_per_threshold():
-    """The bench's one-run sweep gives, at every threshold, what edit mode gives when run at that threshold (a
-    model trained a little on the texts, so P(wrong) is spread and rows edit over different numbers of rounds)."""
+@pytest.fixture(scope="module")
+def sweep_model():
+    """A model trained a little on four texts, so P(wrong) is spread and rows edit over different numbers of rounds."""
     tokenizer = default_tokenizer()
     texts = ["今天天气很好。", "我们去公园散步", "这本书很有意思啊", "好"]
     ids = [tokenizer(t)["input_ids"] for t in texts]
     model, _ = train_on_pairs([(row[:2] + row[3:2:-1] + row[2:3] + row[4:], row) for row in ids if len(row) > 4]
                               + [(row, row) for row in ids], steps=40, vocab_size=len(tokenizer))
+    return model, tokenizer, texts
+
+
+@pytest.mark.parametrize("detector", ["fill", "picker"])
+def test_edit_sweep_equals_one_run_per_threshold_and_round_cap(sweep_model, detector):
+    """The bench's sweep gives, at every (threshold, round cap), what edit mode gives when run with that threshold
+    and max_rounds (the fill detector's from a single run at the lowest threshold)."""
+    model, tokenizer, texts = sweep_model
     batch = padded(tokenizer, texts)
-    tops = model.fill_wrong_prob(batch["input_ids"], batch["attention_mask"]).amax(-1).sort().values.tolist()
+    first = model.generate(**batch, mode="edit", max_rounds=1, detector=detector, return_dict_in_generate=True)
+    tops = first.top_delete_prob[:, 0].sort().values.tolist()  # the rows' highest P(wrong) in round 1
     grid = [tops[0] - 1e-4] + [(a + b) / 2 for a, b in zip(tops, tops[1:])] + [1.0]
-    settings = dict(mode="edit", max_rounds=3)
-    swept = fill_detector_sweep(model, tokenizer, texts, grid, batch_size=3, **settings)
-    for threshold in grid:
+    swept = edit_sweep(model, tokenizer, texts, grid, batch_size=3, mode="edit", max_rounds=3, detector=detector)
+    assert sorted(swept) == [(t, r) for t in grid for r in (1, 2, 3)]
+    for (threshold, rounds), outputs in swept.items():
         model.config.delete_threshold = threshold
-        assert swept[threshold] == merge_correct(model, tokenizer, texts, 3, detector="fill", **settings), threshold
-    assert swept[grid[-1]] == texts and len({tuple(v) for v in swept.values()}) > 2
+        assert outputs == merge_correct(model, tokenizer, texts, 3, detector=detector, mode="edit",
+                                        max_rounds=rounds), (threshold, rounds)
+    assert swept[grid[-1], 3] == texts and len({tuple(v) for v in swept.values()}) > 2
 
 
 def test_confusion_candidates_keep_the_repair_or_forbid_it(overfit):

@@ -54,14 +54,15 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
 
 
 def use_chosen_settings(model, tokenizer, where: str):
-    """Give a MERGE run the detector, deletion threshold and fill rule the demo's bench chose on the validation
-    split (its ``bench.json``, issue 12) → the fill rule's ``generate`` keywords (``{}``: free fill). A Hub repo
+    """Give a MERGE run the detector, deletion threshold, round cap and fill rule the demo's bench chose on the
+    validation split (its ``bench.json``, issue 12) → the fill rule's ``generate`` keywords (``{}``: free fill). A Hub repo
     or a run without the file keeps its saved settings and fills freely."""
     bench = demo_bench(where)
     if bench is None:
         return {}
     model.config.delete_threshold = bench["figures"]["delete_threshold"]
     model.generation_config.detector = bench["config"]["detector"]
+    model.generation_config.max_rounds = bench["config"].get("rounds", model.generation_config.max_rounds)
     return fill_rule(tokenizer, bench["config"]["fill"], bench["config"].get("lexicon_weight"))
 
 

@@ -52,12 +52,13 @@ def diff_html(before: str, after: str) -> str:
 
 
 @torch.no_grad()
-def merge_view(model, tokenizer, fill: dict, text: str, mode: str = "edit", max_rounds: int = 3) -> str:
+def merge_view(model, tokenizer, fill: dict, text: str, mode: str = "edit", max_rounds: int | None = None) -> str:
     """MERGE on one text: each round nested under the input, its edits marked, with the Gate's choice, the
     masks inserted and the fill confidence (M8); ``fill``: a fill rule's ``generate`` keywords
-    (``genlab.spelling.fill_rule``)."""
+    (``genlab.spelling.fill_rule``); ``max_rounds``: by default the model's ``generation_config``'s."""
     tokenizer.padding_side = "right"
     batch = tokenizer([text], return_tensors="pt", padding=True)
+    max_rounds = max_rounds or model.generation_config.max_rounds
     row = merge_trace(model, tokenizer, batch, mode=mode, max_rounds=max_rounds, **fill)[0]
     items, previous = [], text
     for step in row["steps"]:

@@ -96,7 +96,9 @@ class MergeBenchConfig:
     lexicon_weights: str = field(default="0.5,1", metadata={
         "help": "weights of the word-list prior (LexiconFillProcessor) of the 'lexicon' and 'fuzzy' fill rules tried "
                 "on the validation split, with every threshold; the best is kept, for MERGE and the baseline each"})
-    edit_rounds: int = field(default=3, metadata={"help": "max_rounds of edit and auto mode"})
+    edit_rounds: int = field(default=3, metadata={
+        "help": "most rounds of edit and auto mode; each system's cap (1 … this) is chosen on validation with its "
+                "threshold"})
     gen_rounds: int = field(default=4, metadata={"help": "max_rounds of gen mode (Mask-Predict iterations)"})
     samples: int = field(default=32, metadata={"help": "samples per model for judge perplexity and distinct-2"})
     repeats: int = field(default=3, metadata={"help": "timed repeats per figure (median)"})
@@ -167,26 +169,41 @@ def decode_rows(tokenizer, texts: list[str], input_ids: torch.Tensor, sequences:
             for text, ids, row in zip(texts, input_ids, sequences)]
 
 
+def trace_steps(pad: int, input_ids: torch.Tensor, out) -> torch.Tensor:
+    """(B, R + 1, N): each row before the first round and after each of the R rounds the batch ran (a row that
+    stopped keeps its text), padded to one width."""
+    texts_after = (input_ids, *out.round_sequences)
+    width = max(s.shape[1] for s in texts_after)
+    return torch.stack([pad_to(s, width, pad) for s in texts_after], 1)
+
+
 @torch.no_grad()
-def fill_detector_sweep(model, tokenizer, texts: list[str], grid: list[float], batch_size: int = 32,
-                        **generate_kwargs) -> dict[float, list[str]]:
-    """Edit mode with ``detector="fill"`` at every threshold of ``grid``, from one run at the lowest. Exact: a round
-    edits only the token it scores highest, when that score exceeds the threshold, so up to the first round
-    whose highest score is ≤ τ every τ ≥ the lowest makes the same edits; the output at τ is the text before
-    that round (``top_delete_prob`` and ``round_sequences`` of the trace)."""
-    model.config.delete_threshold = min(grid)
-    outputs: dict[float, list[str]] = {threshold: [] for threshold in grid}
+def edit_sweep(model, tokenizer, texts: list[str], grid: list[float], batch_size: int = 32,
+               **generate_kwargs) -> dict[tuple[float, int], list[str]]:
+    """Edit (or auto) mode's outputs at every (threshold of ``grid``, round cap r = 1 … ``max_rounds``). Exact:
+
+    - a cap of r rounds gives the text after round r of a longer run, since no round of edit or auto mode reads
+      ``max_rounds`` (only gen mode's re-masking does) and a row that stopped keeps its text;
+    - with ``detector="fill"`` one run at the lowest threshold gives every threshold: a round edits only the token
+      it scores highest, when that score exceeds the threshold, so up to the first round whose highest score is
+      ≤ τ every τ ≥ the lowest makes the same edits, and the output at τ is the text before that round
+      (``top_delete_prob`` of the trace). The Picker deletes every token above τ: one run per threshold."""
+    caps = range(1, generate_kwargs["max_rounds"] + 1)
+    outputs: dict[tuple[float, int], list[str]] = {(t, r): [] for t in grid for r in caps}
+    one_run = generate_kwargs.get("detector") == "fill"
     for chunk in batched(texts, batch_size):
         batch = padded(tokenizer, chunk)
-        out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], detector="fill",
-                             return_dict_in_generate=True, **generate_kwargs)
-        texts_after = (batch["input_ids"], *out.round_sequences)  # the input, then each round's output
-        width = max(s.shape[1] for s in texts_after)
-        steps = torch.stack([pad_to(s, width, tokenizer.pad_token_id) for s in texts_after], 1)  # (B, R + 1, N)
-        for threshold in grid:
-            edited = (out.top_delete_prob > threshold).long().cumprod(-1).sum(-1)  # (B,) rounds that edit at τ
-            final = steps[torch.arange(len(chunk)), edited]
-            outputs[threshold].extend(decode_rows(tokenizer, chunk, batch["input_ids"], final))
+        for run_threshold in [min(grid)] if one_run else grid:
+            model.config.delete_threshold = run_threshold
+            out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 return_dict_in_generate=True, **generate_kwargs)
+            steps = trace_steps(tokenizer.pad_token_id, batch["input_ids"], out)  # (B, R + 1, N)
+            decoded = [decode_rows(tokenizer, chunk, batch["input_ids"], steps[:, k]) for k in range(steps.shape[1])]
+            for threshold in grid if one_run else [run_threshold]:
+                ran = ((out.top_delete_prob > threshold).long().cumprod(-1).sum(-1) if one_run  # (B,) rounds that
+                       else torch.full((len(chunk),), steps.shape[1] - 1))  # edit at τ; all those the run ran
+                for r in caps:
+                    outputs[threshold, r].extend(decoded[k][i] for i, k in enumerate(ran.clamp(max=r).tolist()))
     return outputs
 
 
@@ -328,29 +345,22 @@ def validation_scores(drafts: list[str], sentences: list[str], outputs: list[str
 
 def best_row(curve: list[dict], max_fpr: float) -> dict:
     """The row with the best correction F1 among those whose ``clean_fpr_bound`` is at most ``max_fpr`` (ties: the
-    lower FPR); the lowest-bound row when none qualifies."""
+    lower FPR, then the fewer rounds); the lowest-bound row when none qualifies."""
     allowed = [row for row in curve if row["clean_fpr_bound"] <= max_fpr]
-    return (max(allowed, key=lambda r: (r["correction_f1"], -r["clean_fpr"])) if allowed
+    return (max(allowed, key=lambda r: (r["correction_f1"], -r["clean_fpr"], -r.get("rounds", 0))) if allowed
             else min(curve, key=lambda r: r["clean_fpr_bound"]))
 
 
-def choose_threshold(model, tokenizer, drafts, sentences, args: MergeBenchConfig, **kwargs) -> dict:
-    """The deletion threshold of ``best_row`` on the validation pairs (set on the model; ``args``: its grid, FPR cap
-    and confidence); the whole curve is returned too. The fill detector's outputs at every threshold come from one
-    run (:func:`fill_detector_sweep`)."""
-    grid = args.threshold_grid()
-    if kwargs.get("detector") == "fill":
-        outputs_at = fill_detector_sweep(model, tokenizer, drafts, grid,
-                                         **{k: v for k, v in kwargs.items() if k != "detector"}).__getitem__
-    else:
-        def outputs_at(threshold: float) -> list[str]:
-            model.config.delete_threshold = threshold
-            return merge_correct(model, tokenizer, drafts, **kwargs)
-    curve = [{"threshold": t, **validation_scores(drafts, sentences, outputs_at(t), args.fpr_confidence)}
-             for t in grid]
+def choose_edit_setting(model, tokenizer, drafts, sentences, args: MergeBenchConfig, **kwargs) -> dict:
+    """The deletion threshold and round cap (≤ ``kwargs["max_rounds"]``) of ``best_row`` on the validation pairs
+    (the threshold is set on the model; ``args``: the grid, FPR cap and confidence); the whole curve is returned
+    too. Every (threshold, cap) comes from the runs :func:`edit_sweep` makes."""
+    outputs = edit_sweep(model, tokenizer, drafts, args.threshold_grid(), **kwargs)
+    curve = [{"threshold": t, "rounds": r, **validation_scores(drafts, sentences, texts, args.fpr_confidence)}
+             for (t, r), texts in outputs.items()]
     best = best_row(curve, args.max_fpr)
     model.config.delete_threshold = best["threshold"]
-    return {"threshold": best["threshold"], "best": best, "curve": curve}
+    return {"threshold": best["threshold"], "rounds": best["rounds"], "best": best, "curve": curve}
 
 
 def sentences_per_s(correct: Callable[[list[str], int], list[str]], texts: list[str], batch_size: int,
@@ -455,14 +465,16 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     for name in SYSTEMS:
         detector, fill = name.split("_")
         variants = rule_variants(tokenizer, fill, weights)
-        tried = {w: choose_threshold(merge, tokenizer, drafts, sentences, args,
-                                     detector=detector, **rule, **edit) for w, rule in variants.items()}
+        tried = {w: choose_edit_setting(merge, tokenizer, drafts, sentences, args,
+                                        detector=detector, **rule, **edit) for w, rule in variants.items()}
         weight = best_row([{**t["best"], "weight": w} for w, t in tried.items()], args.max_fpr)["weight"]
         thresholds[name] = {**tried[weight], "lexicon_weight": weight,
                             "by_weight": {str(w): t["best"] for w, t in tried.items() if w is not None}}
         settings[name] = dict(detector=detector, **variants[weight], **edit)
+        settings[name]["max_rounds"] = tried[weight]["rounds"]
         best = thresholds[name]["best"]
-        progress(f"validation {name}: threshold {thresholds[name]['threshold']:g}, lexicon weight {weight}, "
+        progress(f"validation {name}: threshold {thresholds[name]['threshold']:g}, {best['rounds']} rounds, "
+                 f"lexicon weight {weight}, "
                  f"correction F1 {best['correction_f1']:.3f}, clean FPR {best['clean_fpr']:.3f} (bound "
                  f"{best['clean_fpr_bound']:.3f})")
     headline = best_row([{**thresholds[n]["best"], "system": n} for n in SYSTEMS], args.max_fpr)["system"]
@@ -515,6 +527,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
     progress("diagnostics and the bottom-K ablation done; timing the correctors")
     figures.update(correction_speeds(systems, headline, baseline_fill, thresholds, sources[:64], args))
     choice = {"system": headline, "threshold": thresholds[headline]["threshold"], "baseline_fill": baseline_fill,
+              "rounds": settings[headline]["max_rounds"],
               "lexicon_weight": thresholds[headline]["lexicon_weight"],
               "baseline_lexicon_weight": baseline_choice["lexicon_weight"],
               "rule": {k: v for k, v in settings[headline].items() if k.startswith("fill_")},
@@ -572,7 +585,7 @@ def ablation_figures(tokenizer, args: MergeBenchConfig, system: str, rule: dict)
         edit = dict(mode="edit", max_rounds=args.edit_rounds,  # the fill detector feeds the threshold rule
                     detector=detector if model.config.picker == "threshold" else "picker", **rule)
         if model.config.picker == "threshold":
-            choose_threshold(model, tokenizer, drafts, sentences, args, **edit)
+            edit["max_rounds"] = choose_edit_setting(model, tokenizer, drafts, sentences, args, **edit)["rounds"]
         scores = csc_scores(sources, targets, merge_correct(model, tokenizer, sources, **edit))
         figures.update({f"ablation/{name}/{k}": scores[k] for k in ("correction_f1", "detection_f1", "clean_fpr")})
     return figures
@@ -595,6 +608,7 @@ def run(args: MergeBenchConfig) -> dict:
     with single_thread():
         figures.update(generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, test, args))
     figures.update({"train_steps": manifests["merge"]["steps"], "delete_threshold": choice["threshold"],
+                    "edit_rounds_chosen": choice["rounds"],
                     "baseline_train_steps": manifests["baseline"]["steps"], "ar_train_steps": manifests["ar"]["steps"],
                     "ar_val_ppl": manifests["ar"]["val_ppl"],
                     "merge_parameters": manifests["merge"]["parameters"],
@@ -616,7 +630,8 @@ def run(args: MergeBenchConfig) -> dict:
                 "lexicon_weight": choice["lexicon_weight"],
                 "baseline_lexicon_weight": choice["baseline_lexicon_weight"],
                 "lexicon_weights_validation": choice["lexicon_weights_validation"],
-                "threshold_curves": choice["curves"], "baseline_validation": choice["baseline_validation"], "edit_rounds": args.edit_rounds, "gen_rounds": args.gen_rounds,
+                "threshold_curves": choice["curves"], "baseline_validation": choice["baseline_validation"],
+                "edit_rounds": args.edit_rounds, "rounds": choice["rounds"], "gen_rounds": args.gen_rounds,
                 "new_tokens": NEW_TOKENS, "samples": len(test), "repeats": args.repeats, "threads_timed": 1,
                 "sampling": "greedy (both models); prompts = first 2 characters of test sentences",
                 "merge_variants": manifests["merge"]["variants"], "ablations": ABLATIONS,

@@ -79,7 +79,7 @@ def stage_merge(demo: Demo) -> dict:
         bench = bench_merge.run(config)
         chosen = dict(threshold=bench["figures"]["delete_threshold"], fill=bench["config"]["fill"],
                       lexicon_weight=bench["config"]["lexicon_weight"],
-                      detector=bench["config"]["detector"])
+                      detector=bench["config"]["detector"], rounds=bench["config"]["rounds"])
         return {"figures": bench["figures"], "targets": bench["targets"], "config": bench["config"],
                 **merge_examples(run_dir, s.shown, **chosen)}
 
@@ -89,9 +89,9 @@ def stage_merge(demo: Demo) -> dict:
 
 @torch.no_grad()
 def merge_examples(run_dir, shown: int, threshold: float, fill: str, lexicon_weight: float | None,
-                   detector: str) -> dict:
-    """SIGHAN-15 sentences with errors, repaired with the bench's validation-chosen detector, deletion threshold
-    and fill rule, and generations from the demo prompts, each with its round-by-round trace."""
+                   detector: str, rounds: int) -> dict:
+    """SIGHAN-15 sentences with errors, repaired with the bench's validation-chosen detector, deletion threshold,
+    round cap and fill rule, and generations from the demo prompts, each with its round-by-round trace."""
     model = MergeForMaskedRefinement.from_pretrained(run_dir).eval()
     model.config.delete_threshold = threshold
     model.generation_config.detector = detector
@@ -102,7 +102,7 @@ def merge_examples(run_dir, shown: int, threshold: float, fill: str, lexicon_wei
     prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
     rule = fill_rule(tokenizer, fill, lexicon_weight)
     return {"repairs": [{"target": target, "draft": source, **row} for (source, target), row in zip(
-                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=3, **rule))],
+                pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=rounds, **rule))],
             "generations": [{"prompt": p, **row} for p, row in zip(
                 PROMPTS[:shown], merge_trace(model, tokenizer, prompts, mode="gen", max_new_tokens=24))]}
 
