@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genlab.bench.csc import auc, csc_scores, rate_upper_bound
-from genlab.bench.merge import (best_row, diagnose_batch, edit_sweep, fuzzy_coverage, merge_correct, padded,
+from genlab.bench.merge import (best_row, confusion_coverage, diagnose_batch, edit_sweep, merge_correct, padded,
                                 validation_pairs)
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
@@ -311,19 +311,21 @@ def test_diagnostics_find_and_fill_the_planted_character(overfit):
     confusable[40, 12] = True
     found = diagnose_batch(model, model, ids, valid, gold, confusable, unk_id=1, fill_processor=ruling_out(12))
     assert found["wrong"].sum() == 1 and auc(found["merge_score"], found["wrong"]) == 1.0
-    assert found["merge_right"].tolist() == [True] and found["covered"].tolist() == [True]
+    assert found["merge_right"].tolist() == [True]
     assert found["merge_lexicon_right"].tolist() == [False]  # the processor's fill: 12 ruled out
     kept = diagnose_batch(model, model, ids, valid, gold, torch.eye(64, dtype=torch.bool), unk_id=1,
                           fill_processor=ruling_out(50))
     assert kept["merge_right"].tolist() == [False] and kept["baseline_right"].tolist() == [False]
-    assert kept["covered"].tolist() == [False]  # 12 is not among 40's candidates: no fill could reach it
 
 
-def test_fuzzy_coverage_counts_the_wrong_characters_the_fuzzy_set_can_reach():
+def test_confusion_coverage_counts_the_wrong_characters_the_candidates_can_reach():
     tokenizer = default_tokenizer()
     sources, targets = ["他很好", "应为下雨", "我很好", "天汽好"], ["她很好", "因为下雨", "我很好", "天马好"]
-    assert fuzzy_coverage(tokenizer, sources[:2], targets[:2]) == 1.0  # ta / ta; ying / yin
-    assert fuzzy_coverage(tokenizer, sources, targets) == 2 / 3  # the clean pair has no wrong character; 汽 → 马 no
+    fuzzy = fill_rule(tokenizer, "fuzzy")["fill_candidates"]
+    assert confusion_coverage(tokenizer, sources[:2], targets[:2], fuzzy) == 1.0  # ta / ta; ying / yin
+    assert confusion_coverage(tokenizer, sources, targets, fuzzy) == 2 / 3  # the clean pair has none; 汽 → 马 no
+    plain = fill_rule(tokenizer, "confusion")["fill_candidates"]  # pycorrector's lists: 他 has no line
+    assert confusion_coverage(tokenizer, sources[:1], targets[:1], plain) == 0.0
 
 
 def test_untrained_model_does_not_already_repair(overfit):

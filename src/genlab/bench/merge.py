@@ -47,7 +47,7 @@ from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
 from ..spelling import (FILL_RULES, PRIOR_RULES, LexiconFillProcessor, TypoNoise, character_frequencies,
-                        confusion_candidates, fill_rule, sighan15, typo_noise)
+                        fill_rule, sighan15, typo_noise)
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -249,8 +249,7 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     whether MERGE's filler (a mask there from the true edit script, the Picker and Inserter bypassed) and the
     baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``; and the fill
     detector's P(wrong) (``fill_wrong_prob``), over every token (``fill_score``) and over the candidates
-    (``fill_confusion_score``); per wrong token whether the gold token is among its candidates at all
-    (``covered``); and MERGE's oracle fill and fill detector with ``fill_processor`` on top of the candidates."""
+    (``fill_confusion_score``); and MERGE's oracle fill and fill detector with ``fill_processor`` on top of the candidates."""
     scripts = [edit_labels(row[m].tolist(), want[m].tolist()) for row, want, m in zip(ids, gold, valid)]
     delete, insert = (torch.tensor([getattr(e, k) + [0] * (ids.shape[1] - len(e.delete)) for e in scripts])
                       for k in ("delete", "insert"))
@@ -276,7 +275,7 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
             "fill_score": fill_free[scored], "fill_confusion_score": fill_confusion[scored],
             "fill_lexicon_score": fill_lexicon[scored], "merge_right": merge_right,
             "merge_lexicon_right": rescored.argmax(-1) == gold[rows, cols],
-            "baseline_right": (base.argmax(-1) == gold)[wrong], "covered": fill_candidates[ids[wrong], gold[wrong]]}
+            "baseline_right": (base.argmax(-1) == gold)[wrong]}
 
 
 def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: list[str],
@@ -306,15 +305,15 @@ def error_diagnostics(merge, baseline, tokenizer, sources: list[str], targets: l
             "fill_detector_lexicon_auc": auc(whole["fill_lexicon_score"], whole["wrong"]),
             "oracle_fill_accuracy": float(whole["merge_right"].float().mean()),
             "oracle_fill_lexicon_accuracy": float(whole["merge_lexicon_right"].float().mean()),
-            "confusion_coverage": float(whole["covered"].float().mean()),
+            "confusion_coverage": confusion_coverage(tokenizer, sources, targets, fill_candidates),
             "baseline_detection_auc": auc(whole["baseline_score"], whole["wrong"]),
             "baseline_oracle_fill_accuracy": float(whole["baseline_right"].float().mean())}
 
 
-def fuzzy_coverage(tokenizer, sources: list[str], targets: list[str]) -> float:
-    """``confusion_coverage`` under the ``fuzzy`` rule's candidates: the share of the substitution pairs' wrong
-    characters whose right character is in ``confusion_candidates(fuzzy=True)``'s row."""
-    candidates, hits = confusion_candidates(tokenizer, fuzzy=True), []
+def confusion_coverage(tokenizer, sources: list[str], targets: list[str], candidates: torch.Tensor) -> float:
+    """The share of the substitution pairs' wrong characters whose right character is in the wrong one's row of
+    ``candidates`` (V, V): the most a confusion rule over them can fix."""
+    hits = []
     for source, wanted in substitution_pairs(tokenizer, sources, targets):
         wrong, right = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in (source, wanted))
         hits.extend(bool(candidates[w, r]) for w, r in zip(wrong, right) if w != r)
@@ -514,7 +513,8 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
         diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted,
                                         **{k: v for k, v in settings["fill_lexicon"].items() if k.startswith("fill_")})
         figures.update({f"{name}_diagnostic/{k}": v for k, v in diagnostics.items()})
-        figures[f"{name}_diagnostic/confusion_coverage_fuzzy"] = fuzzy_coverage(tokenizer, texts, wanted)
+        figures[f"{name}_diagnostic/confusion_coverage_fuzzy"] = confusion_coverage(
+            tokenizer, texts, wanted, settings["fill_fuzzy"]["fill_candidates"])
     rounds = torch.tensor(used)
     for r in range(1, args.edit_rounds + 1):
         figures[f"edit_rounds_frac_{r}"] = float((rounds == r).float().mean())
