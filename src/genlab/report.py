@@ -145,9 +145,9 @@ def section_merge(result: dict) -> list[str]:
     judge = ("judged by the AR baseline itself, so biased towards the AR side" if c["judge"] == c["runs_used"]["ar"]
              else f"judged by `{c['judge']}`")
     lines = ["## MERGE: repairing and generating in parallel rounds", "",
-             f"SIGHAN-15 spelling correction ({c['sighan15']}, ≤ {c.get('rounds', c['edit_rounds'])} rounds and deletion "
-             f"threshold {f['delete_threshold']:g}, the {c['detector']} detector and the {c['fill']} fill rule chosen on the "
-             f"corpus's validation split; "
+             f"SIGHAN-15 spelling correction ({c['sighan15']}, ≤ {c.get('rounds', c['edit_rounds'])} rounds and "
+             f"deletion threshold {f['delete_threshold']:g}, the {c['detector']} detector and the {c['fill']} fill "
+             f"rule chosen on the corpus's validation split; "
              f"the filler starts from {'the AR' if result['manifest'].get('filler_init') else 'scratch'}): "
              f"correction F1 "
              f"**{f['sighan15_correction_f1']:.3f}** in edit mode, {f['sighan15_auto_correction_f1']:.3f} in auto "

@@ -55,8 +55,8 @@ def load_models(config: AppConfig) -> dict[str, tuple | str]:
 
 def use_chosen_settings(model, tokenizer, where: str):
     """Give a MERGE run the detector, deletion threshold, round cap and fill rule the demo's bench chose on the
-    validation split (its ``bench.json``, issue 12) → the fill rule's ``generate`` keywords (``{}``: free fill). A Hub repo
-    or a run without the file keeps its saved settings and fills freely."""
+    validation split (its ``bench.json``, issue 12) → the fill rule's ``generate`` keywords (``{}``: free fill). A
+    Hub repo or a run without the file keeps its saved settings and fills freely."""
     bench = demo_bench(where)
     if bench is None:
         return {}

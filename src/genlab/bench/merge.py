@@ -14,8 +14,8 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
   recall / F1 as pycorrector scores them (a sentence with errors counts when the output equals the reference;
   a clean sentence is a false positive when the output changes it), the strict SIGHAN detection F1 (the changed
   positions equal the erroneous ones), the false-positive rate on the clean sentences, and sentences/s at
-  batch 1 and 32 (one thread, medians). Each system's deletion threshold (and the prior's weight), and the
-  headline system, are chosen on typo-noised sentences of the corpus's validation split (half of them clean),
+  batch 1 and 32 (one thread, medians). Each system's deletion threshold, round cap (and the prior's weight), and
+  the headline system, are chosen on typo-noised sentences of the corpus's validation split (half of them clean),
   never on SIGHAN: the best correction F1 whose clean FPR is within the cap with 95 % confidence (Wilson bound).
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
   MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new
@@ -200,8 +200,10 @@ def edit_sweep(model, tokenizer, texts: list[str], grid: list[float], batch_size
             steps = trace_steps(tokenizer.pad_token_id, batch["input_ids"], out)  # (B, R + 1, N)
             decoded = [decode_rows(tokenizer, chunk, batch["input_ids"], steps[:, k]) for k in range(steps.shape[1])]
             for threshold in grid if one_run else [run_threshold]:
-                ran = ((out.top_delete_prob > threshold).long().cumprod(-1).sum(-1) if one_run  # (B,) rounds that
-                       else torch.full((len(chunk),), steps.shape[1] - 1))  # edit at τ; all those the run ran
+                if one_run:  # (B,) the rounds that edit at τ
+                    ran = (out.top_delete_prob > threshold).long().cumprod(-1).sum(-1)
+                else:  # every round the run ran
+                    ran = torch.full((len(chunk),), steps.shape[1] - 1)
                 for r in caps:
                     outputs[threshold, r].extend(decoded[k][i] for i, k in enumerate(ran.clamp(max=r).tolist()))
     return outputs
@@ -249,7 +251,8 @@ def diagnose_batch(merge, baseline, ids: torch.Tensor, valid: torch.Tensor, gold
     whether MERGE's filler (a mask there from the true edit script, the Picker and Inserter bypassed) and the
     baseline (its argmax there) write the gold token, each among ``fill_candidates[draft token]``; and the fill
     detector's P(wrong) (``fill_wrong_prob``), over every token (``fill_score``) and over the candidates
-    (``fill_confusion_score``); and MERGE's oracle fill and fill detector with ``fill_processor`` on top of the candidates."""
+    (``fill_confusion_score``); and MERGE's oracle fill and fill detector with ``fill_processor`` on top of the
+    candidates."""
     scripts = [edit_labels(row[m].tolist(), want[m].tolist()) for row, want, m in zip(ids, gold, valid)]
     delete, insert = (torch.tensor([getattr(e, k) + [0] * (ids.shape[1] - len(e.delete)) for e in scripts])
                       for k in ("delete", "insert"))
