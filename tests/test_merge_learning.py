@@ -258,6 +258,9 @@ def test_lexicon_prior_rewards_the_candidate_that_forms_a_word():
     assert out[0, [vocab[c] for c in "气汽器"]].tolist() == pytest.approx([1.0 + 0.5 * math.log(1001), 2.0, 3.0])
     assert (out == lowest).sum() == len(tokenizer) - 3
     assert processor.bonus("", "车", "汽") == pytest.approx(math.log(51)) and processor.bonus("", "", "汽") == 0
+    doubled = processor.reweighted(1.0)  # the same word table at twice the weight; the original keeps its own
+    assert doubled(ids, torch.tensor([4]), scores)[0, vocab["气"]] == pytest.approx(1.0 + math.log(1001))
+    assert doubled.log_counts is processor.log_counts and processor.weight == 0.5
     with pytest.raises(ValueError, match="fill must be one of"):
         fill_rule(tokenizer, "kenlm")
 

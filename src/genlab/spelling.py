@@ -21,6 +21,7 @@ place — as in learners' essays — and a detector cannot get by on spotting ra
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import random
@@ -145,6 +146,12 @@ class LexiconFillProcessor:
         self.log_counts = {w: math.log1p(n) for w, n in (words or word_frequencies(max_chars)).items()}
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.chars = [t if t is not None and len(t) == 1 else "\0" for t in tokens]  # "\0" is in no word
+
+    def reweighted(self, weight: float) -> LexiconFillProcessor:
+        """The same prior at another ``weight``, sharing the word table (built once)."""
+        other = copy.copy(self)
+        other.weight = weight
+        return other
 
     def bonus(self, left: str, right: str, char: str) -> float:
         """log(1 + count) of the most frequent word ``left[-i:] + char + right[:j]`` (0 when none is a word)."""

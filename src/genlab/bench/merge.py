@@ -46,7 +46,7 @@ from ..edits import edit_labels
 from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
-from ..spelling import (FILL_RULES, PRIOR_RULES, LexiconFillProcessor, TypoNoise, character_frequencies,
+from ..spelling import (FILL_RULES, PRIOR_RULES, TypoNoise, character_frequencies,
                         fill_rule, sighan15, typo_noise)
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
@@ -447,11 +447,11 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
 def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | None, dict]:
     """The variants of a fill rule tried on validation → their keywords for ``generate`` and
     :func:`per_character_correct`: one per lexicon weight for a rule with a prior, the rule alone (``None``)
-    otherwise. The candidate table is built once and shared by the variants."""
+    otherwise. The candidate table and the prior's word table are built once and shared by the variants."""
     rule = fill_rule(tokenizer, fill)
     if fill not in PRIOR_RULES:
         return {None: rule}
-    return {w: {**rule, "fill_processor": LexiconFillProcessor(tokenizer, w)} for w in weights}
+    return {w: {**rule, "fill_processor": rule["fill_processor"].reweighted(w)} for w in weights}
 
 
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
