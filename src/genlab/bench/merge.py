@@ -29,7 +29,6 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -53,9 +52,8 @@ from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
 from . import target, write_result
 from .csc import CSC_SCORES, auc, csc_scores, rate_upper_bound
-from .ar import generate_tok_s
+from .merge_generation import NEW_TOKENS, generation_figures
 
-NEW_TOKENS = 64
 FILLS = FILL_RULES  # a substituted character becomes any token, or one of its confusion set, or one of its
 # confusion set rescored by the word-list prior, or the same over the fuzzy-pinyin set (`genlab.spelling.fill_rule`)
 SYSTEMS = tuple(f"{detector}_{fill}" for detector in DETECTORS for fill in FILLS  # what finds × what fixes; a
@@ -371,78 +369,6 @@ def sentences_per_s(correct: Callable[[list[str], int], list[str]], texts: list[
     return len(texts) / median_seconds(lambda: correct(texts, batch_size), repeats=repeats)
 
 
-# -- generation --------------------------------------------------------------------------------------------------
-def bos_batch(batch: int, bos: int) -> torch.Tensor:
-    return torch.full((batch, 1), bos, dtype=torch.long)
-
-
-def merge_tok_s(model, batch: int, repeats: int, rounds: int) -> tuple[float, torch.Tensor]:
-    """Gen-mode tokens/s for 64-token outputs from ``<s>``, and the rounds each row used."""
-    ids = bos_batch(batch, model.config.bos_token_id)
-    kwargs = dict(mode="gen", max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, max_rounds=rounds)
-    seconds = median_seconds(lambda: model.generate(ids, **kwargs), repeats=repeats)
-    return batch * NEW_TOKENS / seconds, model.generate(ids, return_dict_in_generate=True, **kwargs).rounds
-
-
-def prompts(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
-    tokenizer.padding_side = "left"
-    return tokenizer([s[:2] for s in sentences], return_tensors="pt", padding=True)
-
-
-def merge_samples(model, tokenizer, sentences, rounds: int) -> list[str]:
-    batch = prompts(tokenizer, sentences)
-    out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], mode="gen",
-                         max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, max_rounds=rounds)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-
-def ar_samples(model, tokenizer, sentences) -> list[str]:
-    batch = prompts(tokenizer, sentences)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-
-@torch.no_grad()
-def judge_perplexity(judge, tokenizer, texts: list[str]) -> float:
-    """exp(mean token NLL) of each text (after the judge tokenizer's own start token) under the judge, over
-    all texts' tokens."""
-    tokenizer.padding_side = "right"
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    logits = judge(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="sum",
-                                            ignore_index=-100)
-    return math.exp(float(nll) / int((labels[:, 1:] != -100).sum()))
-
-
-def distinct2(texts: list[str]) -> float:
-    """Distinct character bigrams / all character bigrams, over all texts."""
-    bigrams = [text[i:i + 2] for text in texts for i in range(len(text) - 1)]
-    return len(set(bigrams)) / max(1, len(bigrams))
-
-
-def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: list[str],
-                       args: MergeBenchConfig) -> dict:
-    """MERGE gen mode vs the AR: speed at batch 1 and 32, judge perplexity, distinct-2, rounds."""
-    bos = bos_batch(1, tokenizer.bos_token_id)
-    ar_b1, ar_b32 = generate_tok_s(ar, bos, args.repeats), generate_tok_s(ar, bos.repeat(32, 1), args.repeats)
-    merge_b1, _ = merge_tok_s(merge, 1, args.repeats, args.gen_rounds)
-    merge_b32, rounds = merge_tok_s(merge, 32, args.repeats, args.gen_rounds)
-    merge_texts, ar_texts = merge_samples(merge, tokenizer, sentences, args.gen_rounds), ar_samples(ar, tokenizer,
-                                                                                                  sentences)
-    merge_ppl = judge_perplexity(judge, judge_tokenizer, merge_texts)
-    ar_ppl = judge_perplexity(judge, judge_tokenizer, ar_texts)
-    figures = {"speedup_b1": merge_b1 / ar_b1, "speedup_b32": merge_b32 / ar_b32, "mean_rounds": float(
-        rounds.float().mean()), "gen_ppl_ratio": merge_ppl / ar_ppl, "distinct2_ratio": distinct2(merge_texts) /
-        max(distinct2(ar_texts), 1e-9), "merge_tok_s_b1": merge_b1, "merge_tok_s_b32": merge_b32,
-        "ar_tok_s_b1": ar_b1, "ar_tok_s_b32": ar_b32, "merge_gen_ppl": merge_ppl, "ar_gen_ppl": ar_ppl,
-        "merge_distinct2": distinct2(merge_texts), "ar_distinct2": distinct2(ar_texts)}
-    for r in range(1, args.gen_rounds + 1):
-        figures[f"gen_rounds_frac_{r}"] = float((rounds == r).float().mean())
-    return figures
-
-
 # -- the benchmark -----------------------------------------------------------------------------------------------
 def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | None, dict]:
     """The variants of a fill rule tried on validation → their keywords for ``generate`` and
@@ -609,7 +535,8 @@ def run(args: MergeBenchConfig) -> dict:
     test = [s for s in load_corpus("all")["test"]["text"] if 8 <= len(s) <= 64][: args.samples]
     progress("timing and judging generation")
     with single_thread():
-        figures.update(generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, test, args))
+        figures.update(generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, test, args.gen_rounds,
+                                          args.repeats))
     figures.update({"train_steps": manifests["merge"]["steps"], "delete_threshold": choice["threshold"],
                     "edit_rounds_chosen": choice["rounds"],
                     "baseline_train_steps": manifests["baseline"]["steps"], "ar_train_steps": manifests["ar"]["steps"],
