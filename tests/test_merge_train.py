@@ -137,8 +137,9 @@ def test_straight_through_recipe_trains_and_logs_its_terms(corpus_file, tmp_path
 def test_cli_trains_edits_and_generates(corpus_file, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", "merge", "--run-dir", str(run_dir), "--data", str(corpus_file), "--preset", "nano",
-                 "--max-steps", "2", "--batch-size", "4", "--report-to", "none"]) == 0
-    assert json.loads((run_dir / "genlab_run.json").read_text())["system"] == "merge"
+                 "--max-steps", "2", "--batch-size", "4", "--report-to", "none", "--typo-fuzzy"]) == 0
+    manifest = json.loads((run_dir / "genlab_run.json").read_text())
+    assert manifest["system"] == "merge" and manifest["typo_noise"]["fuzzy"] is True  # the channel it trained on
     capsys.readouterr()
     assert main(["edit", "--model", str(run_dir), "--rounds", "2", "今天天汽很好。", "这本书很有意思"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2

@@ -65,6 +65,8 @@ class MergeTrainConfig(TrainConfig):
     clean_fraction: float = field(default=0.25, metadata={"help": "aligned: edit pairs left without typos"})
     typo_frequency_power: float = field(default=1.0, metadata={
         "help": "aligned: a typo's confusable is drawn ∝ (corpus count + 1)^this (0: by confusion-list rank only)"})
+    typo_fuzzy: bool = field(default=False, metadata={
+        "help": "aligned: typos drawn from the wider fuzzy-pinyin confusion sets (as the bench's validation typos)"})
     lambda_mlm: float = field(default=1.0, metadata={"help": "aligned: weight of the packed-text MLM term"})
     pack_width: int = field(default=128, metadata={"help": "aligned: characters per packed MLM row (+ <s>)"})
     max_corruption: float = field(default=0.2, metadata={"help": "straight-through: noise rate ~ U(0.05, this)"})
@@ -330,13 +332,17 @@ def schedule_for(config: MergeTrainConfig, training: TrainingArguments) -> Merge
                          lambda_mlm=config.lambda_mlm, pack_width=config.pack_width)
 
 
+def typo_channel(config: MergeTrainConfig) -> TypoNoise:
+    """The aligned recipe's typo noise (M4): ``clean_fraction``, ``typo_frequency_power``, ``typo_fuzzy``."""
+    return TypoNoise(clean_fraction=config.clean_fraction, frequency_power=config.typo_frequency_power,
+                     fuzzy=config.typo_fuzzy)
+
+
 def training_pairs(config: MergeTrainConfig, split, tokenizer, seed: int):
     """The recipe's (draft, target) pairs of ``split``."""
     if config.recipe == "aligned":
         return make_aligned_pairs(split, tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
-                                  noise=TypoNoise(clean_fraction=config.clean_fraction,
-                                                  frequency_power=config.typo_frequency_power), seed=seed,
-                                  objective=config.objective)
+                                  noise=typo_channel(config), seed=seed, objective=config.objective)
     return make_pairs(split, tokenizer, max_chars=config.max_chars, edit_fraction=config.edit_fraction,
                       max_rate=config.max_corruption, seed=seed)
 
@@ -377,6 +383,7 @@ def train_merge(config: MergeTrainConfig, training: TrainingArguments | None = N
         "train_loss": result.training_loss, "parameters": sum(p.numel() for p in model.parameters()),
         "schedule": asdict(schedule), "max_chars": config.max_chars, "seed": training.seed,
         "resumed_from": resumed_from, "filler_init": config.filler_init, "variants": {k: getattr(model.config, k) for k in config.variants()},
+        "typo_noise": asdict(typo_channel(config)) if config.recipe == "aligned" else None,
         "datasets": corpus_sources(config.data),
         "pipeline_tag": "text-generation", "tags": ["non-autoregressive", "text-editing", "masked-refinement"],
         "usage_snippet": usage_snippet(str(run_dir)),
