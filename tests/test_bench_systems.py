@@ -54,9 +54,9 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
                                                            else (None,))
     assert figures["sighan15_correction_f1"] == figures[f"sighan15_{chosen}_correction_f1"]
     assert figures["sighan15_sentences_per_s_b1"] == figures[f"sighan15_{chosen.split('_')[0]}_sentences_per_s_b1"]
-    for name in ("merge", "baseline"):  # both fillers start from the AR trained first
+    for name in ("merge", "baseline"):  # both fillers start from the AR trained first, on the validation's typos
         manifest = json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())
-        assert manifest["filler_init"] == str(tmp_path / "runs" / "ar-nano")
+        assert manifest["filler_init"] == str(tmp_path / "runs" / "ar-nano") and manifest["typo_noise"]["fuzzy"]
     steps = {name: json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())["steps"]
              for name in ("merge", "baseline", "ar")}
     assert steps == {"merge": 3, "baseline": 3, "ar": 4} and figures["train_steps"] == 3

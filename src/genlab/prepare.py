@@ -50,16 +50,18 @@ def ar_bench(config: ARBenchConfig) -> None:
 
 
 def merge_bench(config: MergeBenchConfig) -> None:
-    """The same-size AR (``ar_steps``), then MERGE and the per-character baseline for the same steps, each filler starting
-    from that AR with ``filler_init``; the trained M9 ablations (the judge is pretrained:
-    ``MergeBenchConfig.judge``)."""
+    """The same-size AR (``ar_steps``), then MERGE and the per-character baseline for the same steps on the same
+    typo channel (``typo_fuzzy``), each filler starting from that AR with ``filler_init``; the trained M9
+    ablations (the judge is pretrained: ``MergeBenchConfig.judge``)."""
     ar_run(config.run_dir("ar"), config.preset, max_steps=config.ar_steps)
-    start = {"filler_init": str(config.run_dir("ar"))} if config.filler_init else {}
-    merge_run(config.run_dir("merge"), config.preset, config.train_steps, **start)
-    merge_run(config.run_dir("baseline"), config.preset, config.train_steps, objective="per_character", **start)
+    shared = {"typo_fuzzy": config.typo_fuzzy}  # the training fields of MERGE, the baseline and the ablations
+    if config.filler_init:
+        shared["filler_init"] = str(config.run_dir("ar"))
+    merge_run(config.run_dir("merge"), config.preset, config.train_steps, **shared)
+    merge_run(config.run_dir("baseline"), config.preset, config.train_steps, objective="per_character", **shared)
     if not config.skip_ablations:
         for name, variant in ABLATIONS.items():
-            merge_run(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_steps, **variant, **start)
+            merge_run(config.run_dir(f"ablation-{name}"), config.preset, config.ablation_steps, **variant, **shared)
 
 
 def smollm2_base(run_dir: str | Path) -> dict:

@@ -78,6 +78,9 @@ class MergeBenchConfig:
                                                            "(genlab.clouds: gemma3, smollm2) or an AR run dir"})
     filler_init: bool = field(default=True, metadata={"help": "MERGE's and the baseline's fillers start from the "
                                                                  "AR run's weights (trained first)"})
+    typo_fuzzy: bool = field(default=True, metadata={
+        "help": "MERGE and the baseline train on typos from the fuzzy-pinyin lists, the validation typos' channel "
+                "(MergeTrainConfig.typo_fuzzy)"})
     ablation_steps: int = field(default=300, metadata={"help": "training steps per trained ablation"})
     sighan_sentences: int = field(default=0, metadata={"help": "first N SIGHAN-15 sentences (0: all 707; smoke tests)"})
     validation_sentences: int = field(default=1000, metadata={
