@@ -398,6 +398,18 @@ def test_typo_substitutes_are_drawn_by_frequency_then_rank():
     assert substitute(char, random.Random(0), {"天": 5}, TypoNoise()) is None  # no writable confusable
 
 
+def test_the_fuzzy_training_channel_writes_confusions_the_narrow_lists_lack():
+    """``--typo-fuzzy``: 他 → 她 (same reading, missing from pycorrector's lists) is a typo of the fuzzy channel
+    only, and the trainer's channel follows the flag."""
+    from genlab.trainers.merge import MergeTrainConfig, typo_channel
+
+    only_she = {"她": 100}
+    assert substitute("他", random.Random(0), only_she, TypoNoise()) is None
+    fuzzy = typo_channel(MergeTrainConfig(typo_fuzzy=True))
+    assert fuzzy.fuzzy and substitute("他", random.Random(0), only_she, fuzzy) == "她"
+    assert not typo_channel(MergeTrainConfig()).fuzzy
+
+
 def test_sighan15_is_the_published_test_set():
     pairs = sighan15()
     assert len(pairs) == 707 and sum(s != t for s, t in pairs) == 373

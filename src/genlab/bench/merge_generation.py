@@ -74,11 +74,11 @@ def generation_figures(merge, ar, tokenizer, judge, judge_tokenizer, sentences: 
                                                                                                   sentences)
     merge_ppl = judge_perplexity(judge, judge_tokenizer, merge_texts)
     ar_ppl = judge_perplexity(judge, judge_tokenizer, ar_texts)
+    merge_d2, ar_d2 = distinct2(merge_texts), distinct2(ar_texts)
     figures = {"speedup_b1": merge_b1 / ar_b1, "speedup_b32": merge_b32 / ar_b32, "mean_rounds": float(
-        rounds.float().mean()), "gen_ppl_ratio": merge_ppl / ar_ppl, "distinct2_ratio": distinct2(merge_texts) /
-        max(distinct2(ar_texts), 1e-9), "merge_tok_s_b1": merge_b1, "merge_tok_s_b32": merge_b32,
-        "ar_tok_s_b1": ar_b1, "ar_tok_s_b32": ar_b32, "merge_gen_ppl": merge_ppl, "ar_gen_ppl": ar_ppl,
-        "merge_distinct2": distinct2(merge_texts), "ar_distinct2": distinct2(ar_texts)}
+        rounds.float().mean()), "gen_ppl_ratio": merge_ppl / ar_ppl, "distinct2_ratio": merge_d2 / max(ar_d2, 1e-9),
+        "merge_tok_s_b1": merge_b1, "merge_tok_s_b32": merge_b32, "ar_tok_s_b1": ar_b1, "ar_tok_s_b32": ar_b32,
+        "merge_gen_ppl": merge_ppl, "ar_gen_ppl": ar_ppl, "merge_distinct2": merge_d2, "ar_distinct2": ar_d2}
     for r in range(1, gen_rounds + 1):
         figures[f"gen_rounds_frac_{r}"] = float((rounds == r).float().mean())
     return figures
