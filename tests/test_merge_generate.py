@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from genlab.generation_refinement import RefinementState, bag_distance, changed_less_than, levenshtein
+from genlab.generation_refinement import RefinementState, bag_distance, changed_less_than, levenshtein, token_chunks
 from test_merge_model import BOS, MASK, PAD, tiny_model
 
 ROWS = [[BOS, 10, 11, 12, 13, 14, 15, 16, 17], [BOS, 20, 21, 22], [BOS, 30, 31, 32, 33, 34]]
@@ -142,6 +142,12 @@ def brute_force_wrong_prob(model, row: list[int]) -> list[float]:
     return wrong
 
 
+def test_token_chunks_fill_the_budget_at_each_chunks_widest_row():
+    assert token_chunks(torch.tensor([3, 3, 5, 5, 5, 9]), 10) == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    assert token_chunks(torch.tensor([12, 12]), 10) == [(0, 1), (1, 2)]  # wider than the budget: one row each
+    assert token_chunks(torch.tensor([], dtype=torch.long), 10) == []
+
+
 @pytest.mark.parametrize("shifted", [False, True])
 def test_fill_detector_masks_each_token_alone_whatever_the_padding(shifted):
     """fill_wrong_prob equals one masked forward per token, and a row's values do not depend on the other rows
@@ -149,7 +155,8 @@ def test_fill_detector_masks_each_token_alone_whatever_the_padding(shifted):
     model = tiny_model(seed=2, shifted_logits=shifted).eval()
     expected = [brute_force_wrong_prob(model, row) for row in ROWS]
     with torch.no_grad():
-        right = model.fill_wrong_prob(right_padded(ROWS), right_padded(ROWS).ne(PAD), chunk_size=5)
+        # 60 tokens a chunk: the 8 probes of the two shorter rows cut to 6 wide, the longest row's in two chunks
+        right = model.fill_wrong_prob(right_padded(ROWS), right_padded(ROWS).ne(PAD), chunk_tokens=60)
         left = model.fill_wrong_prob(left_padded(ROWS, 12), left_padded(ROWS, 12).ne(PAD))
     for i, row in enumerate(ROWS):
         assert right[i, : len(row)].tolist() == pytest.approx(expected[i], abs=1e-5)

@@ -132,6 +132,19 @@ def substitution_candidates(input_ids: torch.Tensor, input_valid: torch.Tensor, 
     return fill_candidates[input_ids.gather(1, source)] | ~substitutes[..., None]
 
 
+def token_chunks(widths: torch.Tensor, budget: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) ranges over ``widths`` (K,), ascending, each holding as many rows as fit
+    ``budget`` tokens at the range's widest (last) row; a row wider than the budget makes a range of its own."""
+    widths, chunks, start = widths.tolist(), [], 0
+    while start < len(widths):
+        end = start + 1
+        while end < len(widths) and (end + 1 - start) * widths[end] <= budget:
+            end += 1
+        chunks.append((start, end))
+        start = end
+    return chunks
+
+
 def left_align(ids: torch.Tensor, valid: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's real tokens to the left (stable), padding to the right."""
     order = torch.sort((~valid).long(), dim=1, stable=True).indices
@@ -269,25 +282,30 @@ class MergeGenerationMixin(GenerationMixin):
         return wrong * (wrong == wrong.amax(-1, keepdim=True))
 
     def fill_wrong_prob(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        fill_candidates: torch.Tensor | None = None, chunk_size: int = 512,
+                        fill_candidates: torch.Tensor | None = None, chunk_tokens: int = 1024,
                         fill_processor: FillProcessor | None = None) -> torch.Tensor:
         """(B, L) P(wrong) of every token by the filler alone, a masked-LM detector as Kenlm-CSC's is an n-gram
         one: token i is masked on its own, and P(wrong_i) = 1 − p̃(x_i | X without x_i), with p̃ the filler's
         distribution renormalised over the tokens that may stand at i (``fill_candidates[x_i]``, x_i included;
         every fillable token without them), after ``fill_processor`` when given (see ``generate``). 0 on ``<s>``
-        and padding. One filler pass per scored token, run ``chunk_size`` rows at a time; only the masked
+        and padding. One filler pass per scored token; the passes run shortest rows first, in chunks of at most
+        ``chunk_tokens`` tokens (rows × the chunk's longest row; a longer row runs alone), each cut to its longest
+        row, so they cost Σ L_i², not Σ L_i · max L, in chunks small enough to stay in cache; only the masked
         position is read out."""
-        return self.fill_wrong_probs(input_ids, attention_mask, (fill_candidates,), chunk_size, fill_processor)[0]
+        return self.fill_wrong_probs(input_ids, attention_mask, (fill_candidates,), chunk_tokens, fill_processor)[0]
 
     @torch.no_grad()
     def fill_wrong_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         candidate_sets: tuple[torch.Tensor | None, ...], chunk_size: int = 512,
+                         candidate_sets: tuple[torch.Tensor | None, ...], chunk_tokens: int = 1024,
                          fill_processor: FillProcessor | None = None) -> tuple[torch.Tensor, ...]:
         """``fill_wrong_prob`` under each of ``candidate_sets`` (``None``: every fillable token), from the same
         filler passes; ``fill_processor`` rescores each set's allowed tokens."""
         c = self.config
         valid = attention_mask.bool()
         row, col = (valid & (input_ids != c.bos_token_id)).nonzero(as_tuple=True)  # (K,) the scored tokens
+        extent = (valid * torch.arange(1, valid.shape[1] + 1, device=valid.device)).amax(-1)  # (B,) past last token
+        order = extent[row].argsort(stable=True)  # shortest rows first, so a chunk is cut to similar lengths
+        row, col = row[order], col[order]
         probe = input_ids[row].clone()  # (K, L): row r's draft with its token col[r] masked
         probe[torch.arange(len(row), device=probe.device), col] = c.mask_token_id
         probe_valid = valid[row]
@@ -295,10 +313,11 @@ class MergeGenerationMixin(GenerationMixin):
         ratio = 1.0 / probe_valid.sum(-1)  # t: one mask per row
         token = input_ids[row, col]
         wrongs = tuple(torch.zeros(input_ids.shape, device=input_ids.device) for _ in candidate_sets)
-        for start in range(0, len(row), chunk_size):  # none when no row has a token to score
-            part = torch.arange(start, min(start + chunk_size, len(row)), device=input_ids.device)
-            hidden = self.fill_states(self.get_input_embeddings()(probe[part]), probe_valid[part], positions[part],
-                                      ratio[part])  # (k, L, H)
+        for start, end in token_chunks(extent[row], chunk_tokens):  # none when no row has a token to score
+            part = torch.arange(start, end, device=input_ids.device)
+            width = int(extent[row[part[-1]]])  # the chunk's longest row: what lies beyond is padding
+            hidden = self.fill_states(self.get_input_embeddings()(probe[part, :width]), probe_valid[part, :width],
+                                      positions[part, :width], ratio[part])  # (k, width, H)
             read = col[part] - int(c.shifted_logits)  # the state that predicts the masked token
             at_mask = hidden[torch.arange(len(part), device=read.device), read]  # (k, H)
             logits = self.get_output_embeddings()(at_mask).float()  # (k, V)
@@ -307,7 +326,7 @@ class MergeGenerationMixin(GenerationMixin):
                 allowed = logits if candidates is None else logits.masked_fill(~candidates[token[part]],
                                                                                torch.finfo(logits.dtype).min)
                 if fill_processor is not None:
-                    allowed = fill_processor(probe[part], col[part], allowed)
+                    allowed = fill_processor(probe[part, :width], col[part], allowed)
                 kept = allowed.log_softmax(-1).gather(1, token[part, None]).squeeze(1).exp()
                 wrong[row[part], col[part]] = 1.0 - kept
         return wrongs
