@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# pycorrector ships the SIGHAN-15 test set and the same-pinyin/same-stroke confusion sets MERGE trains on;
 	# only its data files are read, and its declared deps (kenlm, jieba, a torch stack) are not needed.
 	$(PIP) install --no-deps -c constraints.txt pycorrector
+	# Its 0.4.9 source release is the last to ship data/eval_corpus.json, a second CSC test set (issue 12).
+	$(PIP) download --no-deps -d $(VENV)/share/genlab pycorrector==0.4.9
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -16,7 +16,7 @@ from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
 from genlab.spelling import (LexiconFillProcessor, TypoNoise, character_frequencies, confusion_sets, fill_rule,
-                             fuzzy_readings, sighan15, substitute, typo_noise)
+                             fuzzy_readings, pycorrector_eval500, sighan15, substitute, typo_noise)
 from genlab.tokenization import default_tokenizer
 from genlab.trainers.merge import MergeSchedule, aligned_loss
 from genlab.trainers.merge_data import collate, pack_rows
@@ -413,6 +413,13 @@ def test_the_fuzzy_training_channel_writes_confusions_the_narrow_lists_lack():
 def test_sighan15_is_the_published_test_set():
     pairs = sighan15()
     assert len(pairs) == 707 and sum(s != t for s, t in pairs) == 373
+
+
+def test_pycorrector_eval500_is_a_second_test_set_apart_from_sighan15():
+    pairs = pycorrector_eval500()
+    assert len(pairs) == 500 and sum(s != t for s, t in pairs) == 299
+    assert all(len(s) == len(t) for s, t in pairs)  # substitutions only
+    assert not {text for pair in pairs for text in pair} & {text for pair in sighan15() for text in pair}
 
 
 def test_validation_pairs_sample_the_whole_split_half_clean():

