@@ -57,6 +57,7 @@ def test_bench_merge_trains_the_ar_then_merge_and_baseline_for_the_same_steps_an
         assert 0 <= figures[f"eval500/{system}_correction_f1"] <= 1
     assert figures["eval500/identity_clean_fpr"] == 0 and figures["eval500/identity_correction_f1"] == 0
     assert figures["eval500/merge_clean_fpr"] == figures[f"eval500/{chosen}_clean_fpr"]
+    assert figures["eval500/sentences"] == 12
     assert figures["sighan15_sentences_per_s_b1"] == figures[f"sighan15_{chosen.split('_')[0]}_sentences_per_s_b1"]
     for name in ("merge", "baseline"):  # both fillers start from the AR trained first, on the validation's typos
         manifest = json.loads((tmp_path / "runs" / f"{name}-nano" / "genlab_run.json").read_text())

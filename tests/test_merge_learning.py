@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from genlab.bench.csc import auc, csc_scores, rate_upper_bound
-from genlab.bench.merge import (best_row, confusion_coverage, diagnose_batch, edit_sweep, merge_correct, padded,
-                                validation_pairs)
+from genlab.bench.merge import (best_row, confusion_coverage, diagnose_batch, edit_sweep, fitting_pairs, merge_correct,
+                                padded, validation_pairs)
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates
@@ -420,6 +420,10 @@ def test_pycorrector_eval500_is_a_second_test_set_apart_from_sighan15():
     assert len(pairs) == 500 and sum(s != t for s, t in pairs) == 299
     assert all(len(s) == len(t) for s, t in pairs)  # substitutions only
     assert not {text for pair in pairs for text in pair} & {text for pair in sighan15() for text in pair}
+    fitting = fitting_pairs(default_tokenizer(), pairs, 256)  # what the bench scores: <s> + text within 256
+    assert len(fitting) == 498 and sum(s != t for s, t in fitting) == 299  # the two dropped are clean
+    assert fitting_pairs(default_tokenizer(), [("今天天汽很好", "今天天气很好")], 7) == [("今天天汽很好", "今天天气很好")]
+    assert fitting_pairs(default_tokenizer(), [("今天天汽很好", "今天天气很好")], 6) == []
 
 
 def test_validation_pairs_sample_the_whole_split_half_clean():

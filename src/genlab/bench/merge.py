@@ -386,13 +386,20 @@ def rule_variants(tokenizer, fill: str, weights: list[float]) -> dict[float | No
     return {w: {**rule, "fill_processor": rule["fill_processor"].reweighted(w)} for w in weights}
 
 
-def eval500_figures(systems: dict, headline: str, baseline_fill: str, args: MergeBenchConfig) -> dict[str, float]:
+def fitting_pairs(tokenizer, pairs: list[tuple[str, str]], max_positions: int) -> list[tuple[str, str]]:
+    """The (draft, reference) pairs whose draft, ``<s>`` included, fits ``max_positions``."""
+    lengths = [len(ids) for ids in tokenizer([s for s, _ in pairs])["input_ids"]]
+    return [pair for pair, length in zip(pairs, lengths) if length <= max_positions]
+
+
+def eval500_figures(systems: dict, pairs: list[tuple[str, str]], headline: str,
+                    baseline_fill: str) -> dict[str, float]:
     """Every corrector of :func:`sighan_figures`, at the settings validation chose, on a second external test set,
-    pycorrector's 500 sentences: ``eval500/<system>_<score>``, and ``eval500/merge_*`` / ``eval500/baseline_*``
-    for the headline and the chosen baseline."""
-    pairs = pycorrector_eval500()[: args.sighan_sentences or None]
+    pycorrector's 500 sentences (``pairs``: those that fit the model, ``eval500/sentences``):
+    ``eval500/<system>_<score>``, and ``eval500/merge_*`` / ``eval500/baseline_*`` for the headline and the chosen
+    baseline."""
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
-    figures = {}
+    figures = {"eval500/sentences": len(pairs)}
     for name, correct in systems.items():
         system = name.removeprefix("sighan15_")
         scores = csc_scores(sources, targets, correct(sources))
@@ -463,7 +470,9 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
                  f"{figures[f'{name}_clean_fpr']:.3f}")
     for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
         figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
-    figures.update(eval500_figures(systems, headline, baseline_fill, args))
+    eval500 = fitting_pairs(tokenizer, pycorrector_eval500()[: args.sighan_sentences or None],
+                            merge.config.max_position_embeddings)  # 498: two clean ones are 261 and 322 long
+    figures.update(eval500_figures(systems, eval500, headline, baseline_fill))
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
         diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted,
                                         **{k: v for k, v in settings["fill_lexicon"].items() if k.startswith("fill_")})
