@@ -84,7 +84,7 @@ class MergeBenchConfig:
         "help": "MERGE and the baseline train on typos from the fuzzy-pinyin lists, the validation typos' channel "
                 "(MergeTrainConfig.typo_fuzzy)"})
     ablation_steps: int = field(default=300, metadata={"help": "training steps per trained ablation"})
-    sighan_sentences: int = field(default=0, metadata={"help": "first N SIGHAN-15 sentences (0: all 707; smoke tests)"})
+    sighan_sentences: int = field(default=0, metadata={"help": "first N sentences of SIGHAN-15 and of eval500 (0: all; smoke tests)"})
     validation_sentences: int = field(default=2000, metadata={
         "help": "noised validation sentences (threshold); half are clean, so 2000 measure an FPR near 7 %% to "
                 "about ±0.8 %% (one s.e.)"})
