@@ -53,7 +53,7 @@ from ..timing import median_seconds
 from ..tokenization import load_tokenizer
 from ..trainers.merge_data import character_vocabulary
 from . import target, write_result
-from .csc import CSC_SCORES, auc, csc_scores, rate_upper_bound
+from .csc import auc, csc_scores, rate_upper_bound
 from .merge_generation import NEW_TOKENS, generation_figures
 
 FILLS = FILL_RULES  # a substituted character becomes any token, or one of its confusion set, or one of its
@@ -392,24 +392,24 @@ def fitting_pairs(tokenizer, pairs: list[tuple[str, str]], max_positions: int) -
     return [pair for pair, length in zip(pairs, lengths) if length <= max_positions]
 
 
-def eval500_figures(systems: dict, pairs: list[tuple[str, str]], headline: str,
-                    baseline_fill: str) -> dict[str, float]:
-    """Every corrector of :func:`sighan_figures`, at the settings validation chose, on a second external test set,
-    pycorrector's 500 sentences (``pairs``: those that fit the model, ``eval500/sentences``):
-    ``eval500/<system>_<score>``, and ``eval500/merge_*`` / ``eval500/baseline_*`` for the headline and the chosen
-    baseline."""
+def score_correctors(systems: dict, pairs: list[tuple[str, str]], test_set: str,
+                     rounds_of: tuple[str, list] | None = None) -> dict[str, dict[str, float]]:
+    """Each corrector's CSC scores on one test set's (draft, reference) ``pairs``; ``rounds_of`` (name, list): that
+    corrector's rounds per sentence are appended to the list."""
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
-    figures = {"eval500/sentences": len(pairs)}
+    scores = {}
     for name, correct in systems.items():
-        system = name.removeprefix("sighan15_")
-        scores = csc_scores(sources, targets, correct(sources))
-        figures.update({f"eval500/{system}_{k}": v for k, v in scores.items()})
-        progress(f"pycorrector eval500 {system}: correction F1 {scores['correction_f1']:.3f}, clean FPR "
-                 f"{scores['clean_fpr']:.3f}")
-    for name, chosen in (("merge", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
-        figures.update({f"eval500/{name}_{k}": figures[f"eval500/{chosen.removeprefix('sighan15_')}_{k}"]
-                        for k in CSC_SCORES})
-    return figures
+        outputs = correct(sources, rounds=rounds_of[1]) if rounds_of and name == rounds_of[0] else correct(sources)
+        scores[name] = csc_scores(sources, targets, outputs)
+        progress(f"{test_set} {name}: correction F1 {scores[name]['correction_f1']:.3f}, clean FPR "
+                 f"{scores[name]['clean_fpr']:.3f}")
+    return scores
+
+
+def scored_figures(scores: dict[str, dict[str, float]], prefix: str, aliases: dict[str, str]) -> dict[str, float]:
+    """``<prefix><system>_<score>`` for every corrector, and ``<prefix><alias>_<score>`` for each chosen one."""
+    named = {**{name: name for name in scores}, **aliases}
+    return {f"{prefix}{key}_{k}": v for key, name in named.items() for k, v in scores[name].items()}
 
 
 def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[dict, dict]:
@@ -462,17 +462,15 @@ def sighan_figures(merge, baseline, tokenizer, args: MergeBenchConfig) -> tuple[
                                                                            **baseline_rules[f]) for f in FILLS},
         "identity": lambda texts, b=32: list(texts),
     }
-    figures, used = {}, []  # used: the headline's rounds per SIGHAN sentence
-    for name, correct in systems.items():
-        outputs = correct(sources, rounds=used) if name == f"sighan15_{headline}" else correct(sources)
-        figures.update({f"{name}_{k}": v for k, v in csc_scores(sources, targets, outputs).items()})
-        progress(f"SIGHAN-15 {name}: correction F1 {figures[f'{name}_correction_f1']:.3f}, clean FPR "
-                 f"{figures[f'{name}_clean_fpr']:.3f}")
-    for name, chosen in (("sighan15", f"sighan15_{headline}"), ("baseline", f"baseline_{baseline_fill}")):
-        figures.update({f"{name}_{k}": figures[f"{chosen}_{k}"] for k in CSC_SCORES})
+    used = []  # the headline's rounds per SIGHAN sentence
+    chosen = {"sighan15": f"sighan15_{headline}", "baseline": f"baseline_{baseline_fill}"}
+    figures = scored_figures(score_correctors(systems, pairs, "SIGHAN-15", (chosen["sighan15"], used)), "", chosen)
     eval500 = fitting_pairs(tokenizer, pycorrector_eval500()[: args.sighan_sentences or None],
                             merge.config.max_position_embeddings)  # 498: two clean ones are 261 and 322 long
-    figures.update(eval500_figures(systems, eval500, headline, baseline_fill))
+    renamed = {name.removeprefix("sighan15_"): correct for name, correct in systems.items()}
+    figures["eval500/sentences"] = len(eval500)  # a second external test set, the same correctors and settings
+    figures.update(scored_figures(score_correctors(renamed, eval500, "eval500"), "eval500/",
+                                    {"merge": headline, "baseline": chosen["baseline"]}))
     for name, (texts, wanted) in (("sighan15", (sources, targets)), ("validation", (drafts, sentences))):
         diagnostics = error_diagnostics(merge, baseline, tokenizer, texts, wanted,
                                         **{k: v for k, v in settings["fill_lexicon"].items() if k.startswith("fill_")})
