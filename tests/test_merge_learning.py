@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
-from genlab.bench.csc import auc, csc_scores, rate_upper_bound
-from genlab.bench.merge import (best_row, confusion_coverage, diagnose_batch, edit_sweep, fitting_pairs, merge_correct,
-                                padded, validation_pairs)
+from genlab.bench.csc import auc, csc_scores, padded, rate_upper_bound
+from genlab.bench.merge import best_row, edit_sweep, fitting_pairs, merge_correct, validation_pairs
+from genlab.bench.merge_diagnostics import confusion_coverage, diagnose_batch
 from genlab.data import load_corpus
 from genlab.edits import apply_edit_labels, changed_positions, edit_labels
 from genlab.generation_refinement import substitution_candidates

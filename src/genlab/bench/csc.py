@@ -1,5 +1,6 @@
 """Scores of Chinese spelling correction (issue 12): SIGHAN's sentence-level correction / detection precision,
-recall and F1 as pycorrector computes them, and the AUC of a per-character error detector."""
+recall and F1 as pycorrector computes them, the AUC of a per-character error detector, and sentences batched
+and tokenised as the correctors read them."""
 
 from __future__ import annotations
 
@@ -63,3 +64,15 @@ def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -
     det_recall = detected / positives if positives else 0.0
     return dict(zip(CSC_SCORES, (precision, recall, f1(precision, recall), det_precision, det_recall,
                                  f1(det_precision, det_recall), fp / clean if clean else 0.0)))
+
+
+def batched(texts: list[str], size: int):
+    """``texts`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(texts), size):
+        yield texts[start:start + size]
+
+
+def padded(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """``<s>`` + characters, right-padded: ``input_ids`` and ``attention_mask``."""
+    tokenizer.padding_side = "right"
+    return dict(tokenizer(texts, return_tensors="pt", padding=True))

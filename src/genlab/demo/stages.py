@@ -14,6 +14,7 @@ from ..bench import concept as bench_concept
 from ..bench import merge as bench_merge
 from ..bench import planner as bench_planner
 from ..bench import speculative as bench_speculative
+from ..bench.csc import padded
 from ..data import load_corpus
 from ..modeling_merge import MergeForMaskedRefinement
 from ..modeling_planner import PlannerExecutorModel
@@ -97,7 +98,7 @@ def merge_examples(run_dir, shown: int, threshold: float, fill: str, lexicon_wei
     model.generation_config.detector = detector
     tokenizer = load_tokenizer(run_dir)
     pairs = [(source, target) for source, target in sighan15() if source != target][:shown]
-    drafts = bench_merge.padded(tokenizer, [source for source, _ in pairs])
+    drafts = padded(tokenizer, [source for source, _ in pairs])
     tokenizer.padding_side = "right"
     prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
     rule = fill_rule(tokenizer, fill, lexicon_weight)
