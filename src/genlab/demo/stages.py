@@ -99,8 +99,7 @@ def merge_examples(run_dir, shown: int, threshold: float, fill: str, lexicon_wei
     tokenizer = load_tokenizer(run_dir)
     pairs = [(source, target) for source, target in sighan15() if source != target][:shown]
     drafts = padded(tokenizer, [source for source, _ in pairs])
-    tokenizer.padding_side = "right"
-    prompts = tokenizer(PROMPTS[:shown], return_tensors="pt", padding=True)
+    prompts = padded(tokenizer, PROMPTS[:shown])
     rule = fill_rule(tokenizer, fill, lexicon_weight)
     return {"repairs": [{"target": target, "draft": source, **row} for (source, target), row in zip(
                 pairs, merge_trace(model, tokenizer, drafts, mode="edit", max_rounds=rounds, **rule))],
